@@ -1,0 +1,1 @@
+"""nyxnb: durable, multi-step LLM workflows for Jupyter."""

@@ -1,0 +1,212 @@
+"""One error hierarchy for nyxnb.  Every error says what to do about it.
+
+    NyxError                      root: catch this to catch everything nyxnb raises
+    ├── ConfigError               bad configuration or input from the user
+    │   ├── MissingKey            a provider's API key is not in the environment
+    │   └── UnknownProvider       a provider name nobody registered
+    ├── StoreError                the store cannot do what was asked
+    │   ├── StoreUnavailable      cannot connect / malformed URL
+    │   ├── StoreVersionError     the store was written by a newer nyxnb
+    │   ├── NotFound              no such row (or it belongs to another tenant)
+    │   └── AlreadyExists         a unique name/slug is taken
+    ├── SpecError                 a workflow spec is invalid (names the field and line)
+    ├── RunError                  a workflow run cannot proceed
+    │   ├── LeaseHeld             another process is running this workflow
+    │   ├── StepFailed            a step failed (workflow id, step, item)
+    │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
+    ├── ProviderError             one provider call failed; ``kind`` says why
+    │   ├── ProviderUnavailable   transient: retry, then try elsewhere
+    │   ├── ProviderRefused       exhausted/auth/not_found/bad request: stop using it
+    │   ├── AnswerRejected        truncated or refused answer: never stored as completed
+    │   └── ChainExhausted        every provider of the chain failed (lists each reason)
+    └── MigrationError            clone/migration planning or applying failed
+        ├── MigrationConflict     target rows conflict and no policy resolves them
+        ├── StalePlan             the database changed since the plan was made
+        └── VerificationFailed    post-apply checks failed; everything was rolled back
+
+Pause is not an error: a paused run ends with a ``workflow_paused`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NyxError(Exception):
+    """Root of every error nyxnb raises; ``hint`` says how to fix it."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class ConfigError(NyxError):
+    """Bad configuration or input."""
+
+
+class MissingKey(ConfigError):
+    """A provider's API key is not set."""
+
+    def __init__(self, provider: str, env_vars: Sequence[str]) -> None:
+        self.provider = provider
+        self.env_vars = tuple(env_vars)
+        names = " or ".join(self.env_vars)
+        super().__init__(
+            f"provider {provider!r} needs an API key",
+            hint=f"set {names} in the environment, or use --provider offline",
+        )
+
+
+class UnknownProvider(ConfigError):
+    """A provider name that is not registered."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown provider {name!r}", hint=f"choose one of: {', '.join(sorted(known))}"
+        )
+
+
+class StoreError(NyxError):
+    """The store cannot do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or the URL is malformed."""
+
+
+class StoreVersionError(StoreError):
+    """The store's schema is newer than this nyxnb understands."""
+
+
+class NotFound(StoreError):
+    """No such row, or the row belongs to another tenant (indistinguishable on purpose)."""
+
+    def __init__(self, kind: str, key: object, *, hint: str | None = None) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} not found", hint=hint or f"check the {kind} id/name")
+
+
+class AlreadyExists(StoreError):
+    """A unique name or slug is already taken."""
+
+
+class SpecError(NyxError):
+    """A workflow spec is invalid; ``field`` and ``line`` locate the problem."""
+
+    def __init__(
+        self, message: str, *, field: str = "", line: int | None = None, hint: str | None = None
+    ) -> None:
+        self.field = field
+        self.line = line
+        where = field or "spec"
+        if line is not None:
+            where += f" (line {line})"
+        super().__init__(f"{where}: {message}", hint=hint)
+
+
+class RunError(NyxError):
+    """A workflow run cannot proceed."""
+
+
+class LeaseHeld(RunError):
+    """Another process holds the run lease of this workflow."""
+
+    def __init__(self, workflow_id: str, holder: str, seconds_left: float) -> None:
+        self.workflow_id = workflow_id
+        self.holder = holder
+        super().__init__(
+            f"workflow {workflow_id} is being run by {holder}",
+            hint=f"wait for it to finish or pause it (`nyxnb pause {workflow_id}`); "
+            f"a dead holder's lease expires in {max(seconds_left, 0):.0f}s",
+        )
+
+
+class StepFailed(RunError):
+    """A step (or one of its items) failed."""
+
+    def __init__(
+        self, message: str, *, workflow_id: str, step: str, item: int | None = None
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.step = step
+        self.item = item
+        where = f"step {step!r}" + (f" item {item}" if item is not None else "")
+        super().__init__(
+            f"{where} failed: {message}",
+            hint=f"fix the cause, then `nyxnb resume {workflow_id}` (completed work is kept)",
+        )
+
+
+class BudgetExceeded(RunError):
+    """Running the next step would exceed the workflow's ``max_cost_usd``."""
+
+
+class ProviderError(NyxError):
+    """One provider call failed; ``kind`` is one of :data:`nyxnb.providers.ERROR_KINDS`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        kind: str,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.kind = kind
+        self.retry_after = retry_after
+        super().__init__(f"{provider}: {kind}: {message}", hint=hint)
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient failure (rate limit, overload, 5xx, timeout, connection): retry or go elsewhere."""
+
+
+class ProviderRefused(ProviderError):
+    """The provider refused the call (credit, auth, unknown model, bad request): stop using it."""
+
+
+class AnswerRejected(ProviderError):
+    """The answer was truncated or refused; it is never stored as completed."""
+
+
+class ChainExhausted(ProviderError):
+    """Every provider of a fallback chain failed; ``reasons`` lists each one."""
+
+    def __init__(self, reasons: Sequence[tuple[str, str, str]]) -> None:
+        self.reasons = list(reasons)
+        detail = "; ".join(f"{p}: {k} ({m})" for p, k, m in self.reasons)
+        super().__init__(
+            f"every provider failed: {detail}",
+            provider="chain",
+            kind="exhausted",
+            hint="check keys and credit, or add a provider to the step's fallback list",
+        )
+
+
+class MigrationError(NyxError):
+    """A clone or tenant migration could not be planned or applied."""
+
+
+class MigrationConflict(MigrationError):
+    """Rows in the target tenant conflict and no policy resolves them."""
+
+
+class StalePlan(MigrationError):
+    """The database no longer matches the migration plan."""
+
+
+class VerificationFailed(MigrationError):
+    """Checks after applying failed; the transaction was rolled back."""

@@ -1,0 +1,302 @@
+"""SQLAlchemy 2.0 ORM tables.  Table names are a contract (see DESIGN.md); columns may grow.
+
+Every tenant-owned table derives from :class:`TenantOwned` and carries ``tenant_id``; the
+tenant-scoped sessions of :mod:`nyxnb.store` filter on it.  Primary keys are string UUIDs so rows
+travel across tenants and databases without sequences.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+
+# Status values are a contract shared with users' SQL.
+PENDING, RUNNING, COMPLETED, FAILED, PAUSED = "pending", "running", "completed", "failed", "paused"
+STEP_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
+WORKFLOW_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, PAUSED)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id() -> str:
+    """A fresh string UUID primary key."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the store uses."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base: string UUID id and created/updated timestamps on every table."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class TenantOwned:
+    """Mixin for tables whose rows belong to one tenant."""
+
+    @declared_attr
+    def tenant_id(cls) -> Mapped[str]:  # noqa: N805 - declared_attr takes the class
+        return mapped_column(
+            String(36), ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Project(TenantOwned, Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    repositories: Mapped[list[Repository]] = relationship(back_populates="project")
+    workflows: Mapped[list[Workflow]] = relationship(back_populates="project")
+
+
+class Repository(TenantOwned, Base):
+    __tablename__ = "repositories"
+    __table_args__ = (UniqueConstraint("tenant_id", "owner", "repo"),)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    repo: Mapped[str] = mapped_column(String(200))
+
+    project: Mapped[Project] = relationship(back_populates="repositories")
+    code_patterns: Mapped[list[CodePattern]] = relationship(back_populates="repository")
+
+
+class CodePattern(TenantOwned, Base):
+    """A checkable rule: generated code ``must`` or ``must_not`` match ``pattern`` (a regex)."""
+
+    __tablename__ = "code_patterns"
+    repository_id: Mapped[str] = mapped_column(ForeignKey("repositories.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(64), default="general")
+    kind: Mapped[str] = mapped_column(String(16), default="must")
+    pattern: Mapped[str] = mapped_column(Text, default="")
+    applies_to: Mapped[str] = mapped_column(String(200), default="")
+
+    repository: Mapped[Repository] = relationship(back_populates="code_patterns")
+
+
+class Persona(Base):
+    """A system prompt by name; ``tenant_id`` NULL means global (visible to every tenant)."""
+
+    __tablename__ = "personas"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    tenant_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(200), default="")
+    system_prompt: Mapped[str] = mapped_column(Text)
+
+
+class Workflow(TenantOwned, Base):
+    __tablename__ = "workflows"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cloned_from_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
+    )
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    project: Mapped[Project] = relationship(back_populates="workflows")
+    steps: Mapped[list[WorkflowStep]] = relationship(
+        back_populates="workflow", order_by="WorkflowStep.order"
+    )
+
+
+_COMPLETED_HAS_OUTPUT = "status <> 'completed' OR output IS NOT NULL"
+
+
+class WorkflowStep(TenantOwned, Base):
+    __tablename__ = "workflow_steps"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "order"),
+        CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
+    )
+    workflow_id: Mapped[str] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), index=True
+    )
+    order: Mapped[int] = mapped_column("order", Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(32), default="llm")
+    persona: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    fallback: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    auto_generated: Mapped[bool] = mapped_column(Boolean, default=False)
+    input_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    workflow: Mapped[Workflow] = relationship(back_populates="steps")
+    items: Mapped[list[StepItem]] = relationship(back_populates="step", order_by="StepItem.idx")
+
+
+class StepItem(TenantOwned, Base):
+    """One fan-out item; written the moment it completes."""
+
+    __tablename__ = "step_items"
+    __table_args__ = (
+        UniqueConstraint("step_id", "idx"),
+        CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
+    )
+    step_id: Mapped[str] = mapped_column(
+        ForeignKey("workflow_steps.id", ondelete="CASCADE"), index=True
+    )
+    idx: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(Text, default="")
+    input: Mapped[str] = mapped_column(Text, default="")
+    input_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(50), nullable=True)
+
+    step: Mapped[WorkflowStep] = relationship(back_populates="items")
+
+
+class LlmCall(TenantOwned, Base):
+    """One provider attempt (successful, failed or served from cache)."""
+
+    __tablename__ = "llm_calls"
+    workflow_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    step_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflow_steps.id", ondelete="CASCADE"), nullable=True
+    )
+    item_idx: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100), default="")
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | error | cached
+    error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LlmCache(Base):
+    """Content-addressed response cache; ``id`` is the sha256 of the request."""
+
+    __tablename__ = "llm_cache"
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    stop_reason: Mapped[str] = mapped_column(String(32))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProjectNote(TenantOwned, Base):
+    __tablename__ = "project_notes"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text, default="")
+
+
+class ProjectSync(TenantOwned, Base):
+    __tablename__ = "project_syncs"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    source: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32), default="ok")
+    summary: Mapped[str] = mapped_column(Text, default="")
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Consolidation(TenantOwned, Base):
+    __tablename__ = "consolidations"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class WorkflowInsight(TenantOwned, Base):
+    __tablename__ = "workflow_insights"
+    __table_args__ = (Index("ix_workflow_insights_workflow_id", "workflow_id"),)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    workflow_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
+    )
+    kind: Mapped[str] = mapped_column(String(64), default="observation")
+    content: Mapped[str] = mapped_column(Text)
+
+
+class TenantMove(Base):
+    """Audit row of a tenant migration: plan, resolutions and counts; reversible."""
+
+    __tablename__ = "tenant_moves"
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    source_tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    target_tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reversed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def tenant_owned_models() -> list[type[Base]]:
+    """Every mapped class that carries a ``tenant_id`` column (personas included)."""
+    return [
+        m.class_
+        for m in Base.registry.mappers
+        if "tenant_id" in m.columns and m.class_ is not TenantMove
+    ]

@@ -1,0 +1,116 @@
+"""The provider interface: a name, its key's env vars, an options model and one async method."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import MissingKey
+
+#: Every error kind a provider call can fail with, and what the fallback chain does about it.
+REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on
+TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server", "timeout", "connection"})
+REJECTED_KINDS = frozenset({"truncated", "refused"})  # answer not usable; retry then move on
+FATAL_KINDS = frozenset({"bad_request", "context_too_long"})  # this request fails everywhere alike
+ERROR_KINDS = REFUSED_KINDS | TRANSIENT_KINDS | REJECTED_KINDS | FATAL_KINDS
+
+#: Normalised stop reasons a provider returns in :class:`Completion`.
+STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL = "end", "max_tokens", "refusal"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message (``role`` is ``user`` or ``assistant``)."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What the engine asks a provider for; ``model`` None means the provider's default."""
+
+    system: str
+    messages: tuple[Message, ...]
+    model: str | None = None
+    max_tokens: int = 2048
+    temperature: float | None = None
+
+    @classmethod
+    def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:
+        """A single-turn request."""
+        return cls(system=system, messages=(Message("user", prompt),), **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A provider's answer, normalised across SDKs."""
+
+    text: str
+    stop_reason: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    provider: str
+    cached_input_tokens: int = 0
+    raw_stop_reason: str = ""
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+
+class ProviderOptions(BaseModel):
+    """Options every provider accepts; providers subclass to add their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = 120.0
+
+
+class Provider(ABC):
+    """Base class of every provider.
+
+    Subclasses set ``name``, ``key_env`` (env vars holding the key, first found wins; empty for
+    providers without one) and ``default_model``, and implement :meth:`complete`.  ``complete``
+    must raise :class:`nyxnb.errors.ProviderError` subclasses with a ``kind`` from
+    :data:`ERROR_KINDS`, and must never retry on its own: the fallback chain owns retries.
+    """
+
+    name: ClassVar[str]
+    key_env: ClassVar[tuple[str, ...]] = ()
+    default_model: ClassVar[str] = ""
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+
+    def __init__(self, options: ProviderOptions | None = None) -> None:
+        self.options = options or self.Options()
+
+    def api_key(self) -> str:
+        """The key from the environment, or :class:`MissingKey` naming the variables to set."""
+        for var in self.key_env:
+            if os.environ.get(var):
+                return os.environ[var]
+        raise MissingKey(self.name, self.key_env)
+
+    def check_ready(self) -> None:
+        """Raise :class:`MissingKey` now rather than at the first call."""
+        if self.key_env:
+            self.api_key()
+
+    def model_for(self, request: CompletionRequest) -> str:
+        """The model a request will use."""
+        return request.model or self.default_model
+
+    @abstractmethod
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Send one request and return the normalised answer.
+
+        Args:
+            request: system prompt, messages, model and sampling parameters.
+
+        Returns:
+            The answer text, normalised stop reason and token usage.
+        """
+
+    async def aclose(self) -> None:
+        """Release the SDK client, if any."""

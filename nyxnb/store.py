@@ -1,0 +1,230 @@
+"""Open a store: engine, sessions, schema upgrades and tenant scoping.
+
+Where the default store lives (first match wins):
+
+1. the ``url`` argument (the CLI's ``--db``), then the ``NYXNB_DB_URL`` environment variable;
+2. ``data/nyxnb.db`` under the *project root*: the nearest ancestor of the current directory
+   (itself included) holding both ``pyproject.toml`` and a ``data/`` folder -- so the repo root and
+   ``notebooks/`` resolve to the same file;
+3. ``data/nyxnb.db`` of the checkout the package was imported from (an editable install);
+4. ``~/.nyxnb/nyxnb.db``.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``, a 30 s busy timeout and ``BEGIN IMMEDIATE``
+transactions, so a notebook kernel and a CLI process can write to one file at once: the second
+writer waits for the first (commits take ~50 us) instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
+
+from . import models
+from .errors import NotFound, StoreUnavailable
+from .schema import upgrade_schema
+
+T = TypeVar("T")
+ENV_URL = "NYXNB_DB_URL"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """The nearest ancestor of ``start`` (default: cwd) with ``pyproject.toml`` and ``data/``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
+            return folder
+    return None
+
+
+def default_db_path() -> Path:
+    """Where the embedded store lives when no URL is given (see the module docstring)."""
+    root = find_project_root()
+    if root is None and (PACKAGE_ROOT / "pyproject.toml").is_file():
+        root = PACKAGE_ROOT if (PACKAGE_ROOT / "data").is_dir() else None
+    if root is not None:
+        return root / "data" / "nyxnb.db"
+    return Path.home() / ".nyxnb" / "nyxnb.db"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The store URL to use: explicit, then ``NYXNB_DB_URL``, then the default SQLite file."""
+    if url:
+        return url
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    path = default_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: waits on busy_timeout instead of
+        # failing later when a read transaction tries to upgrade to a write.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class NyxSession(Session):
+    """A session; when ``tenant_id`` is set every ORM query sees only that tenant's rows."""
+
+    tenant_id: str | None = None
+
+    def get_one(self, entity: type[T], ident: Any, **kw: Any) -> T:  # type: ignore[override]
+        """Fetch by primary key or raise :class:`NotFound` (also for another tenant's row)."""
+        obj = self.get(entity, ident, **kw)
+        if obj is None:
+            raise NotFound(getattr(entity, "__tablename__", entity.__name__), ident)
+        return obj
+
+
+def _tenant_criteria(tenant_id: str) -> Any:
+    return with_loader_criteria(
+        models.TenantOwned,
+        lambda cls: cls.tenant_id == tenant_id,
+        include_aliases=True,
+        track_closure_variables=True,
+    )
+
+
+def _persona_criteria(tenant_id: str) -> Any:
+    return with_loader_criteria(
+        models.Persona,
+        lambda cls: (cls.tenant_id == tenant_id) | (cls.tenant_id.is_(None)),
+        include_aliases=True,
+        track_closure_variables=True,
+    )
+
+
+@event.listens_for(NyxSession, "do_orm_execute")
+def _scope_to_tenant(state: ORMExecuteState) -> None:
+    tenant_id = getattr(state.session, "tenant_id", None)
+    if tenant_id is None or state.is_column_load:
+        return
+    if state.is_select or state.is_update or state.is_delete:
+        state.statement = state.statement.options(
+            _tenant_criteria(tenant_id), _persona_criteria(tenant_id)
+        )
+
+
+@event.listens_for(NyxSession, "before_flush")
+def _stamp_tenant(session: Session, _ctx: Any, _instances: Any) -> None:
+    tenant_id = getattr(session, "tenant_id", None)
+    if tenant_id is None:
+        return
+    for obj in session.new:
+        if isinstance(obj, models.TenantOwned):
+            if getattr(obj, "tenant_id", None) in (None, tenant_id):
+                obj.tenant_id = tenant_id  # type: ignore[misc]
+            else:
+                raise NotFound("tenant", obj.tenant_id, hint="write rows in your own tenant")
+
+
+class Store:
+    """An open store: ``session()`` for admin work, ``tenant(slug)`` for a scoped view."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url
+        self._sessions = sessionmaker(engine, class_=NyxSession, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self, tenant_id: str | None = None) -> Iterator[NyxSession]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as s:
+            s.tenant_id = tenant_id
+            with s.begin():
+                yield s
+
+    @contextmanager
+    def tenant(self, slug_or_id: str) -> Iterator[NyxSession]:
+        """A session that sees only one tenant's rows (plus global personas)."""
+        tenant = self.find_tenant(slug_or_id)
+        with self.session(tenant.id) as s:
+            yield s
+
+    def find_tenant(self, slug_or_id: str) -> models.Tenant:
+        """The tenant with this slug or id, or :class:`NotFound`."""
+        with self._sessions() as s:
+            found = s.scalar(
+                select(models.Tenant).where(
+                    (models.Tenant.slug == slug_or_id) | (models.Tenant.id == slug_or_id)
+                )
+            )
+        if found is None:
+            raise NotFound("tenant", slug_or_id, hint="list tenants with `nyxnb tenant list`")
+        return found
+
+    def table_names(self) -> list[str]:
+        """Every table of the store (for inspection and checksums)."""
+        return sorted(inspect(self.engine).get_table_names())
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.render_as_string(hide_password=True)!r})"
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise StoreUnavailable(
+            f"malformed store URL {url!r}: {exc}",
+            hint="use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db",
+        ) from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def open_store(url: str | None = None, *, upgrade: bool = True) -> Store:
+    """Open (creating or upgrading as needed) the store at ``url``; see module docs for defaults."""
+    resolved = resolve_url(url)
+    engine = _make_engine(resolved)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreUnavailable(
+            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
+            f"{reason}",
+            hint="check the --db URL / NYXNB_DB_URL and that the server is running",
+        ) from None
+    if upgrade:
+        upgrade_schema(engine)
+    return Store(engine)
