@@ -216,8 +216,9 @@ class LlmCall(TenantOwned, Base):
     workflow_id: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="CASCADE"), index=True, nullable=True
     )
+    # SET NULL: the cost ledger outlives a regenerated step.
     step_id: Mapped[str | None] = mapped_column(
-        ForeignKey("workflow_steps.id", ondelete="CASCADE"), nullable=True
+        ForeignKey("workflow_steps.id", ondelete="SET NULL"), index=True, nullable=True
     )
     item_idx: Mapped[int | None] = mapped_column(Integer, nullable=True)
     provider: Mapped[str] = mapped_column(String(50))

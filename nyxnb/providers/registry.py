@@ -38,7 +38,9 @@ def provider_class(name: str) -> type[Provider]:
     return entry  # type: ignore[return-value]
 
 
-def create_provider(name: str, options: ProviderOptions | dict[str, object] | None = None) -> Provider:
+def create_provider(
+    name: str, options: ProviderOptions | dict[str, object] | None = None
+) -> Provider:
     """Instantiate the provider ``name`` with validated options."""
     cls = provider_class(name)
     if isinstance(options, dict):

@@ -1,0 +1,139 @@
+"""Run events: frozen, JSON-serialisable dataclasses with a ``type`` field.
+
+Every event carries ``workflow_id``; step events carry the step's ``name`` and ``order``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event."""
+
+    type: ClassVar[str] = "event"
+    workflow_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with ``type`` first."""
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> str:
+        """One line of JSON."""
+        return json.dumps(self.to_dict(), default=str)
+
+
+@dataclass(frozen=True)
+class WorkflowStarted(Event):
+    type: ClassVar[str] = "workflow_started"
+    name: str = ""
+    tenant: str = ""
+    project: str = ""
+    resumed: bool = False
+    total_steps: int = 0
+
+
+@dataclass(frozen=True)
+class StepEvent(Event):
+    """An event about one step."""
+
+    name: str = ""
+    order: int = 0
+    step_type: str = "llm"
+
+
+@dataclass(frozen=True)
+class StepStarted(StepEvent):
+    type: ClassVar[str] = "step_started"
+    persona: str | None = None
+    provider: str | None = None
+    auto_generated: bool = False
+    total_items: int | None = None
+    done_items: int = 0
+
+
+@dataclass(frozen=True)
+class FanOutProgress(StepEvent):
+    type: ClassVar[str] = "fan_out_progress"
+    fan_out_index: int = 0  # 1-based index of the item that just completed
+    fan_out_total: int = 0
+    fan_out_heading: str = ""
+    completed: int = 0  # items completed so far, in any order
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class StepCompleted(StepEvent):
+    type: ClassVar[str] = "step_completed"
+    skipped: bool = False  # already completed with unchanged inputs
+    provider: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepFailed(StepEvent):
+    type: ClassVar[str] = "step_failed"
+    error: str = ""
+    item_index: int | None = None
+
+
+@dataclass(frozen=True)
+class ProviderFallback(StepEvent):
+    type: ClassVar[str] = "provider_fallback"
+    from_provider: str = ""
+    to_provider: str | None = None
+    reason: str = ""  # error kind
+    message: str = ""
+    item_index: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowPaused(Event):
+    type: ClassVar[str] = "workflow_paused"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowCompleted(Event):
+    type: ClassVar[str] = "workflow_completed"
+    name: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkflowFailed(Event):
+    type: ClassVar[str] = "workflow_failed"
+    name: str = ""
+    error: str = ""
+    failed_steps: list[str] = field(default_factory=list)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (
+        WorkflowStarted,
+        StepStarted,
+        FanOutProgress,
+        StepCompleted,
+        StepFailed,
+        ProviderFallback,
+        WorkflowPaused,
+        WorkflowCompleted,
+        WorkflowFailed,
+    )
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from :meth:`Event.to_dict` output."""
+    fields = dict(data)
+    cls = EVENT_TYPES[fields.pop("type")]
+    return cls(**fields)

@@ -1,0 +1,195 @@
+"""Fan-out steps: one call per item, bounded concurrency, each item committed as it completes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from . import events as ev
+from . import records
+from .errors import BudgetExceeded, ChainExhausted, StepFailed
+from .generated import parse_items
+from .models import COMPLETED, PENDING, RUNNING, utcnow
+from .pricing import price_for
+from .providers.base import CompletionRequest
+from .providers.registry import provider_class
+from .spec import ItemSpec
+from .templates import ItemView, StepView
+
+if TYPE_CHECKING:
+    from .engine import Runner
+
+
+def _items(runner: Runner, step: dict[str, Any]) -> list[ItemSpec]:
+    config = step["config"]
+    if "items" in config:
+        return [ItemSpec.model_validate(i) for i in config["items"]]
+    source = runner.ctx[config["items_from"]].output or ""
+    items = parse_items(source)
+    if not items:
+        raise runner.fail(
+            step,
+            StepFailed(
+                f"no items found in the output of {config['items_from']!r} (expected a JSON list, "
+                "markdown headings or a bulleted list)",
+                workflow_id=runner.workflow_id,
+                step=step["name"],
+            ),
+        )
+    return items
+
+
+def _estimate_usd(runner: Runner, step: dict[str, Any], requests: list[CompletionRequest]) -> float:
+    name = step["provider"].partition(":")[0]
+    model = step.get("model") or provider_class(name).default_model
+    price = price_for(name, model)
+    return sum(
+        price.cost(len(r.system + r.messages[0].content) // 4, r.max_tokens) for r in requests
+    )
+
+
+def _check_budget(runner: Runner, step: dict[str, Any], requests: list[CompletionRequest]) -> None:
+    limit = runner.spec.max_cost_usd
+    if limit is None or not requests:
+        return
+    spent, estimate = runner.spent_usd(), _estimate_usd(runner, step, requests)
+    if spent + estimate > limit:
+        raise runner.fail(
+            step,
+            BudgetExceeded(
+                f"fan-out {step['name']!r}: {len(requests)} items estimated at ${estimate:.4f} "
+                f"(max_tokens as the output bound) on top of ${spent:.4f} spent exceeds "
+                f"max_cost_usd ${limit:.2f}",
+                hint="raise max_cost_usd, lower max_tokens, or pick a cheaper model",
+            ),
+        )
+
+
+class _FanOut:
+    """State of one fan-out execution."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        step: dict[str, Any],
+        rows: list[dict[str, Any]],
+        requests: list[CompletionRequest],
+    ) -> None:
+        self.runner, self.step, self.rows, self.requests = runner, step, rows, requests
+        self.total = len(rows)
+        self.completed = sum(1 for r in rows if r["status"] == COMPLETED)
+        self.failures: list[tuple[int, ChainExhausted]] = []
+        config = step["config"]
+        self.limit = asyncio.Semaphore(
+            config.get("concurrency") or runner.spec.defaults.concurrency
+        )
+
+    async def run(self) -> bool:
+        """Run every pending item; False if a pause stopped it early."""
+        tasks: list[asyncio.Task[None]] = []
+        stopped = False
+        try:
+            for row in self.rows:
+                if row["status"] == COMPLETED:
+                    continue
+                await self.limit.acquire()
+                if self.runner.pause_event.is_set():
+                    self.limit.release()
+                    stopped = True
+                    break
+                tasks.append(asyncio.create_task(self._item(row)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return not stopped
+
+    async def _item(self, row: dict[str, Any]) -> None:
+        idx = row["idx"]
+        try:
+            result = await self.runner.call(self.step, self.requests[idx], item_idx=idx)
+        except ChainExhausted as exc:
+            records.fail_item(
+                self.runner.store, self.step, idx, str(exc), getattr(exc, "attempts", [])
+            )
+            self.failures.append((idx, exc))
+            return
+        finally:
+            self.limit.release()
+        records.complete_item(self.runner.store, self.step, idx, result.completion.text, result)
+        self.completed += 1
+        self.runner.step_event(
+            ev.FanOutProgress,
+            self.step,
+            fan_out_index=idx + 1,
+            fan_out_total=self.total,
+            fan_out_heading=row["heading"],
+            completed=self.completed,
+            provider=result.provider,
+        )
+
+
+def _step_output(items: list[dict[str, Any]]) -> str:
+    return "\n\n".join(f"## {i['heading']}\n\n{i['output']}" for i in items)
+
+
+async def run_fan_out(runner: Runner, step: dict[str, Any]) -> None:
+    """Execute (or resume) a fan-out step."""
+    items = _items(runner, step)
+    requests, wanted = [], []
+    from .engine import request_hash  # noqa: PLC0415 - circular by design
+
+    for idx, item in enumerate(items):
+        request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
+        requests.append(request)
+        wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
+    digest = hashlib.sha256("".join(w[2] for w in wanted).encode()).hexdigest()
+    done_view = (
+        StepView(
+            step["name"],
+            step["output"],
+            _views(records.load_items(runner.store, step["id"]), items),
+        )
+        if step["status"] == COMPLETED
+        else StepView("")
+    )
+    if runner.skip_if_done(step, digest, done_view):
+        return
+    rows = records.sync_items(runner.store, step, wanted)
+    _check_budget(runner, step, [requests[r["idx"]] for r in rows if r["status"] != COMPLETED])
+    records.update_step(runner.store, step["id"], status=RUNNING, error=None, started_at=utcnow())
+    fan = _FanOut(runner, step, rows, requests)
+    runner.step_event(
+        ev.StepStarted,
+        step,
+        persona=step["persona"],
+        provider=step["provider"],
+        total_items=fan.total,
+        done_items=fan.completed,
+    )
+    finished = await fan.run()
+    if fan.failures:
+        idx, exc = fan.failures[0]
+        raise runner.fail(
+            step,
+            StepFailed(
+                f"{len(fan.failures)} of {fan.total} items failed; first: item {idx + 1}: {exc}",
+                workflow_id=runner.workflow_id,
+                step=step["name"],
+                item=idx,
+            ),
+            item_idx=idx,
+        )
+    if not finished:
+        records.update_step(runner.store, step["id"], status=PENDING)
+        runner.check_pause()
+    final = records.load_items(runner.store, step["id"])
+    records.complete_step(runner.store, step, _step_output(final), digest)
+    runner.ctx[step["name"]] = StepView(step["name"], _step_output(final), _views(final, items))
+    runner.step_event(ev.StepCompleted, step, provider=step["provider"])
+
+
+def _views(rows: list[dict[str, Any]], items: list[ItemSpec]) -> list[ItemView]:
+    bodies = {i: it.body for i, it in enumerate(items)}
+    return [ItemView(r["heading"], bodies.get(r["idx"], ""), r["idx"], r["output"]) for r in rows]

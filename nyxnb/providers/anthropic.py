@@ -1,0 +1,118 @@
+"""``anthropic``: Claude through the official ``anthropic`` SDK (``AsyncAnthropic``, Messages API).
+
+The key comes from ``ANTHROPIC_API_KEY`` and the endpoint from ``ANTHROPIC_BASE_URL`` (read by the
+SDK).  SDK retries are off: the fallback chain owns retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anthropic
+from anthropic.types import Message as SdkMessage
+
+from ..errors import ProviderError
+from .base import STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL, Completion, CompletionRequest, Provider
+from .classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+
+_STOPS = {
+    "max_tokens": STOP_MAX_TOKENS,
+    "model_context_window_exceeded": STOP_MAX_TOKENS,
+    "refusal": STOP_REFUSAL,
+}
+
+
+class AnthropicProvider(Provider):
+    """Claude models over ``AsyncAnthropic``."""
+
+    name = "anthropic"
+    key_env = ("ANTHROPIC_API_KEY",)
+    default_model = "claude-haiku-4-5"
+
+    _client: anthropic.AsyncAnthropic | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _sdk(self) -> anthropic.AsyncAnthropic:
+        """The SDK client, created on first use (again if the event loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = anthropic.AsyncAnthropic(
+                api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+            )
+            self._loop = loop
+        return self._client
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Send one Messages API request and normalise the answer."""
+        client = self._sdk()
+        model = self.model_for(request)
+        try:
+            message = await client.messages.create(**_params(request, model))
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc, client.api_key) from exc
+        return _completion(message, model, self.name)
+
+    def _error(self, exc: anthropic.AnthropicError, key: str | None) -> ProviderError:
+        """The nyxnb error for an SDK exception."""
+        if isinstance(exc, anthropic.APIStatusError):
+            return http_error(self.name, _failure(exc), secret=key)
+        kind = TIMEOUT if isinstance(exc, anthropic.APITimeoutError) else CONNECTION
+        if not isinstance(exc, anthropic.APIConnectionError):
+            kind = "server"  # response validation and other SDK-side failures
+        return make_error(self.name, kind, str(exc), secret=key)
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+def _params(request: CompletionRequest, model: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+    }
+    if request.system:
+        params["system"] = request.system
+    if request.temperature is not None:
+        params["extra_body"] = {"temperature": request.temperature}
+    return params
+
+
+def _failure(exc: anthropic.APIStatusError) -> HttpFailure:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    message = exc.api_message or str(error.get("message") or "") or exc.message
+    return HttpFailure(
+        status=exc.status_code,
+        message=message,
+        error_type=str(exc.type or error.get("type") or ""),
+        code=exc.error_code or "",
+        headers=dict(exc.response.headers),
+    )
+
+
+def _completion(message: SdkMessage, model: str, provider: str) -> Completion:
+    text = "".join(getattr(b, "text", "") for b in message.content if b.type == "text")
+    usage = message.usage
+    cached = usage.cache_read_input_tokens or 0
+    written = usage.cache_creation_input_tokens or 0
+    raw = message.stop_reason or ""
+    return Completion(
+        text=text,
+        stop_reason=_STOPS.get(raw, STOP_END),
+        input_tokens=usage.input_tokens + cached + written,
+        output_tokens=usage.output_tokens,
+        model=model,
+        provider=provider,
+        cached_input_tokens=cached,
+        raw_stop_reason=raw,
+        extra={
+            "id": message.id,
+            "served_model": message.model,
+            "cache_creation_input_tokens": written,
+        },
+    )

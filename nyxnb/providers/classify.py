@@ -1,0 +1,229 @@
+"""Map a failed provider call (HTTP status, error body, headers) to an nyxnb error kind.
+
+Each SDK module only translates its own exception types into an :class:`HttpFailure` (or names a
+transport failure); every decision about *what the failure means* lives here, once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from ..errors import ProviderError, ProviderRefused, ProviderUnavailable
+from .base import REFUSED_KINDS
+
+#: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
+TIMEOUT, CONNECTION = "timeout", "connection"
+
+_EXHAUSTED_CODES = frozenset(
+    {
+        "insufficient_quota",  # OpenAI: no credit left
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "billing_error",  # Anthropic error.type for 402
+        "contract_spend_limit_reached",  # Anthropic details.error_code
+        "enforced_spend_limit_reached",
+        "linked_organization_spend_limit_reached",
+        "linked_organization_billing_unavailable",
+        "organization_on_hold",
+    }
+)
+_EXHAUSTED_TEXT = ("credit balance is too low", "insufficient_quota", "insufficient credit")
+_AUTH_CODES = frozenset({"api_key_invalid", "invalid_api_key", "authentication_error"})
+_AUTH_TEXT = ("api key not valid", "invalid x-api-key", "incorrect api key", "invalid api key")
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_CONTEXT_TEXT = (
+    "prompt is too long",
+    "maximum context length",
+    "context length",
+    "context window",
+    "input token count",
+    "too many tokens",
+    "exceeds the maximum number of tokens",
+    "input is too long",
+)
+_QUOTA_TEXT = "exceeded your current quota"
+_RETRY_IN = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
+_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{12,}|AIza[0-9A-Za-z_\-]{20,})")
+_MAX_MESSAGE = 500
+
+HINTS = {
+    "exhausted": "add credit or quota at the provider; the fallback chain moves on meanwhile",
+    "auth": "check the API key in the environment and its permissions",
+    "not_found": "check the model name for this provider",
+    "bad_request": "the request was rejected as malformed; check the step's parameters",
+    "context_too_long": "shorten the prompt or choose a model with a larger context window",
+    "rate_limited": "retried after the provider's retry-after; lower the concurrency if it persists",
+    "overloaded": "the provider is overloaded; retried with backoff, then the next provider",
+    "server": "the provider failed; retried with backoff, then the next provider",
+    "timeout": "raise timeout_s in the provider options if answers are legitimately slow",
+    "connection": "check the network and the provider's base URL environment variable",
+}
+
+
+@dataclass(frozen=True)
+class HttpFailure:
+    """What an SDK exception says about a failed HTTP call, in provider-neutral terms.
+
+    ``error_type`` is Anthropic's ``error.type``, OpenAI's ``error.type`` or Gemini's
+    ``error.status``; ``code`` is Anthropic's ``error.details.error_code``, OpenAI's
+    ``error.code`` or Gemini's ``ErrorInfo.reason``; ``details`` are Gemini's ``google.rpc``
+    detail objects.
+    """
+
+    status: int
+    message: str = ""
+    error_type: str = ""
+    code: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    details: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def text(self) -> str:
+        """Type, code and message, lower-cased, for pattern matching."""
+        return f"{self.error_type} {self.code} {self.message}".lower()
+
+
+def classify(failure: HttpFailure) -> str:
+    """The error kind of an HTTP failure (one of :data:`nyxnb.providers.ERROR_KINDS`)."""
+    status, text = failure.status, failure.text
+    if _is_exhausted(failure):
+        return "exhausted"
+    if status in (401, 403) or _matches(failure, _AUTH_CODES, _AUTH_TEXT):
+        return "auth"
+    if status == 400 and failure.error_type.upper() == "FAILED_PRECONDITION":
+        return "auth"  # Gemini: API not available in this region / for this account
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status == 529 or failure.error_type == "overloaded_error":
+        return "overloaded"
+    if status == 503 and "overloaded" in text:
+        return "overloaded"
+    if status == 408:
+        return TIMEOUT
+    if status == 413 or (status < 500 and _matches(failure, _CONTEXT_CODES, _CONTEXT_TEXT)):
+        return "context_too_long"
+    if status >= 500 or status == 409:
+        return "server"
+    return "bad_request"
+
+
+def _matches(failure: HttpFailure, codes: frozenset[str], texts: tuple[str, ...]) -> bool:
+    lowered = {failure.code.lower(), failure.error_type.lower()}
+    return bool(lowered & codes) or any(t in failure.text for t in texts)
+
+
+def _is_exhausted(failure: HttpFailure) -> bool:
+    if failure.status == 402 or _matches(failure, _EXHAUSTED_CODES, _EXHAUSTED_TEXT):
+        return True
+    return failure.status == 429 and _is_quota_exhausted(failure)
+
+
+def _is_quota_exhausted(failure: HttpFailure) -> bool:
+    """A Gemini 429 that will not clear within the run: a daily or zero quota, or no retry hint.
+
+    Gemini reports per-minute limits as quota failures too ("You exceeded your current quota",
+    a ``QuotaFailure`` for ``...PerMinute...`` and a ``RetryInfo``); those are rate limits.
+    """
+    violations = [v for d in failure.details if _rpc_type(d) == "QuotaFailure" for v in _list(d)]
+    if not violations and _QUOTA_TEXT not in failure.text:
+        return False
+    for violation in violations:
+        quota_id = str(violation.get("quotaId", "")).lower()
+        if "perday" in quota_id or str(violation.get("quotaValue", "")) == "0":
+            return True
+    return _retry_info_delay(failure.details) is None
+
+
+def _rpc_type(detail: Mapping[str, Any]) -> str:
+    return str(detail.get("@type", "")).rsplit(".", 1)[-1]
+
+
+def _list(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    violations = detail.get("violations")
+    return [v for v in violations if isinstance(v, Mapping)] if isinstance(violations, list) else []
+
+
+def retry_after(failure: HttpFailure) -> float | None:
+    """Seconds to wait before retrying, from headers, Gemini's ``RetryInfo`` or the message."""
+    headers = {k.lower(): v for k, v in failure.headers.items()}
+    in_message = _RETRY_IN.search(failure.message)
+    candidates = (
+        _seconds(headers.get("retry-after-ms"), scale=1000.0),
+        _seconds(headers.get("retry-after")),
+        _http_date(headers.get("retry-after")),
+        _retry_info_delay(failure.details),
+        _seconds(in_message.group(1)) if in_message else None,
+    )
+    return next((c for c in candidates if c is not None), None)
+
+
+def _seconds(value: object, scale: float = 1.0) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(str(value).strip().removesuffix("s")) / scale
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _retry_info_delay(details: Sequence[Mapping[str, Any]]) -> float | None:
+    for detail in details:
+        if _rpc_type(detail) == "RetryInfo":
+            delay = detail.get("retryDelay")
+            if isinstance(delay, Mapping):
+                return float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
+            return _seconds(delay)
+    return None
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` without the API key (and anything shaped like a provider key), shortened."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = _KEY_PATTERN.sub("[redacted]", text)
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def make_error(
+    provider: str,
+    kind: str,
+    message: str,
+    *,
+    secret: str | None = None,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """The nyxnb error for ``kind``: refused/fatal kinds refuse, the rest are unavailable."""
+    refused = kind in REFUSED_KINDS or kind in ("bad_request", "context_too_long")
+    cls = ProviderRefused if refused else ProviderUnavailable
+    return cls(
+        redact(message, secret) or kind,
+        provider=provider,
+        kind=kind,
+        retry_after=retry_after,
+        hint=HINTS.get(kind),
+    )
+
+
+def http_error(provider: str, failure: HttpFailure, *, secret: str | None = None) -> ProviderError:
+    """The nyxnb error for an HTTP failure, with ``retry_after`` when the provider gave one."""
+    kind = classify(failure)
+    delay = retry_after(failure) if kind in ("rate_limited", "overloaded", "server") else None
+    message = f"HTTP {failure.status}: {failure.message or failure.error_type or 'error'}"
+    return make_error(provider, kind, message, secret=secret, retry_after=delay)

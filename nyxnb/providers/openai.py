@@ -1,0 +1,133 @@
+"""``openai``: OpenAI (or any OpenAI-compatible server) through the official ``openai`` SDK.
+
+Uses ``AsyncOpenAI`` Chat Completions.  The key comes from ``OPENAI_API_KEY`` and the endpoint from
+``OPENAI_BASE_URL`` (read by the SDK; include ``/v1``), which also reaches local servers such as
+Ollama, vLLM or llama.cpp.  SDK retries are off: the fallback chain owns retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from ..errors import ProviderError
+from .base import (
+    STOP_END,
+    STOP_MAX_TOKENS,
+    STOP_REFUSAL,
+    Completion,
+    CompletionRequest,
+    Provider,
+    ProviderOptions,
+)
+from .classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+
+_STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
+
+
+class OpenAIOptions(ProviderOptions):
+    """``max_tokens_param``: ``max_tokens`` for servers that predate ``max_completion_tokens``."""
+
+    max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+
+
+class OpenAIProvider(Provider):
+    """OpenAI chat models over ``AsyncOpenAI``."""
+
+    name = "openai"
+    key_env = ("OPENAI_API_KEY",)
+    default_model = "gpt-4o-mini"
+    Options = OpenAIOptions
+
+    _client: openai.AsyncOpenAI | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        """The SDK client, created on first use (again if the event loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = openai.AsyncOpenAI(
+                api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+            )
+            self._loop = loop
+        return self._client
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Send one Chat Completions request and normalise the answer."""
+        client = self._sdk()
+        model = self.model_for(request)
+        opts: OpenAIOptions = self.options  # type: ignore[assignment]
+        try:
+            response = await client.chat.completions.create(
+                **_params(request, model, opts.max_tokens_param)
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc, client.api_key) from exc
+        return _completion(response, model, self.name)
+
+    def _error(self, exc: openai.OpenAIError, key: str | None) -> ProviderError:
+        """The nyxnb error for an SDK exception."""
+        if isinstance(exc, openai.APIStatusError):
+            return http_error(self.name, _failure(exc), secret=key)
+        kind = TIMEOUT if isinstance(exc, openai.APITimeoutError) else CONNECTION
+        if not isinstance(exc, openai.APIConnectionError):
+            kind = "server"  # response validation and other SDK-side failures
+        return make_error(self.name, kind, str(exc), secret=key)
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> dict[str, Any]:
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [{"role": m.role, "content": m.content} for m in request.messages]
+    params: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        max_tokens_param: request.max_tokens,
+    }
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    return params
+
+
+def _failure(exc: openai.APIStatusError) -> HttpFailure:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message") if isinstance(body.get("message"), str) else None
+    return HttpFailure(
+        status=exc.status_code,
+        message=message or (exc.body if isinstance(exc.body, str) else "") or exc.message,
+        error_type=str(exc.type or ""),
+        code=str(exc.code or ""),
+        headers=dict(exc.response.headers),
+    )
+
+
+def _completion(response: ChatCompletion, model: str, provider: str) -> Completion:
+    choice = response.choices[0] if response.choices else None
+    message = choice.message if choice else None
+    raw = (choice.finish_reason if choice else None) or ""
+    refused = bool(message and message.refusal)
+    usage = response.usage
+    details = usage.prompt_tokens_details if usage else None
+    return Completion(
+        text=(message.content or "") if message else "",
+        stop_reason=STOP_REFUSAL if refused or not choice else _STOPS.get(raw, STOP_END),
+        input_tokens=usage.prompt_tokens if usage else 0,
+        output_tokens=usage.completion_tokens if usage else 0,
+        model=model,
+        provider=provider,
+        cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+        raw_stop_reason=raw or ("refusal" if refused else ""),
+        extra={
+            "id": response.id,
+            "served_model": response.model,
+            "refusal": message.refusal if message else None,
+        },
+    )

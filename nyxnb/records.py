@@ -1,0 +1,284 @@
+"""The engine's writes: each is one short transaction, O(1) per item, never rewriting an array."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+
+from . import cache
+from .chain import Attempt, ChainResult
+from .models import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    LlmCall,
+    StepItem,
+    Workflow,
+    WorkflowStep,
+    new_id,
+    utcnow,
+)
+from .store import Store
+
+STEPS: Table = WorkflowStep.__table__  # type: ignore[assignment]
+ITEMS: Table = StepItem.__table__  # type: ignore[assignment]
+CALLS: Table = LlmCall.__table__  # type: ignore[assignment]
+WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
+
+
+def _stamp(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "updated_at": utcnow()}
+
+
+def record_attempts(
+    conn: Connection,
+    attempts: Sequence[Attempt],
+    *,
+    tenant_id: str,
+    workflow_id: str,
+    step_id: str,
+    item_idx: int | None,
+) -> None:
+    """Insert one ``llm_calls`` row per attempt."""
+    if not attempts:
+        return
+    now = utcnow()
+    rows = [
+        {
+            **asdict(a),
+            "id": new_id(),
+            "tenant_id": tenant_id,
+            "workflow_id": workflow_id,
+            "step_id": step_id,
+            "item_idx": item_idx,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for a in attempts
+    ]
+    conn.execute(insert(CALLS), rows)
+
+
+def _remember(conn: Connection, result: ChainResult) -> None:
+    if result.cache_key and not result.from_cache:
+        cache.store_answer(conn, result.cache_key, result.completion)
+
+
+def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
+    """Set columns of one workflow."""
+    with store.engine.begin() as conn:
+        conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == workflow_id).values(_stamp(values)))
+
+
+def update_step(store: Store, step_id: str, **values: Any) -> None:
+    """Set columns of one step."""
+    with store.engine.begin() as conn:
+        conn.execute(update(STEPS).where(STEPS.c.id == step_id).values(_stamp(values)))
+
+
+def complete_step(
+    store: Store,
+    step: dict[str, Any],
+    output: str,
+    input_hash: str,
+    result: ChainResult | None = None,
+) -> None:
+    """Mark a step completed with its output, ledger rows and cache entry, atomically."""
+    if output is None:  # the invariant the original system broke
+        raise ValueError("a completed step needs an output")
+    with store.engine.begin() as conn:
+        if result is not None:
+            record_attempts(
+                conn,
+                result.attempts,
+                tenant_id=step["tenant_id"],
+                workflow_id=step["workflow_id"],
+                step_id=step["id"],
+                item_idx=None,
+            )
+            _remember(conn, result)
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.id == step["id"])
+            .values(
+                _stamp(
+                    {
+                        "status": COMPLETED,
+                        "output": output,
+                        "input_hash": input_hash,
+                        "error": None,
+                        "completed_at": utcnow(),
+                    }
+                )
+            )
+        )
+
+
+def fail_step(
+    store: Store,
+    step: dict[str, Any],
+    error: str,
+    attempts: Sequence[Attempt] = (),
+    item_idx: int | None = None,
+) -> None:
+    """Mark a step failed (and record the attempts that failed)."""
+    with store.engine.begin() as conn:
+        record_attempts(
+            conn,
+            attempts,
+            tenant_id=step["tenant_id"],
+            workflow_id=step["workflow_id"],
+            step_id=step["id"],
+            item_idx=item_idx,
+        )
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.id == step["id"])
+            .values(_stamp({"status": FAILED, "error": error}))
+        )
+
+
+def complete_item(
+    store: Store, step: dict[str, Any], idx: int, output: str, result: ChainResult
+) -> None:
+    """Commit one fan-out item: its row, its ledger rows and cache entry, in one transaction."""
+    with store.engine.begin() as conn:
+        record_attempts(
+            conn,
+            result.attempts,
+            tenant_id=step["tenant_id"],
+            workflow_id=step["workflow_id"],
+            step_id=step["id"],
+            item_idx=idx,
+        )
+        _remember(conn, result)
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.step_id == step["id"], ITEMS.c.idx == idx)
+            .values(
+                status=COMPLETED,
+                output=output,
+                error=None,
+                provider=result.provider,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def fail_item(
+    store: Store, step: dict[str, Any], idx: int, error: str, attempts: Sequence[Attempt]
+) -> None:
+    """Mark one fan-out item failed and record its attempts."""
+    with store.engine.begin() as conn:
+        record_attempts(
+            conn,
+            attempts,
+            tenant_id=step["tenant_id"],
+            workflow_id=step["workflow_id"],
+            step_id=step["id"],
+            item_idx=idx,
+        )
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.step_id == step["id"], ITEMS.c.idx == idx)
+            .values(status=FAILED, error=error, updated_at=utcnow())
+        )
+
+
+def sync_items(
+    store: Store, step: dict[str, Any], wanted: Sequence[tuple[str, str, str]]
+) -> list[dict[str, Any]]:
+    """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
+
+    Rows whose input is unchanged keep their status and output: a committed item is never
+    called again.  Changed rows go back to pending; surplus rows are deleted.
+    """
+    with store.engine.begin() as conn:
+        rows = {
+            r["idx"]: dict(r)
+            for r in conn.execute(select(ITEMS).where(ITEMS.c.step_id == step["id"])).mappings()
+        }
+        conn.execute(delete(ITEMS).where(ITEMS.c.step_id == step["id"], ITEMS.c.idx >= len(wanted)))
+        now, fresh = utcnow(), []
+        for idx, (heading, text, digest) in enumerate(wanted):
+            row = rows.get(idx)
+            if row is None:
+                fresh.append(
+                    {
+                        "id": new_id(),
+                        "tenant_id": step["tenant_id"],
+                        "step_id": step["id"],
+                        "idx": idx,
+                        "heading": heading,
+                        "input": text,
+                        "input_hash": digest,
+                        "status": PENDING,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            elif row["input_hash"] != digest:
+                conn.execute(
+                    update(ITEMS)
+                    .where(ITEMS.c.id == row["id"])
+                    .values(
+                        heading=heading,
+                        input=text,
+                        input_hash=digest,
+                        status=PENDING,
+                        output=None,
+                        error=None,
+                        updated_at=now,
+                    )
+                )
+            elif row["status"] == FAILED:
+                conn.execute(
+                    update(ITEMS)
+                    .where(ITEMS.c.id == row["id"])
+                    .values(status=PENDING, error=None, updated_at=now)
+                )
+        if fresh:
+            conn.execute(insert(ITEMS), fresh)
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(ITEMS).where(ITEMS.c.step_id == step["id"]).order_by(ITEMS.c.idx)
+            ).mappings()
+        ]
+
+
+def load_steps(store: Store, workflow_id: str) -> list[dict[str, Any]]:
+    """Every step of a workflow as dicts, in order."""
+    with store.engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(STEPS).where(STEPS.c.workflow_id == workflow_id).order_by(STEPS.c.order)
+            ).mappings()
+        ]
+
+
+def load_items(store: Store, step_id: str) -> list[dict[str, Any]]:
+    """Every item row of a step, in order."""
+    with store.engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(ITEMS).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
+            ).mappings()
+        ]
+
+
+def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Swap the workflow's generated steps for ``rows`` (ledger rows survive: SET NULL)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            delete(STEPS).where(
+                STEPS.c.workflow_id == workflow_id, STEPS.c.auto_generated.is_(True)
+            )
+        )
+        if rows:
+            conn.execute(insert(STEPS), list(rows))

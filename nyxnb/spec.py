@@ -1,0 +1,261 @@
+"""Workflow specs (YAML, JSON or a dict) validated by pydantic; errors name the field and line.
+
+name: brbase-plan
+defaults: {provider: anthropic, fallback: [google, openai], model: null, concurrency: 8}
+steps:
+  - {name: analysis, persona: Athena, prompt: "Analyse {{ project.name }}"}
+  - {name: features, type: fan-out, persona: Cael, items: [{heading: Auth}],
+     prompt: "Design {{ item.heading }}"}
+generate:
+  consistency_check: {persona: Nemesis}
+  implementation_prompts: {from: features, persona: Aristaeus}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SpecError
+from .templates import check_template
+
+USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check")
+GENERATED_STEP_TYPES = ("consistency-check", "implementation-prompt")
+LLM_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", *GENERATED_STEP_TYPES)
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ItemSpec(_Model):
+    """One fan-out item."""
+
+    heading: str = Field(min_length=1)
+    body: str = ""
+
+
+class Defaults(_Model):
+    """Workflow-wide defaults; each step may override provider, fallback, model, concurrency."""
+
+    provider: str = "anthropic"
+    fallback: list[str] = Field(default_factory=lambda: ["google", "openai"])
+    model: str | None = None
+    concurrency: int = Field(default=8, ge=1, le=256)
+    max_tokens: int = Field(default=2048, ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    cache: bool = True
+
+
+class StepSpec(_Model):
+    """One user-defined step."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check"] = "llm"
+    persona: str | None = None
+    prompt: str = ""
+    provider: str | list[str] | None = None
+    fallback: list[str] | None = None
+    model: str | None = None
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    items: list[ItemSpec] | None = None
+    items_from: str | None = None
+    repository: str | None = None
+    target: str | None = None
+    fail_on_violation: bool = False
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> StepSpec:
+        if self.type == "fan-out":
+            if (self.items is None) == (self.items_from is None):
+                raise ValueError("a fan-out step needs exactly one of `items` or `items_from`")
+            if self.items is not None and not self.items:
+                raise ValueError("`items` is empty; give at least one item")
+        elif self.items is not None or self.items_from is not None:
+            raise ValueError(f"`items`/`items_from` only apply to fan-out steps, not {self.type}")
+        if self.type == "pattern-check":
+            if not self.repository or "/" not in self.repository:
+                raise ValueError("a pattern-check step needs `repository: OWNER/REPO`")
+        elif not self.prompt.strip():
+            raise ValueError("`prompt` is required for this step type")
+        return self
+
+
+class ConsistencyCheckSpec(_Model):
+    """The generated consistency-check step."""
+
+    persona: str | None = None
+    prompt: str | None = None
+
+
+class ImplementationPromptsSpec(_Model):
+    """One generated implementation-prompt step per item of the fan-out step ``from``."""
+
+    from_: str = Field(alias="from")
+    persona: str | None = None
+    prompt: str | None = None
+
+
+class GenerateSpec(_Model):
+    """Steps the engine generates after the user's steps."""
+
+    consistency_check: ConsistencyCheckSpec | None = None
+    implementation_prompts: ImplementationPromptsSpec | None = None
+
+
+class WorkflowSpec(_Model):
+    """A whole workflow definition."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    defaults: Defaults = Field(default_factory=Defaults)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    steps: list[StepSpec] = Field(min_length=1)
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+
+    def step(self, name: str) -> StepSpec:
+        """The user step called ``name``."""
+        return next(s for s in self.steps if s.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (stored in ``workflows.spec``)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _check_references(spec: WorkflowSpec) -> None:
+    seen: list[str] = []
+    for i, step in enumerate(spec.steps):
+        where = f"steps[{i}]"
+        if step.name in seen:
+            raise SpecError(
+                f"duplicate step name {step.name!r}",
+                field=f"{where}.name",
+                hint="give every step a unique name",
+            )
+        if step.items_from and step.items_from not in seen:
+            raise SpecError(
+                f"items_from {step.items_from!r} is not an earlier step",
+                field=f"{where}.items_from",
+                hint=f"earlier steps: {seen or 'none'}",
+            )
+        if step.target and step.target not in seen:
+            raise SpecError(
+                f"target {step.target!r} is not an earlier step",
+                field=f"{where}.target",
+                hint=f"earlier steps: {seen or 'none'}",
+            )
+        if step.type != "pattern-check":
+            allowed = {"project", "steps", "loop", "range"} | (
+                {"item"} if step.type == "fan-out" else set()
+            )
+            check_template(
+                step.prompt, field_name=f"{where}.prompt", allowed=allowed, earlier_steps=seen
+            )
+        seen.append(step.name)
+    impl = spec.generate.implementation_prompts
+    if impl is not None:
+        fanouts = [s.name for s in spec.steps if s.type == "fan-out"]
+        if impl.from_ not in fanouts:
+            raise SpecError(
+                f"{impl.from_!r} is not a fan-out step",
+                field="generate.implementation_prompts.from",
+                hint=f"fan-out steps: {fanouts or 'none'}",
+            )
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    node = root
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        if node is None:
+            break
+    return None if node is None else node.start_mark.line + 1
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in USER_STEP_TYPES and not str(part).startswith("function-"):
+            out += f".{part}" if out else str(part)
+    return out or "spec"
+
+
+def _from_validation(exc: ValidationError, root: yaml.Node | None) -> SpecError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    hint = {"extra_forbidden": "remove it or check the spelling", "missing": "add it"}.get(
+        err["type"], "see the spec format in nyxnb.spec"
+    )
+    if err["type"] == "literal_error":
+        hint = f"use one of: {', '.join(USER_STEP_TYPES)}"
+    return SpecError(msg, field=_field_path(loc), line=_line_of(root, loc), hint=hint)
+
+
+def parse_spec(data: dict[str, Any], *, root: yaml.Node | None = None) -> WorkflowSpec:
+    """Validate a spec dict; ``root`` (a composed YAML node) adds line numbers to errors."""
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping with `name` and `steps`", line=1)
+    try:
+        spec = WorkflowSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation(exc, root) from None
+    try:
+        _check_references(spec)
+    except SpecError as exc:
+        loc = tuple(
+            int(p) if p.isdigit() else p
+            for p in exc.field.replace("[", ".").replace("]", "").split(".")
+        )
+        exc.line = _line_of(root, loc)
+        if exc.line is not None:
+            exc.message = exc.message.replace(f"{exc.field}:", f"{exc.field} (line {exc.line}):", 1)
+        raise
+    return spec
+
+
+def load_spec_text(text: str, *, source: str = "<spec>") -> WorkflowSpec:
+    """Parse YAML or JSON text into a validated spec."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(
+            f"{source} is not valid YAML/JSON: {getattr(exc, 'problem', exc)}",
+            line=mark.line + 1 if mark else None,
+            hint="check indentation and quoting",
+        ) from None
+    return parse_spec(data, root=root)
+
+
+def load_spec(source: str | Path | dict[str, Any] | WorkflowSpec) -> WorkflowSpec:
+    """Load a spec from a path (.yaml/.yml/.json), YAML/JSON text, a dict or a spec."""
+    if isinstance(source, WorkflowSpec):
+        return source
+    if isinstance(source, dict):
+        return parse_spec(source)
+    path = Path(source) if isinstance(source, Path) or "\n" not in source else None
+    if path is not None and path.suffix in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise SpecError(f"spec file {str(path)!r} not found", hint="check the path")
+        return load_spec_text(path.read_text(encoding="utf-8"), source=str(path))
+    return load_spec_text(str(source))
+
+
+def dumps(spec: WorkflowSpec) -> str:
+    """The spec as JSON text."""
+    return json.dumps(spec.to_dict(), indent=2)

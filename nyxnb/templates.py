@@ -1,0 +1,129 @@
+"""Sandboxed Jinja2 prompts: the render context and static checks of what a template names.
+
+Templates see ``project`` (name, description), ``item`` (heading, body, index) inside a fan-out,
+and ``steps.NAME`` (output, items: each with heading and output) for earlier steps.  The context
+is made of small objects, not dicts, so ``steps.features.items`` is the items list and not
+``dict.items`` (Jinja2 looks attributes up before keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import SpecError
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class ProjectView:
+    """``project`` in a template."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """``item`` in a fan-out template; ``index`` is 0-based, ``number`` 1-based."""
+
+    heading: str
+    body: str = ""
+    index: int = 0
+    output: str | None = None
+
+    @property
+    def number(self) -> int:
+        """1-based position of the item."""
+        return self.index + 1
+
+
+@dataclass(frozen=True)
+class StepView:
+    """``steps.NAME`` in a template."""
+
+    name: str
+    output: str | None = None
+    items: list[ItemView] = field(default_factory=list)
+
+
+class StepsView:
+    """``steps``: earlier steps by name; naming a missing one is an error, never a blank."""
+
+    def __init__(self, steps: Mapping[str, StepView]) -> None:
+        self._steps = dict(steps)
+
+    def __getattr__(self, name: str) -> StepView:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._steps[name]
+        except KeyError:
+            known = ", ".join(self._steps) or "none yet"
+            raise UndefinedError(f"no earlier step named {name!r} (known: {known})") from None
+
+    def __getitem__(self, name: str) -> StepView:
+        return self.__getattr__(name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._steps.values())
+
+
+def compile_template(source: str, *, field_name: str) -> None:
+    """Parse a template, raising :class:`SpecError` with the line of a syntax error."""
+    try:
+        _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise SpecError(
+            f"template syntax error on template line {exc.lineno}: {exc.message}",
+            field=field_name,
+            hint="fix the Jinja2 syntax ({{ var }}, {% for %}...{% endfor %})",
+        ) from None
+
+
+def referenced_names(source: str) -> tuple[set[str], set[str]]:
+    """Top-level names a template reads, and the step names it reads via ``steps.NAME``."""
+    ast = _ENV.parse(source)
+    assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    top = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - assigned
+    step_refs: set[str] = set()
+    for node in ast.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            step_refs.add(node.attr)
+    for node in ast.find_all(nodes.Getitem):
+        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                step_refs.add(node.arg.value)
+    return top, step_refs
+
+
+def check_template(
+    source: str, *, field_name: str, allowed: Iterable[str], earlier_steps: Iterable[str]
+) -> None:
+    """Raise :class:`SpecError` if the template names a variable or step it cannot see."""
+    compile_template(source, field_name=field_name)
+    top, step_refs = referenced_names(source)
+    allowed = set(allowed)
+    for name in sorted(top - allowed):
+        raise SpecError(
+            f"template uses undefined variable {name!r}",
+            field=field_name,
+            hint=f"available here: {', '.join(sorted(allowed))}",
+        )
+    earlier = list(earlier_steps)
+    for name in sorted(step_refs - set(earlier)):
+        raise SpecError(
+            f"template reads steps.{name}, which is not an earlier step",
+            field=field_name,
+            hint=f"earlier steps: {', '.join(earlier) or 'none'}; a step can only read steps "
+            "that run before it",
+        )
+
+
+def render(source: str, **context: object) -> str:
+    """Render a template with strict undefined handling."""
+    return _ENV.from_string(source).render(**context)
