@@ -239,6 +239,7 @@ class LlmCache(Base):
     """Content-addressed response cache; ``id`` is the sha256 of the request."""
 
     __tablename__ = "llm_cache"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
     provider: Mapped[str] = mapped_column(String(50))
     model: Mapped[str] = mapped_column(String(100))
     text: Mapped[str] = mapped_column(Text)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
 
 from .errors import StoreVersionError
 
@@ -17,8 +14,14 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 HEAD = "0001"
 
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+
 def alembic_config(engine: Engine) -> Config:
     """An Alembic config bound to ``engine`` (no alembic.ini needed)."""
+    from alembic.config import Config  # alembic is imported only when a schema changes
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -28,7 +31,9 @@ def alembic_config(engine: Engine) -> Config:
 def current_revision(engine: Engine) -> str | None:
     """The store's Alembic revision, or None for an empty store."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -36,6 +41,9 @@ def upgrade_schema(engine: Engine) -> None:
     current = current_revision(engine)
     if current == HEAD:
         return
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     cfg = alembic_config(engine)
     known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
     if current is not None and current not in known:

@@ -84,7 +84,8 @@ def _params(request: CompletionRequest, model: str) -> dict[str, Any]:
 
 def _failure(exc: anthropic.APIStatusError) -> HttpFailure:
     body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    error = error if isinstance(error, dict) else {}
     message = exc.api_message or str(error.get("message") or "") or exc.message
     return HttpFailure(
         status=exc.status_code,

@@ -57,7 +57,7 @@ HINTS = {
     "not_found": "check the model name for this provider",
     "bad_request": "the request was rejected as malformed; check the step's parameters",
     "context_too_long": "shorten the prompt or choose a model with a larger context window",
-    "rate_limited": "retried after the provider's retry-after; lower the concurrency if it persists",
+    "rate_limited": "retried after the provider's retry-after; lower concurrency if it persists",
     "overloaded": "the provider is overloaded; retried with backoff, then the next provider",
     "server": "the provider failed; retried with backoff, then the next provider",
     "timeout": "raise timeout_s in the provider options if answers are legitimately slow",

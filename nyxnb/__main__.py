@@ -1,0 +1,5 @@
+"""``python -m nyxnb`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,234 @@
+"""The ``nyxnb`` command.  Every command takes ``--json``; errors are one line on stderr, exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from . import events as ev
+from .errors import AlreadyExists, NyxError
+from .models import Project, Tenant
+from .store import Store, open_store
+
+
+class NyxGroup(click.Group):
+    """A group that turns :class:`NyxError` into one clean line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NyxError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(dict)["json"] = True
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, expose_value=False,
+                           callback=_set_json, is_eager=True,
+                           help="Machine-readable JSON output.")
+
+
+def with_json(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--json`` to a command."""
+    return json_option(fn)
+
+
+def get_store(ctx: click.Context) -> Store:
+    """Open the store named by ``--db`` / ``NYXNB_DB_URL`` / the default rule (once per call)."""
+    obj = ctx.ensure_object(dict)
+    if "store" not in obj:
+        obj["store"] = open_store(obj.get("db"))
+    store: Store = obj["store"]
+    return store
+
+
+def wants_json(ctx: click.Context) -> bool:
+    """True when ``--json`` was given globally or on the command."""
+    return bool(ctx.ensure_object(dict).get("json"))
+
+
+def emit(ctx: click.Context, data: Any, text: str | Callable[[], str]) -> None:
+    """Print ``data`` as JSON with ``--json``, else the human text."""
+    if wants_json(ctx):
+        click.echo(json.dumps(data, default=str, indent=2))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """A plain aligned text table."""
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+@click.group(cls=NyxGroup)
+@click.option("--db", envvar="NYXNB_DB_URL", metavar="URL",
+              help="Store URL (default: data/nyxnb.db of the project; env NYXNB_DB_URL).")
+@json_option
+@click.version_option(package_name="nyxnb")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None) -> None:
+    """nyxnb: durable, multi-step LLM workflows for Jupyter."""
+    ctx.ensure_object(dict)["db"] = db
+
+
+@cli.command()
+@with_json
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create or upgrade the store's schema."""
+    store = get_store(ctx)
+    from .schema import HEAD
+
+    url = store.url.render_as_string(hide_password=True)
+    emit(ctx, {"url": url, "revision": HEAD}, f"store ready at {url} (schema {HEAD})")
+
+
+@cli.command()
+@with_json
+@click.pass_context
+def seed(ctx: click.Context) -> None:
+    """Load the sample tenants, projects, personas and BRbase data (idempotent)."""
+    from .seed import seed as run_seed
+
+    report = run_seed(get_store(ctx))
+    data = report.to_dict() if hasattr(report, "to_dict") else report.__dict__
+    emit(ctx, data, lambda: "seeded: " + ", ".join(f"{k}={v}" for k, v in data.items()))
+
+
+@cli.group()
+def tenant() -> None:
+    """Add and list tenants."""
+
+
+@tenant.command("add")
+@click.argument("slug")
+@click.option("--name", help="Display name (default: the slug).")
+@with_json
+@click.pass_context
+def tenant_add(ctx: click.Context, slug: str, name: str | None) -> None:
+    """Add a tenant."""
+    store = get_store(ctx)
+    try:
+        with store.session() as s:
+            row = Tenant(slug=slug, name=name or slug)
+            s.add(row)
+            s.flush()
+            data = {"id": row.id, "slug": row.slug, "name": row.name}
+    except IntegrityError:
+        raise AlreadyExists(f"tenant {slug!r} already exists",
+                            hint="pick another slug; see `nyxnb tenant list`") from None
+    emit(ctx, data, f"added tenant {slug} ({data['id']})")
+
+
+@tenant.command("list")
+@with_json
+@click.pass_context
+def tenant_list(ctx: click.Context) -> None:
+    """List tenants."""
+    with get_store(ctx).session() as s:
+        rows = [{"id": t.id, "slug": t.slug, "name": t.name}
+                for t in s.scalars(select(Tenant).order_by(Tenant.slug))]
+    emit(ctx, rows, lambda: table(rows, ["slug", "name", "id"]))
+
+
+@cli.group()
+def project() -> None:
+    """Add and list projects."""
+
+
+@project.command("add")
+@click.argument("tenant_slug", metavar="TENANT")
+@click.argument("name")
+@click.option("--description", default="", help="What the project is.")
+@with_json
+@click.pass_context
+def project_add(ctx: click.Context, tenant_slug: str, name: str, description: str) -> None:
+    """Add a project to a tenant."""
+    store = get_store(ctx)
+    try:
+        with store.tenant(tenant_slug) as s:
+            row = Project(name=name, description=description)
+            s.add(row)
+            s.flush()
+            data = {"id": row.id, "tenant": tenant_slug, "name": name}
+    except IntegrityError:
+        raise AlreadyExists(f"project {name!r} already exists in tenant {tenant_slug!r}",
+                            hint="pick another name; see `nyxnb project list`") from None
+    emit(ctx, data, f"added project {name} to {tenant_slug} ({data['id']})")
+
+
+@project.command("list")
+@click.option("--tenant", "tenant_slug", help="Only this tenant's projects.")
+@with_json
+@click.pass_context
+def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
+    """List projects."""
+    store = get_store(ctx)
+    tenant_id = store.find_tenant(tenant_slug).id if tenant_slug else None
+    with store.session(tenant_id) as s:
+        query = select(Project, Tenant.slug).join(Tenant, Tenant.id == Project.tenant_id)
+        rows = [{"id": p.id, "tenant": slug, "name": p.name}
+                for p, slug in s.execute(query.order_by(Tenant.slug, Project.name))]
+    emit(ctx, rows, lambda: table(rows, ["tenant", "name", "id"]))
+
+
+def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
+    """Print events (JSON lines or text progress) and exit 0 only if the workflow completed."""
+    from .progress import TextProgress
+
+    show = (lambda e: click.echo(e.to_json())) if wants_json(ctx) else TextProgress()
+    status = "failed"
+    for event in events:
+        show(event)
+        if isinstance(event, ev.WorkflowCompleted):
+            status = "completed"
+        elif isinstance(event, ev.WorkflowPaused):
+            status = "paused"
+    sys.exit(0 if status == "completed" else 1)
+
+
+def register_commands() -> None:
+    """Attach the commands that live in other modules."""
+    from . import cli_run
+
+    for command in cli_run.COMMANDS:
+        cli.add_command(command)
+    try:
+        from . import cli_migrate
+    except ImportError:  # pragma: no cover - during development only
+        return
+    for name in ("clone", "migrate"):
+        if hasattr(cli_migrate, name):
+            cli.add_command(getattr(cli_migrate, name))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="nyxnb")
+
+
+def demo_spec_path() -> Path:
+    """The sample workflow the demo runs."""
+    from .pricing import pricing_path
+
+    return pricing_path().parent / "workflows" / "brbase-plan.yaml"
+
+
+register_commands()

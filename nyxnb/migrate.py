@@ -1,0 +1,335 @@
+"""Move a project between tenants: plan, review, apply in one transaction, verify, reverse.
+
+    plan = plan_migration(store, "BRbase", "nyx", "clarait")   # writes nothing
+    print(plan); plan.to_dataframe(); plan.to_json()
+    move = apply_migration(store, plan, on_conflict="abort")   # or "rename" / "merge"
+    reverse_migration(store, move.move_id)
+
+The tables to move are found from the live schema (every table with ``tenant_id`` reachable from
+``projects`` through foreign keys), so a table added later moves too.  A conflict is a row of the
+target tenant with the same tenant-scoped unique key as a moved row.  A target row with no
+dependent data (the empty duplicate repository and project of the original incident) is removed
+and restored by :func:`reverse_migration`; any other conflict needs a policy:
+
+- ``abort`` (default): refuse, naming each conflicting row;
+- ``rename``: append the plan's ``suffix`` to the moved row's key column (``name``, ``repo``);
+- ``merge``: the moved row's children go under the existing target row (projects, and their
+  containers such as repositories when the parent is merged too), the moved row is dropped.
+
+A foreign key that would cross tenants after the move (a workflow of another project cloned from
+a moved one) is *detached* (set NULL) when the column is nullable, and restored on reverse.
+The plan/apply/reverse machinery lives in :mod:`nyxnb.migrate_plan` and
+:mod:`nyxnb.migrate_apply`; this module holds the values and the public functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, MigrationConflict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .store import Store
+
+ROOT = "projects"
+POLICIES = ("abort", "rename", "merge")
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """Rows of one table that move, with a content checksum (all columns but tenant/updated_at)."""
+
+    table: str
+    rows: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A target-tenant row with the same tenant-scoped unique key as a moved row."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    source_id: str
+    target_id: str
+    dependents: int
+    removable: bool
+    container: bool
+    rename_column: str | None = None
+    rename_to: str | None = None
+    #: (column, parent table, parent id of the moved row, parent id of the target row)
+    parents: tuple[tuple[str, str, str | None, str | None], ...] = ()
+
+    def describe(self) -> str:
+        """``projects name='BRbase'`` -- the table and the clashing key."""
+        pairs = ", ".join(f"{c}={v!r}" for c, v in zip(self.columns, self.key, strict=True))
+        return f"{self.table} {pairs}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Conflict:
+        """Rebuild from :meth:`MigrationPlan.to_dict` output."""
+        return cls(
+            **{k: v for k, v in d.items() if k not in ("columns", "key", "parents")},
+            columns=tuple(d["columns"]),
+            key=tuple(d["key"]),
+            parents=tuple((p[0], p[1], p[2], p[3]) for p in d.get("parents", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key that would cross tenants after the move; detached (set NULL) on apply."""
+
+    table: str
+    column: str
+    row_id: str
+    value: str
+    moved: bool
+    nullable: bool
+
+    def describe(self) -> str:
+        """One line naming the row and what it points at."""
+        side = "moved" if self.moved else "staying"
+        return f"{self.table}.{self.column} of {side} row {self.row_id} -> {self.value}"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What apply does about one conflict: ``remove``, ``rename`` or ``merge``."""
+
+    action: str
+    table: str
+    source_id: str
+    target_id: str
+    column: str | None = None
+    new_value: str | None = None
+
+    def __str__(self) -> str:
+        if self.action == "remove":
+            return f"remove empty {self.table} row {self.target_id} of the target"
+        if self.action == "rename":
+            return f"rename moved {self.table} row {self.source_id}: {self.column}={self.new_value!r}"
+        return f"merge moved {self.table} row {self.source_id} into {self.target_id}"
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """What moving a project to another tenant would do; print it, diff it, apply it."""
+
+    project_id: str
+    project: str
+    source_id: str
+    source: str
+    target_id: str
+    target: str
+    suffix: str
+    tables: tuple[TablePlan, ...]
+    conflicts: tuple[Conflict, ...] = ()
+    references: tuple[Reference, ...] = ()
+    planned_at: str = field(default="", compare=False)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Table -> rows to move."""
+        return {t.table: t.rows for t in self.tables}
+
+    @property
+    def total_rows(self) -> int:
+        """Rows to move across all tables."""
+        return sum(t.rows for t in self.tables)
+
+    def resolve(self, on_conflict: str = "abort") -> tuple[Resolution, ...]:
+        """The resolution of every conflict under a policy, or :class:`MigrationConflict`."""
+        from .migrate_plan import resolve_conflicts
+
+        return resolve_conflicts(self, on_conflict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (round-trips through :meth:`from_dict`)."""
+        return asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        """The plan as JSON text."""
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MigrationPlan:
+        """Rebuild a plan from :meth:`to_dict` output (or the CLI's ``--json`` output)."""
+        if "tables" not in data and "plan" in data:
+            data = data["plan"]
+        try:
+            scalars = {k: data[k] for k in _PLAN_SCALARS if k in data}
+            return cls(
+                **scalars,
+                tables=tuple(TablePlan(**t) for t in data["tables"]),
+                conflicts=tuple(Conflict.from_dict(c) for c in data.get("conflicts", ())),
+                references=tuple(Reference(**r) for r in data.get("references", ())),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"not a migration plan: {exc}", hint="use the output of `nyxnb migrate --json`"
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> MigrationPlan:
+        """Rebuild a plan from :meth:`to_json` text."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not a migration plan: {exc}") from None
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per table: rows to move, conflicts, references to detach, checksum."""
+        import pandas as pd
+
+        rows = [
+            {
+                "table": t.table,
+                "rows": t.rows,
+                "conflicts": sum(c.table == t.table for c in self.conflicts),
+                "detach": sum(r.table == t.table for r in self.references),
+                "checksum": t.checksum,
+            }
+            for t in self.tables
+        ]
+        return pd.DataFrame(rows, columns=["table", "rows", "conflicts", "detach", "checksum"])
+
+    def describe(self, on_conflict: str | None = None) -> str:
+        """The readable plan; with a policy, also each resolution or why it would refuse."""
+        lines = [str(self)]
+        if on_conflict is not None:
+            try:
+                chosen = self.resolve(on_conflict)
+                lines.append(f"Resolutions (--on-conflict {on_conflict}):")
+                lines += [f"  {r}" for r in chosen] or ["  (nothing to resolve)"]
+            except MigrationConflict as exc:
+                lines.append(f"Refused under --on-conflict {on_conflict}: {exc}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = (
+            f"Move project {self.project!r} ({self.project_id}) "
+            f"from tenant {self.source} to {self.target}: {self.total_rows} rows"
+        )
+        width = max([len(t.table) for t in self.tables] + [5])
+        lines = [head, f"  {'table':<{width}}  {'rows':>8}  checksum"]
+        lines += [f"  {t.table:<{width}}  {t.rows:>8}  {t.checksum[:12]}" for t in self.tables]
+        lines.append(f"Conflicts with {self.target}: {len(self.conflicts) or 'none'}")
+        for c in self.conflicts:
+            state = (
+                "empty, remove it"
+                if c.removable
+                else f"{c.dependents} dependent rows, needs a policy"
+            )
+            lines.append(f"  {c.describe()}: target row {c.target_id} ({state})")
+        if self.references:
+            lines.append(f"Foreign keys to detach (set NULL): {len(self.references)}")
+            lines += [f"  {r.describe()}" for r in self.references]
+        return "\n".join(lines)
+
+
+_PLAN_SCALARS = (
+    "project_id",
+    "project",
+    "source_id",
+    "source",
+    "target_id",
+    "target",
+    "suffix",
+    "planned_at",
+)
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """What :func:`apply_migration` or :func:`reverse_migration` did."""
+
+    move_id: str
+    action: str
+    plan: MigrationPlan
+    resolutions: tuple[Resolution, ...]
+    counts: tuple[tuple[str, int], ...]
+    detached: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (the plan itself is left out; it is in the move row)."""
+        return {
+            "move_id": self.move_id,
+            "action": self.action,
+            "project": self.plan.project,
+            "source": self.plan.source,
+            "target": self.plan.target,
+            "counts": dict(self.counts),
+            "resolutions": [asdict(r) for r in self.resolutions],
+            "detached": self.detached,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def __str__(self) -> str:
+        src, dst = (
+            (self.plan.source, self.plan.target)
+            if self.action == "apply"
+            else (self.plan.target, self.plan.source)
+        )
+        moved = ", ".join(f"{n} {t}" for t, n in self.counts if n)
+        lines = [f"moved project {self.plan.project!r} from {src} to {dst}: {moved}"]
+        lines += [f"  {r}" for r in self.resolutions]
+        if self.detached:
+            lines.append(f"  detached {self.detached} cross-tenant foreign keys")
+        if self.action == "apply":
+            lines.append(f"move {self.move_id}; undo with `nyxnb migrate --reverse {self.move_id}`")
+        else:
+            lines.append(f"reversed move {self.move_id}")
+        return "\n".join(lines)
+
+
+def plan_migration(
+    store: Store, project: str, source: str, target: str, *, suffix: str | None = None
+) -> MigrationPlan:
+    """Survey moving ``project`` (name or id) from tenant ``source`` to ``target``; writes nothing."""
+    from .migrate_plan import plan_in_snapshot
+
+    return plan_in_snapshot(store, project, source, target, suffix=suffix)
+
+
+def apply_migration(store: Store, plan: MigrationPlan, on_conflict: str = "abort") -> MoveResult:
+    """Apply ``plan`` in one verified transaction; refuses a stale plan or an unresolved conflict."""
+    from .migrate_apply import apply_plan
+
+    return apply_plan(store, plan, on_conflict)
+
+
+def reverse_migration(store: Store, move_id: str) -> MoveResult:
+    """Undo an applied move (removed empty duplicates included), verified like the apply."""
+    from .migrate_apply import reverse_move
+
+    return reverse_move(store, move_id)
+
+
+def table_checksums(store: Store, tables: list[str] | None = None) -> dict[str, str]:
+    """A content checksum of every row and column of each table (for before/after comparisons)."""
+    from .migrate_plan import full_checksums
+
+    return full_checksums(store, tables)
+
+
+__all__ = [
+    "POLICIES",
+    "Conflict",
+    "MigrationPlan",
+    "MoveResult",
+    "Reference",
+    "Resolution",
+    "TablePlan",
+    "apply_migration",
+    "plan_migration",
+    "reverse_migration",
+    "table_checksums",
+]

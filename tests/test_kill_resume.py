@@ -1,0 +1,94 @@
+"""kill -9 of a running `nyxnb run` mid fan-out, then resume: every item once, none called twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import func, select
+
+import nyxnb
+from nyxnb.models import LlmCall, StepItem, Workflow, WorkflowStep
+from nyxnb.seed import seed
+
+N_ITEMS = 40
+
+
+def _spec(tmp_path) -> str:
+    body = {
+        "name": "killme",
+        "defaults": {"provider": "offline", "fallback": [], "concurrency": 4, "cache": False},
+        "steps": [
+            {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
+            {"name": "features", "type": "fan-out", "persona": "Cael",
+             "items": [{"heading": f"Feature {i}"} for i in range(N_ITEMS)],
+             "prompt": "Design {{ item.heading }}"},
+            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
+             "prompt": "{% for i in steps.features.items %}{{ i.output }}{% endfor %}"},
+        ],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(body))
+    return str(path)
+
+
+def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
+    """Start `nyxnb run`, kill -9 it after `kill_after` completed items; (workflow id, seen)."""
+    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "15", "NYXNB_DB_URL": url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nyxnb", "run", spec, "--tenant", "nyx", "--project", "BRbase",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    workflow_id, seen = "", 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        workflow_id = event["workflow_id"]
+        if event["type"] == "fan_out_progress":
+            seen = event["completed"]
+            if seen >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    return workflow_id, seen
+
+
+def _fan_out_state(store, workflow_id):
+    with store.session() as s:
+        step = s.scalar(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id,
+                                                   WorkflowStep.name == "features"))
+        done = s.scalars(select(StepItem.idx).where(StepItem.step_id == step.id,
+                                                    StepItem.status == "completed")).all()
+        calls = dict(s.execute(select(LlmCall.item_idx, func.count())
+                               .where(LlmCall.step_id == step.id, LlmCall.outcome == "ok")
+                               .group_by(LlmCall.item_idx)).all())
+        items = s.scalars(select(StepItem).where(StepItem.step_id == step.id)
+                          .order_by(StepItem.idx)).all()
+    return set(done), calls, items
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(5))
+def test_kill_9_mid_fan_out_then_resume(store, store_url, tmp_path, trial):
+    seed(store)
+    rng = random.Random(1000 + trial)
+    spec = _spec(tmp_path)
+    workflow_id, seen = _run_and_kill(store_url, spec, kill_after=rng.randint(1, N_ITEMS - 2))
+    committed_before, _, _ = _fan_out_state(store, workflow_id)
+    assert len(committed_before) >= seen  # everything reported was durable
+
+    result = nyxnb.resume(workflow_id, store=store)  # the dead holder's lease is no obstacle
+    assert result.ok, result.error
+    done, calls, items = _fan_out_state(store, workflow_id)
+    assert done == set(range(N_ITEMS))
+    assert [i.idx for i in items] == list(range(N_ITEMS))  # every item present once
+    assert all(calls.get(i) == 1 for i in range(N_ITEMS)), calls  # nothing called twice
+    resumed_calls = [e for e in result.events if e.type == "fan_out_progress"]
+    assert len(resumed_calls) == N_ITEMS - len(committed_before)
+    with store.session() as s:
+        assert s.get_one(Workflow, workflow_id).status == "completed"
