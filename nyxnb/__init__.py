@@ -1,10 +1,10 @@
 """nyxnb: durable, multi-step LLM workflows for Jupyter.
 
-    import nyxnb
-    store = nyxnb.open_store()                       # data/nyxnb.db of the project
-    result = nyxnb.run("data/workflows/brbase-plan.yaml", tenant="nyx", project="BRbase",
-                       provider="offline")
-    nyxnb.resume(result.workflow_id)                 # after a crash, pause or failure
+import nyxnb
+store = nyxnb.open_store()                       # data/nyxnb.db of the project
+result = nyxnb.run("data/workflows/brbase-plan.yaml", tenant="nyx", project="BRbase",
+                   provider="offline")
+nyxnb.resume(result.workflow_id)                 # after a crash, pause or failure
 """
 
 from importlib import import_module
@@ -45,10 +45,21 @@ if TYPE_CHECKING:
 
 # Heavy modules (SQLAlchemy, pydantic, Jinja2) load on first use, so `import nyxnb` stays fast.
 _LAZY = {
-    "RunResult": "api", "aresume": "api", "arun": "api", "pause": "api", "resume": "api",
-    "resume_iter": "api", "run": "api", "run_iter": "api", "RetryPolicy": "chain",
-    "WorkflowSpec": "spec", "load_spec": "spec", "Store": "store", "open_store": "store",
-    "RunOptions": "workflows", "create_workflow": "workflows",
+    "RunResult": "api",
+    "aresume": "api",
+    "arun": "api",
+    "pause": "api",
+    "resume": "api",
+    "resume_iter": "api",
+    "run": "api",
+    "run_iter": "api",
+    "RetryPolicy": "chain",
+    "WorkflowSpec": "spec",
+    "load_spec": "spec",
+    "Store": "store",
+    "open_store": "store",
+    "RunOptions": "workflows",
+    "create_workflow": "workflows",
 }
 
 

@@ -1,6 +1,6 @@
-"""Run workflows from Python: async iterators, sync iterators that also work inside Jupyter, callbacks.
+"""Run workflows from Python: async and sync iterators (the latter also inside Jupyter), callbacks.
 
-    async for event in nyxnb.arun("data/workflows/brbase-plan.yaml", tenant="nyx", project="BRbase"):
+    async for event in nyxnb.arun("brbase-plan.yaml", tenant="nyx", project="BRbase"):
         ...
     result = nyxnb.run(spec, tenant="nyx", project="BRbase", provider="offline", on_event=print)
 
@@ -174,7 +174,7 @@ def iterate_sync(agen: AsyncIterator[T]) -> Iterator[T]:
     loop = _LoopThread.loop()
     try:
         while True:
-            future = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)  # type: ignore[arg-type]
+            future: Any = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)  # type: ignore[arg-type]
             try:
                 yield future.result()
             except StopAsyncIteration:

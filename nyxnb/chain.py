@@ -95,7 +95,7 @@ FallbackHook = Callable[[str, "str | None", str, str], None]
 
 
 def parse_entry(entry: str) -> tuple[str, str | None]:
-    """``"google:gemini-2.5-pro"`` -> ("google", "gemini-2.5-pro"); ``"google"`` -> ("google", None)."""
+    """Split a chain entry: ``"google:gemini-2.5-pro"`` -> ("google", "gemini-2.5-pro")."""
     name, _, model = entry.partition(":")
     return name, model or None
 
@@ -275,6 +275,4 @@ async def complete_with_fallback(
         if on_fallback is not None:
             nxt = next((n for n, _ in entries[i + 1 :] if n not in pool.down), None)
             on_fallback(name, nxt, outcome[0], outcome[1])
-    error = ChainExhausted(reasons)
-    error.attempts = attempts  # type: ignore[attr-defined]
-    raise error
+    raise ChainExhausted(reasons, attempts)

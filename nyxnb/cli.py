@@ -35,9 +35,15 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     return value
 
 
-json_option = click.option("--json", "as_json", is_flag=True, expose_value=False,
-                           callback=_set_json, is_eager=True,
-                           help="Machine-readable JSON output.")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_json,
+    is_eager=True,
+    help="Machine-readable JSON output.",
+)
 
 
 def with_json(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,8 +84,12 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 @click.group(cls=NyxGroup)
-@click.option("--db", envvar="NYXNB_DB_URL", metavar="URL",
-              help="Store URL (default: data/nyxnb.db of the project; env NYXNB_DB_URL).")
+@click.option(
+    "--db",
+    envvar="NYXNB_DB_URL",
+    metavar="URL",
+    help="Store URL (default: data/nyxnb.db of the project; env NYXNB_DB_URL).",
+)
 @json_option
 @click.version_option(package_name="nyxnb")
 @click.pass_context
@@ -132,8 +142,9 @@ def tenant_add(ctx: click.Context, slug: str, name: str | None) -> None:
             s.flush()
             data = {"id": row.id, "slug": row.slug, "name": row.name}
     except IntegrityError:
-        raise AlreadyExists(f"tenant {slug!r} already exists",
-                            hint="pick another slug; see `nyxnb tenant list`") from None
+        raise AlreadyExists(
+            f"tenant {slug!r} already exists", hint="pick another slug; see `nyxnb tenant list`"
+        ) from None
     emit(ctx, data, f"added tenant {slug} ({data['id']})")
 
 
@@ -143,8 +154,10 @@ def tenant_add(ctx: click.Context, slug: str, name: str | None) -> None:
 def tenant_list(ctx: click.Context) -> None:
     """List tenants."""
     with get_store(ctx).session() as s:
-        rows = [{"id": t.id, "slug": t.slug, "name": t.name}
-                for t in s.scalars(select(Tenant).order_by(Tenant.slug))]
+        rows = [
+            {"id": t.id, "slug": t.slug, "name": t.name}
+            for t in s.scalars(select(Tenant).order_by(Tenant.slug))
+        ]
     emit(ctx, rows, lambda: table(rows, ["slug", "name", "id"]))
 
 
@@ -169,8 +182,10 @@ def project_add(ctx: click.Context, tenant_slug: str, name: str, description: st
             s.flush()
             data = {"id": row.id, "tenant": tenant_slug, "name": name}
     except IntegrityError:
-        raise AlreadyExists(f"project {name!r} already exists in tenant {tenant_slug!r}",
-                            hint="pick another name; see `nyxnb project list`") from None
+        raise AlreadyExists(
+            f"project {name!r} already exists in tenant {tenant_slug!r}",
+            hint="pick another name; see `nyxnb project list`",
+        ) from None
     emit(ctx, data, f"added project {name} to {tenant_slug} ({data['id']})")
 
 
@@ -184,8 +199,10 @@ def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
     tenant_id = store.find_tenant(tenant_slug).id if tenant_slug else None
     with store.session(tenant_id) as s:
         query = select(Project, Tenant.slug).join(Tenant, Tenant.id == Project.tenant_id)
-        rows = [{"id": p.id, "tenant": slug, "name": p.name}
-                for p, slug in s.execute(query.order_by(Tenant.slug, Project.name))]
+        rows = [
+            {"id": p.id, "tenant": slug, "name": p.name}
+            for p, slug in s.execute(query.order_by(Tenant.slug, Project.name))
+        ]
     emit(ctx, rows, lambda: table(rows, ["tenant", "name", "id"]))
 
 

@@ -26,13 +26,28 @@ def _tenant_id(store: Store, tenant: str | None) -> str | None:
 @click.option("--max-cost", type=float, help="Budget in USD; stops before exceeding it.")
 @with_json
 @click.pass_context
-def run(ctx: click.Context, spec: str, tenant: str, project: str, provider: str | None,
-        concurrency: int | None, no_cache: bool, max_cost: float | None) -> None:
+def run(
+    ctx: click.Context,
+    spec: str,
+    tenant: str,
+    project: str,
+    provider: str | None,
+    concurrency: int | None,
+    no_cache: bool,
+    max_cost: float | None,
+) -> None:
     """Create a workflow from SPEC and run it."""
     store = get_store(ctx)
-    events = api.run_iter(spec, store=store, tenant=tenant, project=project, provider=provider,
-                          concurrency=concurrency, cache=False if no_cache else None,
-                          max_cost_usd=max_cost)
+    events = api.run_iter(
+        spec,
+        store=store,
+        tenant=tenant,
+        project=project,
+        provider=provider,
+        concurrency=concurrency,
+        cache=False if no_cache else None,
+        max_cost_usd=max_cost,
+    )
     stream_events(ctx, events)
 
 
@@ -55,26 +70,63 @@ def resume(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
 def pause(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     """Ask a running WF to pause after the items in flight."""
     api.pause(workflow_id, store=get_store(ctx), tenant=tenant)
-    emit(ctx, {"workflow_id": workflow_id, "pause_requested": True},
-         f"pause requested for {workflow_id}; it stops after the items in flight")
+    emit(
+        ctx,
+        {"workflow_id": workflow_id, "pause_requested": True},
+        f"pause requested for {workflow_id}; it stops after the items in flight",
+    )
 
 
 def _show_text(data: dict[str, Any]) -> str:
-    rows = [{**s, "items": f"{s['items_done']}/{s['items_total']}" if s["items_total"] else "",
-             "gen": "yes" if s["auto_generated"] else "", "cost": f"{s['cost_usd']:.4f}",
-             "tokens": f"{s['input_tokens']}+{s['output_tokens']}"} for s in data["steps"]]
+    rows = [
+        {
+            **s,
+            "items": f"{s['items_done']}/{s['items_total']}" if s["items_total"] else "",
+            "gen": "yes" if s["auto_generated"] else "",
+            "cost": f"{s['cost_usd']:.4f}",
+            "tokens": f"{s['input_tokens']}+{s['output_tokens']}",
+        }
+        for s in data["steps"]
+    ]
     t = data["totals"]
-    head = (f"{data['name']} [{data['id']}]  {data['tenant']}/{data['project']}  "
-            f"status: {data['status']}")
+    head = (
+        f"{data['name']} [{data['id']}]  {data['tenant']}/{data['project']}  "
+        f"status: {data['status']}"
+    )
     if data.get("error"):
         head += f"\nerror: {data['error']}"
-    steps = table(rows, ["order", "name", "type", "persona", "provider", "status", "items",
-                         "gen", "tokens", "cost"])
-    ledger = table([{**p, "cost_usd": f"{p['cost_usd']:.4f}"} for p in data["by_provider"]],
-                   ["provider", "calls", "ok", "errors", "cached", "input_tokens",
-                    "output_tokens", "cost_usd"])
-    total = (f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
-             f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}")
+    steps = table(
+        rows,
+        [
+            "order",
+            "name",
+            "type",
+            "persona",
+            "provider",
+            "status",
+            "items",
+            "gen",
+            "tokens",
+            "cost",
+        ],
+    )
+    ledger = table(
+        [{**p, "cost_usd": f"{p['cost_usd']:.4f}"} for p in data["by_provider"]],
+        [
+            "provider",
+            "calls",
+            "ok",
+            "errors",
+            "cached",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+        ],
+    )
+    total = (
+        f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
+        f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}"
+    )
     return f"{head}\n\n{steps}\n\nprovider calls:\n{ledger}\n{total}"
 
 
@@ -86,8 +138,9 @@ def _show_text(data: dict[str, Any]) -> str:
 def show(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     """Show WF: steps, items, tokens and cost by provider."""
     store = get_store(ctx)
-    data = workflow_summary(store, workflow_id, tenant_id=_tenant_id(store, tenant),
-                            with_items=wants_json(ctx))
+    data = workflow_summary(
+        store, workflow_id, tenant_id=_tenant_id(store, tenant), with_items=wants_json(ctx)
+    )
     emit(ctx, data, lambda: _show_text(data))
 
 
@@ -103,19 +156,36 @@ def list_(ctx: click.Context, tenant: str | None) -> None:
 
 
 @click.command()
-@click.option("--provider", default="offline", show_default=True,
-              help="Provider for every step (offline needs no key).")
+@click.option(
+    "--provider",
+    default="offline",
+    show_default=True,
+    help="Provider for every step (offline needs no key).",
+)
+@click.option(
+    "--latency-ms",
+    default=60.0,
+    show_default=True,
+    help="Simulated latency of the offline provider, so the progress is visible.",
+)
 @with_json
 @click.pass_context
-def demo(ctx: click.Context, provider: str) -> None:
+def demo(ctx: click.Context, provider: str, latency_ms: float) -> None:
     """Seed if needed and run the sample BRbase workflow (offline by default)."""
     from .cli import demo_spec_path
     from .seed import seed
 
     store = get_store(ctx)
     seed(store)
-    events = api.run_iter(demo_spec_path(), store=store, tenant="nyx", project="BRbase",
-                          provider=provider)
+    events = api.run_iter(
+        demo_spec_path(),
+        store=store,
+        tenant="nyx",
+        project="BRbase",
+        provider=provider,
+        cache=False,
+        provider_options={"offline": {"latency_ms": latency_ms}},
+    )
     stream_events(ctx, events)
 
 

@@ -24,7 +24,17 @@ from . import lease, records
 from .chain import Attempt, ChainResult, ProviderPool, RetryPolicy, complete_with_fallback
 from .errors import ChainExhausted, NotFound, NyxError, RunError, StepFailed
 from .generated import desired_generated, generated_rows
-from .models import COMPLETED, FAILED, PAUSED, RUNNING, LlmCall, Project, Workflow, utcnow
+from .models import (
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    RUNNING,
+    LlmCall,
+    Project,
+    Tenant,
+    Workflow,
+    utcnow,
+)
 from .patterncheck import check_code, load_patterns
 from .providers.base import CompletionRequest
 from .spec import WorkflowSpec
@@ -70,7 +80,7 @@ class Runner:
         self.tenant_id = tenant_id
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
-        self.totals = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         self._owner = lease.new_owner()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -119,6 +129,7 @@ class Runner:
             wf = s.get_one(Workflow, self.workflow_id)
             project = s.get_one(Project, wf.project_id)
             self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
+            self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
             self.spec = WorkflowSpec.model_validate(wf.spec)
             self.project = ProjectView(project.name, project.description)
         self.personas = personas_for(self.store, self.tenant_id)
@@ -347,7 +358,7 @@ class Runner:
         try:
             result = await self.call(step, request)
         except ChainExhausted as exc:
-            raise self.fail(step, exc, getattr(exc, "attempts", [])) from None
+            raise self.fail(step, exc, exc.attempts) from None
         records.complete_step(self.store, step, result.completion.text, digest, result)
         self.ctx[step["name"]] = StepView(step["name"], result.completion.text)
         tokens = (

@@ -30,6 +30,7 @@ Pause is not an error: a paused run ends with a ``workflow_paused`` event.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class NyxError(Exception):
@@ -185,8 +186,11 @@ class AnswerRejected(ProviderError):
 class ChainExhausted(ProviderError):
     """Every provider of a fallback chain failed; ``reasons`` lists each one."""
 
-    def __init__(self, reasons: Sequence[tuple[str, str, str]]) -> None:
+    def __init__(
+        self, reasons: Sequence[tuple[str, str, str]], attempts: Sequence[object] = ()
+    ) -> None:
         self.reasons = list(reasons)
+        self.attempts: list[Any] = list(attempts)  # nyxnb.chain.Attempt rows, for the ledger
         detail = "; ".join(f"{p}: {k} ({m})" for p, k, m in self.reasons)
         super().__init__(
             f"every provider failed: {detail}",

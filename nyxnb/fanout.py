@@ -110,9 +110,7 @@ class _FanOut:
         try:
             result = await self.runner.call(self.step, self.requests[idx], item_idx=idx)
         except ChainExhausted as exc:
-            records.fail_item(
-                self.runner.store, self.step, idx, str(exc), getattr(exc, "attempts", [])
-            )
+            records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts)
             self.failures.append((idx, exc))
             return
         finally:

@@ -76,7 +76,8 @@ def acquire(store: Store, workflow_id: str, owner: str, *, tenant_id: str | None
         holder, expires = row[0], _aware(row[1])
         free = holder in (None, owner) or expires is None or expires < now
         if not free and not _holder_is_dead(holder):
-            raise LeaseHeld(workflow_id, holder or "?", (expires - now).total_seconds())
+            left = (expires - now).total_seconds() if expires else 0.0
+            raise LeaseHeld(workflow_id, holder or "?", left)
         s.execute(
             update(Workflow)
             .where(Workflow.id == workflow_id)

@@ -114,7 +114,9 @@ class Resolution:
         if self.action == "remove":
             return f"remove empty {self.table} row {self.target_id} of the target"
         if self.action == "rename":
-            return f"rename moved {self.table} row {self.source_id}: {self.column}={self.new_value!r}"
+            return (
+                f"rename moved {self.table} row {self.source_id}: {self.column}={self.new_value!r}"
+            )
         return f"merge moved {self.table} row {self.source_id} into {self.target_id}"
 
 

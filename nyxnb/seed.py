@@ -131,6 +131,10 @@ class SeedReport:
         """Table name -> rows created."""
         return {k: v for k, v in asdict(self).items() if k != "created"}
 
+    def to_dict(self) -> dict[str, Any]:
+        """Counts per table plus ``created`` (JSON-serialisable)."""
+        return asdict(self)
+
     @property
     def total(self) -> int:
         """Rows created across all tables."""
@@ -268,13 +272,15 @@ class _History:
     ) -> None:  # fmt: skip
         self.rng = random.Random(f"{sample['seed']}:{proj['tenant']}:{proj['name']}")
         self.sample, self.proj, self.vocab = sample, proj, sample["vocab"]
-        self.ids = {"tenant_id": tenant_id, "project_id": project_id}
-        self.patterns = patterns
+        self.ids, self.patterns = {"tenant_id": tenant_id, "project_id": project_id}, patterns
         self.spec = load_spec(sample.get("workflow_spec", SPEC_NAME), data)
-        self.epoch = datetime.fromisoformat(sample["epoch"])
-        self.clock = self.epoch
+        self.epoch = self.clock = datetime.fromisoformat(sample["epoch"])
         self.text = _Text(self.rng, sample)
         self.project = SimpleNamespace(name=proj["name"], description=proj.get("description", ""))
+        headings = [it["heading"] for it in self._fan_out(self.spec)["items"]]
+        if len(headings) != len(self.vocab["areas"]):
+            raise ConfigError("sample.yaml vocab.areas must match the spec's fan-out items")
+        self.folder = {h: _slug(a) for h, a in zip(headings, self.vocab["areas"], strict=True)}
 
     def generate(self, batch: _Batch) -> None:
         counts = self.proj["counts"]
@@ -287,8 +293,6 @@ class _History:
 
     def _plans(self, n: int) -> list[_WfPlan]:
         areas, kinds = self.vocab["areas"], self.vocab["workflow_kinds"]
-        if len(areas) != len(self._fan_out(self.spec)["items"]):
-            raise ConfigError("sample.yaml vocab.areas must match the spec's fan-out items")
         pairs = self.rng.sample([(a, k) for a in range(len(areas)) for k in kinds], n)
         statuses = [st for st, c in self.proj["statuses"].items() for _ in range(int(c))]
         if len(statuses) != n:
@@ -442,7 +446,7 @@ class _History:
         words = [w for w in re.findall(r"[a-z]+", item["heading"].lower()) if w != "and"][:2]
         model = "".join(w.capitalize() for w in words)
         env = {"model": model, "router": model[0].lower() + model[1:]}
-        env["slug"] = _slug(item["heading"])
+        env["slug"] = self.folder[item["heading"]]
         return self.text.render("fan-out-item", heading=item["heading"], body=item["body"], **env)
 
     def _auto_steps(self, wf_id: str, start: int, spec: Row) -> list[Row]:
@@ -458,7 +462,7 @@ class _History:
             st = {"name": f"implementation-prompt-{idx}", "type": "implementation-prompt"}
             st |= {"persona": gen["implementation_prompts"]["persona"], "prompt": it["heading"]}
             step = self._normalise(st, defaults) | {"config": {"from": source, "item_idx": idx}}
-            env = {"heading": it["heading"], "body": it["body"], "slug": _slug(it["heading"])}
+            env = {"heading": it["heading"], "body": it["body"], "slug": self.folder[it["heading"]]}
             out = self.text.render("implementation-prompt", project=self.project.name, **env)
             rows.append(self._step(wf_id, start + 1 + idx, step, m.COMPLETED, out, False, True))
         return rows

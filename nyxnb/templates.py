@@ -94,10 +94,10 @@ def referenced_names(source: str) -> tuple[set[str], set[str]]:
     for node in ast.find_all(nodes.Getattr):
         if isinstance(node.node, nodes.Name) and node.node.name == "steps":
             step_refs.add(node.attr)
-    for node in ast.find_all(nodes.Getitem):
-        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
-            if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                step_refs.add(node.arg.value)
+    for item in ast.find_all(nodes.Getitem):
+        if isinstance(item.node, nodes.Name) and item.node.name == "steps":
+            if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str):
+                step_refs.add(item.arg.value)
     return top, step_refs
 
 

@@ -82,7 +82,7 @@ def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
                 field=where,
                 hint=f"known personas: {', '.join(sorted(personas)) or 'none (run `nyxnb seed`)'}",
             )
-    for i, step in enumerate(spec.steps):
+    for step in spec.steps:
         for entry in step_chain(step, spec):
             provider_class(entry.partition(":")[0])
 

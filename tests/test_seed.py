@@ -72,7 +72,9 @@ def _plain(value: Any) -> Any:
 def content_checksum(store: Store) -> str:
     """sha256 of every seeded row, ids replaced by natural labels, timestamps of insert ignored."""
     with store.session() as s:
-        rows = {name: [dict(r._mapping) for r in s.execute(select(t))] for name, t in TABLES.items()}
+        rows = {
+            name: [dict(r._mapping) for r in s.execute(select(t))] for name, t in TABLES.items()
+        }
     labels: dict[str, str] = {}
     for name, field in [("tenants", "slug"), ("projects", "name"), ("workflows", "name")]:
         labels |= {r["id"]: f"{name}:{r[field]}" for r in rows[name]}
@@ -187,6 +189,13 @@ def test_every_standard_detects_its_example():
             rx = re.compile(sub["pattern"])
             assert rx.search(sub["match"]), (std["name"], feature, "misses its match example")
             assert not rx.search(sub["clean"]), (std["name"], feature, "flags its clean example")
+
+
+def test_pattern_feature_folders_are_the_sample_areas():
+    doc = yaml.safe_load((data_dir() / "code_patterns.yaml").read_text(encoding="utf-8"))
+    areas = seed_mod.load_sample()["vocab"]["areas"]
+    assert doc["features"] == [seed_mod._slug(a) for a in areas]
+    assert len(areas) == len(load_spec()["steps"][1]["items"])
 
 
 def test_patterns_detect_the_original_standards():
@@ -330,5 +339,6 @@ def test_report_is_frozen_and_data_dir_is_the_checkout():
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.tenants = 2  # type: ignore[misc]
     assert report.counts()["tenants"] == 1 and report.total == 1
+    assert json.loads(json.dumps(report.to_dict())) == report.counts() | {"created": True}
     assert (data_dir() / "sample.yaml").is_file()
     assert data_dir() == (seed_mod.Path(seed_mod.nyxnb.__file__).parent.parent / "data").resolve()

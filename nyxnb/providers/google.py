@@ -48,14 +48,16 @@ class GoogleProvider(Provider):
     # The Client must stay referenced: a temporary one is closed before its request is sent.
     _client: genai.Client | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    _key = ""
 
     def _sdk(self) -> genai.Client:
         """The SDK client, created on first use (again if the event loop changed)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             timeout_ms = max(1, round(self.options.timeout_s * 1000))
+            self._key = self.api_key()
             self._client = genai.Client(
-                api_key=self.api_key(), http_options=types.HttpOptions(timeout=timeout_ms)
+                api_key=self._key, http_options=types.HttpOptions(timeout=timeout_ms)
             )
             self._loop = loop
         return self._client
@@ -69,7 +71,7 @@ class GoogleProvider(Provider):
                 model=model, contents=_contents(request), config=_config(request)
             )
         except Exception as exc:
-            error = self._error(exc, client._api_client.api_key or "")
+            error = self._error(exc, self._key)
             if error is None:
                 raise
             raise error from exc

@@ -44,5 +44,5 @@ def create_provider(
     """Instantiate the provider ``name`` with validated options."""
     cls = provider_class(name)
     if isinstance(options, dict):
-        options = cls.Options(**options)
+        options = cls.Options.model_validate(options)
     return cls(options)

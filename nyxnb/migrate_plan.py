@@ -1,0 +1,541 @@
+"""Planning a tenant migration: schema discovery, row membership, checksums, conflicts.
+
+Nothing here writes.  The same survey runs twice: once for :func:`nyxnb.migrate.plan_migration`
+and once inside the apply transaction, where a plan that no longer equals the fresh survey is
+refused as stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    Select,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    func,
+    inspect,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from .errors import ConfigError, MigrationConflict, MigrationError, NotFound
+from .migrate import POLICIES, ROOT, Conflict, MigrationPlan, Reference, Resolution, TablePlan
+from .models import Base, utcnow
+from .store import Store
+
+TENANT = "tenant_id"
+NOT_HASHED = frozenset({TENANT, "updated_at"})
+_MOD = 1 << 256
+_BATCH = 5000
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A single-column foreign key ``child.column -> parent.id``."""
+
+    child: str
+    column: str
+    parent: str
+    nullable: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Schema:
+    """The tenant-owned tables reachable from ``projects`` (parents first) and their keys."""
+
+    tables: dict[str, Table]
+    live: dict[str, Table]
+    edges: tuple[Edge, ...]
+    outside: tuple[Edge, ...]
+    referrers: tuple[Edge, ...]
+
+    def parents(self, table: str) -> list[Edge]:
+        """Foreign keys from ``table`` to other moved tables (self-references left out)."""
+        return [e for e in self.edges if e.child == table and e.parent != table]
+
+    def children(self, table: str) -> list[Edge]:
+        """Foreign keys from other moved tables to ``table``."""
+        return [e for e in self.edges if e.parent == table and e.child != table]
+
+
+def live_tables(conn: Connection) -> dict[str, Table]:
+    """Every table in the database: nyxnb's own definitions, reflected ones for the rest."""
+    names = set(inspect(conn).get_table_names())
+    found = {n: t for n, t in Base.metadata.tables.items() if n in names}
+    extra = sorted(names - found.keys())
+    if extra:
+        reflected = MetaData()
+        reflected.reflect(conn, only=extra)
+        found.update({n: reflected.tables[n] for n in extra})
+    return found
+
+
+def _edges_of(table: Table) -> Iterator[Edge]:
+    for fk in table.foreign_key_constraints:
+        if len(fk.elements) == 1 and fk.elements[0].column.name == "id":
+            el = fk.elements[0]
+            yield Edge(table.name, el.parent.name, el.column.table.name, bool(el.parent.nullable))
+
+
+def discover_schema(conn: Connection) -> Schema:
+    """Every table with ``tenant_id`` reachable from ``projects`` through foreign keys."""
+    live = live_tables(conn)
+    if ROOT not in live:
+        raise MigrationError("the store has no projects table", hint="open a nyxnb store")
+    edges = sorted(
+        (e for t in live.values() for e in _edges_of(t) if e.parent in live),
+        key=lambda e: (e.child, e.column),
+    )
+    owned = {n for n, t in live.items() if TENANT in t.c}
+    graph = _reachable(edges, owned)
+    tables = {n: live[n] for n in _parents_first(graph, edges)}
+    return Schema(
+        tables=tables,
+        live=live,
+        edges=tuple(e for e in edges if e.child in graph and e.parent in graph),
+        outside=tuple(e for e in edges if e.child in graph and e.parent in owned - graph),
+        referrers=tuple(e for e in edges if e.parent in graph),
+    )
+
+
+def _reachable(edges: Sequence[Edge], owned: set[str]) -> set[str]:
+    found = {ROOT}
+    while True:
+        new = {e.child for e in edges if e.parent in found and e.child in owned} - found
+        if not new:
+            return found
+        found |= new
+
+
+def _parents_first(graph: set[str], edges: Sequence[Edge]) -> list[str]:
+    deps = {t: {e.parent for e in edges if e.child == t and e.parent in graph} - {t} for t in graph}
+    order: list[str] = []
+    while len(order) < len(graph):
+        ready = sorted(t for t in graph if t not in order and deps[t] <= set(order))
+        if not ready:
+            left = sorted(graph - set(order))
+            raise MigrationError(f"foreign keys form a cycle among {left}; cannot order the move")
+        order += ready
+    return order
+
+
+def tenant_keys(table: Table) -> list[tuple[str, ...]]:
+    """The tenant-scoped unique keys of ``table``, without ``tenant_id`` (``[("name",)]``)."""
+    sets = [
+        tuple(c.name for c in con.columns)
+        for con in table.constraints
+        if isinstance(con, UniqueConstraint)
+    ]
+    sets += [tuple(c.name for c in ix.columns) for ix in table.indexes if ix.unique]
+    keys = {tuple(c for c in cols if c != TENANT) for cols in sets if TENANT in cols}
+    return sorted(k for k in keys if k)
+
+
+class Members:
+    """Which rows move: found by a foreign-key walk from the project, or listed in id tables."""
+
+    def __init__(
+        self,
+        schema: Schema,
+        root_id: str,
+        tenant_id: str,
+        id_tables: Mapping[str, Table] | None = None,
+    ) -> None:
+        self.schema, self.root_id, self.tenant_id = schema, root_id, tenant_id
+        self.id_tables = id_tables
+
+    def cond(self, table: str, alias: Any = None) -> ColumnElement[bool]:
+        """True for the moved rows of ``table`` (or of ``alias``, an alias of it)."""
+        t = self.schema.tables[table] if alias is None else alias
+        if self.id_tables is not None:
+            return t.c.id.in_(select(self.id_tables[table].c.id))
+        if table == ROOT:
+            return and_(t.c.id == self.root_id, t.c[TENANT] == self.tenant_id)
+        links = [
+            and_(t.c[e.column].is_not(None), t.c[e.column].in_(self.ids(e.parent)))
+            for e in self.schema.parents(table)
+        ]
+        return and_(or_(*links), t.c[TENANT] == self.tenant_id)
+
+    def ids(self, table: str) -> Select[Any]:
+        """``SELECT id`` of the moved rows of ``table``."""
+        t = self.schema.tables[table]
+        return select(t.c.id).where(self.cond(table)).correlate(None)
+
+
+def canon(value: Any) -> str:
+    """A backend-independent text form of a column value, for checksums."""
+    if value is None:
+        return "\x00"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+class Digest:
+    """An order-free checksum: the sum of per-row sha256 values modulo 2**256, and a row count."""
+
+    __slots__ = ("rows", "total")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.total = 0
+
+    def add(self, values: Iterable[Any], sign: int = 1) -> None:
+        """Add (or with ``sign=-1`` remove) one row."""
+        line = "".join(f"{len(s)}:{s}" for s in map(canon, values))
+        value = int.from_bytes(hashlib.sha256(line.encode()).digest(), "big")
+        self.total = (self.total + sign * value) % _MOD
+        self.rows += sign
+
+    @property
+    def hex(self) -> str:
+        """The checksum as 64 hex digits."""
+        return f"{self.total:064x}"
+
+
+def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
+    """The columns a checksum covers, by name: all but ``tenant_id``/``updated_at``."""
+    cols = [c for c in table.c if everything or c.name not in NOT_HASHED]
+    return sorted(cols, key=lambda c: c.name)
+
+
+def digests(
+    conn: Connection,
+    table: Table,
+    where: ColumnElement[bool],
+    transforms: Sequence[Transform | None] = (None,),
+    *,
+    everything: bool = False,
+) -> list[Digest]:
+    """Stream the rows of ``table`` matching ``where`` once; one digest per transform."""
+    cols = hashed_columns(table, everything)
+    names = [c.name for c in cols]
+    out = [Digest() for _ in transforms]
+    result = conn.execution_options(yield_per=_BATCH).execute(select(*cols).where(where))
+    for row in result:
+        for dig, fn in zip(out, transforms, strict=True):
+            dig.add(row if fn is None else fn(dict(zip(names, row, strict=True))).values())
+    return out
+
+
+def find_tenant(conn: Connection, key: str) -> tuple[str, str]:
+    """(id, slug) of the tenant with this slug or id, or :class:`NotFound`."""
+    t = Base.metadata.tables["tenants"]
+    row = conn.execute(select(t.c.id, t.c.slug).where(or_(t.c.slug == key, t.c.id == key))).first()
+    if row is None:
+        raise NotFound("tenant", key, hint="list tenants with `nyxnb tenant list`")
+    return str(row.id), str(row.slug)
+
+
+def find_project(conn: Connection, key: str, tenant_id: str, slug: str) -> tuple[str, str]:
+    """(id, name) of the tenant's project with this name or id, or :class:`NotFound`."""
+    p = Base.metadata.tables[ROOT]
+    rows = conn.execute(
+        select(p.c.id, p.c.name).where(
+            p.c.tenant_id == tenant_id, or_(p.c.id == key, p.c.name == key)
+        )
+    ).all()
+    if not rows:
+        hint = f"tenant {slug} has no such project; see `nyxnb project list --tenant {slug}`"
+        raise NotFound("project", key, hint=hint)
+    row = next((r for r in rows if r.id == key), rows[0])
+    return str(row.id), str(row.name)
+
+
+def survey(
+    conn: Connection,
+    project: str,
+    source: str,
+    target: str,
+    *,
+    suffix: str | None = None,
+    schema: Schema | None = None,
+) -> MigrationPlan:
+    """Build the plan of moving ``project`` from ``source`` to ``target`` on ``conn``."""
+    src_id, src = find_tenant(conn, source)
+    tgt_id, tgt = find_tenant(conn, target)
+    if src_id == tgt_id:
+        raise ConfigError(f"source and target tenant are both {src!r}", hint="pick another --to")
+    schema = schema or discover_schema(conn)
+    pid, pname = find_project(conn, project, src_id, src)
+    members = Members(schema, pid, src_id)
+    suffix = f"-{src}" if suffix is None else suffix
+    tables = []
+    for name, table in schema.tables.items():
+        (dig,) = digests(conn, table, members.cond(name))
+        tables.append(TablePlan(name, dig.rows, dig.hex))
+    return MigrationPlan(
+        project_id=pid,
+        project=pname,
+        source_id=src_id,
+        source=src,
+        target_id=tgt_id,
+        target=tgt,
+        suffix=suffix,
+        tables=tuple(tables),
+        conflicts=find_conflicts(conn, schema, members, tgt_id, suffix),
+        references=find_references(conn, schema, members, src_id),
+        planned_at=utcnow().isoformat(timespec="seconds"),
+    )
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A moved row whose tenant-scoped unique key is taken in another tenant (raw values)."""
+
+    table: str
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
+    source_id: str
+    target_id: str
+    parents: tuple[tuple[str, str, str | None, str | None], ...]
+
+
+def collisions(conn: Connection, schema: Schema, members: Members, tenant_id: str) -> list[Clash]:
+    """Moved rows whose tenant-scoped unique key is already taken in ``tenant_id``."""
+    out: list[Clash] = []
+    for name, t in schema.tables.items():
+        parents = schema.parents(name)
+        for cols in tenant_keys(t):
+            m, g = t.alias("m"), t.alias("g")
+            same = [g.c[c] == m.c[c] for c in cols]
+            on = and_(g.c[TENANT] == tenant_id, g.c.id != m.c.id, *same)
+            picks = [m.c.id, g.c.id, *(m.c[c] for c in cols)]
+            picks += [m.c[e.column] for e in parents] + [g.c[e.column] for e in parents]
+            query = select(*picks).select_from(m.join(g, on)).where(members.cond(name, m))
+            n = len(cols)
+            for row in conn.execute(query.order_by(m.c.id)):
+                mine, theirs = row[2 + n : 2 + n + len(parents)], row[2 + n + len(parents) :]
+                links = tuple(
+                    (e.column, e.parent, _opt(a), _opt(b))
+                    for e, a, b in zip(parents, mine, theirs, strict=True)
+                )
+                out.append(
+                    Clash(name, cols, tuple(row[2 : 2 + n]), str(row[0]), str(row[1]), links)
+                )
+    return out
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def find_conflicts(
+    conn: Connection, schema: Schema, members: Members, target_id: str, suffix: str
+) -> tuple[Conflict, ...]:
+    """Every clash with the target tenant, classified: removable (empty) or needing a policy."""
+    clashes = collisions(conn, schema, members, target_id)
+    targets = {(c.table, c.target_id) for c in clashes}
+    blocked, links = _dependents(conn, schema, targets)
+    removable = _removable(targets, blocked, links)
+    out = []
+    for c in clashes:
+        key = (c.table, c.target_id)
+        column, new = _rename_to(conn, schema, members, c, target_id, suffix)
+        out.append(
+            Conflict(
+                table=c.table,
+                columns=c.columns,
+                key=tuple(canon(v) for v in c.values),
+                source_id=c.source_id,
+                target_id=c.target_id,
+                dependents=blocked[key] + len(links[key]),
+                removable=key in removable,
+                container=bool(schema.children(c.table)),
+                rename_column=column,
+                rename_to=new,
+                parents=c.parents,
+            )
+        )
+    return tuple(out)
+
+
+def _dependents(
+    conn: Connection, schema: Schema, targets: set[tuple[str, str]]
+) -> tuple[Counter[tuple[str, str]], defaultdict[tuple[str, str], set[tuple[str, str]]]]:
+    """Rows referencing each target row: a count of ordinary ones, and the clashing ones."""
+    by_table: defaultdict[str, set[str]] = defaultdict(set)
+    for table, row_id in targets:
+        by_table[table].add(row_id)
+    counts: Counter[tuple[str, str]] = Counter()
+    links: defaultdict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for e in schema.referrers:
+        ids = by_table.get(e.parent)
+        if not ids:
+            continue
+        child = schema.live[e.child]
+        col, own = child.c[e.column], by_table.get(e.child, set())
+        query = select(col, func.count()).where(col.in_(ids), child.c.id.not_in(own))
+        for value, n in conn.execute(query.group_by(col)):
+            counts[(e.parent, value)] += n
+        if own:
+            pairs = select(child.c.id, col).where(col.in_(ids), child.c.id.in_(own))
+            for row_id, value in conn.execute(pairs):
+                links[(e.parent, value)].add((e.child, row_id))
+    return counts, links
+
+
+def _removable(
+    targets: set[tuple[str, str]],
+    blocked: Counter[tuple[str, str]],
+    links: Mapping[tuple[str, str], set[tuple[str, str]]],
+) -> set[tuple[str, str]]:
+    """Target rows whose every dependent is itself a removable clashing row (a fixpoint)."""
+    ok = {k for k in targets if not blocked[k]}
+    while True:
+        bad = {k for k in ok if any(child not in ok for child in links.get(k, ()))}
+        if not bad:
+            return ok
+        ok -= bad
+
+
+def _rename_to(
+    conn: Connection, schema: Schema, members: Members, c: Clash, target_id: str, suffix: str
+) -> tuple[str | None, str | None]:
+    t = schema.tables[c.table]
+    text_cols = [col for col in c.columns if isinstance(t.c[col].type, String)]
+    if not text_cols:
+        return None, None
+    column = text_cols[-1]
+    values = dict(zip(c.columns, c.values, strict=True))
+    new = f"{values[column]}{suffix}"
+    limit = getattr(t.c[column].type, "length", None)
+    if not suffix or (limit and len(new) > limit):
+        return column, None
+    same = [t.c[col] == (new if col == column else values[col]) for col in c.columns]
+    mine_or_theirs = or_(t.c[TENANT] == target_id, members.cond(c.table))
+    taken = conn.scalar(select(func.count()).select_from(t).where(mine_or_theirs, *same))
+    return column, None if taken else new
+
+
+def find_references(
+    conn: Connection, schema: Schema, members: Members, source_id: str
+) -> tuple[Reference, ...]:
+    """Foreign keys between moved rows and staying rows of the source tenant."""
+    refs: list[Reference] = []
+    for e in (*schema.edges, *schema.outside):
+        c, p = schema.live[e.child].alias("c"), schema.live[e.parent].alias("p")
+        base = select(c.c.id, c.c[e.column]).select_from(c.join(p, c.c[e.column] == p.c.id))
+        out = base.where(members.cond(e.child, c), p.c[TENANT] == source_id)
+        if e.parent in schema.tables:
+            out = out.where(not_(members.cond(e.parent, p)))
+        queries = [(out, True)]
+        if e.child == e.parent:  # only a self-reference can point into the moved rows
+            staying = and_(c.c[TENANT] == source_id, not_(members.cond(e.child, c)))
+            queries.append((base.where(staying, members.cond(e.parent, p)), False))
+        for query, moved in queries:
+            for row_id, value in conn.execute(query.order_by(c.c.id)):
+                refs.append(
+                    Reference(e.child, e.column, str(row_id), str(value), moved, e.nullable)
+                )
+    return tuple(refs)
+
+
+def resolve_conflicts(plan: MigrationPlan, on_conflict: str) -> tuple[Resolution, ...]:
+    """The resolution of each conflict under a policy; :class:`MigrationConflict` if any is left."""
+    if on_conflict not in POLICIES:
+        raise ConfigError(
+            f"unknown conflict policy {on_conflict!r}", hint=f"choose one of {', '.join(POLICIES)}"
+        )
+    problems = [f"{r.describe()} is NOT NULL" for r in plan.references if not r.nullable]
+    merged: dict[tuple[str, str], str] = {}
+    chosen: list[Resolution] = []
+    for c in plan.conflicts:
+        found = _resolve_one(c, on_conflict, merged)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            chosen.append(found)
+    if problems:
+        raise MigrationConflict(
+            f"cannot move project {plan.project!r} to {plan.target}: " + "; ".join(problems),
+            hint="nothing was written; choose --on-conflict rename or merge, "
+            "or empty the target rows",
+        )
+    return tuple(chosen)
+
+
+def _resolve_one(c: Conflict, policy: str, merged: dict[tuple[str, str], str]) -> Resolution | str:
+    if c.removable:
+        return Resolution("remove", c.table, c.source_id, c.target_id)
+    if policy == "rename" and c.rename_to is not None:
+        return Resolution("rename", c.table, c.source_id, c.target_id, c.rename_column, c.rename_to)
+    if policy == "merge" and _mergeable(c, merged):
+        merged[(c.table, c.source_id)] = c.target_id
+        return Resolution("merge", c.table, c.source_id, c.target_id)
+    why = f"{c.describe()} exists in the target as row {c.target_id} with {c.dependents} dependents"
+    if policy == "rename":
+        why += " (renaming is impossible: no free text key)"
+    elif policy == "merge":
+        why += " (merge is not meaningful here: its parent is not merged)"
+    return why
+
+
+def _mergeable(c: Conflict, merged: Mapping[tuple[str, str], str]) -> bool:
+    if not c.container:
+        return False
+    if c.table == ROOT:
+        return True
+    linked = [(table, mine, theirs) for _col, table, mine, theirs in c.parents if mine]
+    return bool(linked) and all(merged.get((t, mine)) == theirs for t, mine, theirs in linked)
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only, consistent view (REPEATABLE READ on PostgreSQL); always rolled back."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        trans = conn.begin()
+        try:
+            yield conn
+        finally:
+            trans.rollback()
+
+
+def plan_in_snapshot(
+    store: Store, project: str, source: str, target: str, *, suffix: str | None = None
+) -> MigrationPlan:
+    """:func:`survey` in a read-only snapshot of the store."""
+    with read_snapshot(store.engine) as conn:
+        return survey(conn, project, source, target, suffix=suffix)
+
+
+def full_checksums(store: Store, tables: Sequence[str] | None = None) -> dict[str, str]:
+    """Checksum of every row and column of each table (all tables by default)."""
+    with read_snapshot(store.engine) as conn:
+        live = live_tables(conn)
+        names = sorted(live) if tables is None else list(tables)
+        return {n: digests(conn, live[n], true(), everything=True)[0].hex for n in names}
