@@ -11,6 +11,7 @@ so they work in scripts and inside a notebook cell (whose loop is already runnin
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -50,41 +51,51 @@ def _store(store: StoreArg) -> Store:
     return store if isinstance(store, Store) else open_store(store)
 
 
-async def _drive(runner: Runner, queue: asyncio.Queue[Any]) -> None:
+@dataclass
+class Job:
+    """A workflow to execute and how: the common input of the async and sync drivers."""
+
+    store: Store
+    workflow_id: str
+    tenant_id: str | None = None
+    on_event: OnEvent | None = None
+    retry: RetryPolicy | None = None
+    provider_options: dict[str, dict[str, object]] | None = None
+    runner_ready: Callable[[Runner], None] | None = None
+
+    def runner(self, sink: Callable[[Any], None]) -> Runner:
+        """A runner whose events go to ``on_event`` and then ``sink``."""
+        on_event = self.on_event
+
+        def emit(event: ev.Event) -> None:
+            if on_event is not None:
+                on_event(event)
+            sink(event)
+
+        runner = Runner(
+            self.store,
+            self.workflow_id,
+            emit=emit,
+            retry=self.retry,
+            provider_options=self.provider_options,
+            tenant_id=self.tenant_id,
+        )
+        if self.runner_ready is not None:
+            self.runner_ready(runner)
+        return runner
+
+
+async def _drive(runner: Runner, sink: Callable[[Any], None]) -> None:
     try:
         await runner.execute()
     finally:
-        queue.put_nowait(_DONE)
+        sink(_DONE)
 
 
-async def _events(
-    store: Store,
-    workflow_id: str,
-    *,
-    tenant_id: str | None,
-    on_event: OnEvent | None,
-    retry: RetryPolicy | None,
-    provider_options: dict[str, dict[str, object]] | None,
-    runner_ready: Callable[[Runner], None] | None = None,
-) -> AsyncIterator[ev.Event]:
+async def job_events(job: Job) -> AsyncIterator[ev.Event]:
+    """Execute a job on the running loop, yielding its events."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def emit(event: ev.Event) -> None:
-        if on_event is not None:
-            on_event(event)
-        queue.put_nowait(event)
-
-    runner = Runner(
-        store,
-        workflow_id,
-        emit=emit,
-        retry=retry,
-        provider_options=provider_options,
-        tenant_id=tenant_id,
-    )
-    if runner_ready is not None:
-        runner_ready(runner)
-    task = asyncio.create_task(_drive(runner, queue))
+    task = asyncio.create_task(_drive(job.runner(queue.put_nowait), queue.put_nowait))
     try:
         while (item := await queue.get()) is not _DONE:
             yield item
@@ -93,6 +104,52 @@ async def _events(
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def job_events_sync(job: Job) -> Iterator[ev.Event]:
+    """Execute a job on the background loop; events cross threads through a plain queue."""
+    sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    future = asyncio.run_coroutine_threadsafe(
+        _drive(job.runner(sink.put), sink.put), _LoopThread.loop()
+    )
+    finished = False
+    try:
+        while (item := sink.get()) is not _DONE:
+            yield item
+        finished = True
+        future.result()
+    finally:
+        if not finished:  # consumer stopped early or Ctrl-C: stop the run cooperatively
+            future.cancel()
+            while sink.get() is not _DONE:
+                pass
+
+
+def new_job(
+    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+    **kw: Any,
+) -> Job:
+    """Create the workflow for ``spec`` and return the job that runs it."""
+    st = _store(store)
+    options = RunOptions(provider, concurrency, cache, max_cost_usd)
+    workflow_id = create_workflow(st, spec, tenant=tenant, project=project, options=options)
+    return Job(st, workflow_id, st.find_tenant(tenant).id, **kw)
+
+
+def resume_job(
+    workflow_id: str, *, store: StoreArg = None, tenant: str | None = None, **kw: Any
+) -> Job:
+    """The job that resumes ``workflow_id`` (scoped to ``tenant`` when given)."""
+    st = _store(store)
+    return Job(st, workflow_id, st.find_tenant(tenant).id if tenant else None, **kw)
 
 
 async def arun(
@@ -109,19 +166,25 @@ async def arun(
     retry: RetryPolicy | None = None,
     provider_options: dict[str, dict[str, object]] | None = None,
 ) -> AsyncIterator[ev.Event]:
-    """Create a workflow from ``spec`` and run it, yielding events (the first names its id)."""
-    st = _store(store)
-    options = RunOptions(provider, concurrency, cache, max_cost_usd)
-    workflow_id = create_workflow(st, spec, tenant=tenant, project=project, options=options)
-    tenant_id = st.find_tenant(tenant).id
-    async for event in _events(
-        st,
-        workflow_id,
-        tenant_id=tenant_id,
+    """Create a workflow from ``spec`` and run it, yielding events (the first names its id).
+
+    ``provider`` runs every step on that one provider; ``on_event`` is called with each event
+    (on the loop's thread); ``provider_options`` maps a provider name to its options.
+    """
+    job = new_job(
+        spec,
+        tenant=tenant,
+        project=project,
+        store=store,
+        provider=provider,
+        concurrency=concurrency,
+        cache=cache,
+        max_cost_usd=max_cost_usd,
         on_event=on_event,
         retry=retry,
         provider_options=provider_options,
-    ):
+    )
+    async for event in job_events(job):
         yield event
 
 
@@ -135,16 +198,15 @@ async def aresume(
     provider_options: dict[str, dict[str, object]] | None = None,
 ) -> AsyncIterator[ev.Event]:
     """Resume a workflow: every step that is not completed runs, in order."""
-    st = _store(store)
-    tenant_id = st.find_tenant(tenant).id if tenant else None
-    async for event in _events(
-        st,
+    job = resume_job(
         workflow_id,
-        tenant_id=tenant_id,
+        store=store,
+        tenant=tenant,
         on_event=on_event,
         retry=retry,
         provider_options=provider_options,
-    ):
+    )
+    async for event in job_events(job):
         yield event
 
 
@@ -169,30 +231,14 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, _LoopThread.loop()).result()
 
 
-def iterate_sync(agen: AsyncIterator[T]) -> Iterator[T]:
-    """Iterate an async iterator from sync code; Ctrl-C stops the run cooperatively."""
-    loop = _LoopThread.loop()
-    try:
-        while True:
-            future: Any = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)  # type: ignore[arg-type]
-            try:
-                yield future.result()
-            except StopAsyncIteration:
-                return
-    finally:
-        closer = getattr(agen, "aclose", None)
-        if closer is not None:
-            asyncio.run_coroutine_threadsafe(closer(), loop).result()
-
-
 def run_iter(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> Iterator[ev.Event]:
-    """Sync iterator over :func:`arun`'s events."""
-    return iterate_sync(arun(spec, **kw))
+    """Sync iterator over a new run's events (same arguments as :func:`arun`)."""
+    return job_events_sync(new_job(spec, **kw))
 
 
 def resume_iter(workflow_id: str, **kw: Any) -> Iterator[ev.Event]:
-    """Sync iterator over :func:`aresume`'s events."""
-    return iterate_sync(aresume(workflow_id, **kw))
+    """Sync iterator over a resumed run's events (same arguments as :func:`aresume`)."""
+    return job_events_sync(resume_job(workflow_id, **kw))
 
 
 def _collect(events: Iterator[ev.Event]) -> RunResult:

@@ -57,20 +57,30 @@ def insert_ignoring_duplicates(conn: Connection, table: Table) -> Insert:
 
 def store_answer(conn: Connection, key: str, answer: Completion) -> None:
     """Remember a complete answer (no-op for truncated/refused ones or a known key)."""
+    row = answer_row(key, answer)
+    if row is not None:
+        store_rows(conn, [row])
+
+
+def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert cache rows made by :func:`answer_row`, skipping keys already present."""
+    if rows:
+        conn.execute(insert_ignoring_duplicates(conn, _TABLE), rows)
+
+
+def answer_row(key: str, answer: Completion) -> dict[str, Any] | None:
+    """The ``llm_cache`` row for a complete answer; None for truncated/refused ones."""
     if answer.stop_reason != STOP_END:
-        return
+        return None
     now = utcnow()
-    conn.execute(
-        insert_ignoring_duplicates(conn, _TABLE),
-        {
-            "id": key,
-            "provider": answer.provider,
-            "model": answer.model,
-            "text": answer.text,
-            "stop_reason": answer.stop_reason,
-            "input_tokens": answer.input_tokens,
-            "output_tokens": answer.output_tokens,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    return {
+        "id": key,
+        "provider": answer.provider,
+        "model": answer.model,
+        "text": answer.text,
+        "stop_reason": answer.stop_reason,
+        "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens,
+        "created_at": now,
+        "updated_at": now,
+    }

@@ -41,6 +41,7 @@ from .spec import WorkflowSpec
 from .store import Store
 from .templates import ItemView, ProjectView, StepsView, StepView, render
 from .workflows import personas_for
+from .writer import GroupWriter
 
 Emit = Callable[[ev.Event], None]
 
@@ -82,6 +83,7 @@ class Runner:
         self.ctx: dict[str, StepView] = {}
         self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         self._owner = lease.new_owner()
+        self.writer = GroupWriter(store)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def execute(self) -> None:
@@ -121,6 +123,7 @@ class Runner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            self.writer.close()
             lease.release(self.store, self.workflow_id, self._owner)
             await self.pool.aclose()
 

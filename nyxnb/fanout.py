@@ -115,7 +115,8 @@ class _FanOut:
             return
         finally:
             self.limit.release()
-        records.complete_item(self.runner.store, self.step, idx, result.completion.text, result)
+        rows = records.item_rows(self.step, idx, result.completion.text, result)
+        await self.runner.writer.write(rows)
         self.completed += 1
         self.runner.step_event(
             ev.FanOutProgress,

@@ -295,14 +295,14 @@ class MoveResult:
 def plan_migration(
     store: Store, project: str, source: str, target: str, *, suffix: str | None = None
 ) -> MigrationPlan:
-    """Survey moving ``project`` (name or id) from tenant ``source`` to ``target``; writes nothing."""
+    """Survey moving ``project`` (name or id) from tenant ``source`` to ``target``; no writes."""
     from .migrate_plan import plan_in_snapshot
 
     return plan_in_snapshot(store, project, source, target, suffix=suffix)
 
 
 def apply_migration(store: Store, plan: MigrationPlan, on_conflict: str = "abort") -> MoveResult:
-    """Apply ``plan`` in one verified transaction; refuses a stale plan or an unresolved conflict."""
+    """Apply ``plan`` in one verified transaction; refuses stale plans and unresolved conflicts."""
     from .migrate_apply import apply_plan
 
     return apply_plan(store, plan, on_conflict)

@@ -278,11 +278,12 @@ def _merge(tx: Txn, merges: Sequence[Resolution]) -> tuple[list[dict[str, Any]],
     """Re-point the children of merged rows at the target rows; take merged rows off the move."""
     merged: list[dict[str, Any]] = []
     minus: defaultdict[str, Digest] = defaultdict(Digest)
-    for r in merges:
+    for r in merges:  # read every merged row before any of them is re-pointed
         t = tx.schema.tables[r.table]
         row = tx.conn.execute(select(t).where(t.c.id == r.source_id)).one()
         merged.append({"table": r.table, "row": dump_row(t, row._mapping), "into": r.target_id})
         minus[r.table].add(row._mapping[c.name] for c in hashed_columns(t))
+    for r in merges:
         for e in tx.schema.children(r.table):
             c = tx.schema.tables[e.child]
             where = and_(c.c[e.column] == r.source_id, tx.moved(e.child))
@@ -538,7 +539,7 @@ def _insert_rows(tx: Txn, records: Sequence[Mapping[str, Any]]) -> None:
         tx.conn.execute(insert(t).values(load_row(t, rec["row"])))
 
 
-def dump_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+def dump_row(table: Table, row: Mapping[Any, Any]) -> dict[str, Any]:
     """A row as JSON-ready values (dates as ISO text, decimals as text, bytes as hex)."""
     out: dict[str, Any] = {}
     for col in table.c:

@@ -243,7 +243,7 @@ def digests(
     cols = hashed_columns(table, everything)
     names = [c.name for c in cols]
     out = [Digest() for _ in transforms]
-    result = conn.execution_options(yield_per=_BATCH).execute(select(*cols).where(where))
+    result = conn.execute(select(*cols).where(where).execution_options(yield_per=_BATCH))
     for row in result:
         for dig, fn in zip(out, transforms, strict=True):
             dig.add(row if fn is None else fn(dict(zip(names, row, strict=True))).values())

@@ -55,8 +55,10 @@ class TextProgress:
         self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona, e.provider) if x)
         if e.total_items:
             done = f", {e.done_items} already done" if e.done_items else ""
-            self._line(f"  {self._step(e.order)} {e.name} ({self._started[e.name]}): "
-                       f"{e.total_items} items{done}")
+            self._line(
+                f"  {self._step(e.order)} {e.name} ({self._started[e.name]}): "
+                f"{e.total_items} items{done}"
+            )
 
     def _on_fan_out_progress(self, e: ev.FanOutProgress) -> None:
         now = time.monotonic()

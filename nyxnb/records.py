@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
 from . import cache
 from .chain import Attempt, ChainResult
@@ -29,26 +29,39 @@ CALLS: Table = LlmCall.__table__  # type: ignore[assignment]
 WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
 
 
+# Built once: the per-item commit is the engine's hot path.
+_COMPLETE_ITEM = (
+    update(ITEMS)
+    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
+    .values(
+        status=bindparam("status"),
+        output=bindparam("output"),
+        error=bindparam("error"),
+        provider=bindparam("provider"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+_INSERT_CALLS = insert(CALLS)
+
+
 def _stamp(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "updated_at": utcnow()}
 
 
-def record_attempts(
-    conn: Connection,
+def attempt_rows(
     attempts: Sequence[Attempt],
     *,
     tenant_id: str,
     workflow_id: str,
     step_id: str,
     item_idx: int | None,
-) -> None:
-    """Insert one ``llm_calls`` row per attempt."""
-    if not attempts:
-        return
+) -> list[dict[str, Any]]:
+    """One ``llm_calls`` row per attempt."""
     now = utcnow()
-    rows = [
+    # vars() not asdict(): this runs once per call on the hot path and needs no deep copy
+    return [
         {
-            **asdict(a),
+            **vars(a),
             "id": new_id(),
             "tenant_id": tenant_id,
             "workflow_id": workflow_id,
@@ -59,7 +72,12 @@ def record_attempts(
         }
         for a in attempts
     ]
-    conn.execute(insert(CALLS), rows)
+
+
+def record_attempts(conn: Connection, attempts: Sequence[Attempt], **where: Any) -> None:
+    """Insert one ``llm_calls`` row per attempt."""
+    if attempts:
+        conn.execute(_INSERT_CALLS, attempt_rows(attempts, **where))
 
 
 def _remember(conn: Connection, result: ChainResult) -> None:
@@ -141,31 +159,53 @@ def fail_step(
         )
 
 
+@dataclass(frozen=True)
+class ItemRows:
+    """Everything that commits one completed fan-out item."""
+
+    calls: list[dict[str, Any]]
+    cache: dict[str, Any] | None
+    item: dict[str, Any]
+
+
+def item_rows(step: dict[str, Any], idx: int, output: str, result: ChainResult) -> ItemRows:
+    """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
+    calls = attempt_rows(
+        result.attempts,
+        tenant_id=step["tenant_id"],
+        workflow_id=step["workflow_id"],
+        step_id=step["id"],
+        item_idx=idx,
+    )
+    key = result.cache_key
+    entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
+    update_params = {
+        "b_step": step["id"],
+        "b_idx": idx,
+        "status": COMPLETED,
+        "output": output,
+        "error": None,
+        "provider": result.provider,
+        "updated_at": utcnow(),
+    }
+    return ItemRows(calls, entry, update_params)
+
+
+def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
+    """Commit a batch of completed items with one executemany per table."""
+    calls = [row for b in batch for row in b.calls]
+    if calls:
+        conn.execute(_INSERT_CALLS, calls)
+    cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
+    conn.execute(_COMPLETE_ITEM, [b.item for b in batch])
+
+
 def complete_item(
     store: Store, step: dict[str, Any], idx: int, output: str, result: ChainResult
 ) -> None:
-    """Commit one fan-out item: its row, its ledger rows and cache entry, in one transaction."""
+    """Commit one fan-out item in its own transaction."""
     with store.engine.begin() as conn:
-        record_attempts(
-            conn,
-            result.attempts,
-            tenant_id=step["tenant_id"],
-            workflow_id=step["workflow_id"],
-            step_id=step["id"],
-            item_idx=idx,
-        )
-        _remember(conn, result)
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.step_id == step["id"], ITEMS.c.idx == idx)
-            .values(
-                status=COMPLETED,
-                output=output,
-                error=None,
-                provider=result.provider,
-                updated_at=utcnow(),
-            )
-        )
+        write_items(conn, [item_rows(step, idx, output, result)])
 
 
 def fail_item(

@@ -33,6 +33,8 @@ import nyxnb
 
 from . import models as m
 from .errors import ConfigError
+from .generated import desired_generated
+from .spec import parse_spec
 from .store import NyxSession, Store
 
 Row = dict[str, Any]
@@ -247,9 +249,6 @@ class _Text:
         text = f"{self.pick('objects')} {self.pick('qualifiers')}"
         return text[0].upper() + text[1:]
 
-    def question(self) -> str:
-        return f"How should {self.pick('subjects')} handle {self.pick('objects')}?"
-
     def paragraph(self, n: int = 3) -> str:
         return " ".join(self.sentence() for _ in range(n))
 
@@ -257,7 +256,7 @@ class _Text:
         return "\n".join(f"{mark} {self.sentence()}" for _ in range(n))
 
     def render(self, kind: str, **env: Any) -> str:
-        names = ("pick", "sentence", "phrase", "question", "paragraph", "bullets")
+        names = ("pick", "sentence", "phrase", "paragraph", "bullets")
         helpers: Row = {n: getattr(self, n) for n in names} | {"vocab": self.vocab}
         helpers |= {n: getattr(self.rng, n) for n in ("choice", "sample", "randint")}
         return self.templates[kind].render(**helpers, **env).strip() + "\n"
@@ -450,22 +449,23 @@ class _History:
         return self.text.render("fan-out-item", heading=item["heading"], body=item["body"], **env)
 
     def _auto_steps(self, wf_id: str, start: int, spec: Row) -> list[Row]:
-        gen, defaults = spec["generate"], spec["defaults"]
-        source = gen["implementation_prompts"]["from"]
+        # the engine's own generated steps (names, prompts, config), already completed
+        source = spec["generate"]["implementation_prompts"]["from"]
         items = next(st for st in spec["steps"] if st["name"] == source)["items"]
-        check = {"name": "consistency-check", "type": "consistency-check", "config": {}}
-        check |= {"persona": gen["consistency_check"]["persona"], "prompt": "Check the plan."}
-        out = self.text.render("consistency-check", headings=[it["heading"] for it in items])
-        step = self._normalise(check, defaults)
-        rows = [self._step(wf_id, start, step, m.COMPLETED, out, False, True)]
-        for idx, it in enumerate(items):
-            st = {"name": f"implementation-prompt-{idx}", "type": "implementation-prompt"}
-            st |= {"persona": gen["implementation_prompts"]["persona"], "prompt": it["heading"]}
-            step = self._normalise(st, defaults) | {"config": {"from": source, "item_idx": idx}}
-            env = {"heading": it["heading"], "body": it["body"], "slug": self.folder[it["heading"]]}
-            out = self.text.render("implementation-prompt", project=self.project.name, **env)
-            rows.append(self._step(wf_id, start + 1 + idx, step, m.COMPLETED, out, False, True))
+        found = {source: [{"idx": i, "heading": it["heading"]} for i, it in enumerate(items)]}
+        rows = []
+        for order, gen in enumerate(desired_generated(parse_spec(spec), found), start):
+            step = self._normalise(gen, spec["defaults"]) | {"config": gen["config"]}
+            out = self._generated_output(gen, items)
+            rows.append(self._step(wf_id, order, step, m.COMPLETED, out, False, True))
         return rows
+
+    def _generated_output(self, gen: Row, items: list[Row]) -> str:
+        if gen["type"] == "consistency-check":
+            return self.text.render("consistency-check", headings=[it["heading"] for it in items])
+        it = items[gen["config"]["item_idx"]]
+        env = {"heading": it["heading"], "body": it["body"], "slug": self.folder[it["heading"]]}
+        return self.text.render("implementation-prompt", project=self.project.name, **env)
 
     def _notes(self, batch: _Batch, n: int) -> None:
         for _ in range(n):

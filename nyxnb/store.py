@@ -131,7 +131,7 @@ def _stamp_tenant(session: Session, _ctx: Any, _instances: Any) -> None:
     if tenant_id is None:
         return
     for obj in session.new:
-        if isinstance(obj, models.TenantOwned):
+        if isinstance(obj, (models.TenantOwned, models.Persona)):
             if getattr(obj, "tenant_id", None) in (None, tenant_id):
                 obj.tenant_id = tenant_id  # type: ignore[misc]
             else:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import SpecError
@@ -124,6 +125,11 @@ def check_template(
         )
 
 
+@lru_cache(maxsize=256)
+def _compiled(source: str) -> Template:
+    return _ENV.from_string(source)
+
+
 def render(source: str, **context: object) -> str:
-    """Render a template with strict undefined handling."""
-    return _ENV.from_string(source).render(**context)
+    """Render a template with strict undefined handling (compiled once per source)."""
+    return _compiled(source).render(**context)

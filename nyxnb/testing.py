@@ -345,13 +345,13 @@ class FakeProviderServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        self._stopping.set()
         httpd.shutdown()
         with self._lock:
             live = list(self._live.items())
-        for conn, _ in live:
+        for conn, _ in live:  # hanging requests end with a dropped connection, not an answer
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        self._stopping.set()
         httpd.server_close()
         for thread in [self._thread, *(t for _, t in live)]:
             if thread is not None:

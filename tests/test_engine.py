@@ -185,12 +185,11 @@ def test_pause_between_items_then_resume_finishes_without_repeats(seeded):
             nyxnb.pause(event.workflow_id, store=seeded)
             holder["runner"].pause_event.set()  # in-process pause is immediate
 
-    from nyxnb.api import _events, iterate_sync
+    from nyxnb.api import Job, job_events_sync
 
     wf = nyxnb.create_workflow(seeded, spec(30, concurrency=2), tenant="nyx", project="BRbase")
-    events = list(iterate_sync(_events(seeded, wf, tenant_id=None, on_event=on_event, retry=None,
-                                       provider_options=None,
-                                       runner_ready=lambda r: holder.update(runner=r))))
+    job = Job(seeded, wf, on_event=on_event, runner_ready=lambda r: holder.update(runner=r))
+    events = list(job_events_sync(job))
     assert isinstance(events[-1], ev.WorkflowPaused)
     with seeded.session() as s:
         assert s.get_one(Workflow, wf).status == "paused"

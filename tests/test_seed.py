@@ -246,6 +246,8 @@ def test_workflows_reproduce_the_original_situation(seeded):
         assert flags == sorted(flags), "generated steps come after the user's steps"
         kinds = {st.type for st in steps if st.auto_generated}
         assert kinds <= {"consistency-check", "implementation-prompt"}
+        names = [st.name for st in steps if st.auto_generated]
+        assert all(n == "consistency_check" or re.fullmatch(r"implement_\d\d", n) for n in names)
     trap = [
         steps
         for w, steps in flows

@@ -126,7 +126,7 @@ def _is_exhausted(failure: HttpFailure) -> bool:
 
 
 def _is_quota_exhausted(failure: HttpFailure) -> bool:
-    """A Gemini 429 that will not clear within the run: a daily or zero quota, or no retry hint.
+    """A quota 429 that will not clear within the run: a daily or zero quota, or no retry hint.
 
     Gemini reports per-minute limits as quota failures too ("You exceeded your current quota",
     a ``QuotaFailure`` for ``...PerMinute...`` and a ``RetryInfo``); those are rate limits.
@@ -138,7 +138,7 @@ def _is_quota_exhausted(failure: HttpFailure) -> bool:
         quota_id = str(violation.get("quotaId", "")).lower()
         if "perday" in quota_id or str(violation.get("quotaValue", "")) == "0":
             return True
-    return _retry_info_delay(failure.details) is None
+    return retry_after(failure) is None
 
 
 def _rpc_type(detail: Mapping[str, Any]) -> str:

@@ -1,0 +1,339 @@
+"""Look at runs: DuckDB SQL over the store's tables, pandas DataFrames, Parquet, and plots.
+
+    con = nyxnb.inspect.connect(store)            # every store table, under its own name
+    con.sql('SELECT provider, sum(cost_usd) FROM llm_calls GROUP BY 1').df()
+    steps_df(store, wf)  items_df(store, wf)  calls_df(store)  cost_by(store, ["step", "provider"])
+    export_parquet(store, "out/")                 # one file per table
+    plot_latency(store, wf)  plot_cost(store, wf)  plot_progress(store, wf)
+
+DuckDB's sqlite and postgres scanners are extension downloads, which fail offline, so each table
+is read through SQLAlchemy into Arrow (typed from the table's columns, JSON as text) and copied
+into an in-memory DuckDB database: the connection is a snapshot taken by :func:`connect`, on
+SQLite and PostgreSQL stores alike.  Plots are :class:`matplotlib.figure.Figure` objects built
+without pyplot, so they render headless (Agg) and display inline in a notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, MetaData, Numeric, select
+
+from .models import LlmCall, Workflow, WorkflowStep
+from .report import workflow_summary
+from .store import Store, open_store
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+    from matplotlib.figure import Figure
+
+StoreArg = Store | str | None
+_STATUS_COLORS = {
+    "completed": "#2e7d32",
+    "running": "#1565c0",
+    "failed": "#c62828",
+    "paused": "#ef6c00",
+    "pending": "#bdbdbd",
+}
+
+
+def _store(store: StoreArg) -> Store:
+    return store if isinstance(store, Store) else open_store(store)
+
+
+def _arrow_type(column: Any) -> pa.DataType:
+    import pyarrow as pa
+
+    t = column.type
+    if isinstance(t, Boolean):
+        return pa.bool_()
+    if isinstance(t, Integer):
+        return pa.int64()
+    if isinstance(t, Float | Numeric):
+        return pa.float64()
+    if isinstance(t, DateTime):
+        return pa.timestamp("us", tz="UTC")
+    return pa.string()  # text, ids, and JSON serialised as JSON text
+
+
+def read_tables(store: StoreArg = None) -> dict[str, pa.Table]:
+    """Every table of the store as a typed Arrow table (JSON columns as JSON text)."""
+    import pyarrow as pa
+
+    st = _store(store)
+    meta = MetaData()
+    meta.reflect(st.engine)
+    out: dict[str, pa.Table] = {}
+    with st.engine.connect() as conn:
+        for name, table in sorted(meta.tables.items()):
+            schema = pa.schema([(c.name, _arrow_type(c)) for c in table.columns])
+            json_cols = [c.name for c in table.columns if isinstance(c.type, JSON)]
+            rows = [dict(r) for r in conn.execute(select(table)).mappings()]
+            for row in rows:
+                for col in json_cols:
+                    if row[col] is not None and not isinstance(row[col], str):
+                        row[col] = json.dumps(row[col], default=str)
+            out[name] = pa.Table.from_pylist(rows, schema=schema)
+    return out
+
+
+def connect(store: StoreArg = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection holding a snapshot of every store table, same names.
+
+    Quote the column ``"order"`` of ``workflow_steps`` (a reserved word) in SQL.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    for name, table in read_tables(store).items():
+        con.register("_nyxnb_src", table)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _nyxnb_src')
+        con.unregister("_nyxnb_src")
+    return con
+
+
+def export_parquet(store: StoreArg, folder: str | Path) -> list[Path]:
+    """Write every store table to ``folder/<table>.parquet``; returns the files written."""
+    import pyarrow.parquet as pq
+
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in read_tables(store).items():
+        path = target / f"{name}.parquet"
+        pq.write_table(table, path)
+        written.append(path)
+    return written
+
+
+def _tenant_id(st: Store, tenant: str | None) -> str | None:
+    return st.find_tenant(tenant).id if tenant else None
+
+
+def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) -> pd.DataFrame:
+    """One row per step: order, name, type, persona, provider, status, items, tokens, cost."""
+    import pandas as pd
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, tenant_id=_tenant_id(st, tenant), with_items=False)
+    cols = [
+        "order",
+        "name",
+        "type",
+        "persona",
+        "provider",
+        "status",
+        "auto_generated",
+        "items_done",
+        "items_total",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "output",
+        "error",
+    ]
+    frame = pd.DataFrame(summary["steps"], columns=cols)
+    return frame.astype({"input_tokens": "int64", "output_tokens": "int64"})
+
+
+def items_df(
+    store: StoreArg, workflow_id: str, *, step: str | None = None, tenant: str | None = None
+) -> pd.DataFrame:
+    """One row per fan-out item: step, idx, heading, status, provider, output, error."""
+    import pandas as pd
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, tenant_id=_tenant_id(st, tenant))
+    rows = [
+        {"step": s["name"], **item}
+        for s in summary["steps"]
+        for item in s["items"]
+        if step is None or s["name"] == step
+    ]
+    cols = ["step", "idx", "heading", "status", "provider", "output", "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def calls_df(
+    store: StoreArg = None, workflow_id: str | None = None, *, tenant: str | None = None
+) -> pd.DataFrame:
+    """Every provider attempt (``llm_calls``) with its step name, tokens, cost and latency."""
+    import pandas as pd
+
+    st = _store(store)
+    query = (
+        select(
+            LlmCall.created_at,
+            LlmCall.workflow_id,
+            Workflow.name.label("workflow"),
+            WorkflowStep.name.label("step"),
+            WorkflowStep.type.label("step_type"),
+            LlmCall.item_idx,
+            LlmCall.provider,
+            LlmCall.model,
+            LlmCall.attempt,
+            LlmCall.outcome,
+            LlmCall.error_kind,
+            LlmCall.input_tokens,
+            LlmCall.output_tokens,
+            LlmCall.cost_usd,
+            LlmCall.latency_ms,
+            LlmCall.cached,
+        )
+        .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
+        .outerjoin(Workflow, Workflow.id == LlmCall.workflow_id)
+        .order_by(LlmCall.created_at, WorkflowStep.order, LlmCall.item_idx, LlmCall.attempt)
+    )
+    if workflow_id is not None:
+        query = query.where(LlmCall.workflow_id == workflow_id)
+    tenant_id = _tenant_id(st, tenant)
+    if tenant_id is not None:
+        query = query.where(LlmCall.tenant_id == tenant_id)
+    with st.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    cols = list(query.selected_columns.keys())
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame
+
+
+def cost_by(
+    store: StoreArg = None,
+    by: str | Sequence[str] = ("step", "provider"),
+    *,
+    workflow_id: str | None = None,
+    tenant: str | None = None,
+) -> pd.DataFrame:
+    """Calls, tokens, cost and mean latency grouped by columns of :func:`calls_df`."""
+    keys = [by] if isinstance(by, str) else list(by)
+    calls = calls_df(store, workflow_id, tenant=tenant)
+    calls["ok"] = (calls["outcome"] != "error").astype("int64")
+    grouped = calls.groupby(keys, dropna=False, sort=False).agg(  # in run order
+        calls=("provider", "size"),
+        ok=("ok", "sum"),
+        input_tokens=("input_tokens", "sum"),
+        output_tokens=("output_tokens", "sum"),
+        cost_usd=("cost_usd", "sum"),
+        mean_latency_ms=("latency_ms", "mean"),
+    )
+    return grouped.reset_index()
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) -> Figure:
+    """Latency of every fan-out item's calls (ms), coloured by provider; errors hatched."""
+    calls = calls_df(store, workflow_id)
+    calls = calls[calls["item_idx"].notna()]
+    if step is not None:
+        calls = calls[calls["step"] == step]
+    fig = _figure(9, 3.6)
+    ax = fig.add_subplot()
+    providers = sorted(calls["provider"].unique())
+    colors = dict(
+        zip(providers, ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#757575"), strict=False)
+    )
+    for provider in providers:
+        part = calls[calls["provider"] == provider]
+        errors = part["outcome"] == "error"
+        ax.bar(
+            part["item_idx"][~errors] + 1,
+            part["latency_ms"][~errors],
+            width=0.8,
+            color=colors.get(provider),
+            label=provider,
+        )
+        if errors.any():
+            ax.bar(
+                part["item_idx"][errors] + 1,
+                part["latency_ms"][errors],
+                width=0.8,
+                color="none",
+                edgecolor=colors.get(provider),
+                hatch="//",
+                label=f"{provider} (error)",
+            )
+    ax.set_xlabel("item")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"per-item latency{f' of {step}' if step else ''}")
+    if providers:
+        ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def plot_cost(store: StoreArg, workflow_id: str | None = None) -> Figure:
+    """Tokens and cost by step, stacked by provider (two panels)."""
+    table = cost_by(store, ["step", "provider"], workflow_id=workflow_id)
+    table["tokens"] = table["input_tokens"] + table["output_tokens"]
+    order = list(dict.fromkeys(calls_df(store, workflow_id)["step"].fillna("(none)")))
+    table["step"] = table["step"].fillna("(none)")
+    fig = _figure(10, 0.9 + 0.28 * max(len(order), 1))
+    axes = fig.subplots(1, 2, sharey=True)
+    providers = sorted(table["provider"].unique())
+    for ax, metric, label in ((axes[0], "tokens", "tokens"), (axes[1], "cost_usd", "cost (USD)")):
+        left = [0.0] * len(order)
+        for provider in providers:
+            part = table[table["provider"] == provider].set_index("step")[metric]
+            values = [float(part.get(s, 0.0)) for s in order]
+            ax.barh(order, values, left=left, label=provider)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.set_xlabel(label)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize="small")
+    fig.suptitle("tokens and cost by step and provider")
+    return fig
+
+
+def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
+    """A picture of a run: a bar per step coloured by status, with items, provider and tokens."""
+    steps = steps_df(store, workflow_id)
+    summary = workflow_summary(_store(store), workflow_id, with_items=False)
+    fig = _figure(10, 0.8 + 0.3 * max(len(steps), 1))
+    ax = fig.add_subplot()
+    for i, row in enumerate(steps.itertuples()):
+        done = (
+            row.items_done / row.items_total
+            if row.items_total
+            else float(row.status == "completed")
+        )
+        color = _STATUS_COLORS.get(str(row.status), "#757575")
+        ax.barh(i, 1.0, color="#eeeeee")
+        ax.barh(i, done, color=color)
+        items = f"{row.items_done}/{row.items_total}  " if row.items_total else ""
+        provider = None if row.type == "pattern-check" else row.provider
+        who = " · ".join(str(x) for x in (row.type, row.persona, provider) if isinstance(x, str))
+        ax.text(
+            1.02,
+            i,
+            f"{row.status:<9} {items}{who}  {row.input_tokens}+{row.output_tokens} tok",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(
+        range(len(steps)),
+        [f"{o + 1}. {n}" for o, n in zip(steps["order"], steps["name"], strict=True)],
+    )
+    ax.invert_yaxis()
+    ax.set_xlim(0, 2.1)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    t = summary["totals"]
+    ax.set_title(
+        f"{summary['name']} — {summary['status']} — {t.get('input_tokens', 0)}+"
+        f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}",
+        loc="left",
+    )
+    return fig
