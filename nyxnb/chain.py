@@ -135,8 +135,7 @@ class ProviderPool:
         if not health.proven:
             async with health.lock:
                 if name in self.down:
-                    kind, message = self.down[name]
-                    raise ProviderError(message, provider=name, kind=kind)
+                    raise _Down()  # the probe ahead of us found it down: no call made
                 if not health.proven:
                     answer = await self._tracked(name, health, prov, request)
                     health.proven = True
@@ -192,19 +191,32 @@ def _rejection(answer: Completion) -> str | None:
     return None
 
 
+class _Down(Exception):  # noqa: N818 - internal signal
+    """The provider was marked down while this call waited for it."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    kind: str
+    message: str
+    reported: bool = True  # False: skipped silently, another item already reported it
+
+
 async def _try_provider(
     pool: ProviderPool, name: str, request: CompletionRequest, attempts: list[Attempt]
-) -> Completion | tuple[str, str]:
-    """Call one provider with retries: the accepted answer, or (kind, message) of the failure."""
+) -> Completion | _Failure:
+    """Call one provider with retries: the accepted answer, or why it failed."""
     model = request.model or ""
     for n in range(1, pool.retry.max_attempts + 1):
         started = time.perf_counter()
         try:
             model = pool.provider(name).model_for(request)
             answer = await pool.call(name, request)
+        except _Down:
+            return _Failure(*pool.down[name], reported=False)
         except MissingKey as exc:
             pool.mark_down(name, "auth", str(exc))
-            return "auth", str(exc)
+            return _Failure("auth", str(exc))
         except ProviderError as exc:
             ms = (time.perf_counter() - started) * 1000
             attempts.append(Attempt(name, model, n, "error", exc.kind, exc.message, latency_ms=ms))
@@ -217,16 +229,17 @@ async def _try_provider(
             ):
                 await pool.sleep(pool.retry.delay(n, exc.retry_after))
                 continue
-            return exc.kind, exc.message
+            return _Failure(exc.kind, exc.message)
         record = _attempt_from(name, model, n, answer, (time.perf_counter() - started) * 1000)
         attempts.append(record)
         kind = _rejection(answer)
         if kind is None:
             return answer
         record.outcome, record.error_kind = "error", kind
-        record.error = f"answer {kind} (stop reason {answer.raw_stop_reason or answer.stop_reason})"
-        return kind, record.error
-    return "server", "retries exhausted"  # pragma: no cover - loop always returns
+        stop = answer.raw_stop_reason or answer.stop_reason
+        record.error = f"answer {kind} (stop reason {stop})"
+        return _Failure(kind, record.error)
+    return _Failure("server", "retries exhausted")  # pragma: no cover - loop always returns
 
 
 async def complete_with_fallback(
@@ -271,8 +284,8 @@ async def complete_with_fallback(
         outcome = await _try_provider(pool, name, req, attempts)
         if isinstance(outcome, Completion):
             return ChainResult(outcome, attempts, key)
-        reasons.append((name, *outcome))
-        if on_fallback is not None:
+        reasons.append((name, outcome.kind, outcome.message))
+        if on_fallback is not None and outcome.reported:
             nxt = next((n for n, _ in entries[i + 1 :] if n not in pool.down), None)
-            on_fallback(name, nxt, outcome[0], outcome[1])
+            on_fallback(name, nxt, outcome.kind, outcome.message)
     raise ChainExhausted(reasons, attempts)

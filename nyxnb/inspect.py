@@ -199,6 +199,7 @@ def calls_df(
     cols = list(query.selected_columns.keys())
     frame = pd.DataFrame(rows, columns=cols)
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["item_idx"] = frame["item_idx"].astype("Int64")
     return frame
 
 
@@ -235,6 +236,8 @@ def _figure(width: float, height: float) -> Figure:
 
 def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) -> Figure:
     """Latency of every fan-out item's calls (ms), coloured by provider; errors hatched."""
+    from matplotlib.ticker import MaxNLocator
+
     calls = calls_df(store, workflow_id)
     calls = calls[calls["item_idx"].notna()]
     if step is not None:
@@ -265,6 +268,7 @@ def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) 
                 hatch="//",
                 label=f"{provider} (error)",
             )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("item")
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"per-item latency{f' of {step}' if step else ''}")

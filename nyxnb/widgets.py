@@ -36,7 +36,7 @@ from sqlalchemy.pool import NullPool
 from . import api
 from . import events as ev
 from .errors import NyxError
-from .models import WorkflowStep
+from .models import LlmCall, WorkflowStep
 from .progress import TextProgress
 from .report import workflow_summary
 from .store import Store, open_store
@@ -196,7 +196,7 @@ class ProgressState:
             row.provider = e.to_provider or row.provider
         return row
 
-    def load(self, summary: dict[str, Any], headings: dict[int, str]) -> None:
+    def load(self, summary: dict[str, Any], extras: dict[int, tuple[str, str | None]]) -> None:
         """Replace the state with a :func:`nyxnb.report.workflow_summary` of the store."""
         self.workflow_id, self.name = summary["id"], summary["name"]
         self.status, self.error = summary["status"], summary.get("error")
@@ -262,12 +262,18 @@ class ProgressState:
         return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
 
 
-def _implementation_headings(store: Store, workflow_id: str) -> dict[int, str]:
-    query = select(WorkflowStep.order, WorkflowStep.config).where(
-        WorkflowStep.workflow_id == workflow_id, WorkflowStep.type == "implementation-prompt"
-    )
+def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
+    """Per step order: the implementation prompt's feature, and the provider that answered last."""
+    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config).where(
+        WorkflowStep.workflow_id == workflow_id)
+    used = (select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
+            .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
+            .order_by(LlmCall.created_at))
     with store.engine.connect() as conn:
-        return {o: str((c or {}).get("heading") or "") for o, c in conn.execute(query)}
+        providers = {order: provider for order, provider in conn.execute(used)}
+        return {order: (str((config or {}).get("heading") or "") if kind ==
+                        "implementation-prompt" else "", providers.get(order))
+                for order, kind, config in conn.execute(steps)}
 
 
 def reader(store: Store) -> Store:
@@ -468,10 +474,10 @@ class WorkflowProgress:
         summary = workflow_summary(
             st, self.state.workflow_id, tenant_id=tenant_id, with_items=False
         )
-        headings = _implementation_headings(st, self.state.workflow_id)
+        extras = _store_extras(st, self.state.workflow_id)
         with self._lock:
             before = (self.state.status, [(r.status, r.done) for r in self.state.steps.values()])
-            self.state.load(summary, headings)
+            self.state.load(summary, extras)
             changed = before != (
                 self.state.status,
                 [(r.status, r.done) for r in self.state.steps.values()],

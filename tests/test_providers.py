@@ -55,24 +55,39 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProviderServer]
         yield srv
 
 
-def complete(provider: str, prompt: str = "Say hello", *, timeout_s: float = 5.0, **kw: Any):
-    """One ``complete`` call on a fresh provider instance, closed afterwards."""
+def calls(provider: str, n: int, prompt: str = "Say hello", *, timeout_s: float = 5.0, **kw: Any):
+    """``n`` sequential ``complete`` calls on one provider instance: answers or ProviderErrors."""
 
-    async def go() -> Completion:
+    async def go() -> list[Completion | ProviderError]:
         p = create_provider(provider, {"timeout_s": timeout_s})
+        out: list[Completion | ProviderError] = []
         try:
-            return await p.complete(CompletionRequest.of("You are terse.", prompt, **kw))
+            for _ in range(n):
+                try:
+                    out.append(
+                        await p.complete(CompletionRequest.of("You are terse.", prompt, **kw))
+                    )
+                except ProviderError as exc:
+                    out.append(exc)
         finally:
             await p.aclose()
+        return out
 
     return asyncio.run(go())
 
 
+def complete(provider: str, prompt: str = "Say hello", **kw: Any) -> Completion:
+    """One successful ``complete`` call on a fresh provider instance."""
+    (done,) = calls(provider, 1, prompt, **kw)
+    assert isinstance(done, Completion), done
+    return done
+
+
 def failure(provider: str, **kw: Any) -> ProviderError:
-    """The ProviderError a ``complete`` call raises."""
-    with pytest.raises(ProviderError) as info:
-        complete(provider, **kw)
-    return info.value
+    """The ProviderError one ``complete`` call on a fresh provider instance raises."""
+    (err,) = calls(provider, 1, **kw)
+    assert isinstance(err, ProviderError), err
+    return err
 
 
 # --- normal replies ----------------------------------------------------------------------------
@@ -80,27 +95,25 @@ def failure(provider: str, **kw: Any) -> ProviderError:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_reply_has_exact_text_and_token_counts(fake_server, provider):
-    fake_server.script(provider, reply("hello there", input_tokens=123, output_tokens=45))
-    done = complete(provider)
-    assert done.text == "hello there"
-    assert (done.input_tokens, done.output_tokens, done.cached_input_tokens) == (123, 45, 0)
-    assert done.stop_reason == "end"
-    assert done.provider == provider
-    assert done.model == create_provider(provider).default_model
-    assert fake_server.hits[provider] == 1
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_cached_input_tokens_are_reported(fake_server, provider):
-    fake_server.script(provider, reply("ok", input_tokens=1000, output_tokens=5, cached_tokens=800))
-    done = complete(provider)
-    assert (done.input_tokens, done.cached_input_tokens) == (1000, 800)
+    fake_server.script(
+        provider,
+        reply("hello there", input_tokens=123, output_tokens=45),
+        reply("cached", input_tokens=1000, output_tokens=5, cached_tokens=800),
+    )
+    plain, cached = calls(provider, 2)
+    assert isinstance(plain, Completion) and isinstance(cached, Completion)
+    assert plain.text == "hello there"
+    assert (plain.input_tokens, plain.output_tokens, plain.cached_input_tokens) == (123, 45, 0)
+    assert (plain.stop_reason, plain.provider) == ("end", provider)
+    assert plain.model == create_provider(provider).default_model
+    assert (cached.input_tokens, cached.output_tokens, cached.cached_input_tokens) == (1000, 5, 800)
+    assert fake_server.hits[provider] == 2
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_default_reply_is_deterministic(fake_server, provider):
-    first = complete(provider, "Summarise the repository layout")
-    second = complete(provider, "Summarise the repository layout")
+    first, second = calls(provider, 2, "Summarise the repository layout")
+    assert isinstance(first, Completion)
     assert first.text == f"fake {provider} answer to: Summarise the repository layout"
     assert first == second
     assert first.input_tokens > 0 and first.output_tokens > 0
@@ -151,6 +164,9 @@ NATIVE_EXHAUSTION = {
 }
 ERROR_CASES: list[tuple[str, Any, type[ProviderError]]] = [
     ("exhausted", None, ProviderRefused),  # each provider's own exhaustion body
+    ("exhausted", credit_exhausted, ProviderRefused),  # and the other providers' bodies
+    ("exhausted", insufficient_quota, ProviderRefused),
+    ("exhausted", gemini_quota_exhausted, ProviderRefused),
     ("auth", auth_error, ProviderRefused),
     ("auth", lambda: error(403, "Permission denied"), ProviderRefused),
     ("not_found", model_not_found, ProviderRefused),
@@ -165,34 +181,26 @@ ERROR_CASES: list[tuple[str, Any, type[ProviderError]]] = [
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize(("kind", "make", "cls"), ERROR_CASES)
-def test_error_kinds(fake_server, provider, kind, make, cls):
-    fake_server.script(provider, (make or NATIVE_EXHAUSTION[provider])())
-    err = failure(provider)
-    assert type(err) is cls
-    assert (err.provider, err.kind) == (provider, kind)
-    assert err.hint
-    assert fake_server.hits[provider] == 1  # SDK retries are off, even for 429 and 5xx
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("make", [credit_exhausted, insufficient_quota, gemini_quota_exhausted])
-def test_any_providers_exhaustion_body_is_exhausted(fake_server, provider, make):
-    fake_server.script(provider, make())
-    assert failure(provider).kind == "exhausted"
+def test_error_kinds(fake_server, provider):
+    fake_server.script(
+        provider, *((make or NATIVE_EXHAUSTION[provider])() for _, make, _ in ERROR_CASES)
+    )
+    results = calls(provider, len(ERROR_CASES))
+    got = [(type(r).__name__, getattr(r, "kind", None)) for r in results]
+    assert got == [(cls.__name__, kind) for kind, _, cls in ERROR_CASES]
+    assert all(isinstance(r, ProviderError) and r.provider == provider and r.hint for r in results)
+    assert fake_server.hits[provider] == len(ERROR_CASES)  # SDK retries are off, even 429 and 5xx
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_retry_after_is_parsed(fake_server, provider):
-    fake_server.script(provider, rate_limited(7))
-    err = failure(provider)
-    assert (err.kind, err.retry_after) == ("rate_limited", 7.0)
-
-
-@pytest.mark.parametrize("provider", ["anthropic", "openai"])
-def test_retry_after_ms_header(fake_server, provider):
-    fake_server.script(provider, error(429, "slow down", headers={"retry-after-ms": "1500"}))
-    assert failure(provider).retry_after == 1.5
+    fake_server.script(
+        provider, rate_limited(7), error(429, "slow down", headers={"retry-after-ms": "1500"})
+    )
+    seconds, millis = calls(provider, 2)
+    assert isinstance(seconds, ProviderError) and isinstance(millis, ProviderError)
+    assert (seconds.kind, seconds.retry_after) == ("rate_limited", 7.0)
+    assert (millis.kind, millis.retry_after) == ("rate_limited", 1.5)
 
 
 def test_gemini_per_minute_quota_is_a_rate_limit(fake_server):
@@ -237,7 +245,7 @@ def test_connection_error(monkeypatch, provider):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_missing_key_names_the_variable(provider):
     with pytest.raises(MissingKey) as info:
-        complete(provider)
+        calls(provider, 1)
     assert KEY_VARS[provider] in str(info.value)
     if provider == "google":
         assert "GOOGLE_API_KEY" in str(info.value)
@@ -250,51 +258,51 @@ def test_google_accepts_google_api_key(fake_server, monkeypatch):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("make", [auth_error, rate_limited, server_error])
-def test_api_key_never_in_error(fake_server, provider, make):
+def test_api_key_never_in_error(fake_server, provider):
     key = FAKE_KEYS[KEY_VARS[provider]]
-    fake_server.script(provider, error(401, f"Incorrect API key provided: {key}"), make())
-    for _ in range(2):
-        err = failure(provider)
+    echo = error(401, f"Incorrect API key provided: {key}")
+    fake_server.script(provider, echo, auth_error(), rate_limited(), server_error())
+    errors = calls(provider, 4)
+    assert all(isinstance(e, ProviderError) for e in errors)
+    for err in errors:
         assert key not in str(err) and key not in repr(err) and key not in err.message
+    assert "[redacted]" in str(errors[0])
 
 
 # --- truncated and refused answers -------------------------------------------------------------
 
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("stop", ["max_tokens", "refusal"])
-def test_truncated_and_refused_answers_are_returned(fake_server, provider, stop):
-    fake_server.script(provider, reply("partial answ", output_tokens=9, stop=stop))
-    done = complete(provider)
-    assert done.stop_reason == stop
-    assert done.output_tokens == 9
-    assert done.raw_stop_reason
-
-
-@pytest.mark.parametrize(
-    ("provider", "raw", "stop"),
-    [
-        ("anthropic", "model_context_window_exceeded", "max_tokens"),
-        ("anthropic", "stop_sequence", "end"),
-        ("openai", "content_filter", "refusal"),
-        ("openai", "tool_calls", "end"),
-        ("google", "RECITATION", "refusal"),
-        ("google", "PROHIBITED_CONTENT", "refusal"),
-        ("google", "BLOCKLIST", "refusal"),
+STOP_CASES = {  # provider -> [(raw wire stop or None, scripted stop, expected stop)]
+    "anthropic": [
+        ("model_context_window_exceeded", "end", "max_tokens"),
+        ("stop_sequence", "end", "end"),
     ],
-)
-def test_raw_stop_reasons(fake_server, provider, raw, stop):
-    fake_server.script(provider, reply("text", raw_stop=raw))
-    done = complete(provider)
-    assert (done.stop_reason, done.raw_stop_reason) == (stop, raw)
+    "openai": [("content_filter", "end", "refusal"), ("tool_calls", "end", "end")],
+    "google": [(r, "end", "refusal") for r in ("RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST")],
+}
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_blocked_prompt_is_a_refusal(fake_server, provider):
-    fake_server.script(provider, prompt_blocked())
-    done = complete(provider)
-    assert (done.stop_reason, done.text) == ("refusal", "")
+def test_truncated_and_refused_answers_are_returned(fake_server, provider):
+    cases = [
+        (None, "max_tokens", "max_tokens"),
+        (None, "refusal", "refusal"),
+        *STOP_CASES[provider],
+    ]
+    fake_server.script(
+        provider,
+        *(
+            reply("partial answ", output_tokens=9, stop=stop, raw_stop=raw)
+            for raw, stop, _ in cases
+        ),
+        prompt_blocked(),
+    )
+    *answers, blocked = calls(provider, len(cases) + 1)
+    for (raw, _, expected), done in zip(cases, answers, strict=True):
+        assert isinstance(done, Completion)
+        assert (done.stop_reason, done.output_tokens) == (expected, 9), raw
+        assert done.raw_stop_reason == (raw or done.raw_stop_reason) != ""
+    assert isinstance(blocked, Completion)
+    assert (blocked.stop_reason, blocked.text) == ("refusal", "")
 
 
 # --- classification details --------------------------------------------------------------------
