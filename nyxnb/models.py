@@ -192,6 +192,8 @@ class StepItem(TenantOwned, Base):
     __tablename__ = "step_items"
     __table_args__ = (
         UniqueConstraint("step_id", "idx"),
+        # progress views count completed items per step while a run writes
+        Index("ix_step_items_step_id_status", "step_id", "status"),
         CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
     )
     step_id: Mapped[str] = mapped_column(

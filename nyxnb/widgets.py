@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import create_engine, select
@@ -82,8 +82,8 @@ class StepRow:
     persona: str | None = None
     provider: str | None = None
     status: str = "pending"
-    done: int = 0
-    total: int = 0  # fan-out items; 0 for single-call steps
+    items_done: int = 0
+    items_total: int = 0  # fan-out items; 0 for single-call steps
     heading: str = ""  # current fan-out item, or the implementation prompt's feature
     input_tokens: int = 0
     output_tokens: int = 0
@@ -93,14 +93,22 @@ class StepRow:
     @property
     def items(self) -> str:
         """``done/total`` for fan-out steps, else empty."""
-        return f"{self.done}/{self.total}" if self.total else ""
+        return f"{self.items_done}/{self.items_total}" if self.items_total else ""
 
     @property
     def fraction(self) -> float:
         """Share of the step that is done, 0..1."""
-        if self.total:
-            return self.done / self.total
+        if self.items_total:
+            return self.items_done / self.items_total
         return 1.0 if self.status == "completed" else 0.0
+
+    def cells(self) -> tuple[str, ...]:
+        """The row as text: order, name, type, persona, provider, status, items, heading."""
+        who = (self.name, self.type, self.persona or "", self.provider or "")
+        return (str(self.order + 1), *who, self.status, self.items, self.heading[:40])
+
+
+_ROW_FIELDS = {f.name for f in fields(StepRow)}
 
 
 @dataclass
@@ -169,10 +177,10 @@ class ProgressState:
         if isinstance(e, ev.StepStarted):
             row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
             row.provider = e.provider or row.provider
-            row.total, row.done = e.total_items or 0, e.done_items
+            row.items_total, row.items_done = e.total_items or 0, e.done_items
             row.heading = getattr(e, "heading", None) or row.heading
         elif isinstance(e, ev.FanOutProgress):
-            row.status, row.done, row.total = "running", e.completed, e.fan_out_total
+            row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
             row.heading, row.provider = e.fan_out_heading, e.provider or row.provider
             self._add(
                 row,
@@ -181,7 +189,7 @@ class ProgressState:
                 getattr(e, "cost_usd", 0.0),
             )
         elif isinstance(e, ev.StepCompleted):
-            row.status, row.done = "completed", row.total
+            row.status, row.items_done = "completed", row.items_total
             row.provider = e.provider or row.provider
             if row.type == "fan-out":
                 row.heading = ""
@@ -202,26 +210,10 @@ class ProgressState:
         self.status, self.error = summary["status"], summary.get("error")
         self.unattributed = [0, 0, 0.0]
         steps: dict[int, StepRow] = {}
-        for s in summary["steps"]:
-            old = self.steps.get(s["order"])
-            provider = None if s["type"] == "pattern-check" else s["provider"]
-            row = StepRow(
-                s["order"],
-                s["name"],
-                s["type"],
-                s["persona"],
-                provider,
-                s["status"],
-                s["items_done"],
-                s["items_total"],
-                headings.get(s["order"], ""),
-                int(s["input_tokens"] or 0),
-                int(s["output_tokens"] or 0),
-                float(s["cost_usd"] or 0.0),
-                bool(s["auto_generated"]),
-            )
-            if old is not None and old.name == row.name and s["status"] == "running":
-                row.heading = row.heading or old.heading
+        for data in summary["steps"]:
+            row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
+            row.heading, used = extras.get(row.order, ("", None))
+            row.provider = None if row.type == "pattern-check" else used or row.provider
             steps[row.order] = row
         self.steps = steps
         t = summary.get("totals") or {}
@@ -241,19 +233,7 @@ class ProgressState:
     def table(self) -> str:
         """The step table as aligned text (the view's text form)."""
         cols = ("#", "step", "type", "persona", "provider", "status", "items", "current")
-        rows = [
-            (
-                str(r.order + 1),
-                r.name,
-                r.type,
-                r.persona or "",
-                r.provider or "",
-                r.status,
-                r.items,
-                r.heading[:40],
-            )
-            for r in sorted(self.steps.values(), key=lambda r: r.order)
-        ]
+        rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
         widths = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
         lines = [
             "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
@@ -265,18 +245,26 @@ class ProgressState:
 def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
     """Per step order: the implementation prompt's feature, and the provider that answered last."""
     steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config).where(
-        WorkflowStep.workflow_id == workflow_id)
-    used = (select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
-            .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
-            .order_by(LlmCall.created_at))
+        WorkflowStep.workflow_id == workflow_id
+    )
+    used = (
+        select(WorkflowStep.order, LlmCall.provider)
+        .join(WorkflowStep)
+        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
+        .order_by(LlmCall.created_at)
+    )
     with store.engine.connect() as conn:
         providers = {order: provider for order, provider in conn.execute(used)}
-        return {order: (str((config or {}).get("heading") or "") if kind ==
-                        "implementation-prompt" else "", providers.get(order))
-                for order, kind, config in conn.execute(steps)}
+        return {
+            order: (
+                str((config or {}).get("heading") or "") if kind == "implementation-prompt" else "",
+                providers.get(order),
+            )
+            for order, kind, config in conn.execute(steps)
+        }
 
 
-def reader(store: Store) -> Store:
+def _reader(store: Store) -> Store:
     """A store for polling: on SQLite, reads without ``BEGIN IMMEDIATE`` so the run never waits."""
     db = store.url.database
     if store.dialect != "sqlite" or not db or db == ":memory:":
@@ -468,7 +456,7 @@ class WorkflowProgress:
         """Reload the workflow's state from the store and redraw."""
         if self._reader is None:
             self.store = self.store or open_store()
-            self._reader = reader(self.store)
+            self._reader = _reader(self.store)
         st = self._reader
         tenant_id = st.find_tenant(self.tenant).id if self.tenant else None
         summary = workflow_summary(
@@ -476,12 +464,9 @@ class WorkflowProgress:
         )
         extras = _store_extras(st, self.state.workflow_id)
         with self._lock:
-            before = (self.state.status, [(r.status, r.done) for r in self.state.steps.values()])
+            before = self.state.table()
             self.state.load(summary, extras)
-            changed = before != (
-                self.state.status,
-                [(r.status, r.done) for r in self.state.steps.values()],
-            )
+            changed = before != self.state.table()
             self._dirty.update(self.state.steps)
         if self._text is not None and not quiet and changed:
             self._print_text()
@@ -615,9 +600,4 @@ class WorkflowProgress:
         return f"<WorkflowProgress {self.state.headline().splitlines()[0]}>"
 
 
-def watch(store: Store | str | None, workflow_id: str, **kw: Any) -> WorkflowProgress:
-    """Shorthand for :meth:`WorkflowProgress.attach`."""
-    return WorkflowProgress.attach(store, workflow_id, **kw)
-
-
-__all__ = ["ProgressState", "StepRow", "WorkflowProgress", "live_frontend", "reader", "watch"]
+__all__ = ["ProgressState", "StepRow", "WorkflowProgress", "live_frontend"]
