@@ -54,6 +54,32 @@ def run_nyxnb(n: int, latency_ms: float, folder: Path) -> float:
     return elapsed
 
 
+def run_nyxnb_sdk(n: int, latency_ms: float, folder: Path) -> float:
+    """nyxnb through the real Anthropic SDK against the loopback fake server."""
+    import os
+
+    import nyxnb
+    from nyxnb.testing import FakeProviderServer, Reply
+
+    store = _fresh_store(folder)
+    spec = _spec(n)
+    spec["defaults"]["provider"] = "anthropic"
+    with FakeProviderServer() as srv:
+        srv.set_default("anthropic", Reply(text="ok", latency_ms=latency_ms))
+        saved = {k: os.environ.get(k) for k in srv.env()}
+        os.environ.update(srv.env())
+        try:
+            started = time.perf_counter()
+            result = nyxnb.run(spec, tenant="nyx", project="BRbase", store=store)
+            elapsed = time.perf_counter() - started
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert result.ok, result.error
+    store.dispose()
+    return elapsed
+
+
 async def _floor(n: int, latency_ms: float, path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -136,7 +162,7 @@ def langgraph_available() -> bool:
 def bench_fanout(sizes: tuple[int, ...], latencies: tuple[float, ...],
                  repeats: int) -> list[Measurement]:
     """Every (system, N, L) cell, each the median of `repeats` runs."""
-    systems = {"nyxnb": run_nyxnb, "asyncio+sqlite3": run_floor}
+    systems = {"nyxnb": run_nyxnb, "nyxnb+sdk": run_nyxnb_sdk, "asyncio+sqlite3": run_floor}
     if langgraph_available():
         systems["langgraph"] = run_langgraph
     results = []

@@ -153,6 +153,7 @@ class Runner:
                 self.workflow_id,
                 name=self.name,
                 project=self.project.name,
+                tenant=self.tenant_slug,
                 resumed=self.status != "pending",
                 total_steps=len(steps),
             )

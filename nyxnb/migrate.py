@@ -27,7 +27,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Date, DateTime, LargeBinary, Numeric, Table
 
 from .errors import ConfigError, MigrationConflict
 
@@ -320,6 +324,57 @@ def table_checksums(store: Store, tables: list[str] | None = None) -> dict[str, 
     from .migrate_plan import full_checksums
 
     return full_checksums(store, tables)
+
+
+def canon(value: Any) -> str:
+    """A backend-independent text form of a column value (for keys shown in plans)."""
+    if value is None:
+        return "\x00"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def dump_row(table: Table, row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row as JSON-ready values (dates as ISO text, decimals as text, bytes as hex)."""
+    out: dict[str, Any] = {}
+    for col in table.c:
+        value = row[col.name]
+        if isinstance(value, datetime | date):
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, bytes | memoryview):
+            value = bytes(value).hex()
+        out[col.name] = value
+    return out
+
+
+def load_row(table: Table, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`dump_row`, by column type."""
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = table.c[name].type
+        if value is not None and isinstance(kind, DateTime):
+            value = datetime.fromisoformat(value)
+        elif value is not None and isinstance(kind, Date):
+            value = date.fromisoformat(value)
+        elif isinstance(value, str) and isinstance(kind, Numeric):
+            value = Decimal(value)
+        elif value is not None and isinstance(kind, LargeBinary):
+            value = bytes.fromhex(value)
+        out[name] = value
+    return out
 
 
 __all__ = [

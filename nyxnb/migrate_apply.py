@@ -12,32 +12,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Connection,
-    Date,
-    DateTime,
-    LargeBinary,
-    MetaData,
-    Numeric,
-    Table,
-    and_,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Column, Connection, MetaData, Table, and_, delete, func, insert, or_, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .errors import MigrationError, NotFound, StalePlan, VerificationFailed
-from .migrate import MigrationPlan, MoveResult, Resolution
+from .migrate import MigrationPlan, MoveResult, Resolution, dump_row, load_row
 from .migrate_plan import (
     _MOD,
     TENANT,
@@ -46,9 +30,9 @@ from .migrate_plan import (
     Schema,
     Transform,
     collisions,
-    digests,
+    digest,
     discover_schema,
-    hashed_columns,
+    scan,
     survey,
 )
 from .models import Base, new_id, utcnow
@@ -71,9 +55,22 @@ class Txn:
         t = self.schema.tables[table] if alias is None else alias
         return t.c.id.in_(select(self.ids[table].c.id))
 
+    def staying(self, table: str, *, key: Any = None) -> ColumnElement[bool]:
+        """True when ``key`` (default: the row's id) is not listed in the id table (anti-join)."""
+        tmp = self.ids[table]
+        probe = self.schema.tables[table].c.id if key is None else key
+        return ~select(tmp.c.id).where(tmp.c.id == probe).exists()
+
     def count(self, table: Any, *where: ColumnElement[bool]) -> int:
         """``SELECT count(*) FROM table WHERE ...``."""
         return int(self.conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+    def update(self, table: Table, where: Any, values: Mapping[str, Any]) -> int:
+        """A set-based UPDATE that leaves ``updated_at`` alone (a move is not an edit)."""
+        vals = dict(values)
+        if "updated_at" in table.c:
+            vals.setdefault("updated_at", table.c.updated_at)
+        return int(self.conn.execute(sql_update(table).where(where).values(vals)).rowcount)
 
 
 def apply_plan(store: Store, plan: MigrationPlan, on_conflict: str) -> MoveResult:
@@ -110,24 +107,30 @@ def _refusals(what: str) -> Iterator[None]:
 
 
 def _open(conn: Connection, plan: MigrationPlan) -> Txn:
-    """Lock, check the plan against a fresh survey, capture the ids of the rows that move."""
+    """Lock, capture the ids of the rows that move, and check the plan against a fresh survey."""
     schema = discover_schema(conn)
     _lock(conn, schema)
+    tx = Txn(conn, schema, plan, _id_tables(conn, schema))
+    walk = Members(schema, plan.project_id, plan.source_id)
+    for name, tmp in tx.ids.items():
+        conn.execute(insert(tmp).from_select(["id"], walk.ids(name)))
+    _analyze(tx)
     try:
         fresh = survey(
-            conn, plan.project_id, plan.source_id, plan.target_id, suffix=plan.suffix, schema=schema
+            conn,
+            plan.project_id,
+            plan.source_id,
+            plan.target_id,
+            suffix=plan.suffix,
+            schema=schema,
+            id_tables=tx.ids,
         )
     except NotFound as exc:
         raise StalePlan(
-            f"the plan is stale: {exc.message}", hint="nothing was written; plan again"
+            f"the plan is stale: {exc}", hint="nothing was written; plan again"
         ) from None
     if fresh != plan:
         raise StalePlan(_staleness(plan, fresh), hint="nothing was written; plan again and review")
-    tx = Txn(conn, schema, plan, _id_tables(conn, schema))
-    members = Members(schema, plan.project_id, plan.source_id)
-    for name, tmp in tx.ids.items():
-        conn.execute(insert(tmp).from_select(["id"], members.ids(name)))
-    _analyze(tx)
     return tx
 
 
@@ -144,16 +147,11 @@ def _staleness(old: MigrationPlan, new: MigrationPlan) -> str:
             parts.append(f"{name} rows changed")
     if old.conflicts != new.conflicts:
         parts.append(
-            f"conflicts with {new.target}: {len(new.conflicts)}, plan: {len(old.conflicts)}"
+            f"{len(new.conflicts)} conflicts with {new.target}, {len(old.conflicts)} planned"
         )
     if old.references != new.references:
         parts.append("cross-tenant foreign keys changed")
-    if (old.project, old.source, old.target, old.suffix) != (
-        new.project,
-        new.source,
-        new.target,
-        new.suffix,
-    ):
+    if (old.project, old.source, old.target) != (new.project, new.source, new.target):
         parts.append("the project or a tenant was renamed")
     return "the database changed since the plan was made: " + "; ".join(parts)
 
@@ -195,14 +193,6 @@ def _drop_id_tables(tx: Txn) -> None:
             tmp.drop(tx.conn)
 
 
-def _update(conn: Connection, table: Table, where: Any, values: Mapping[str, Any]) -> int:
-    """A set-based UPDATE that leaves ``updated_at`` alone (a move is not an edit)."""
-    vals = dict(values)
-    if "updated_at" in table.c:
-        vals.setdefault("updated_at", table.c.updated_at)
-    return int(conn.execute(update(table).where(where).values(vals)).rowcount)
-
-
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -213,9 +203,8 @@ def _apply(tx: Txn, resolutions: Sequence[Resolution]) -> dict[str, Any]:
     by_action: defaultdict[str, list[Resolution]] = defaultdict(list)
     for r in resolutions:
         by_action[r.action].append(r)
-    removed, removed_digest = _remove_rows(
-        tx, [(r.table, r.target_id) for r in by_action["remove"]]
-    )
+    removes = [(r.table, r.target_id) for r in by_action["remove"]]
+    removed, removed_digest = _remove_rows(tx, removes)
     _set_references(tx, restore=False)
     merged, minus = _merge(tx, by_action["merge"])
     _rename(tx, by_action["rename"], tx.plan.target_id, undo=False)
@@ -254,7 +243,7 @@ def _remove_rows(
         t = tx.schema.tables[name]
         found = tx.conn.execute(select(t).where(t.c.id.in_(ids)).order_by(t.c.id))
         rows += [{"table": name, "row": dump_row(t, r._mapping)} for r in found]
-        sums[name] = digests(tx.conn, t, t.c.id.in_(ids), everything=True)[0].hex
+        sums[name] = digest(tx.conn, t, t.c.id.in_(ids), everything=True).hex
         tx.conn.execute(delete(t).where(t.c.id.in_(ids)))
     return rows, sums
 
@@ -265,38 +254,51 @@ def _set_references(tx: Txn, *, restore: bool) -> None:
     for ref in tx.plan.references:
         t = tx.schema.live[ref.table]
         if restore:
-            _update(tx.conn, t, t.c.id == ref.row_id, {ref.column: ref.value})
+            tx.update(t, t.c.id == ref.row_id, {ref.column: ref.value})
         else:
             groups[(ref.table, ref.column)].append(ref.row_id)
     for (table, column), row_ids in groups.items():
         t = tx.schema.live[table]
         for part in _chunks(row_ids):
-            _update(tx.conn, t, t.c.id.in_(part), {column: None})
+            tx.update(t, t.c.id.in_(part), {column: None})
 
 
 def _merge(tx: Txn, merges: Sequence[Resolution]) -> tuple[list[dict[str, Any]], dict[str, Digest]]:
     """Re-point the children of merged rows at the target rows; take merged rows off the move."""
     merged: list[dict[str, Any]] = []
-    minus: defaultdict[str, Digest] = defaultdict(Digest)
+    minus: dict[str, Digest] = {}
     for r in merges:  # read every merged row before any of them is re-pointed
         t = tx.schema.tables[r.table]
         row = tx.conn.execute(select(t).where(t.c.id == r.source_id)).one()
         merged.append({"table": r.table, "row": dump_row(t, row._mapping), "into": r.target_id})
-        minus[r.table].add(row._mapping[c.name] for c in hashed_columns(t))
+        less = digest(tx.conn, t, t.c.id == r.source_id)
+        minus.setdefault(r.table, Digest())
+        minus[r.table].rows += less.rows
+        minus[r.table].total += less.total
     for r in merges:
         for e in tx.schema.children(r.table):
             c = tx.schema.tables[e.child]
             where = and_(c.c[e.column] == r.source_id, tx.moved(e.child))
-            _update(tx.conn, c, where, {e.column: r.target_id})
+            tx.update(c, where, {e.column: r.target_id})
         tmp = tx.ids[r.table]
         tx.conn.execute(delete(tmp).where(tmp.c.id == r.source_id))
     return merged, minus
 
 
+def _rename(tx: Txn, renames: Sequence[Resolution], tenant_id: str, *, undo: bool) -> None:
+    """Rename (or name back) rows together with their tenant, so no key clashes in between."""
+    conflicts = {(c.table, c.source_id): c for c in tx.plan.conflicts}
+    for r in renames:
+        c = conflicts[(r.table, r.source_id)]
+        value = c.key[c.columns.index(str(r.column))] if undo else r.new_value
+        t = tx.schema.tables[r.table]
+        tx.update(t, t.c.id == r.source_id, {str(r.column): value, TENANT: tenant_id})
+
+
 def _move(tx: Txn, tenant_id: str) -> dict[str, int]:
     """Set ``tenant_id`` on every listed row, one statement per table."""
     return {
-        name: _update(tx.conn, t, tx.moved(name), {TENANT: tenant_id})
+        name: tx.update(t, tx.moved(name), {TENANT: tenant_id})
         for name, t in tx.schema.tables.items()
     }
 
@@ -345,15 +347,15 @@ def _verify(
     after: dict[str, str] = {}
     for name, t in tx.schema.tables.items():
         fns = [None, transforms[name]] if name in transforms else [None]
-        digs = digests(tx.conn, t, tx.moved(name), fns)
-        after[name] = digs[0].hex
+        done = scan(tx.conn, t, tx.moved(name), fns, tenant=tenant_id)
+        plain, final = done.digests[0], done.digests[-1]
+        after[name] = plain.hex
         rows, total = expected.get(name, (0, 0))
-        here = tx.count(t, tx.moved(name), t.c[TENANT] == tenant_id)
-        if here != rows or digs[0].rows != rows:
-            problems.append(f"{name}: {here} of {rows} rows under the new tenant")
-        elif digs[-1].total != total:
+        if done.in_tenant != rows or plain.rows != rows:
+            problems.append(f"{name}: {done.in_tenant} of {rows} rows under the new tenant")
+        elif final.value != total:
             problems.append(f"{name}: the checksum of the moved rows differs from the plan")
-    problems += _dangling(tx)
+    problems += _dangling(tx, tenant_id)
     if problems:
         raise VerificationFailed(
             "verification failed, everything was rolled back: " + "; ".join(problems),
@@ -362,36 +364,26 @@ def _verify(
     return after
 
 
-def _dangling(tx: Txn) -> list[str]:
-    """Foreign keys from or to moved rows that cross tenants or point at nothing."""
+def _dangling(tx: Txn, tenant_id: str) -> list[str]:
+    """Keys from moved rows to rows outside the new tenant, or to moved rows from outside it."""
     problems = []
     for e in (*tx.schema.edges, *tx.schema.outside):
-        c, p = tx.schema.live[e.child].alias("c"), tx.schema.live[e.parent].alias("p")
-        joined = c.join(p, c.c[e.column] == p.c.id)
-        across = and_(p.c[TENANT].is_not(None), c.c[TENANT] != p.c[TENANT])
-        n = tx.count(joined, tx.moved(e.child, c), across)
+        c, p = tx.schema.live[e.child], tx.schema.live[e.parent]
+        home = or_(p.c[TENANT] == tenant_id, p.c[TENANT].is_(None))
+        key = c.c[e.column]
+        checks = [tx.moved(e.child), key.is_not(None)]
+        if e.parent in tx.ids:  # cheap first: most keys point at moved rows
+            checks.append(tx.staying(e.parent, key=key))
+        checks.append(~select(p.c.id).where(p.c.id == key, home).exists())
+        out = tx.count(c, *checks)
+        if out:
+            problems.append(f"{out} moved {e.child} rows point ({e.column}) outside the tenant")
         if e.parent in tx.ids:
-            n += tx.count(joined, tx.moved(e.parent, p), across)
-        if n:
-            problems.append(f"{n} {e.child}.{e.column} keys cross tenants")
-        q = tx.schema.live[e.parent].alias("q")
-        exists = select(q.c.id).where(q.c.id == c.c[e.column]).exists()
-        missing = tx.count(c, tx.moved(e.child, c), c.c[e.column].is_not(None), ~exists)
-        if missing:
-            problems.append(f"{missing} {e.child}.{e.column} keys point at no row")
+            refs = c.c[e.column].in_(select(tx.ids[e.parent].c.id))
+            left = tx.count(c, refs, c.c[TENANT] != tenant_id)
+            if left:
+                problems.append(f"{left} {e.child} rows left behind reference moved {e.parent}")
     return problems
-
-
-def _row_digest(tx: Txn, records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Checksum (all columns) of recorded rows, read back from the database by id."""
-    by_table: defaultdict[str, list[str]] = defaultdict(list)
-    for rec in records:
-        by_table[rec["table"]].append(rec["row"]["id"])
-    out = {}
-    for name, ids in by_table.items():
-        t = tx.schema.live[name]
-        out[name] = digests(tx.conn, t, t.c.id.in_(ids), everything=True)[0].hex
-    return out
 
 
 def _record_move(
@@ -443,19 +435,17 @@ def reverse_move(store: Store, move_id: str) -> MoveResult:
         _check_reversible(tx, move_id, counts.get("checksums_after", {}))
         _unmerge(tx, body["merged"])
         resolutions = tuple(Resolution(**r) for r in body["resolutions"])
-        renames = [r for r in resolutions if r.action == "rename"]
-        _rename(tx, renames, plan.source_id, undo=True)
+        _rename(tx, [r for r in resolutions if r.action == "rename"], plan.source_id, undo=True)
         moved = _move(tx, plan.source_id)
         _set_references(tx, restore=True)
         _insert_rows(tx, list(reversed(body["removed"])))
         expected = {t.table: (t.rows, int(t.checksum, 16)) for t in plan.tables}
         _verify(tx, plan.source_id, expected, {})
-        if _row_digest(tx, body["removed"]) != body["removed_digest"]:
-            raise VerificationFailed("the restored target rows differ from the removed ones")
+        _verify_restored(tx, body["removed"], body["removed_digest"])
         counts["reversed"] = {"moved": moved, "seconds": round(perf_counter() - started, 3)}
         tm = Base.metadata.tables["tenant_moves"]
-        done = update(tm).where(tm.c.id == move_id).values(reversed_at=utcnow(), counts=counts)
-        conn.execute(done)
+        done = sql_update(tm).where(tm.c.id == move_id)
+        conn.execute(done.values(reversed_at=utcnow(), counts=counts))
         _drop_id_tables(tx)
     return MoveResult(
         move_id, "reverse", plan, resolutions, tuple(moved.items()), 0, perf_counter() - started
@@ -490,15 +480,15 @@ def _check_reversible(tx: Txn, move_id: str, after: Mapping[str, str]) -> None:
     problems = []
     for name, t in tx.schema.tables.items():
         listed = tx.count(tx.ids[name])
-        here = tx.count(t, tx.moved(name), t.c[TENANT] == target)
-        if here != listed:
-            problems.append(f"{listed - here} {name} rows are gone or changed tenant")
-        elif name in after and digests(tx.conn, t, tx.moved(name))[0].hex != after[name]:
+        now = scan(tx.conn, t, tx.moved(name), tenant=target)
+        if now.in_tenant != listed:
+            problems.append(f"{listed - now.in_tenant} {name} rows are gone or changed tenant")
+        elif name in after and now.digests[0].hex != after[name]:
             problems.append(f"{name} rows were edited")
     for e in tx.schema.edges:
         c = tx.schema.tables[e.child]
-        staying = and_(~tx.moved(e.child), c.c[TENANT] == target)
-        n = tx.count(c, staying, c.c[e.column].in_(select(tx.ids[e.parent].c.id)))
+        refs = c.c[e.column].in_(select(tx.ids[e.parent].c.id))
+        n = tx.count(c, refs, c.c[TENANT] == target, tx.staying(e.child))
         if n:
             problems.append(f"{n} new {e.child} rows reference moved {e.parent} rows")
     members = Members(tx.schema, tx.plan.project_id, target, tx.ids)
@@ -519,18 +509,7 @@ def _unmerge(tx: Txn, merged: Sequence[Mapping[str, Any]]) -> None:
         tx.conn.execute(insert(tx.ids[rec["table"]]).values(id=row_id))
         for e in tx.schema.children(rec["table"]):
             c = tx.schema.tables[e.child]
-            where = and_(c.c[e.column] == into, tx.moved(e.child))
-            _update(tx.conn, c, where, {e.column: row_id})
-
-
-def _rename(tx: Txn, renames: Sequence[Resolution], tenant_id: str, *, undo: bool) -> None:
-    """Rename (or name back) rows together with their tenant, so no key clashes in between."""
-    conflicts = {(c.table, c.source_id): c for c in tx.plan.conflicts}
-    for r in renames:
-        c = conflicts[(r.table, r.source_id)]
-        value = c.key[c.columns.index(str(r.column))] if undo else r.new_value
-        t = tx.schema.tables[r.table]
-        _update(tx.conn, t, t.c.id == r.source_id, {str(r.column): value, TENANT: tenant_id})
+            tx.update(c, and_(c.c[e.column] == into, tx.moved(e.child)), {e.column: row_id})
 
 
 def _insert_rows(tx: Txn, records: Sequence[Mapping[str, Any]]) -> None:
@@ -539,33 +518,15 @@ def _insert_rows(tx: Txn, records: Sequence[Mapping[str, Any]]) -> None:
         tx.conn.execute(insert(t).values(load_row(t, rec["row"])))
 
 
-def dump_row(table: Table, row: Mapping[Any, Any]) -> dict[str, Any]:
-    """A row as JSON-ready values (dates as ISO text, decimals as text, bytes as hex)."""
-    out: dict[str, Any] = {}
-    for col in table.c:
-        value = row[col.name]
-        if isinstance(value, datetime | date):
-            value = value.isoformat()
-        elif isinstance(value, Decimal):
-            value = str(value)
-        elif isinstance(value, bytes | memoryview):
-            value = bytes(value).hex()
-        out[col.name] = value
-    return out
-
-
-def load_row(table: Table, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`dump_row`, by column type."""
-    out: dict[str, Any] = {}
-    for name, value in data.items():
-        kind = table.c[name].type
-        if value is not None and isinstance(kind, DateTime):
-            value = datetime.fromisoformat(value)
-        elif value is not None and isinstance(kind, Date):
-            value = date.fromisoformat(value)
-        elif isinstance(value, str) and isinstance(kind, Numeric):
-            value = Decimal(value)
-        elif value is not None and isinstance(kind, LargeBinary):
-            value = bytes.fromhex(value)
-        out[name] = value
-    return out
+def _verify_restored(
+    tx: Txn, records: Sequence[Mapping[str, Any]], expected: Mapping[str, str]
+) -> None:
+    by_table: defaultdict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        by_table[rec["table"]].append(rec["row"]["id"])
+    for name, ids in by_table.items():
+        t = tx.schema.live[name]
+        if digest(tx.conn, t, t.c.id.in_(ids), everything=True).hex != expected.get(name):
+            raise VerificationFailed(
+                f"the restored {name} rows differ from the removed ones; nothing was changed"
+            )

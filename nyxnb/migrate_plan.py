@@ -8,26 +8,31 @@ refused as stale.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
+    DateTime,
     Engine,
+    LargeBinary,
     MetaData,
     Select,
     String,
     Table,
+    Text,
     UniqueConstraint,
     and_,
+    case,
+    cast,
     func,
     inspect,
     not_,
+    null,
     or_,
     select,
     true,
@@ -35,13 +40,22 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from .errors import ConfigError, MigrationConflict, MigrationError, NotFound
-from .migrate import POLICIES, ROOT, Conflict, MigrationPlan, Reference, Resolution, TablePlan
+from .migrate import (
+    POLICIES,
+    ROOT,
+    Conflict,
+    MigrationPlan,
+    Reference,
+    Resolution,
+    TablePlan,
+    canon,
+)
 from .models import Base, utcnow
 from .store import Store
 
 TENANT = "tenant_id"
 NOT_HASHED = frozenset({TENANT, "updated_at"})
-_MOD = 1 << 256
+_MOD = 1 << 128
 _BATCH = 5000
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -174,37 +188,25 @@ class Members:
         ]
         return and_(or_(*links), t.c[TENANT] == self.tenant_id)
 
+    def excludes(self, table: str, alias: Any, key: Any = None) -> ColumnElement[bool]:
+        """True for rows of ``table`` (as ``alias``) that stay; ``key`` equals their id.
+
+        With id tables this is an anti-join on ``key``, which SQLite can test before joining.
+        """
+        if self.id_tables is None:
+            return not_(self.cond(table, alias))
+        tmp = self.id_tables[table]
+        probe = alias.c.id if key is None else key
+        return ~select(tmp.c.id).where(tmp.c.id == probe).exists()
+
     def ids(self, table: str) -> Select[Any]:
         """``SELECT id`` of the moved rows of ``table``."""
         t = self.schema.tables[table]
         return select(t.c.id).where(self.cond(table)).correlate(None)
 
 
-def canon(value: Any) -> str:
-    """A backend-independent text form of a column value, for checksums."""
-    if value is None:
-        return "\x00"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).hex()
-    return str(value)
-
-
 class Digest:
-    """An order-free checksum: the sum of per-row sha256 values modulo 2**256, and a row count."""
+    """An order-free checksum: the sum of per-row sha256 prefixes modulo 2**128, and a count."""
 
     __slots__ = ("rows", "total")
 
@@ -213,16 +215,20 @@ class Digest:
         self.total = 0
 
     def add(self, values: Iterable[Any], sign: int = 1) -> None:
-        """Add (or with ``sign=-1`` remove) one row."""
-        line = "".join(f"{len(s)}:{s}" for s in map(canon, values))
-        value = int.from_bytes(hashlib.sha256(line.encode()).digest(), "big")
-        self.total = (self.total + sign * value) % _MOD
+        """Add (or with ``sign=-1`` remove) one row of text values."""
+        line = "\x1f".join(["\x00" if v is None else str(v) for v in values])
+        self.total += sign * int.from_bytes(hashlib.sha256(line.encode()).digest()[:16], "big")
         self.rows += sign
 
     @property
+    def value(self) -> int:
+        """The checksum as an integer."""
+        return self.total % _MOD
+
+    @property
     def hex(self) -> str:
-        """The checksum as 64 hex digits."""
-        return f"{self.total:064x}"
+        """The checksum as 32 hex digits."""
+        return f"{self.value:032x}"
 
 
 def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
@@ -231,23 +237,56 @@ def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
     return sorted(cols, key=lambda c: c.name)
 
 
-def digests(
+def text_of(col: Any, dialect: str) -> ColumnElement[Any]:
+    """A column as text the database renders the same way every time (UTC timestamps, 1/0)."""
+    kind = col.type
+    if isinstance(kind, Boolean):
+        return case((col.is_(None), null()), (col, "1"), else_="0")
+    if isinstance(kind, LargeBinary):
+        return func.hex(col) if dialect == "sqlite" else func.encode(col, "hex")
+    if isinstance(kind, DateTime) and dialect == "postgresql":
+        stamp = func.timezone("UTC", col) if kind.timezone else col
+        return func.to_char(stamp, "YYYY-MM-DD HH24:MI:SS.US")
+    return cast(col, Text)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Digests of one pass over some rows, and how many of them are in a given tenant."""
+
+    digests: list[Digest]
+    in_tenant: int
+
+
+def scan(
     conn: Connection,
     table: Table,
     where: ColumnElement[bool],
     transforms: Sequence[Transform | None] = (None,),
     *,
     everything: bool = False,
-) -> list[Digest]:
+    tenant: str | None = None,
+) -> Scan:
     """Stream the rows of ``table`` matching ``where`` once; one digest per transform."""
     cols = hashed_columns(table, everything)
-    names = [c.name for c in cols]
+    names, n = [c.name for c in cols], len(cols)
+    picks = [text_of(c, conn.dialect.name).label(f"c{i}") for i, c in enumerate(cols)]
+    if tenant is not None:
+        picks.append(case((table.c[TENANT] == tenant, 1), else_=0).label("home"))
     out = [Digest() for _ in transforms]
-    result = conn.execute(select(*cols).where(where).execution_options(yield_per=_BATCH))
-    for row in result:
+    home = 0
+    query = select(*picks).where(where).execution_options(yield_per=_BATCH)
+    for row in conn.execute(query):
+        values = row[:n]
+        home += row[n] if tenant is not None else 0
         for dig, fn in zip(out, transforms, strict=True):
-            dig.add(row if fn is None else fn(dict(zip(names, row, strict=True))).values())
-    return out
+            dig.add(values if fn is None else fn(dict(zip(names, values, strict=True))).values())
+    return Scan(out, home)
+
+
+def digest(conn: Connection, table: Table, where: ColumnElement[bool], **kw: Any) -> Digest:
+    """The plain digest of the rows of ``table`` matching ``where``."""
+    return scan(conn, table, where, **kw).digests[0]
 
 
 def find_tenant(conn: Connection, key: str) -> tuple[str, str]:
@@ -282,6 +321,7 @@ def survey(
     *,
     suffix: str | None = None,
     schema: Schema | None = None,
+    id_tables: Mapping[str, Table] | None = None,
 ) -> MigrationPlan:
     """Build the plan of moving ``project`` from ``source`` to ``target`` on ``conn``."""
     src_id, src = find_tenant(conn, source)
@@ -290,11 +330,11 @@ def survey(
         raise ConfigError(f"source and target tenant are both {src!r}", hint="pick another --to")
     schema = schema or discover_schema(conn)
     pid, pname = find_project(conn, project, src_id, src)
-    members = Members(schema, pid, src_id)
+    members = Members(schema, pid, src_id, id_tables)
     suffix = f"-{src}" if suffix is None else suffix
     tables = []
     for name, table in schema.tables.items():
-        (dig,) = digests(conn, table, members.cond(name))
+        dig = digest(conn, table, members.cond(name))
         tables.append(TablePlan(name, dig.rows, dig.hex))
     return MigrationPlan(
         project_id=pid,
@@ -450,10 +490,10 @@ def find_references(
         base = select(c.c.id, c.c[e.column]).select_from(c.join(p, c.c[e.column] == p.c.id))
         out = base.where(members.cond(e.child, c), p.c[TENANT] == source_id)
         if e.parent in schema.tables:
-            out = out.where(not_(members.cond(e.parent, p)))
+            out = out.where(members.excludes(e.parent, p, c.c[e.column]))
         queries = [(out, True)]
         if e.child == e.parent:  # only a self-reference can point into the moved rows
-            staying = and_(c.c[TENANT] == source_id, not_(members.cond(e.child, c)))
+            staying = and_(c.c[TENANT] == source_id, members.excludes(e.child, c))
             queries.append((base.where(staying, members.cond(e.parent, p)), False))
         for query, moved in queries:
             for row_id, value in conn.execute(query.order_by(c.c.id)):
@@ -538,4 +578,4 @@ def full_checksums(store: Store, tables: Sequence[str] | None = None) -> dict[st
     with read_snapshot(store.engine) as conn:
         live = live_tables(conn)
         names = sorted(live) if tables is None else list(tables)
-        return {n: digests(conn, live[n], true(), everything=True)[0].hex for n in names}
+        return {n: digest(conn, live[n], true(), everything=True).hex for n in names}

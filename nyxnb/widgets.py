@@ -1,21 +1,17 @@
 """Live progress of a workflow in a notebook: ipywidgets when a frontend watches, text otherwise.
 
-    progress = WorkflowProgress(store=store)                  # displays itself
+    progress = WorkflowProgress(store=store)              # displays itself
     nyxnb.run(spec, tenant="nyx", project="BRbase", store=store, on_event=progress)
+    WorkflowProgress.attach(store, workflow_id)           # a run elsewhere, or after a restart
+    progress = WorkflowProgress.start(spec, tenant="nyx", project="BRbase", store=store)
 
-    WorkflowProgress.attach(store, workflow_id)               # a run in another process, or after
-                                                              # a kernel restart: reads the store
-    progress = WorkflowProgress.start(spec, tenant=..., project=..., store=store)
-    progress.result()                                         # background run: Pause stays usable
+A kernel serves one request at a time, so the Pause button of a cell blocked in ``nyxnb.run`` is
+only served after the cell ends: ``start`` (a background run) and ``attach`` keep the kernel free.
 
-A kernel handles one request at a time, so the Pause button of a blocking ``nyxnb.run`` cell is
-only served after the cell ends; ``start`` (or ``attach``) keeps the kernel free for the click.
-
-The view is chosen once, at construction: ipywidgets when a live frontend sent the running cell
+The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and nbval
-with ``allow_stdin=False``), else :class:`~nyxnb.progress.TextProgress`.  ``NYXNB_PROGRESS=widget``
-or ``text`` forces one.  Events only update plain state under a lock; widgets are redrawn at most
-every ``interval_s`` (0.1 s), so a 1,000-item fan-out is not slowed.
+with ``False``), else :class:`~nyxnb.progress.TextProgress`; ``NYXNB_PROGRESS=widget|text`` forces
+one.  Events only update plain state; widgets are redrawn at most every ``interval_s`` (0.1 s).
 """
 
 from __future__ import annotations
@@ -44,13 +40,9 @@ from .store import Store, open_store
 log = logging.getLogger(__name__)
 ENV_MODE = "NYXNB_PROGRESS"
 ACTIVE = ("pending", "running")
-_COLORS = {
-    "completed": "#2e7d32",
-    "running": "#1565c0",
-    "failed": "#c62828",
-    "paused": "#ef6c00",
-    "pending": "#757575",
-}
+_FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
+_COLORS = {"completed": "green", "running": "royalblue", "failed": "crimson", "paused": "orange"}
+_HEAD = ("#", "step", "type", "persona", "provider", "status", "items", "current")
 
 
 def live_frontend() -> bool:
@@ -58,18 +50,13 @@ def live_frontend() -> bool:
     mode = os.environ.get(ENV_MODE, "auto").strip().lower()
     if mode in ("widget", "text"):
         return mode == "widget"
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        return False
+    from IPython import get_ipython
+
     kernel = getattr(get_ipython(), "kernel", None)
     if kernel is None:  # plain Python or terminal IPython
         return False
-    try:
-        content = (kernel.get_parent("shell") or {}).get("content") or {}
-    except Exception:  # older ipykernel: no get_parent(channel)
-        content = {}
-    return bool(content.get("allow_stdin", getattr(kernel, "_allow_stdin", False)))
+    content = (kernel.get_parent("shell") or {}).get("content") or {}  # the running request
+    return bool(content.get("allow_stdin", False))
 
 
 @dataclass
@@ -90,22 +77,11 @@ class StepRow:
     cost_usd: float = 0.0
     auto_generated: bool = False
 
-    @property
-    def items(self) -> str:
-        """``done/total`` for fan-out steps, else empty."""
-        return f"{self.items_done}/{self.items_total}" if self.items_total else ""
-
-    @property
-    def fraction(self) -> float:
-        """Share of the step that is done, 0..1."""
-        if self.items_total:
-            return self.items_done / self.items_total
-        return 1.0 if self.status == "completed" else 0.0
-
     def cells(self) -> tuple[str, ...]:
-        """The row as text: order, name, type, persona, provider, status, items, heading."""
+        """The row as text, in the columns of the table."""
+        items = f"{self.items_done}/{self.items_total}" if self.items_total else ""
         who = (self.name, self.type, self.persona or "", self.provider or "")
-        return (str(self.order + 1), *who, self.status, self.items, self.heading[:40])
+        return (str(self.order + 1), *who, self.status, items, self.heading[:40])
 
 
 _ROW_FIELDS = {f.name for f in fields(StepRow)}
@@ -122,58 +98,46 @@ class ProgressState:
     steps: dict[int, StepRow] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     unattributed: list[float] = field(default_factory=lambda: [0, 0, 0.0])
-    _run_tokens: list[float] = field(default_factory=lambda: [0, 0, 0.0])
+    run_totals: list[float] = field(default_factory=lambda: [0, 0, 0.0])  # from this run's events
 
     def totals(self) -> tuple[int, int, float]:
         """Input tokens, output tokens and cost so far."""
-        rows = self.steps.values()
-        return (
-            int(sum(r.input_tokens for r in rows) + self.unattributed[0]),
-            int(sum(r.output_tokens for r in rows) + self.unattributed[1]),
-            sum(r.cost_usd for r in rows) + self.unattributed[2],
-        )
-
-    def _row(self, e: ev.StepEvent) -> StepRow:
-        row = self.steps.get(e.order)
-        if row is None or row.name != e.name:
-            row = self.steps[e.order] = StepRow(e.order, e.name, e.step_type)
-        return row
+        rows, extra = self.steps.values(), self.unattributed
+        tokens_in = sum(r.input_tokens for r in rows) + extra[0]
+        tokens_out = sum(r.output_tokens for r in rows) + extra[1]
+        return int(tokens_in), int(tokens_out), sum(r.cost_usd for r in rows) + extra[2]
 
     def _add(self, row: StepRow, tokens_in: int, tokens_out: int, cost: float) -> None:
         row.input_tokens += tokens_in
         row.output_tokens += tokens_out
         row.cost_usd += cost
         for i, v in enumerate((tokens_in, tokens_out, cost)):
-            self._run_tokens[i] += v
+            self.run_totals[i] += v
 
     def apply(self, e: ev.Event) -> StepRow | None:
         """Fold one event in; returns the row it touched, if any."""
         self.workflow_id = e.workflow_id
         if isinstance(e, ev.WorkflowStarted):
             self.name, self.status, self.error = e.name, "running", None
-            self._run_tokens = [0, 0, 0.0]
-        elif isinstance(e, ev.WorkflowCompleted | ev.WorkflowPaused | ev.WorkflowFailed):
-            self._finish(e)
+            self.run_totals = [0, 0, 0.0]
+        elif isinstance(e, ev.WorkflowCompleted):
+            self.status = "completed"
+            # fan-out events may not carry tokens: book the rest of the run on the workflow
+            for i, v in enumerate((e.input_tokens, e.output_tokens, e.cost_usd)):
+                self.unattributed[i] += max(0, v - self.run_totals[i])
+        elif isinstance(e, ev.WorkflowPaused | ev.WorkflowFailed):
+            self.status = "paused" if isinstance(e, ev.WorkflowPaused) else "failed"
+            self.error = getattr(e, "error", None)
         elif isinstance(e, ev.StepEvent):
             return self._apply_step(e)
+        for row in self.steps.values():  # the run ended
+            row.status = "pending" if row.status == "running" else row.status
         return None
 
-    def _finish(self, e: ev.Event) -> None:
-        if isinstance(e, ev.WorkflowCompleted):
-            self.status = "completed"
-            # fan-out events may not carry tokens: book the run's remainder on the workflow
-            for i, v in enumerate((e.input_tokens, e.output_tokens, e.cost_usd)):
-                self.unattributed[i] += max(0, v - self._run_tokens[i])
-        elif isinstance(e, ev.WorkflowPaused):
-            self.status = "paused"
-        elif isinstance(e, ev.WorkflowFailed):
-            self.status, self.error = "failed", e.error
-        for row in self.steps.values():
-            if row.status == "running":
-                row.status = "pending"
-
     def _apply_step(self, e: ev.StepEvent) -> StepRow:
-        row = self._row(e)
+        row = self.steps.get(e.order)
+        if row is None or row.name != e.name:
+            row = self.steps[e.order] = StepRow(e.order, e.name, e.step_type)
         if isinstance(e, ev.StepStarted):
             row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
             row.provider = e.provider or row.provider
@@ -182,25 +146,19 @@ class ProgressState:
         elif isinstance(e, ev.FanOutProgress):
             row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
             row.heading, row.provider = e.fan_out_heading, e.provider or row.provider
-            self._add(
-                row,
-                getattr(e, "input_tokens", 0),
-                getattr(e, "output_tokens", 0),
-                getattr(e, "cost_usd", 0.0),
-            )
+            tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
+            self._add(row, *tokens)
         elif isinstance(e, ev.StepCompleted):
             row.status, row.items_done = "completed", row.items_total
             row.provider = e.provider or row.provider
-            if row.type == "fan-out":
-                row.heading = ""
+            row.heading = "" if row.type == "fan-out" else row.heading
             self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
         elif isinstance(e, ev.StepFailed):
             row.status = "failed"
         elif isinstance(e, ev.ProviderFallback):
             item = f" item {e.item_index + 1}" if e.item_index is not None else ""
-            self.fallbacks.append(
-                f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {e.to_provider or 'none left'}"
-            )
+            to = e.to_provider or "none left"
+            self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider
         return row
 
@@ -208,60 +166,42 @@ class ProgressState:
         """Replace the state with a :func:`nyxnb.report.workflow_summary` of the store."""
         self.workflow_id, self.name = summary["id"], summary["name"]
         self.status, self.error = summary["status"], summary.get("error")
-        self.unattributed = [0, 0, 0.0]
-        steps: dict[int, StepRow] = {}
+        self.steps, self.unattributed = {}, [0, 0, 0.0]
         for data in summary["steps"]:
             row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
             row.heading, used = extras.get(row.order, ("", None))
             row.provider = None if row.type == "pattern-check" else used or row.provider
-            steps[row.order] = row
-        self.steps = steps
-        t = summary.get("totals") or {}
+            self.steps[row.order] = row
+        totals = summary.get("totals") or {}
         for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
-            self.unattributed[i] = max(0, float(t.get(key) or 0) - self.totals()[i])
+            self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
 
     def headline(self) -> str:
-        """One line: name, status, steps done, tokens and cost."""
+        """One line: name, status, steps done, tokens and cost (and the error, if any)."""
         done = sum(r.status == "completed" for r in self.steps.values())
-        tin, tout, cost = self.totals()
-        line = (
-            f"{self.name or 'workflow'}: {self.status}, {done}/{len(self.steps)} steps, "
-            f"{tin}+{tout} tokens, ${cost:.4f}"
-        )
+        tokens_in, tokens_out, cost = self.totals()
+        line = f"{self.name or 'workflow'}: {self.status}, {done}/{len(self.steps)} steps, "
+        line += f"{tokens_in}+{tokens_out} tokens, ${cost:.4f}"
         return line + (f"\nerror: {self.error}" if self.error else "")
 
     def table(self) -> str:
-        """The step table as aligned text (the view's text form)."""
-        cols = ("#", "step", "type", "persona", "provider", "status", "items", "current")
+        """The headline and the step table as aligned text (the view's text form)."""
         rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
-        widths = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
-        lines = [
-            "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-            for line in [cols, *rows]
-        ]
+        widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
+        lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
         return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
 
 
 def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
     """Per step order: the implementation prompt's feature, and the provider that answered last."""
-    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config).where(
-        WorkflowStep.workflow_id == workflow_id
-    )
-    used = (
-        select(WorkflowStep.order, LlmCall.provider)
-        .join(WorkflowStep)
-        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
-        .order_by(LlmCall.created_at)
-    )
+    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config)
+    used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
+    used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
     with store.engine.connect() as conn:
-        providers = {order: provider for order, provider in conn.execute(used)}
-        return {
-            order: (
-                str((config or {}).get("heading") or "") if kind == "implementation-prompt" else "",
-                providers.get(order),
-            )
-            for order, kind, config in conn.execute(steps)
-        }
+        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).tuples().all())
+        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id)).tuples()
+        heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
+    return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
 
 
 def _reader(store: Store) -> Store:
@@ -269,75 +209,62 @@ def _reader(store: Store) -> Store:
     db = store.url.database
     if store.dialect != "sqlite" or not db or db == ":memory:":
         return store
-    engine = create_engine(
-        store.url, poolclass=NullPool, connect_args={"timeout": 30, "check_same_thread": False}
-    )
-    return Store(engine)
+    args = {"timeout": 30, "check_same_thread": False}
+    return Store(create_engine(store.url, poolclass=NullPool, connect_args=args))
 
 
 class _WidgetView:
     """ipywidgets: a header with totals and a Pause button, a row per step, fallbacks."""
 
-    WIDTHS = ("2.5em", "11em", "12em", "8em", "7em", "6.5em", "9em", "4.5em", "16em")
+    WIDTHS = ("2.5em", "11em", "12em", "8em", "7em", "6.5em", "4.5em", "16em")
 
     def __init__(self, on_pause: Callable[[Any], None]) -> None:
         import ipywidgets as w
 
         self.w = w
-        self.header = w.HTML()
+        self.header, self.fallbacks = w.HTML(), w.HTML()
         self.pause = w.Button(description="Pause", icon="pause", tooltip="pause between items")
         self.pause.on_click(on_pause)
-        self.grid = w.VBox(
-            [
-                self._line(
-                    ("#", "step", "type", "persona", "provider", "status", "", "items", "current"),
-                    bold=True,
-                )
-            ]
-        )
-        self.fallbacks = w.HTML()
+        self.grid = w.VBox([self._line([f"<b>{h}</b>" for h in _HEAD], bar=None)])
         self.box = w.VBox([w.HBox([self.header, self.pause]), self.grid, self.fallbacks])
-        self.rows: dict[int, tuple[Any, ...]] = {}
+        self.rows: dict[int, tuple[list[Any], Any]] = {}
 
-    def _line(self, values: tuple[str, ...], bold: bool = False) -> Any:
-        w = self.w
-        cells = [
-            w.HTML(
-                f"<b>{html.escape(v)}</b>" if bold else html.escape(v), layout=w.Layout(width=wd)
-            )
-            for v, wd in zip(values, self.WIDTHS, strict=True)
-        ]
-        if not bold:  # the bar column
-            cells[6] = w.FloatProgress(0.0, min=0.0, max=1.0, layout=w.Layout(width=self.WIDTHS[6]))
-        return w.HBox(cells)
+    def _line(self, values: list[str], bar: Any) -> Any:
+        w, widths = self.w, self.WIDTHS
+        cells = [w.HTML(v, layout=w.Layout(width=wd)) for v, wd in zip(values, widths, strict=True)]
+        bar = bar or w.HTML(layout=w.Layout(width="9em"))
+        return w.HBox([*cells[:6], bar, *cells[6:]])
 
     def render(self, state: ProgressState, orders: set[int] | None) -> None:
         """Redraw the header and the rows in ``orders`` (all when None)."""
         for row in sorted(state.steps.values(), key=lambda r: r.order):
-            if orders is not None and row.order not in orders and row.order in self.rows:
-                continue
             if row.order not in self.rows:
-                line = self._line(("",) * 9)
-                self.rows[row.order] = line.children
+                bar = self.w.FloatProgress(0.0, min=0.0, max=1.0, layout={"width": "9em"})
+                line = self._line([""] * len(_HEAD), bar)
+                self.rows[row.order] = ([c for c in line.children if c is not bar], bar)
                 self.grid.children = [*self.grid.children, line]
-            cells = self.rows[row.order]
-            values = (str(row.order + 1), row.name, row.type, row.persona or "", row.provider or "")
-            for cell, value in zip(cells[:5], values, strict=True):
+            elif orders is not None and row.order not in orders:
+                continue
+            cells, bar = self.rows[row.order]
+            for cell, value in zip(cells, row.cells(), strict=True):
                 cell.value = html.escape(value)
-            color = _COLORS.get(row.status, "#000")
+            color = _COLORS.get(row.status, "gray")
             cells[5].value = f'<span style="color:{color}">{row.status}</span>'
-            cells[6].value = row.fraction
-            cells[6].bar_style = {"completed": "success", "failed": "danger"}.get(row.status, "")
-            cells[7].value, cells[8].value = row.items, html.escape(row.heading[:60])
-        self.header.value = "<b>{}</b>".format(html.escape(state.headline()).replace("\n", "<br>"))
-        self.fallbacks.value = "<br>".join(
-            f"fallback {html.escape(f)}" for f in state.fallbacks[-5:]
-        )
+            total = row.items_total or 1
+            bar.value = (row.items_done if row.items_total else row.status == "completed") / total
+            bar.bar_style = {"completed": "success", "failed": "danger"}.get(row.status, "")
+        self.header.value = "<b>" + html.escape(state.headline()).replace("\n", "<br>") + "</b>"
+        recent = [html.escape(f"fallback {f}") for f in state.fallbacks[-5:]]
+        self.fallbacks.value = "<br>".join(recent)
         self.pause.disabled = state.status not in ACTIVE
 
 
 class WorkflowProgress:
-    """Progress of one workflow: call it with events (``on_event=``), or attach it to the store."""
+    """Progress of one workflow: call it with events (``on_event=``), or attach it to the store.
+
+    ``store`` is the run's store (default: as ``nyxnb.run``), read for what events do not say;
+    ``widget`` forces widgets or text; ``stream`` is where text goes (stdout).
+    """
 
     def __init__(
         self,
@@ -350,13 +277,10 @@ class WorkflowProgress:
         stream: Any = None,
     ) -> None:
         self.store = store if isinstance(store, Store) or store is None else open_store(store)
-        self.tenant = tenant
-        self.state = ProgressState()
-        self.interval_s = interval_s
+        self.tenant, self.interval_s, self.state = tenant, interval_s, ProgressState()
         self.widget = live_frontend() if widget is None else widget
         self._lock = threading.RLock()
-        self._dirty: set[int] = set()
-        self._last_flush = 0.0
+        self._dirty, self._last_flush = set[int](), 0.0
         self._timer: threading.Timer | None = None
         self._handle: Any = None
         self._poller: threading.Thread | None = None
@@ -383,18 +307,15 @@ class WorkflowProgress:
         with self._lock:
             new = not isinstance(event, ev.StepEvent) or event.order not in self.state.steps
             row = self.state.apply(event)
-            if row is not None:
-                self._dirty.add(row.order)
-        final = isinstance(event, ev.WorkflowCompleted | ev.WorkflowPaused | ev.WorkflowFailed)
+            self._dirty.update([row.order] if row else [])
+        final = isinstance(event, _FINAL)
         if self._text is not None:
             self._text(event)
-        # the store knows every step (generated ones appear mid-run) and the exact totals
-        if final or (new and self._text is None):
+        if final or (new and self._view is not None):  # all steps (some appear mid-run), totals
             self._sync_from_store()
-        if self._text is not None:
-            return
-        urgent = not isinstance(event, ev.FanOutProgress) or event.completed >= event.fan_out_total
-        self._schedule(urgent, final)
+        if self._view is not None:
+            ongoing = isinstance(event, ev.FanOutProgress) and event.completed < event.fan_out_total
+            self._schedule(not ongoing, final)
 
     def _schedule(self, urgent: bool, final: bool = False) -> None:
         wait = self.interval_s - (time.monotonic() - self._last_flush)
@@ -407,8 +328,7 @@ class WorkflowProgress:
 
     def _flush(self, final: bool = False) -> None:
         with self._lock:
-            self._timer = None
-            self._last_flush = time.monotonic()
+            self._timer, self._last_flush = None, time.monotonic()
             dirty, self._dirty = self._dirty, set()
             if self._view is not None:
                 self._view.render(self.state, dirty)
@@ -434,19 +354,15 @@ class WorkflowProgress:
         wait: bool | None = None,
         **kw: Any,
     ) -> WorkflowProgress:
-        """Show a workflow from the store and follow it until it stops running.
+        """Show a workflow from the store (finished, or running in another process), follow it.
 
-        Works for a run in another process and for a finished run (e.g. after a kernel
-        restart).  ``wait`` blocks until the run stops; the default is to block in text mode
-        and to poll in the background when widgets are shown.
+        ``wait`` blocks until it stops running; by default text blocks, the widget polls.
         """
         progress = cls(store=store if store is not None else open_store(), tenant=tenant, **kw)
         progress.state.workflow_id = workflow_id
         progress.refresh()
         if progress.state.status in ACTIVE:
-            progress._poller = threading.Thread(
-                target=progress._poll, args=(poll_s,), name="nyxnb-progress-poll", daemon=True
-            )
+            progress._poller = threading.Thread(target=progress._poll, args=(poll_s,), daemon=True)
             progress._poller.start()
         if wait if wait is not None else not progress.widget:
             progress.wait()
@@ -457,33 +373,25 @@ class WorkflowProgress:
         if self._reader is None:
             self.store = self.store or open_store()
             self._reader = _reader(self.store)
-        st = self._reader
+        st, workflow_id = self._reader, self.state.workflow_id
         tenant_id = st.find_tenant(self.tenant).id if self.tenant else None
-        summary = workflow_summary(
-            st, self.state.workflow_id, tenant_id=tenant_id, with_items=False
-        )
-        extras = _store_extras(st, self.state.workflow_id)
+        summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
+        extras = _store_extras(st, workflow_id)
         with self._lock:
             before = self.state.table()
             self.state.load(summary, extras)
             changed = before != self.state.table()
             self._dirty.update(self.state.steps)
         if self._text is not None and not quiet and changed:
-            self._print_text()
+            self._print_text(self._text.stream)
         elif self._view is not None and redraw:
             self._flush(final=self.state.status not in ACTIVE)
 
-    def _print_text(self) -> None:
-        assert self._text is not None
-        now, first = time.monotonic(), not self._printed
-        finished = self.state.status not in ACTIVE
-        if first or finished:
-            print(self.state.table(), file=self._text.stream)
-        elif now - self._last_flush >= self._text.every_s:
-            print(self.state.headline(), file=self._text.stream)
-        else:
-            return
-        self._printed, self._last_flush = True, now
+    def _print_text(self, stream: Any) -> None:
+        now, full = time.monotonic(), not self._printed or self.state.status not in ACTIVE
+        if full or now - self._last_flush >= 2.0:
+            print(self.state.table() if full else self.state.headline(), file=stream)
+            self._printed, self._last_flush = True, now
 
     def _poll(self, every_s: float) -> None:
         started = time.monotonic()
@@ -492,9 +400,8 @@ class WorkflowProgress:
                 self.refresh()
             except NyxError:
                 return
-            if self.state.status == "pending" and time.monotonic() - started > 30:
-                return  # created but nobody runs it
-            if self.state.status not in ACTIVE:
+            abandoned = self.state.status == "pending" and time.monotonic() - started > 30
+            if self.state.status not in ACTIVE or abandoned:  # abandoned: nobody runs it
                 return
 
     def wait(self, timeout: float | None = None) -> ProgressState:
@@ -513,28 +420,16 @@ class WorkflowProgress:
 
     # -- background runs --------------------------------------------------------------------
     @classmethod
-    def start(
-        cls, spec: Any, *, tenant: str, project: str, store: Store | str | None = None, **kw: Any
-    ) -> WorkflowProgress:
-        """Run a workflow in the background with this view; ``result()`` waits for the end."""
-        st = store if isinstance(store, Store) else open_store(store)
-        progress = cls(store=st)
-        progress._background(
-            lambda: api.run(spec, tenant=tenant, project=project, store=st, on_event=progress, **kw)
-        )
-        return progress
+    def start(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
+        """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it."""
+        store = kw.pop("store", None)
+        kw["store"] = store if isinstance(store, Store) else open_store(store)
+        progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"))
+        if resume is not None:
+            return progress._background(lambda: api.resume(resume, **kw))
+        return progress._background(lambda: api.run(spec, **kw))
 
-    @classmethod
-    def start_resume(
-        cls, workflow_id: str, *, store: Store | str | None = None, **kw: Any
-    ) -> WorkflowProgress:
-        """Resume a workflow in the background with this view."""
-        st = store if isinstance(store, Store) else open_store(store)
-        progress = cls(store=st)
-        progress._background(lambda: api.resume(workflow_id, store=st, on_event=progress, **kw))
-        return progress
-
-    def _background(self, work: Callable[[], api.RunResult]) -> None:
+    def _background(self, work: Callable[[], api.RunResult]) -> WorkflowProgress:
         future: Future[api.RunResult] = Future()
 
         def target() -> None:
@@ -545,6 +440,7 @@ class WorkflowProgress:
 
         self._future = future
         threading.Thread(target=target, name="nyxnb-progress-run", daemon=True).start()
+        return self
 
     def result(self, timeout: float | None = None) -> api.RunResult:
         """The background run's result (waits for it); raises what the run raised."""
@@ -566,11 +462,8 @@ class WorkflowProgress:
     def _bundle(self) -> dict[str, Any]:
         data: dict[str, Any] = {"text/plain": self.summary()}
         if self._view is not None:
-            data["application/vnd.jupyter.widget-view+json"] = {
-                "model_id": self._view.box.model_id,
-                "version_major": 2,
-                "version_minor": 0,
-            }
+            view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
+            data["application/vnd.jupyter.widget-view+json"] = view
         return data
 
     def _show(self) -> None:
@@ -581,7 +474,7 @@ class WorkflowProgress:
         self._handle = display(self._bundle(), raw=True, display_id=True)
 
     def _update_display(self) -> None:
-        # the saved notebook keeps the final text, which shows when the widget cannot render
+        # the saved notebook keeps the final text, shown wherever the widget cannot render
         if self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from nyxnb.store import Store, open_store
+from nyxnb.testing import FakeProviderServer
 
 PG_URL_ENV = "NYXNB_TEST_PG_URL"
 _ISOLATED_PREFIXES = ("ANTHROPIC_", "OPENAI_", "GEMINI_", "GOOGLE_", "NYXNB_")
@@ -86,3 +87,11 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
     s = open_store(sqlite_url)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProviderServer]:
+    """The loopback fake of the three providers, with every SDK pointed at it."""
+    with FakeProviderServer() as srv:
+        srv.patch_env(monkeypatch)
+        yield srv

@@ -112,5 +112,5 @@ class Provider(ABC):
             The answer text, normalised stop reason and token usage.
         """
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the SDK client, if any."""

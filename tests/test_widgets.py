@@ -1,0 +1,255 @@
+"""WorkflowProgress: live widgets from events, text outside a frontend, the store as the truth."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import nyxnb
+from nyxnb import events as ev
+from nyxnb.report import workflow_summary
+from nyxnb.seed import seed
+from nyxnb.widgets import ProgressState, WorkflowProgress, live_frontend
+from nyxnb.workflows import create_workflow
+
+
+def spec(n_items: int = 4, **defaults: Any) -> dict[str, Any]:
+    return {
+        "name": "widget-test",
+        "defaults": {"provider": "offline", "fallback": [], "cache": False, **defaults},
+        "steps": [
+            {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
+            {"name": "features", "type": "fan-out", "persona": "Cael",
+             "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
+             "prompt": "Design {{ item.heading }}"},
+            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
+             "prompt": "{% for i in steps.features.items %}{{ i.heading }};{% endfor %}"},
+        ],
+        "generate": {"consistency_check": {"persona": "Nemesis"},
+                     "implementation_prompts": {"from": "features", "persona": "Aristaeus"}},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def seeded(store):
+    seed(store)
+    return store
+
+
+def latency(ms: float) -> dict[str, dict[str, object]]:
+    return {"offline": {"latency_ms": ms}}
+
+
+# --- choosing the view -------------------------------------------------------------------------
+
+
+def test_outside_a_frontend_the_view_is_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert live_frontend() is False  # plain Python: no kernel
+    progress = WorkflowProgress(stream=io.StringIO())
+    assert progress.widget is False and progress._view is None
+
+
+@pytest.mark.parametrize(("allow_stdin", "expected"), [(True, True), (False, False)])
+def test_a_kernel_request_from_a_live_frontend_gets_widgets(
+    monkeypatch: pytest.MonkeyPatch, allow_stdin: bool, expected: bool
+) -> None:
+    """JupyterLab sends allow_stdin=True; papermill, nbconvert and nbval send False."""
+    request = {"content": {"code": "...", "allow_stdin": allow_stdin}}
+    kernel = SimpleNamespace(get_parent=lambda channel=None: request)
+    monkeypatch.setattr("IPython.get_ipython", lambda: SimpleNamespace(kernel=kernel))
+    assert live_frontend() is expected
+
+
+def test_the_environment_forces_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NYXNB_PROGRESS", "widget")
+    assert live_frontend() is True
+    monkeypatch.setenv("NYXNB_PROGRESS", "text")
+    assert live_frontend() is False
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    seen_headings: dict[str, str] = {}
+
+    def watch(event: ev.Event) -> None:
+        progress(event)
+        if isinstance(event, ev.StepStarted) and event.step_type == "implementation-prompt":
+            seen_headings[event.name] = progress.state.steps[event.order].heading
+
+    result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded, on_event=watch)
+    assert result.ok
+    # the current item's heading also for implementation-prompt steps, while they run
+    assert seen_headings == {f"implement_{i + 1:02d}": f"Feature {i}" for i in range(4)}
+    view = progress._view
+    assert view is not None and len(view.rows) == len(progress.state.steps) == 9
+    for cells, bar in view.rows.values():
+        assert "completed" in cells[5].value and bar.value == 1.0
+    assert view.pause.disabled  # nothing left to pause
+    assert "completed, 9/9 steps" in view.header.value
+    attached = WorkflowProgress.attach(seeded, result.workflow_id, widget=False, stream=io.StringIO())
+    assert progress.summary() == attached.summary()
+    totals = workflow_summary(seeded, result.workflow_id)["totals"]
+    assert progress.state.totals()[:2] == (totals["input_tokens"], totals["output_tokens"])
+
+
+def test_text_view_stays_concise_on_a_large_fan_out(seeded) -> None:
+    out = io.StringIO()
+    progress = WorkflowProgress(store=seeded, widget=False, stream=out)
+    result = nyxnb.run(spec(300), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    assert result.ok
+    lines = out.getvalue().splitlines()
+    assert len(lines) < 40  # one line per step, throttled fan-out: not one per item
+    assert any("300/300" in line for line in lines)
+    assert "completed, 304/304 steps" in progress.summary()
+
+
+def test_updating_the_widgets_costs_a_fraction_of_the_run(seeded) -> None:
+    """1,000 items: time inside the callback stays a small share; redraws are throttled."""
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    renders, spent = [0], [0.0]
+    assert progress._view is not None
+    original = progress._view.render
+
+    def counting_render(*args: Any) -> None:
+        renders[0] += 1
+        original(*args)
+
+    progress._view.render = counting_render  # type: ignore[method-assign]
+
+    def timed(event: ev.Event) -> None:
+        started = time.perf_counter()
+        progress(event)
+        spent[0] += time.perf_counter() - started
+
+    small = spec(1000)
+    small.pop("generate")
+    started = time.perf_counter()
+    result = nyxnb.run(small, tenant="nyx", project="BRbase", store=seeded, on_event=timed)
+    wall = time.perf_counter() - started
+    assert result.ok
+    assert spent[0] < 0.05 * wall, (spent[0], wall)
+    assert renders[0] <= wall / progress.interval_s + 12  # throttled, not once per item
+
+
+def test_throttled_updates_are_flushed_by_a_timer() -> None:
+    progress = WorkflowProgress(widget=True, display=False, interval_s=0.05)
+    progress._store_ok = False
+    wf, step = "wf", {"name": "features", "order": 0, "step_type": "fan-out"}
+    progress(ev.WorkflowStarted(wf, name="w", total_steps=1))
+    progress(ev.StepStarted(wf, **step, total_items=10))
+    for i in range(1, 6):
+        progress(ev.FanOutProgress(wf, **step, fan_out_index=i, fan_out_total=10,
+                                   fan_out_heading=f"item {i}", completed=i))  # fmt: skip
+    time.sleep(0.2)
+    assert progress._view is not None
+    cells, bar = progress._view.rows[0]
+    assert bar.value == 0.5 and cells[6].value == "5/10" and cells[7].value == "item 5"
+
+
+def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFixture) -> None:
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("frontend went away")
+
+    progress._view.render = broken  # type: ignore[union-attr, method-assign]
+    with caplog.at_level(logging.ERROR, logger="nyxnb.widgets"):
+        result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    assert result.ok
+    assert len([r for r in caplog.records if "cannot show" in r.message]) == 1
+
+
+def test_fallbacks_and_failures_show_in_the_state() -> None:
+    state = ProgressState()
+    wf, step = "wf", {"name": "analysis", "order": 0, "step_type": "llm"}
+    state.apply(ev.WorkflowStarted(wf, name="w"))
+    state.apply(ev.StepStarted(wf, **step, provider="anthropic"))
+    state.apply(ev.ProviderFallback(wf, **step, from_provider="anthropic", to_provider="google",
+                                    reason="exhausted"))  # fmt: skip
+    state.apply(ev.StepFailed(wf, **step, error="every provider failed"))
+    state.apply(ev.WorkflowFailed(wf, name="w", error="step analysis failed"))
+    text = state.table()
+    assert "analysis: anthropic (exhausted) -> google" in text
+    assert "error: step analysis failed" in text and state.steps[0].status == "failed"
+    assert state.steps[0].provider == "google"
+
+
+def test_the_display_bundle_carries_a_text_fallback(seeded) -> None:
+    """Where the widget cannot render (no kernel, GitHub), the saved text shows the run."""
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    bundle = progress._bundle()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert bundle["text/plain"].startswith("widget-test: completed, 7/7 steps")
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def test_attach_to_a_finished_run_shows_the_truth(seeded) -> None:
+    result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded)
+    out = io.StringIO()
+    progress = WorkflowProgress.attach(seeded, result.workflow_id, widget=False, stream=out)
+    assert progress._poller is None  # finished: nothing to follow
+    assert out.getvalue().startswith("widget-test: completed, 9/9 steps")
+    assert "implement_04" in out.getvalue() and "Feature 3" in out.getvalue()
+    widget = WorkflowProgress.attach(seeded, result.workflow_id, widget=True, display=False)
+    assert widget._view is not None and len(widget._view.rows) == 9
+
+
+def test_attach_follows_a_run_in_another_process(seeded, store_url: str) -> None:
+    workflow_id = create_workflow(seeded, spec(8), tenant="nyx", project="BRbase")
+    code = (
+        "import sys, nyxnb; r = nyxnb.resume(sys.argv[1], store=sys.argv[2], "
+        "provider_options={'offline': {'latency_ms': 150}}); sys.exit(0 if r.ok else 1)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code, workflow_id, store_url])
+    try:
+        out = io.StringIO()
+        progress = WorkflowProgress.attach(
+            seeded, workflow_id, widget=False, stream=out, poll_s=0.1, wait=True
+        )
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+    assert progress.state.status == "completed"
+    text = out.getvalue()
+    assert text.count("widget-test:") >= 2  # the table when attached, then as it went
+    assert text.rstrip().splitlines()[-1].startswith("13 ")  # ends with the final table
+
+
+def test_pause_button_pauses_a_background_run_and_start_resumes_it(seeded) -> None:
+    progress = WorkflowProgress.start(
+        spec(12, concurrency=1), tenant="nyx", project="BRbase", store=seeded,
+        provider_options=latency(150),
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = next((r for r in progress.state.steps.values() if r.name == "features"), None)
+        if row is not None and row.items_done >= 1:
+            break
+        time.sleep(0.02)
+    assert progress.widget is False  # no frontend in tests: the button is driven directly
+    progress.widget, progress._view = True, None
+    button = SimpleNamespace(disabled=False, description="Pause")
+    progress._on_pause(button)
+    first = progress.result(timeout=30)
+    assert first.status == "paused" and button.disabled
+    resumed = WorkflowProgress.start(resume=first.workflow_id, store=seeded)
+    assert resumed.result(timeout=60).ok
+    assert resumed.state.status == "completed"
+
+
+def test_result_without_a_background_run_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="no background run"):
+        WorkflowProgress(stream=io.StringIO()).result()
