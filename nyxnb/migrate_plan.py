@@ -11,7 +11,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -250,12 +250,15 @@ def text_of(col: Any, dialect: str) -> ColumnElement[Any]:
     return cast(col, Text)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Scan:
-    """Digests of one pass over some rows, and how many of them are in a given tenant."""
+    """One pass over some rows: digests, rows in a tenant, and where watched keys point."""
 
     digests: list[Digest]
-    in_tenant: int
+    in_tenant: int = 0
+    #: per watched column: how many values are in its id set, and the values that are not
+    inside: dict[str, int] = field(default_factory=dict)
+    outside: dict[str, set[str]] = field(default_factory=dict)
 
 
 def scan(
@@ -266,6 +269,7 @@ def scan(
     *,
     everything: bool = False,
     tenant: str | None = None,
+    watch: Mapping[str, set[str]] | None = None,
 ) -> Scan:
     """Stream the rows of ``table`` matching ``where`` once; one digest per transform."""
     cols = hashed_columns(table, everything)
@@ -273,15 +277,24 @@ def scan(
     picks = [text_of(c, conn.dialect.name).label(f"c{i}") for i, c in enumerate(cols)]
     if tenant is not None:
         picks.append(case((table.c[TENANT] == tenant, 1), else_=0).label("home"))
-    out = [Digest() for _ in transforms]
-    home = 0
+    found = Scan([Digest() for _ in transforms])
+    watched = [(names.index(k), k, ids) for k, ids in (watch or {}).items()]
+    for _, k, _ids in watched:
+        found.inside[k], found.outside[k] = 0, set()
     query = select(*picks).where(where).execution_options(yield_per=_BATCH)
     for row in conn.execute(query):
         values = row[:n]
-        home += row[n] if tenant is not None else 0
-        for dig, fn in zip(out, transforms, strict=True):
+        if tenant is not None:
+            found.in_tenant += row[n]
+        for i, k, ids in watched:
+            if values[i] is not None:
+                if values[i] in ids:
+                    found.inside[k] += 1
+                else:
+                    found.outside[k].add(values[i])
+        for dig, fn in zip(found.digests, transforms, strict=True):
             dig.add(values if fn is None else fn(dict(zip(names, values, strict=True))).values())
-    return Scan(out, home)
+    return found
 
 
 def digest(conn: Connection, table: Table, where: ColumnElement[bool], **kw: Any) -> Digest:

@@ -20,17 +20,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
+from sqlalchemy.orm import sessionmaker
 
 from . import models
 from .errors import NotFound, StoreUnavailable
 from .schema import upgrade_schema
+from .tenancy import NyxSession
 
-T = TypeVar("T")
 ENV_URL = "NYXNB_DB_URL"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,61 +81,6 @@ def _configure_sqlite(engine: Engine) -> None:
         # IMMEDIATE takes the write lock up front: waits on busy_timeout instead of
         # failing later when a read transaction tries to upgrade to a write.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-class NyxSession(Session):
-    """A session; when ``tenant_id`` is set every ORM query sees only that tenant's rows."""
-
-    tenant_id: str | None = None
-
-    def get_one(self, entity: type[T], ident: Any, **kw: Any) -> T:  # type: ignore[override]
-        """Fetch by primary key or raise :class:`NotFound` (also for another tenant's row)."""
-        obj = self.get(entity, ident, **kw)
-        if obj is None:
-            raise NotFound(getattr(entity, "__tablename__", entity.__name__), ident)
-        return obj
-
-
-def _tenant_criteria(tenant_id: str) -> Any:
-    return with_loader_criteria(
-        models.TenantOwned,
-        lambda cls: cls.tenant_id == tenant_id,
-        include_aliases=True,
-        track_closure_variables=True,
-    )
-
-
-def _persona_criteria(tenant_id: str) -> Any:
-    return with_loader_criteria(
-        models.Persona,
-        lambda cls: (cls.tenant_id == tenant_id) | (cls.tenant_id.is_(None)),
-        include_aliases=True,
-        track_closure_variables=True,
-    )
-
-
-@event.listens_for(NyxSession, "do_orm_execute")
-def _scope_to_tenant(state: ORMExecuteState) -> None:
-    tenant_id = getattr(state.session, "tenant_id", None)
-    if tenant_id is None or state.is_column_load:
-        return
-    if state.is_select or state.is_update or state.is_delete:
-        state.statement = state.statement.options(
-            _tenant_criteria(tenant_id), _persona_criteria(tenant_id)
-        )
-
-
-@event.listens_for(NyxSession, "before_flush")
-def _stamp_tenant(session: Session, _ctx: Any, _instances: Any) -> None:
-    tenant_id = getattr(session, "tenant_id", None)
-    if tenant_id is None:
-        return
-    for obj in session.new:
-        if isinstance(obj, (models.TenantOwned, models.Persona)):
-            if getattr(obj, "tenant_id", None) in (None, tenant_id):
-                obj.tenant_id = tenant_id  # type: ignore[misc]
-            else:
-                raise NotFound("tenant", obj.tenant_id, hint="write rows in your own tenant")
 
 
 class Store:

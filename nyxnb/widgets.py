@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,6 +43,7 @@ ACTIVE = ("pending", "running")
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _COLORS = {"completed": "green", "running": "royalblue", "failed": "crimson", "paused": "orange"}
 _HEAD = ("#", "step", "type", "persona", "provider", "status", "items", "current")
+_SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 
 
 def live_frontend() -> bool:
@@ -198,8 +199,8 @@ def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | 
     used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
     used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
     with store.engine.connect() as conn:
-        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).tuples().all())
-        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id)).tuples()
+        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).all())
+        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
         heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
     return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
 
@@ -286,6 +287,7 @@ class WorkflowProgress:
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._future: Future[api.RunResult] | None = None
+        self._pending: Future[None] | None = None
         self._failed, self._store_ok, self._printed = False, self.widget or bool(store), False
         self._reader: Store | None = None
         self._text = None if self.widget else TextProgress(stream)
@@ -296,11 +298,14 @@ class WorkflowProgress:
     # -- events -----------------------------------------------------------------------------
     def __call__(self, event: ev.Event) -> None:
         """Fold one engine event in (use as ``on_event=``); redraws are throttled."""
+        self._guard(self._on_event, event)
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
-            self._on_event(event)
+            fn(*args)
         except Exception:  # a progress view must never break the run it shows
             if not self._failed:
-                log.exception("WorkflowProgress: cannot show %s", event.type)
+                log.exception("WorkflowProgress: cannot show the run")
             self._failed = True
 
     def _on_event(self, event: ev.Event) -> None:
@@ -327,6 +332,9 @@ class WorkflowProgress:
             self._timer.start()
 
     def _flush(self, final: bool = False) -> None:
+        self._guard(self._redraw, final)
+
+    def _redraw(self, final: bool) -> None:
         with self._lock:
             self._timer, self._last_flush = None, time.monotonic()
             dirty, self._dirty = self._dirty, set()
@@ -336,11 +344,14 @@ class WorkflowProgress:
                 self._update_display()
 
     def _sync_from_store(self) -> None:
-        if self._store_ok:
-            try:
-                self.refresh(quiet=True, redraw=False)
-            except NyxError:  # not the run's store: events alone will do
-                self._store_ok = False
+        if self._store_ok:  # off the engine's thread: the run never waits for the view's reads
+            self._pending = _SYNCS.submit(self._sync)
+
+    def _sync(self) -> None:
+        try:
+            self.refresh(quiet=True, redraw=self._view is not None)
+        except NyxError:  # not the run's store: events alone will do
+            self._store_ok = False
 
     # -- the store --------------------------------------------------------------------------
     @classmethod
@@ -406,8 +417,9 @@ class WorkflowProgress:
 
     def wait(self, timeout: float | None = None) -> ProgressState:
         """Block until the followed run stops (attach) or the background run ends (start)."""
-        if self._future is not None:
-            self._future.exception(timeout)
+        for future in (self._future, self._pending):
+            if future is not None:
+                future.exception(timeout)
         if self._poller is not None:
             self._poller.join(timeout)
         return self.state
@@ -460,7 +472,7 @@ class WorkflowProgress:
         self.pause()
 
     def _bundle(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"text/plain": self.summary()}
+        data: dict[str, Any] = {"text/plain": self.state.table()}
         if self._view is not None:
             view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
             data["application/vnd.jupyter.widget-view+json"] = view
@@ -480,6 +492,8 @@ class WorkflowProgress:
 
     def summary(self) -> str:
         """The step table as text: status, items, provider, tokens and cost."""
+        if self._pending is not None:
+            self._pending.exception(timeout=30)  # the last read of the store
         with self._lock:
             return self.state.table()
 

@@ -84,6 +84,7 @@ def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
     def watch(event: ev.Event) -> None:
         progress(event)
         if isinstance(event, ev.StepStarted) and event.step_type == "implementation-prompt":
+            progress.wait()  # the view reads the store on its own thread
             seen_headings[event.name] = progress.state.steps[event.order].heading
 
     result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded, on_event=watch)
@@ -91,12 +92,14 @@ def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
     # the current item's heading also for implementation-prompt steps, while they run
     assert seen_headings == {f"implement_{i + 1:02d}": f"Feature {i}" for i in range(4)}
     view = progress._view
-    assert view is not None and len(view.rows) == len(progress.state.steps) == 9
+    assert view is not None and len(view.rows) == len(progress.state.steps) == 8
     for cells, bar in view.rows.values():
         assert "completed" in cells[5].value and bar.value == 1.0
     assert view.pause.disabled  # nothing left to pause
-    assert "completed, 9/9 steps" in view.header.value
-    attached = WorkflowProgress.attach(seeded, result.workflow_id, widget=False, stream=io.StringIO())
+    assert "completed, 8/8 steps" in view.header.value
+    attached = WorkflowProgress.attach(
+        seeded, result.workflow_id, widget=False, stream=io.StringIO()
+    )
     assert progress.summary() == attached.summary()
     totals = workflow_summary(seeded, result.workflow_id)["totals"]
     assert progress.state.totals()[:2] == (totals["input_tokens"], totals["output_tokens"])
@@ -105,16 +108,18 @@ def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
 def test_text_view_stays_concise_on_a_large_fan_out(seeded) -> None:
     out = io.StringIO()
     progress = WorkflowProgress(store=seeded, widget=False, stream=out)
-    result = nyxnb.run(spec(300), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    big = spec(1000)
+    big.pop("generate")
+    result = nyxnb.run(big, tenant="nyx", project="BRbase", store=seeded, on_event=progress)
     assert result.ok
     lines = out.getvalue().splitlines()
-    assert len(lines) < 40  # one line per step, throttled fan-out: not one per item
-    assert any("300/300" in line for line in lines)
-    assert "completed, 304/304 steps" in progress.summary()
+    assert len(lines) < 15  # a line per step, fan-out at most every 2 s: not one per item
+    assert any("1000/1000" in line for line in lines)
+    assert "completed, 3/3 steps" in progress.summary()
 
 
 def test_updating_the_widgets_costs_a_fraction_of_the_run(seeded) -> None:
-    """1,000 items: time inside the callback stays a small share; redraws are throttled."""
+    """1,000 items: the per-item events cost a tiny share of the run; redraws are throttled."""
     progress = WorkflowProgress(store=seeded, widget=True, display=False)
     renders, spent = [0], [0.0]
     assert progress._view is not None
@@ -129,7 +134,8 @@ def test_updating_the_widgets_costs_a_fraction_of_the_run(seeded) -> None:
     def timed(event: ev.Event) -> None:
         started = time.perf_counter()
         progress(event)
-        spent[0] += time.perf_counter() - started
+        if isinstance(event, ev.FanOutProgress):
+            spent[0] += time.perf_counter() - started
 
     small = spec(1000)
     small.pop("generate")
@@ -137,7 +143,7 @@ def test_updating_the_widgets_costs_a_fraction_of_the_run(seeded) -> None:
     result = nyxnb.run(small, tenant="nyx", project="BRbase", store=seeded, on_event=timed)
     wall = time.perf_counter() - started
     assert result.ok
-    assert spent[0] < 0.05 * wall, (spent[0], wall)
+    assert spent[0] < 0.03 * wall, (spent[0], wall)  # the offline provider answers at once
     assert renders[0] <= wall / progress.interval_s + 12  # throttled, not once per item
 
 
@@ -166,6 +172,7 @@ def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.ERROR, logger="nyxnb.widgets"):
         result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
     assert result.ok
+    progress.wait()
     assert len([r for r in caplog.records if "cannot show" in r.message]) == 1
 
 
@@ -188,9 +195,10 @@ def test_the_display_bundle_carries_a_text_fallback(seeded) -> None:
     """Where the widget cannot render (no kernel, GitHub), the saved text shows the run."""
     progress = WorkflowProgress(store=seeded, widget=True, display=False)
     nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    progress.wait()
     bundle = progress._bundle()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
-    assert bundle["text/plain"].startswith("widget-test: completed, 7/7 steps")
+    assert bundle["text/plain"].startswith("widget-test: completed, 6/6 steps")
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -201,10 +209,10 @@ def test_attach_to_a_finished_run_shows_the_truth(seeded) -> None:
     out = io.StringIO()
     progress = WorkflowProgress.attach(seeded, result.workflow_id, widget=False, stream=out)
     assert progress._poller is None  # finished: nothing to follow
-    assert out.getvalue().startswith("widget-test: completed, 9/9 steps")
+    assert out.getvalue().startswith("widget-test: completed, 8/8 steps")
     assert "implement_04" in out.getvalue() and "Feature 3" in out.getvalue()
     widget = WorkflowProgress.attach(seeded, result.workflow_id, widget=True, display=False)
-    assert widget._view is not None and len(widget._view.rows) == 9
+    assert widget._view is not None and len(widget._view.rows) == 8
 
 
 def test_attach_follows_a_run_in_another_process(seeded, store_url: str) -> None:
@@ -225,10 +233,13 @@ def test_attach_follows_a_run_in_another_process(seeded, store_url: str) -> None
     assert progress.state.status == "completed"
     text = out.getvalue()
     assert text.count("widget-test:") >= 2  # the table when attached, then as it went
-    assert text.rstrip().splitlines()[-1].startswith("13 ")  # ends with the final table
+    assert text[text.rindex("widget-test:") :].startswith("widget-test: completed, 12/12 steps")
 
 
-def test_pause_button_pauses_a_background_run_and_start_resumes_it(seeded) -> None:
+def test_pause_button_pauses_a_background_run_and_start_resumes_it(
+    seeded, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NYXNB_PROGRESS", "widget")  # as in JupyterLab
     progress = WorkflowProgress.start(
         spec(12, concurrency=1), tenant="nyx", project="BRbase", store=seeded,
         provider_options=latency(150),
@@ -239,12 +250,12 @@ def test_pause_button_pauses_a_background_run_and_start_resumes_it(seeded) -> No
         if row is not None and row.items_done >= 1:
             break
         time.sleep(0.02)
-    assert progress.widget is False  # no frontend in tests: the button is driven directly
-    progress.widget, progress._view = True, None
-    button = SimpleNamespace(disabled=False, description="Pause")
-    progress._on_pause(button)
+    assert progress._view is not None and not progress._view.pause.disabled
+    progress._view.pause.click()
     first = progress.result(timeout=30)
-    assert first.status == "paused" and button.disabled
+    assert first.status == "paused" and progress._view.pause.disabled
+    assert "paused" in progress._view.header.value
+    monkeypatch.setenv("NYXNB_PROGRESS", "text")
     resumed = WorkflowProgress.start(resume=first.workflow_id, store=seeded)
     assert resumed.result(timeout=60).ok
     assert resumed.state.status == "completed"
