@@ -20,7 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, MetaData, Numeric, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    create_engine,
+    select,
+)
+from sqlalchemy.pool import NullPool
 
 from .models import LlmCall, Workflow, WorkflowStep
 from .report import workflow_summary
@@ -42,8 +53,21 @@ _STATUS_COLORS = {
 }
 
 
+def reader(store: Store) -> Store:
+    """The same store for reading only: on SQLite, no ``BEGIN IMMEDIATE``, so a run never waits.
+
+    WAL readers need no lock; the store's own sessions take the write lock up front, which would
+    make a running workflow wait for every poll and every table copy.
+    """
+    db = store.url.database
+    if store.dialect != "sqlite" or not db or db == ":memory:":
+        return store
+    args = {"timeout": 30, "check_same_thread": False}
+    return Store(create_engine(store.url, poolclass=NullPool, connect_args=args))
+
+
 def _store(store: StoreArg) -> Store:
-    return store if isinstance(store, Store) else open_store(store)
+    return reader(store if isinstance(store, Store) else open_store(store))
 
 
 def _arrow_type(column: Any) -> pa.DataType:

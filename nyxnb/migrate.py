@@ -24,8 +24,9 @@ The plan/apply/reverse machinery lives in :mod:`nyxnb.migrate_plan` and
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 ROOT = "projects"
 POLICIES = ("abort", "rename", "merge")
+_MOD = 1 << 128
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,28 @@ class MigrationPlan:
 
     def resolve(self, on_conflict: str = "abort") -> tuple[Resolution, ...]:
         """The resolution of every conflict under a policy, or :class:`MigrationConflict`."""
-        from .migrate_plan import resolve_conflicts
-
         return resolve_conflicts(self, on_conflict)
+
+    def diff(self, other: MigrationPlan) -> list[str]:
+        """What differs from ``other`` (a newer plan of the same move), one line per change."""
+        mine, theirs = {t.table: t for t in self.tables}, {t.table: t for t in other.tables}
+        out = []
+        for name in sorted(mine.keys() | theirs.keys()):
+            a, b = mine.get(name), theirs.get(name)
+            if a is None or b is None:
+                out.append(f"table {name} {'appeared' if a is None else 'disappeared'}")
+            elif a.rows != b.rows:
+                out.append(f"{name} has {b.rows} rows to move, the plan says {a.rows}")
+            elif a.checksum != b.checksum:
+                out.append(f"{name} rows changed")
+        if self.conflicts != other.conflicts:
+            n, m = len(other.conflicts), len(self.conflicts)
+            out.append(f"{n} conflicts with {other.target}, {m} planned")
+        if self.references != other.references:
+            out.append("cross-tenant foreign keys changed")
+        if (self.project, self.source, self.target) != (other.project, other.source, other.target):
+            out.append("the project or a tenant was renamed")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (round-trips through :meth:`from_dict`)."""
@@ -296,13 +317,89 @@ class MoveResult:
         return "\n".join(lines)
 
 
+def resolve_conflicts(plan: MigrationPlan, on_conflict: str) -> tuple[Resolution, ...]:
+    """The resolution of each conflict under a policy; :class:`MigrationConflict` if any is left."""
+    if on_conflict not in POLICIES:
+        raise ConfigError(
+            f"unknown conflict policy {on_conflict!r}", hint=f"choose one of {', '.join(POLICIES)}"
+        )
+    problems = [f"{r.describe()} is NOT NULL" for r in plan.references if not r.nullable]
+    merged: dict[tuple[str, str], str] = {}
+    chosen: list[Resolution] = []
+    for c in plan.conflicts:
+        found = _resolve_one(c, on_conflict, merged)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            chosen.append(found)
+    if problems:
+        raise MigrationConflict(
+            f"cannot move project {plan.project!r} to {plan.target}: " + "; ".join(problems),
+            hint="nothing was written; choose --on-conflict rename or merge, "
+            "or empty the target rows",
+        )
+    return tuple(chosen)
+
+
+def _resolve_one(c: Conflict, policy: str, merged: dict[tuple[str, str], str]) -> Resolution | str:
+    if c.removable:
+        return Resolution("remove", c.table, c.source_id, c.target_id)
+    if policy == "rename" and c.rename_to is not None:
+        return Resolution("rename", c.table, c.source_id, c.target_id, c.rename_column, c.rename_to)
+    if policy == "merge" and _mergeable(c, merged):
+        merged[(c.table, c.source_id)] = c.target_id
+        return Resolution("merge", c.table, c.source_id, c.target_id)
+    why = f"{c.describe()} exists in the target as row {c.target_id} with {c.dependents} dependents"
+    if policy == "rename":
+        why += " (renaming is impossible: no free text key)"
+    elif policy == "merge":
+        why += " (merge is not meaningful here: its parent is not merged)"
+    return why
+
+
+def _mergeable(c: Conflict, merged: Mapping[tuple[str, str], str]) -> bool:
+    if not c.container:
+        return False
+    if c.table == ROOT:
+        return True
+    linked = [(table, mine, theirs) for _col, table, mine, theirs in c.parents if mine]
+    return bool(linked) and all(merged.get((t, mine)) == theirs for t, mine, theirs in linked)
+
+
+class Digest:
+    """An order-free checksum: the sum of per-row sha256 prefixes modulo 2**128, and a count."""
+
+    __slots__ = ("rows", "total")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.total = 0
+
+    def add(self, values: Iterable[Any], sign: int = 1) -> None:
+        """Add (or with ``sign=-1`` remove) one row of text values."""
+        line = "\x1f".join(["\x00" if v is None else str(v) for v in values])
+        self.total += sign * int.from_bytes(hashlib.sha256(line.encode()).digest()[:16], "big")
+        self.rows += sign
+
+    @property
+    def value(self) -> int:
+        """The checksum as an integer."""
+        return self.total % _MOD
+
+    @property
+    def hex(self) -> str:
+        """The checksum as 32 hex digits."""
+        return f"{self.value:032x}"
+
+
 def plan_migration(
     store: Store, project: str, source: str, target: str, *, suffix: str | None = None
 ) -> MigrationPlan:
     """Survey moving ``project`` (name or id) from tenant ``source`` to ``target``; no writes."""
-    from .migrate_plan import plan_in_snapshot
+    from .migrate_plan import read_snapshot, survey
 
-    return plan_in_snapshot(store, project, source, target, suffix=suffix)
+    with read_snapshot(store.engine) as conn:
+        return survey(conn, project, source, target, suffix=suffix)
 
 
 def apply_migration(store: Store, plan: MigrationPlan, on_conflict: str = "abort") -> MoveResult:
@@ -321,9 +418,14 @@ def reverse_migration(store: Store, move_id: str) -> MoveResult:
 
 def table_checksums(store: Store, tables: list[str] | None = None) -> dict[str, str]:
     """A content checksum of every row and column of each table (for before/after comparisons)."""
-    from .migrate_plan import full_checksums
+    from sqlalchemy import true
 
-    return full_checksums(store, tables)
+    from .migrate_plan import digest, live_tables, read_snapshot
+
+    with read_snapshot(store.engine) as conn:
+        live = live_tables(conn)
+        names = sorted(live) if tables is None else list(tables)
+        return {n: digest(conn, live[n], true(), everything=True).hex for n in names}
 
 
 def canon(value: Any) -> str:

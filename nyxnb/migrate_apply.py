@@ -12,46 +12,31 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from time import perf_counter
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    Connection,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    cast,
-    delete,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-)
-from sqlalchemy import update as sql_update
+import sqlalchemy as sa
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .errors import MigrationError, NotFound, StalePlan, VerificationFailed
-from .migrate import MigrationPlan, MoveResult, Resolution, dump_row, load_row
+from .migrate import _MOD, Digest, MigrationPlan, MoveResult, Resolution, dump_row, load_row
 from .migrate_plan import (
-    _MOD,
     TENANT,
-    Digest,
     Edge,
     Members,
+    Override,
     Scan,
     Schema,
-    Transform,
     collisions,
     digest,
     discover_schema,
     scan,
     survey,
+    text_of,
+    utc,
 )
 from .models import Base, new_id, utcnow
 from .store import Store
@@ -67,7 +52,6 @@ class Txn:
     schema: Schema
     plan: MigrationPlan
     ids: dict[str, Table]
-    id_sets: dict[str, set[str]] = field(default_factory=dict)
 
     def edges_from(self, table: str) -> list[Edge]:
         """Foreign keys of ``table`` to tenant-owned tables."""
@@ -93,7 +77,7 @@ class Txn:
         vals = dict(values)
         if "updated_at" in table.c:
             vals.setdefault("updated_at", table.c.updated_at)
-        return int(self.conn.execute(sql_update(table).where(where).values(vals)).rowcount)
+        return int(self.conn.execute(sa.update(table).where(where).values(vals)).rowcount)
 
 
 def apply_plan(store: Store, plan: MigrationPlan, on_conflict: str) -> MoveResult:
@@ -131,6 +115,7 @@ def _refusals(what: str) -> Iterator[None]:
 
 def _open(conn: Connection, plan: MigrationPlan) -> Txn:
     """Lock, capture the ids of the rows that move, and check the plan against a fresh survey."""
+    utc(conn)
     schema = discover_schema(conn)
     _lock(conn, schema)
     tx = Txn(conn, schema, plan, _id_tables(conn, schema))
@@ -146,30 +131,12 @@ def _open(conn: Connection, plan: MigrationPlan) -> Txn:
             f"the plan is stale: {exc}", hint="nothing was written; plan again"
         ) from None
     if fresh != plan:
-        raise StalePlan(_staleness(plan, fresh), hint="nothing was written; plan again and review")
-    return tx
-
-
-def _staleness(old: MigrationPlan, new: MigrationPlan) -> str:
-    a, b = {t.table: t for t in old.tables}, {t.table: t for t in new.tables}
-    parts = []
-    for name in sorted(a.keys() | b.keys()):
-        x, y = a.get(name), b.get(name)
-        if x is None or y is None:
-            parts.append(f"table {name} {'appeared' if x is None else 'disappeared'}")
-        elif x.rows != y.rows:
-            parts.append(f"{name} has {y.rows} rows to move, the plan says {x.rows}")
-        elif x.checksum != y.checksum:
-            parts.append(f"{name} rows changed")
-    if old.conflicts != new.conflicts:
-        parts.append(
-            f"{len(new.conflicts)} conflicts with {new.target}, {len(old.conflicts)} planned"
+        changes = "; ".join(plan.diff(fresh))
+        raise StalePlan(
+            f"the database changed since the plan was made: {changes}",
+            hint="nothing was written; plan again and review",
         )
-    if old.references != new.references:
-        parts.append("cross-tenant foreign keys changed")
-    if (old.project, old.source, old.target) != (new.project, new.source, new.target):
-        parts.append("the project or a tenant was renamed")
-    return "the database changed since the plan was made: " + "; ".join(parts)
+    return tx
 
 
 def _lock(conn: Connection, schema: Schema) -> None:
@@ -181,12 +148,12 @@ def _lock(conn: Connection, schema: Schema) -> None:
 
 
 def _id_tables(conn: Connection, schema: Schema) -> dict[str, Table]:
-    meta, out = MetaData(), {}
+    meta, out = sa.MetaData(), {}
     for i, (name, table) in enumerate(schema.tables.items()):
         tmp = Table(
             f"nyxnb_move_{i}",
             meta,
-            Column("id", table.c.id.type, primary_key=True),
+            sa.Column("id", table.c.id.type, primary_key=True),
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DROP",
         )
@@ -232,7 +199,7 @@ def _apply(tx: Txn, resolutions: Sequence[Resolution]) -> dict[str, Any]:
     for tp in tx.plan.tables:
         less = minus.get(tp.table, Digest())
         expected[tp.table] = (tp.rows - less.rows, (int(tp.checksum, 16) - less.total) % _MOD)
-    after = _verify(tx, tx.plan.target_id, expected, _inverse_transforms(tx, resolutions))
+    after = _verify(tx, tx.plan.target_id, expected, _inverse(tx, resolutions))
     return {
         "removed": removed,
         "removed_digest": removed_digest,
@@ -319,51 +286,47 @@ def _move(tx: Txn, tenant_id: str) -> dict[str, int]:
     }
 
 
-def _inverse_transforms(tx: Txn, resolutions: Sequence[Resolution]) -> dict[str, Transform]:
-    """Per table, how to turn a moved row back into its planned content (for the checksum)."""
-    fixes: defaultdict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    repoint: defaultdict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+def _inverse(tx: Txn, resolutions: Sequence[Resolution]) -> dict[str, Override]:
+    """Per table, column expressions that turn moved rows back into their planned content."""
+    by_id: defaultdict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    by_value: defaultdict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     conflicts = {(c.table, c.source_id): c for c in tx.plan.conflicts}
     for r in resolutions:
         if r.action == "rename":
             c = conflicts[(r.table, r.source_id)]
             old = c.key[c.columns.index(str(r.column))]
-            fixes[r.table].setdefault(r.source_id, {})[str(r.column)] = old
+            by_id[(r.table, str(r.column))].append((r.source_id, old))
         elif r.action == "merge":
             for e in tx.schema.children(r.table):
-                repoint[e.child].setdefault(e.column, {})[r.target_id] = r.source_id
+                by_value[(e.child, e.column)].append((r.target_id, r.source_id))
     for ref in tx.plan.references:
         if ref.moved:
-            fixes[ref.table].setdefault(ref.row_id, {})[ref.column] = ref.value
-    return {
-        name: _transform(fixes.get(name, {}), repoint.get(name, {}))
-        for name in fixes.keys() | repoint.keys()
-    }
-
-
-def _transform(fix: dict[str, dict[str, Any]], repoint: dict[str, dict[str, str]]) -> Transform:
-    def undo(row: dict[str, Any]) -> dict[str, Any]:
-        row.update(fix.get(str(row["id"]), {}))
-        for column, back in repoint.items():
-            if row.get(column) in back:
-                row[column] = back[row[column]]
-        return row
-
-    return undo
+            by_id[(ref.table, ref.column)].append((ref.row_id, ref.value))
+    out: defaultdict[str, dict[str, ColumnElement[Any]]] = defaultdict(dict)
+    dialect = tx.conn.dialect.name
+    for table, column in by_id.keys() | by_value.keys():
+        t = tx.schema.tables[table]
+        now = text_of(t.c[column], dialect)
+        whens = [
+            (t.c.id == row_id, sa.literal(old, sa.Text)) for row_id, old in by_id[(table, column)]
+        ]
+        whens += [(now == new, sa.literal(old, sa.Text)) for new, old in by_value[(table, column)]]
+        out[table][column] = sa.case(*whens, else_=now)
+    return dict(out)
 
 
 def _verify(
     tx: Txn,
     tenant_id: str,
     expected: Mapping[str, tuple[int, int]],
-    transforms: Mapping[str, Transform],
+    inverse: Mapping[str, Override],
 ) -> dict[str, str]:
     """Counts and checksums of the moved rows, nothing left behind, no dangling keys."""
     problems: list[str] = []
     scans: dict[str, Scan] = {}
     for name in tx.schema.tables:
-        fns = [None, transforms[name]] if name in transforms else [None]
-        done = scans[name] = _scan(tx, name, fns, tenant_id)
+        variants = [{}, inverse[name]] if name in inverse else [{}]
+        done = scans[name] = _scan(tx, name, variants, tenant_id)
         plain, final = done.digests[0], done.digests[-1]
         rows, total = expected.get(name, (0, 0))
         if done.in_tenant != rows or plain.rows != rows:
@@ -379,15 +342,11 @@ def _verify(
     return {name: done.digests[0].hex for name, done in scans.items()}
 
 
-def _scan(tx: Txn, table: str, transforms: Sequence[Transform | None], tenant_id: str) -> Scan:
+def _scan(tx: Txn, table: str, variants: Sequence[Override], tenant_id: str) -> Scan:
     """One pass over the moved rows of ``table``, watching where its foreign keys point."""
-    watch = {}
-    for e in tx.edges_from(table):
-        if e.parent not in tx.id_sets and e.parent in tx.ids:
-            tx.id_sets[e.parent] = set(tx.conn.scalars(select(tx.ids[e.parent].c.id)))
-        watch[e.column] = tx.id_sets.get(e.parent, set())
+    watch = {e.column: tx.ids.get(e.parent) for e in tx.edges_from(table)}
     t = tx.schema.tables[table]
-    return scan(tx.conn, t, tx.moved(table), transforms, tenant=tenant_id, watch=watch)
+    return scan(tx.conn, t, tx.moved(table), variants, tenant=tenant_id, watch=watch)
 
 
 def _dangling(tx: Txn, tenant_id: str, scans: Mapping[str, Scan]) -> list[str]:
@@ -396,7 +355,7 @@ def _dangling(tx: Txn, tenant_id: str, scans: Mapping[str, Scan]) -> list[str]:
     for e in (*tx.schema.edges, *tx.schema.outside):
         c, p = tx.schema.live[e.child], tx.schema.live[e.parent]
         loose = sorted(scans[e.child].outside.get(e.column, ()))
-        home = or_(p.c[TENANT] == tenant_id, p.c[TENANT].is_(None))
+        home = sa.or_(p.c[TENANT] == tenant_id, p.c[TENANT].is_(None))
         ok = sum(tx.count(p, p.c.id.in_(part), home) for part in _chunks(loose))
         if ok != len(loose):
             problems.append(f"{len(loose) - ok} {e.child}.{e.column} keys point outside the tenant")
@@ -413,7 +372,7 @@ def _outsiders(tx: Txn, e: Edge, inside: int, which: ColumnElement[bool]) -> int
         return 0
     c = tx.schema.live[e.child]
     refs = c.c[e.column].in_(select(tx.ids[e.parent].c.id))
-    if tx.count(c, refs) == inside:  # every reference comes from a moved row: the usual case
+    if tx.count(c, refs) == inside:  # every reference comes from a moved row: the usual sa.case
         return 0
     return tx.count(c, refs, which, tx.staying(e.child))
 
@@ -460,6 +419,7 @@ def reverse_move(store: Store, move_id: str) -> MoveResult:
         move = _load_move(conn, move_id)
         body, counts = move.plan, dict(move.counts)
         plan = MigrationPlan.from_dict(body["plan"])
+        utc(conn)
         schema = discover_schema(conn)
         _lock(conn, schema)
         tx = Txn(conn, schema, plan, _id_tables(conn, schema))
@@ -476,7 +436,7 @@ def reverse_move(store: Store, move_id: str) -> MoveResult:
         _verify_restored(tx, body["removed"], body["removed_digest"])
         counts["reversed"] = {"moved": moved, "seconds": round(perf_counter() - started, 3)}
         tm = Base.metadata.tables["tenant_moves"]
-        done = sql_update(tm).where(tm.c.id == move_id)
+        done = sa.update(tm).where(tm.c.id == move_id)
         conn.execute(done.values(reversed_at=utcnow(), counts=counts))
         _drop_id_tables(tx)
     return MoveResult(
@@ -507,12 +467,12 @@ def _load_ids(tx: Txn, moved_ids: Mapping[str, list[str]]) -> None:
 
 
 def _insert_ids(conn: Connection, tmp: Table, ids: Sequence[str]) -> None:
-    """One statement per table: the ids travel as one JSON array parameter."""
+    """One statement per table: the ids travel as one sa.JSON array parameter."""
     if conn.dialect.name == "sqlite":
         rows = select(func.json_each(json.dumps(list(ids))).table_valued("value").c.value)
     else:
-        payload = literal(json.dumps(list(ids)), Text)
-        rows = select(func.json_array_elements_text(cast(payload, JSON)))
+        payload = sa.literal(json.dumps(list(ids)), sa.Text)
+        rows = select(func.json_array_elements_text(sa.cast(payload, sa.JSON)))
     conn.execute(insert(tmp).from_select(["id"], rows))
 
 
@@ -523,7 +483,7 @@ def _check_reversible(tx: Txn, move_id: str, after: Mapping[str, str]) -> None:
     scans = {}
     for name in tx.schema.tables:
         listed = tx.count(tx.ids[name])
-        now = scans[name] = _scan(tx, name, [None], target)
+        now = scans[name] = _scan(tx, name, [{}], target)
         if now.in_tenant != listed:
             problems.append(f"{listed - now.in_tenant} {name} rows are gone or changed tenant")
         elif name in after and now.digests[0].hex != after[name]:

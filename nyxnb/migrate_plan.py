@@ -7,57 +7,24 @@ refused as stale.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Connection,
-    DateTime,
-    Engine,
-    LargeBinary,
-    MetaData,
-    Select,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    and_,
-    case,
-    cast,
-    func,
-    inspect,
-    not_,
-    null,
-    or_,
-    select,
-    true,
-)
+import sqlalchemy as sa
+from sqlalchemy import Connection, Select, Table, and_, case, cast, func, or_, select
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.sql.elements import ColumnElement
 
-from .errors import ConfigError, MigrationConflict, MigrationError, NotFound
-from .migrate import (
-    POLICIES,
-    ROOT,
-    Conflict,
-    MigrationPlan,
-    Reference,
-    Resolution,
-    TablePlan,
-    canon,
-)
+from .errors import ConfigError, MigrationError, NotFound
+from .migrate import ROOT, Conflict, Digest, MigrationPlan, Reference, TablePlan, canon
 from .models import Base, utcnow
-from .store import Store
 
 TENANT = "tenant_id"
 NOT_HASHED = frozenset({TENANT, "updated_at"})
-_MOD = 1 << 128
 _BATCH = 5000
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -91,11 +58,11 @@ class Schema:
 
 def live_tables(conn: Connection) -> dict[str, Table]:
     """Every table in the database: nyxnb's own definitions, reflected ones for the rest."""
-    names = set(inspect(conn).get_table_names())
+    names = set(sa.inspect(conn).get_table_names())
     found = {n: t for n, t in Base.metadata.tables.items() if n in names}
     extra = sorted(names - found.keys())
     if extra:
-        reflected = MetaData()
+        reflected = sa.MetaData()
         reflected.reflect(conn, only=extra)
         found.update({n: reflected.tables[n] for n in extra})
     return found
@@ -155,7 +122,7 @@ def tenant_keys(table: Table) -> list[tuple[str, ...]]:
     sets = [
         tuple(c.name for c in con.columns)
         for con in table.constraints
-        if isinstance(con, UniqueConstraint)
+        if isinstance(con, sa.UniqueConstraint)
     ]
     sets += [tuple(c.name for c in ix.columns) for ix in table.indexes if ix.unique]
     keys = {tuple(c for c in cols if c != TENANT) for cols in sets if TENANT in cols}
@@ -194,7 +161,7 @@ class Members:
         With id tables this is an anti-join on ``key``, which SQLite can test before joining.
         """
         if self.id_tables is None:
-            return not_(self.cond(table, alias))
+            return sa.not_(self.cond(table, alias))
         tmp = self.id_tables[table]
         probe = alias.c.id if key is None else key
         return ~select(tmp.c.id).where(tmp.c.id == probe).exists()
@@ -205,32 +172,6 @@ class Members:
         return select(t.c.id).where(self.cond(table)).correlate(None)
 
 
-class Digest:
-    """An order-free checksum: the sum of per-row sha256 prefixes modulo 2**128, and a count."""
-
-    __slots__ = ("rows", "total")
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.total = 0
-
-    def add(self, values: Iterable[Any], sign: int = 1) -> None:
-        """Add (or with ``sign=-1`` remove) one row of text values."""
-        line = "\x1f".join(["\x00" if v is None else str(v) for v in values])
-        self.total += sign * int.from_bytes(hashlib.sha256(line.encode()).digest()[:16], "big")
-        self.rows += sign
-
-    @property
-    def value(self) -> int:
-        """The checksum as an integer."""
-        return self.total % _MOD
-
-    @property
-    def hex(self) -> str:
-        """The checksum as 32 hex digits."""
-        return f"{self.value:032x}"
-
-
 def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
     """The columns a checksum covers, by name: all but ``tenant_id``/``updated_at``."""
     cols = [c for c in table.c if everything or c.name not in NOT_HASHED]
@@ -238,16 +179,23 @@ def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
 
 
 def text_of(col: Any, dialect: str) -> ColumnElement[Any]:
-    """A column as text the database renders the same way every time (UTC timestamps, 1/0)."""
+    """A column as text the database renders the same way every time (see :func:`utc`)."""
     kind = col.type
-    if isinstance(kind, Boolean):
-        return case((col.is_(None), null()), (col, "1"), else_="0")
-    if isinstance(kind, LargeBinary):
+    if isinstance(kind, sa.Boolean):
+        return case((col.is_(None), sa.null()), (col, "1"), else_="0")
+    if isinstance(kind, sa.LargeBinary):
         return func.hex(col) if dialect == "sqlite" else func.encode(col, "hex")
-    if isinstance(kind, DateTime) and dialect == "postgresql":
-        stamp = func.timezone("UTC", col) if kind.timezone else col
-        return func.to_char(stamp, "YYYY-MM-DD HH24:MI:SS.US")
-    return cast(col, Text)
+    return cast(col, sa.Text)
+
+
+def utc(conn: Connection) -> None:
+    """Render timestamps in UTC for the rest of this transaction (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+
+
+#: column name -> text expression replacing it in one variant of a scan
+Override = Mapping[str, ColumnElement[Any]]
 
 
 @dataclass
@@ -256,7 +204,7 @@ class Scan:
 
     digests: list[Digest]
     in_tenant: int = 0
-    #: per watched column: how many values are in its id set, and the values that are not
+    #: per watched column: how many values are ids of moved rows, and the other values
     inside: dict[str, int] = field(default_factory=dict)
     outside: dict[str, set[str]] = field(default_factory=dict)
 
@@ -265,36 +213,92 @@ def scan(
     conn: Connection,
     table: Table,
     where: ColumnElement[bool],
-    transforms: Sequence[Transform | None] = (None,),
+    variants: Sequence[Override] = ({},),
     *,
     everything: bool = False,
     tenant: str | None = None,
-    watch: Mapping[str, set[str]] | None = None,
+    watch: Mapping[str, Table | None] | None = None,
 ) -> Scan:
-    """Stream the rows of ``table`` matching ``where`` once; one digest per transform."""
-    cols = hashed_columns(table, everything)
-    names, n = [c.name for c in cols], len(cols)
-    picks = [text_of(c, conn.dialect.name).label(f"c{i}") for i, c in enumerate(cols)]
-    if tenant is not None:
-        picks.append(case((table.c[TENANT] == tenant, 1), else_=0).label("home"))
-    found = Scan([Digest() for _ in transforms])
-    watched = [(names.index(k), k, ids) for k, ids in (watch or {}).items()]
-    for _, k, _ids in watched:
-        found.inside[k], found.outside[k] = 0, set()
-    query = select(*picks).where(where).execution_options(yield_per=_BATCH)
-    for row in conn.execute(query):
-        values = row[:n]
-        if tenant is not None:
-            found.in_tenant += row[n]
-        for i, k, ids in watched:
-            if values[i] is not None:
-                if values[i] in ids:
-                    found.inside[k] += 1
+    """One pass over the rows matching ``where``: a digest per variant of the columns, the rows
+    in ``tenant``, and for each watched key column how many values are in its id table."""
+    dialect = conn.dialect.name
+    base = {c.name: text_of(c, dialect) for c in hashed_columns(table, everything)}
+    exprs = [[v.get(name, e) for name, e in base.items()] for v in variants]
+    home = case((table.c[TENANT] == tenant, 1), else_=0) if tenant is not None else None
+    if dialect == "postgresql":
+        return _scan_in_sql(conn, table, where, exprs, home, watch or {})
+    return _scan_in_python(conn, where, exprs, home, watch or {}, list(base))
+
+
+def _scan_in_python(
+    conn: Connection,
+    where: ColumnElement[bool],
+    exprs: list[list[ColumnElement[Any]]],
+    home: ColumnElement[Any] | None,
+    watch: Mapping[str, Table | None],
+    names: list[str],
+) -> Scan:
+    width = len(names)
+    picks = [e.label(f"v{i}") for i, e in enumerate(x for group in exprs for x in group)]
+    found = Scan([Digest() for _ in exprs])
+    watched = []
+    for col, tmp in watch.items():
+        ids = set(conn.scalars(select(tmp.c.id))) if tmp is not None else set()
+        watched.append((names.index(col), col, ids))
+        found.inside[col], found.outside[col] = 0, set()
+    query = select(*picks, *([home] if home is not None else [])).where(where)
+    for row in conn.execute(query.execution_options(yield_per=_BATCH)):
+        for k, dig in enumerate(found.digests):
+            dig.add(row[k * width : (k + 1) * width])
+        if home is not None:
+            found.in_tenant += row[-1]
+        for i, col, ids in watched:
+            if row[i] is not None:
+                if row[i] in ids:
+                    found.inside[col] += 1
                 else:
-                    found.outside[k].add(values[i])
-        for dig, fn in zip(found.digests, transforms, strict=True):
-            dig.add(values if fn is None else fn(dict(zip(names, values, strict=True))).values())
+                    found.outside[col].add(row[i])
     return found
+
+
+def _scan_in_sql(
+    conn: Connection,
+    table: Table,
+    where: ColumnElement[bool],
+    exprs: list[list[ColumnElement[Any]]],
+    home: ColumnElement[Any] | None,
+    watch: Mapping[str, Table | None],
+) -> Scan:
+    """PostgreSQL hashes and sums the rows itself: nothing but the totals crosses the wire."""
+    sums = [func.coalesce(func.sum(_pg_row_hash(group)), 0) for group in exprs]
+    if home is not None:
+        sums.append(func.coalesce(func.sum(home), 0))
+    keys = list(watch.items())
+    for col, tmp in keys:
+        moved_key = table.c[col].in_(select(tmp.c.id)) if tmp is not None else sa.false()
+        sums.append(func.coalesce(func.sum(case((moved_key, 1), else_=0)), 0))
+    row = conn.execute(select(func.count(), *sums).where(where)).one()
+    found = Scan([Digest() for _ in exprs])
+    for k, dig in enumerate(found.digests):
+        dig.rows, dig.total = int(row[0]), int(row[1 + k])
+    rest = list(row[1 + len(exprs) :])
+    if home is not None:
+        found.in_tenant = int(rest.pop(0))
+    for (col, tmp), inside in zip(keys, rest, strict=True):
+        found.inside[col] = int(inside)
+        key = table.c[col]
+        loose = select(key).distinct().where(where, key.is_not(None))
+        if tmp is not None:
+            loose = loose.where(~select(tmp.c.id).where(tmp.c.id == key).exists())
+        found.outside[col] = {str(v) for v in conn.scalars(loose)}
+    return found
+
+
+def _pg_row_hash(values: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
+    """The first 64 bits of the md5 of a row's text, as a bigint (summed as numeric)."""
+    line = func.concat_ws(func.chr(31), *[func.coalesce(v, "\x1eN") for v in values])
+    bits = cast(func.concat("x", func.substr(func.md5(line), 1, 16)), BIT(64))
+    return cast(cast(bits, sa.BigInteger), sa.Numeric)
 
 
 def digest(conn: Connection, table: Table, where: ColumnElement[bool], **kw: Any) -> Digest:
@@ -478,7 +482,7 @@ def _rename_to(
     conn: Connection, schema: Schema, members: Members, c: Clash, target_id: str, suffix: str
 ) -> tuple[str | None, str | None]:
     t = schema.tables[c.table]
-    text_cols = [col for col in c.columns if isinstance(t.c[col].type, String)]
+    text_cols = [col for col in c.columns if isinstance(t.c[col].type, sa.String)]
     if not text_cols:
         return None, None
     column = text_cols[-1]
@@ -516,79 +520,15 @@ def find_references(
     return tuple(refs)
 
 
-def resolve_conflicts(plan: MigrationPlan, on_conflict: str) -> tuple[Resolution, ...]:
-    """The resolution of each conflict under a policy; :class:`MigrationConflict` if any is left."""
-    if on_conflict not in POLICIES:
-        raise ConfigError(
-            f"unknown conflict policy {on_conflict!r}", hint=f"choose one of {', '.join(POLICIES)}"
-        )
-    problems = [f"{r.describe()} is NOT NULL" for r in plan.references if not r.nullable]
-    merged: dict[tuple[str, str], str] = {}
-    chosen: list[Resolution] = []
-    for c in plan.conflicts:
-        found = _resolve_one(c, on_conflict, merged)
-        if isinstance(found, str):
-            problems.append(found)
-        else:
-            chosen.append(found)
-    if problems:
-        raise MigrationConflict(
-            f"cannot move project {plan.project!r} to {plan.target}: " + "; ".join(problems),
-            hint="nothing was written; choose --on-conflict rename or merge, "
-            "or empty the target rows",
-        )
-    return tuple(chosen)
-
-
-def _resolve_one(c: Conflict, policy: str, merged: dict[tuple[str, str], str]) -> Resolution | str:
-    if c.removable:
-        return Resolution("remove", c.table, c.source_id, c.target_id)
-    if policy == "rename" and c.rename_to is not None:
-        return Resolution("rename", c.table, c.source_id, c.target_id, c.rename_column, c.rename_to)
-    if policy == "merge" and _mergeable(c, merged):
-        merged[(c.table, c.source_id)] = c.target_id
-        return Resolution("merge", c.table, c.source_id, c.target_id)
-    why = f"{c.describe()} exists in the target as row {c.target_id} with {c.dependents} dependents"
-    if policy == "rename":
-        why += " (renaming is impossible: no free text key)"
-    elif policy == "merge":
-        why += " (merge is not meaningful here: its parent is not merged)"
-    return why
-
-
-def _mergeable(c: Conflict, merged: Mapping[tuple[str, str], str]) -> bool:
-    if not c.container:
-        return False
-    if c.table == ROOT:
-        return True
-    linked = [(table, mine, theirs) for _col, table, mine, theirs in c.parents if mine]
-    return bool(linked) and all(merged.get((t, mine)) == theirs for t, mine, theirs in linked)
-
-
 @contextmanager
-def read_snapshot(engine: Engine) -> Iterator[Connection]:
+def read_snapshot(engine: sa.Engine) -> Iterator[Connection]:
     """A read-only, consistent view (REPEATABLE READ on PostgreSQL); always rolled back."""
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         trans = conn.begin()
         try:
+            utc(conn)
             yield conn
         finally:
             trans.rollback()
-
-
-def plan_in_snapshot(
-    store: Store, project: str, source: str, target: str, *, suffix: str | None = None
-) -> MigrationPlan:
-    """:func:`survey` in a read-only snapshot of the store."""
-    with read_snapshot(store.engine) as conn:
-        return survey(conn, project, source, target, suffix=suffix)
-
-
-def full_checksums(store: Store, tables: Sequence[str] | None = None) -> dict[str, str]:
-    """Checksum of every row and column of each table (all tables by default)."""
-    with read_snapshot(store.engine) as conn:
-        live = live_tables(conn)
-        names = sorted(live) if tables is None else list(tables)
-        return {n: digest(conn, live[n], true(), everything=True).hex for n in names}

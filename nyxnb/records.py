@@ -74,10 +74,25 @@ def attempt_rows(
     ]
 
 
-def record_attempts(conn: Connection, attempts: Sequence[Attempt], **where: Any) -> None:
-    """Insert one ``llm_calls`` row per attempt."""
+def record_attempts(
+    conn: Connection, step: dict[str, Any], attempts: Sequence[Attempt], item_idx: int | None
+) -> None:
+    """Insert one ``llm_calls`` row per attempt made for a step (or one of its items)."""
     if attempts:
-        conn.execute(_INSERT_CALLS, attempt_rows(attempts, **where))
+        conn.execute(_INSERT_CALLS, step_attempt_rows(step, attempts, item_idx))
+
+
+def step_attempt_rows(
+    step: dict[str, Any], attempts: Sequence[Attempt], item_idx: int | None
+) -> list[dict[str, Any]]:
+    """``llm_calls`` rows for attempts made for a step (or one of its items)."""
+    return attempt_rows(
+        attempts,
+        tenant_id=step["tenant_id"],
+        workflow_id=step["workflow_id"],
+        step_id=step["id"],
+        item_idx=item_idx,
+    )
 
 
 def _remember(conn: Connection, result: ChainResult) -> None:
@@ -109,14 +124,7 @@ def complete_step(
         raise ValueError("a completed step needs an output")
     with store.engine.begin() as conn:
         if result is not None:
-            record_attempts(
-                conn,
-                result.attempts,
-                tenant_id=step["tenant_id"],
-                workflow_id=step["workflow_id"],
-                step_id=step["id"],
-                item_idx=None,
-            )
+            record_attempts(conn, step, result.attempts, None)
             _remember(conn, result)
         conn.execute(
             update(STEPS)
@@ -144,14 +152,7 @@ def fail_step(
 ) -> None:
     """Mark a step failed (and record the attempts that failed)."""
     with store.engine.begin() as conn:
-        record_attempts(
-            conn,
-            attempts,
-            tenant_id=step["tenant_id"],
-            workflow_id=step["workflow_id"],
-            step_id=step["id"],
-            item_idx=item_idx,
-        )
+        record_attempts(conn, step, attempts, item_idx)
         conn.execute(
             update(STEPS)
             .where(STEPS.c.id == step["id"])
@@ -170,13 +171,7 @@ class ItemRows:
 
 def item_rows(step: dict[str, Any], idx: int, output: str, result: ChainResult) -> ItemRows:
     """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
-    calls = attempt_rows(
-        result.attempts,
-        tenant_id=step["tenant_id"],
-        workflow_id=step["workflow_id"],
-        step_id=step["id"],
-        item_idx=idx,
-    )
+    calls = step_attempt_rows(step, result.attempts, idx)
     key = result.cache_key
     entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
     update_params = {
@@ -213,14 +208,7 @@ def fail_item(
 ) -> None:
     """Mark one fan-out item failed and record its attempts."""
     with store.engine.begin() as conn:
-        record_attempts(
-            conn,
-            attempts,
-            tenant_id=step["tenant_id"],
-            workflow_id=step["workflow_id"],
-            step_id=step["id"],
-            item_idx=idx,
-        )
+        record_attempts(conn, step, attempts, idx)
         conn.execute(
             update(ITEMS)
             .where(ITEMS.c.step_id == step["id"], ITEMS.c.idx == idx)

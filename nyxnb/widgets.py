@@ -5,8 +5,7 @@
     WorkflowProgress.attach(store, workflow_id)           # a run elsewhere, or after a restart
     progress = WorkflowProgress.start(spec, tenant="nyx", project="BRbase", store=store)
 
-A kernel serves one request at a time, so the Pause button of a cell blocked in ``nyxnb.run`` is
-only served after the cell ends: ``start`` (a background run) and ``attach`` keep the kernel free.
+A kernel serves one request at a time: Pause works while a cell runs ``start`` or ``attach``.
 
 The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and nbval
@@ -26,12 +25,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import create_engine, select
-from sqlalchemy.pool import NullPool
+from sqlalchemy import select
 
 from . import api
 from . import events as ev
 from .errors import NyxError
+from .inspect import reader
 from .models import LlmCall, WorkflowStep
 from .progress import TextProgress
 from .report import workflow_summary
@@ -163,16 +162,23 @@ class ProgressState:
             row.provider = e.to_provider or row.provider
         return row
 
-    def load(self, summary: dict[str, Any], extras: dict[int, tuple[str, str | None]]) -> None:
-        """Replace the state with a :func:`nyxnb.report.workflow_summary` of the store."""
+    def load(self, summary: dict[str, Any], extras: dict[int, Any], merge: bool = False) -> None:
+        """Take a store summary as the state; ``merge`` (mid-run: events are newer) adds steps."""
         self.workflow_id, self.name = summary["id"], summary["name"]
-        self.status, self.error = summary["status"], summary.get("error")
-        self.steps, self.unattributed = {}, [0, 0, 0.0]
+        if not merge:
+            self.status, self.error = summary["status"], summary.get("error")
+            self.steps, self.unattributed = {}, [0, 0, 0.0]
         for data in summary["steps"]:
             row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
             row.heading, used = extras.get(row.order, ("", None))
             row.provider = None if row.type == "pattern-check" else used or row.provider
-            self.steps[row.order] = row
+            old = self.steps.get(row.order)
+            if old is None or old.name != row.name:
+                self.steps[row.order] = row
+            else:
+                old.heading = old.heading or row.heading
+        if merge:
+            return
         totals = summary.get("totals") or {}
         for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
             self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
@@ -203,15 +209,6 @@ def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | 
         rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
         heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
     return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
-
-
-def _reader(store: Store) -> Store:
-    """A store for polling: on SQLite, reads without ``BEGIN IMMEDIATE`` so the run never waits."""
-    db = store.url.database
-    if store.dialect != "sqlite" or not db or db == ":memory:":
-        return store
-    args = {"timeout": 30, "check_same_thread": False}
-    return Store(create_engine(store.url, poolclass=NullPool, connect_args=args))
 
 
 class _WidgetView:
@@ -267,6 +264,8 @@ class WorkflowProgress:
     ``widget`` forces widgets or text; ``stream`` is where text goes (stdout).
     """
 
+    interval_s = 0.1  # the shortest time between two redraws of the widgets
+
     def __init__(
         self,
         *,
@@ -274,11 +273,10 @@ class WorkflowProgress:
         tenant: str | None = None,
         display: bool = True,
         widget: bool | None = None,
-        interval_s: float = 0.1,
         stream: Any = None,
     ) -> None:
         self.store = store if isinstance(store, Store) or store is None else open_store(store)
-        self.tenant, self.interval_s, self.state = tenant, interval_s, ProgressState()
+        self.tenant, self.state = tenant, ProgressState()
         self.widget = live_frontend() if widget is None else widget
         self._lock = threading.RLock()
         self._dirty, self._last_flush = set[int](), 0.0
@@ -303,6 +301,8 @@ class WorkflowProgress:
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
+        except NyxError:  # not the run's store: the events alone will do
+            self._store_ok = False
         except Exception:  # a progress view must never break the run it shows
             if not self._failed:
                 log.exception("WorkflowProgress: cannot show the run")
@@ -317,7 +317,7 @@ class WorkflowProgress:
         if self._text is not None:
             self._text(event)
         if final or (new and self._view is not None):  # all steps (some appear mid-run), totals
-            self._sync_from_store()
+            self._sync_from_store(merge=not final)
         if self._view is not None:
             ongoing = isinstance(event, ev.FanOutProgress) and event.completed < event.fan_out_total
             self._schedule(not ongoing, final)
@@ -334,7 +334,7 @@ class WorkflowProgress:
     def _flush(self, final: bool = False) -> None:
         self._guard(self._redraw, final)
 
-    def _redraw(self, final: bool) -> None:
+    def _redraw(self, final: bool) -> None:  # under the lock: events, timers and reads all draw
         with self._lock:
             self._timer, self._last_flush = None, time.monotonic()
             dirty, self._dirty = self._dirty, set()
@@ -343,15 +343,9 @@ class WorkflowProgress:
             if final or self.state.status not in ACTIVE:
                 self._update_display()
 
-    def _sync_from_store(self) -> None:
+    def _sync_from_store(self, merge: bool) -> None:
         if self._store_ok:  # off the engine's thread: the run never waits for the view's reads
-            self._pending = _SYNCS.submit(self._sync)
-
-    def _sync(self) -> None:
-        try:
-            self.refresh(quiet=True, redraw=self._view is not None)
-        except NyxError:  # not the run's store: events alone will do
-            self._store_ok = False
+            self._pending = _SYNCS.submit(self._guard, self.refresh, self._view is not None, merge)
 
     # -- the store --------------------------------------------------------------------------
     @classmethod
@@ -365,9 +359,9 @@ class WorkflowProgress:
         wait: bool | None = None,
         **kw: Any,
     ) -> WorkflowProgress:
-        """Show a workflow from the store (finished, or running in another process), follow it.
+        """Show a workflow from the store, finished or running elsewhere, and follow it.
 
-        ``wait`` blocks until it stops running; by default text blocks, the widget polls.
+        ``wait``: block until it stops (default: in text mode; widgets poll in the background).
         """
         progress = cls(store=store if store is not None else open_store(), tenant=tenant, **kw)
         progress.state.workflow_id = workflow_id
@@ -379,30 +373,26 @@ class WorkflowProgress:
             progress.wait()
         return progress
 
-    def refresh(self, quiet: bool = False, redraw: bool = True) -> None:
-        """Reload the workflow's state from the store and redraw."""
+    def refresh(self, show: bool = True, merge: bool = False) -> None:
+        """Reload the workflow's state from the store (see :meth:`ProgressState.load`), show it."""
         if self._reader is None:
             self.store = self.store or open_store()
-            self._reader = _reader(self.store)
+            self._reader = reader(self.store)
         st, workflow_id = self._reader, self.state.workflow_id
         tenant_id = st.find_tenant(self.tenant).id if self.tenant else None
         summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
         extras = _store_extras(st, workflow_id)
         with self._lock:
             before = self.state.table()
-            self.state.load(summary, extras)
+            self.state.load(summary, extras, merge)
             changed = before != self.state.table()
             self._dirty.update(self.state.steps)
-        if self._text is not None and not quiet and changed:
-            self._print_text(self._text.stream)
-        elif self._view is not None and redraw:
-            self._flush(final=self.state.status not in ACTIVE)
-
-    def _print_text(self, stream: Any) -> None:
         now, full = time.monotonic(), not self._printed or self.state.status not in ACTIVE
-        if full or now - self._last_flush >= 2.0:
-            print(self.state.table() if full else self.state.headline(), file=stream)
-            self._printed, self._last_flush = True, now
+        if show and self._text is not None and changed and (full or now - self._last_flush > 2):
+            print(self.state.table() if full else self.state.headline(), file=self._text.stream)
+            self._printed, self._last_flush = True, now  # the table, then a line every 2 s
+        elif show and self._view is not None:
+            self._flush(final=self.state.status not in ACTIVE)
 
     def _poll(self, every_s: float) -> None:
         started = time.monotonic()
@@ -502,9 +492,6 @@ class WorkflowProgress:
             self._show()
         else:
             print(self.summary())
-
-    def __repr__(self) -> str:
-        return f"<WorkflowProgress {self.state.headline().splitlines()[0]}>"
 
 
 __all__ = ["ProgressState", "StepRow", "WorkflowProgress", "live_frontend"]

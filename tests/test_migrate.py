@@ -393,7 +393,7 @@ def test_original_case_brbase_from_nyx_to_clarait(store):
     assert checksums(store) == before
 
 
-# --- CLI -------------------------------------------------------------------------------------
+# --- CLI: a thin layer over the API tested on both backends above, so SQLite is enough ----
 
 
 def run_cli(store: Store, *args: str) -> Any:
@@ -407,7 +407,15 @@ def run_cli(store: Store, *args: str) -> Any:
     return CliRunner().invoke(cli, list(args), obj={"db": url, "json": False})
 
 
-def test_cli_dry_run_apply_and_reverse(store, world, tmp_path):
+@pytest.fixture
+def cli_world(sqlite_store: Store) -> SimpleNamespace:
+    world = build_world(sqlite_store)
+    world.store = sqlite_store
+    return world
+
+
+def test_cli_dry_run_apply_and_reverse(cli_world, tmp_path):
+    store = cli_world.store
     before = table_checksums(store)
     dry = run_cli(store, "migrate", "BRbase", "--from", "nyx", "--to", "clarait")
     assert dry.exit_code == 0, dry.output
@@ -434,23 +442,26 @@ def test_cli_dry_run_apply_and_reverse(store, world, tmp_path):
         (["BRbase", "--from", "nyx", "--to", "nyx"], "source and target tenant are both"),
         (["BRbase", "--from", "nyx"], "missing --to"),
         (["--reverse", "nope"], "tenant move 'nope' not found"),
+        (["--plan", "/no/such/plan.json"], "cannot read plan"),
     ],
 )
-def test_cli_errors_are_one_line(store, world, args, message):
-    before = table_checksums(store)
-    result = run_cli(store, "migrate", *args, "--apply")
+def test_cli_errors_are_one_line(cli_world, args, message):
+    before = table_checksums(cli_world.store)
+    result = run_cli(cli_world.store, "migrate", *args, "--apply")
     assert result.exit_code == 1
     assert message in result.output and len(result.output.strip().splitlines()) == 1
-    assert table_checksums(store) == before
+    assert table_checksums(cli_world.store) == before
 
 
-def test_cli_stale_plan_and_conflict(store, world, tmp_path):
+def test_cli_stale_plan_and_conflict(cli_world, tmp_path):
+    store = cli_world.store
     saved = tmp_path / "plan.json"
     saved.write_text(plan_migration(store, "BRbase", "nyx", "clarait").to_json())
-    _fill_duplicate(store, world)
+    _fill_duplicate(store, cli_world)
     before = table_checksums(store)
     stale = run_cli(store, "migrate", "--plan", str(saved), "--apply")
     assert stale.exit_code == 1 and "changed since the plan" in stale.output
+    assert len(stale.output.strip().splitlines()) == 1
     refused = run_cli(store, "migrate", "BRbase", "--from", "nyx", "--to", "clarait", "--apply")
     assert refused.exit_code == 1 and "--on-conflict" in refused.output
     assert len(refused.output.strip().splitlines()) == 1

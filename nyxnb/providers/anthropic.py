@@ -6,7 +6,6 @@ SDK).  SDK retries are off: the fallback chain owns retries.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import anthropic
@@ -14,7 +13,7 @@ from anthropic.types import Message as SdkMessage
 
 from ..errors import ProviderError
 from .base import STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL, Completion, CompletionRequest, Provider
-from .classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+from .classify import HttpFailure, sdk_error
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -30,22 +29,15 @@ class AnthropicProvider(Provider):
     key_env = ("ANTHROPIC_API_KEY",)
     default_model = "claude-haiku-4-5"
 
-    _client: anthropic.AsyncAnthropic | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    def _sdk(self) -> anthropic.AsyncAnthropic:
-        """The SDK client, created on first use (again if the event loop changed)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
-            )
-            self._loop = loop
-        return self._client
+    def make_client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client; its own retries are off (the fallback chain owns retries)."""
+        return anthropic.AsyncAnthropic(
+            api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one Messages API request and normalise the answer."""
-        client = self._sdk()
+        client = self.client()
         model = self.model_for(request)
         try:
             message = await client.messages.create(**_params(request, model))
@@ -53,20 +45,10 @@ class AnthropicProvider(Provider):
             raise self._error(exc, client.api_key) from exc
         return _completion(message, model, self.name)
 
-    def _error(self, exc: anthropic.AnthropicError, key: str | None) -> ProviderError:
+    def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
-        if isinstance(exc, anthropic.APIStatusError):
-            return http_error(self.name, _failure(exc), secret=key)
-        kind = TIMEOUT if isinstance(exc, anthropic.APITimeoutError) else CONNECTION
-        if not isinstance(exc, anthropic.APIConnectionError):
-            kind = "server"  # response validation and other SDK-side failures
-        return make_error(self.name, kind, str(exc), secret=key)
-
-    async def aclose(self) -> None:
-        """Close the SDK client's connection pool."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        failure = _failure(exc) if isinstance(exc, anthropic.APIStatusError) else None
+        return sdk_error(self.name, anthropic, exc, failure, key)
 
 
 def _params(request: CompletionRequest, model: str) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -84,6 +85,27 @@ class Provider(ABC):
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
         self.options = options or self.Options()
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> Any:
+        """The SDK client, made on first use and again if the event loop changed.
+
+        Kept referenced on purpose: google-genai closes a temporary client before its request.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = self.make_client()
+            self._client_loop = loop
+        return self._client
+
+    def make_client(self) -> Any:
+        """Build the SDK client (providers over an SDK override this)."""
+        raise NotImplementedError(f"{type(self).__name__} has no SDK client")
+
+    async def close_client(self, client: Any) -> None:
+        """Close an SDK client made by :meth:`make_client`."""
+        await client.close()
 
     def api_key(self) -> str:
         """The key from the environment, or :class:`MissingKey` naming the variables to set."""
@@ -112,5 +134,8 @@ class Provider(ABC):
             The answer text, normalised stop reason and token usage.
         """
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    async def aclose(self) -> None:
         """Release the SDK client, if any."""
+        client, self._client = self._client, None
+        if client is not None:
+            await self.close_client(client)

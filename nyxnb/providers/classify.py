@@ -227,3 +227,22 @@ def http_error(provider: str, failure: HttpFailure, *, secret: str | None = None
     delay = retry_after(failure) if kind in ("rate_limited", "overloaded", "server") else None
     message = f"HTTP {failure.status}: {failure.message or failure.error_type or 'error'}"
     return make_error(provider, kind, message, secret=secret, retry_after=delay)
+
+
+def sdk_error(
+    provider: str, sdk: Any, exc: BaseException, failure: HttpFailure | None, key: str | None
+) -> ProviderError:
+    """Map an exception of a Stainless-generated SDK (``anthropic``, ``openai``).
+
+    Both SDKs share one exception tree: ``APIStatusError`` (an HTTP answer, described by
+    ``failure``), ``APITimeoutError`` and ``APIConnectionError``; anything else is SDK-side.
+    """
+    if failure is not None and isinstance(exc, sdk.APIStatusError):
+        return http_error(provider, failure, secret=key)
+    if isinstance(exc, sdk.APITimeoutError):
+        kind = TIMEOUT
+    elif isinstance(exc, sdk.APIConnectionError):
+        kind = CONNECTION
+    else:
+        kind = "server"  # response validation and other SDK-side failures
+    return make_error(provider, kind, str(exc), secret=key)

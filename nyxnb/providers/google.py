@@ -8,7 +8,6 @@ chain owns retries.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Mapping
 from functools import cache
@@ -45,26 +44,17 @@ class GoogleProvider(Provider):
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     default_model = "gemini-2.5-flash"
 
-    # The Client must stay referenced: a temporary one is closed before its request is sent.
-    _client: genai.Client | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
     _key = ""
 
-    def _sdk(self) -> genai.Client:
-        """The SDK client, created on first use (again if the event loop changed)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            timeout_ms = max(1, round(self.options.timeout_s * 1000))
-            self._key = self.api_key()
-            self._client = genai.Client(
-                api_key=self._key, http_options=types.HttpOptions(timeout=timeout_ms)
-            )
-            self._loop = loop
-        return self._client
+    def make_client(self) -> genai.Client:
+        """The SDK client (google-genai does not retry unless told to; its timeout is in ms)."""
+        timeout_ms = max(1, round(self.options.timeout_s * 1000))
+        self._key = self.api_key()
+        return genai.Client(api_key=self._key, http_options=types.HttpOptions(timeout=timeout_ms))
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one generateContent request and normalise the answer."""
-        client = self._sdk()
+        client: genai.Client = self.client()
         model = self.model_for(request)
         try:
             response = await client.aio.models.generate_content(
@@ -90,12 +80,10 @@ class GoogleProvider(Provider):
             return make_error(self.name, CONNECTION, str(exc) or "connection failed", secret=key)
         return None
 
-    async def aclose(self) -> None:
+    async def close_client(self, client: genai.Client) -> None:
         """Close the SDK client's connection pools."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aio.aclose()
-            client.close()
+        await client.aio.aclose()
+        client.close()
 
 
 def _contents(request: CompletionRequest) -> list[types.Content]:

@@ -7,7 +7,6 @@ Ollama, vLLM or llama.cpp.  SDK retries are off: the fallback chain owns retries
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 import openai
@@ -23,7 +22,7 @@ from .base import (
     Provider,
     ProviderOptions,
 )
-from .classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+from .classify import HttpFailure, sdk_error
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 
@@ -42,22 +41,15 @@ class OpenAIProvider(Provider):
     default_model = "gpt-4o-mini"
     Options = OpenAIOptions
 
-    _client: openai.AsyncOpenAI | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    def _sdk(self) -> openai.AsyncOpenAI:
-        """The SDK client, created on first use (again if the event loop changed)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = openai.AsyncOpenAI(
-                api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
-            )
-            self._loop = loop
-        return self._client
+    def make_client(self) -> openai.AsyncOpenAI:
+        """The SDK client; its own retries are off (the fallback chain owns retries)."""
+        return openai.AsyncOpenAI(
+            api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one Chat Completions request and normalise the answer."""
-        client = self._sdk()
+        client = self.client()
         model = self.model_for(request)
         opts: OpenAIOptions = self.options  # type: ignore[assignment]
         try:
@@ -68,20 +60,10 @@ class OpenAIProvider(Provider):
             raise self._error(exc, client.api_key) from exc
         return _completion(response, model, self.name)
 
-    def _error(self, exc: openai.OpenAIError, key: str | None) -> ProviderError:
+    def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
-        if isinstance(exc, openai.APIStatusError):
-            return http_error(self.name, _failure(exc), secret=key)
-        kind = TIMEOUT if isinstance(exc, openai.APITimeoutError) else CONNECTION
-        if not isinstance(exc, openai.APIConnectionError):
-            kind = "server"  # response validation and other SDK-side failures
-        return make_error(self.name, kind, str(exc), secret=key)
-
-    async def aclose(self) -> None:
-        """Close the SDK client's connection pool."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        failure = _failure(exc) if isinstance(exc, openai.APIStatusError) else None
+        return sdk_error(self.name, openai, exc, failure, key)
 
 
 def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> dict[str, Any]:
