@@ -45,7 +45,7 @@ _SECRET_WORDS = {
     "auth",
     "bearer",
 }
-_SECRET_VALUES = [
+SECRET_PATTERNS = [
     ("an API key (sk-...)", re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}")),
     ("a Google API key (AIza...)", re.compile(r"AIza[0-9A-Za-z_\-]{20,}")),
     (
@@ -107,7 +107,7 @@ def _why_secret(value: Any, env_secrets: set[str]) -> str | None:
         return None
     if any(secret in value for secret in env_secrets):
         return "the value of a key in the environment"
-    return next((why for why, rx in _SECRET_VALUES if rx.search(value)), None)
+    return next((why for why, rx in SECRET_PATTERNS if rx.search(value)), None)
 
 
 def check_parameters(params: Mapping[str, Any]) -> None:

@@ -252,10 +252,10 @@ def cost_by(
 # -- plots -----------------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, constrained: bool = True) -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout="constrained" if constrained else None)
 
 
 def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) -> Figure:
@@ -324,44 +324,52 @@ def plot_cost(store: StoreArg, workflow_id: str | None = None) -> Figure:
     return fig
 
 
+def step_context(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
+    """Per step order: an implementation prompt's feature, and the provider that answered last."""
+    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config)
+    used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
+    used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
+    with store.engine.connect() as conn:
+        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).all())
+        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
+        heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
+    return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
+
+
 def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
-    """A picture of a run: a bar per step coloured by status, with items, provider and tokens."""
-    steps = steps_df(store, workflow_id)
-    summary = workflow_summary(_store(store), workflow_id, with_items=False)
-    fig = _figure(10, 0.8 + 0.3 * max(len(steps), 1))
-    ax = fig.add_subplot()
-    for i, row in enumerate(steps.itertuples()):
-        done = (
-            row.items_done / row.items_total
-            if row.items_total
-            else float(row.status == "completed")
-        )
-        color = _STATUS_COLORS.get(str(row.status), "#757575")
-        ax.barh(i, 1.0, color="#eeeeee")
-        ax.barh(i, done, color=color)
-        items = f"{row.items_done}/{row.items_total}  " if row.items_total else ""
-        provider = None if row.type == "pattern-check" else row.provider
-        who = " · ".join(str(x) for x in (row.type, row.persona, provider) if isinstance(x, str))
-        ax.text(
-            1.02,
-            i,
-            f"{row.status:<9} {items}{who}  {row.input_tokens}+{row.output_tokens} tok",
-            va="center",
-            fontsize=8,
-        )
-    ax.set_yticks(
-        range(len(steps)),
-        [f"{o + 1}. {n}" for o, n in zip(steps["order"], steps["name"], strict=True)],
-    )
-    ax.invert_yaxis()
-    ax.set_xlim(0, 2.1)
-    ax.set_xticks([])
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
-    t = summary["totals"]
-    ax.set_title(
-        f"{summary['name']} — {summary['status']} — {t.get('input_tokens', 0)}+"
-        f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}",
-        loc="left",
-    )
+    """The run as the progress widget shows it: a row per step, its status, a bar, the item."""
+    from matplotlib.patches import Rectangle
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, with_items=False)
+    context, steps = step_context(st, workflow_id), summary["steps"]
+    fig = _figure(11.5, 0.75 + 0.3 * (len(steps) + 1), constrained=False)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_xlim(0, 100)
+    ax.set_ylim(len(steps) + 2.1, -0.1)
+    t, done = summary["totals"], sum(s["status"] == "completed" for s in steps)
+    head = (f"{summary['name']}: {summary['status']}, {done}/{len(steps)} steps, "
+            f"{t.get('input_tokens') or 0}+{t.get('output_tokens') or 0} tokens, "
+            f"${float(t.get('cost_usd') or 0):.4f}")  # fmt: skip
+    ax.text(1, 0.5, head, weight="bold", va="center", fontsize=10)
+    cols = {"#": 1, "step": 3.5, "type": 17, "persona": 31, "provider": 42, "status": 51,
+            "items": 76.5, "current": 83}  # fmt: skip
+    for name, x in cols.items():
+        ax.text(x, 1.5, name, weight="bold", va="center", fontsize=9)
+    for i, s in enumerate(steps):
+        y, color = i + 2.5, _STATUS_COLORS.get(s["status"], "#757575")
+        heading, used = context.get(s["order"], ("", None))
+        provider = None if s["type"] == "pattern-check" else used or s["provider"]
+        total = s["items_total"]
+        items = f"{s['items_done']}/{total}" if total else ""
+        values = [str(s["order"] + 1), s["name"], s["type"], s["persona"] or "", provider or "",
+                  s["status"], items, heading[:28]]  # fmt: skip
+        for (name, x), value in zip(cols.items(), values, strict=True):
+            status = name == "status"
+            ax.text(x, y, value, va="center", fontsize=9, color=color if status else "black",
+                    weight="bold" if status else "normal")  # fmt: skip
+        share = s["items_done"] / total if total else float(s["status"] == "completed")
+        ax.add_patch(Rectangle((60, y - 0.3), 15, 0.6, color="#e0e0e0", linewidth=0))
+        ax.add_patch(Rectangle((60, y - 0.3), 15 * share, 0.6, color=color, linewidth=0))
     return fig

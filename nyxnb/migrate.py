@@ -420,12 +420,13 @@ def table_checksums(store: Store, tables: list[str] | None = None) -> dict[str, 
     """A content checksum of every row and column of each table (for before/after comparisons)."""
     from sqlalchemy import true
 
-    from .migrate_plan import digest, live_tables, read_snapshot
+    from .migrate_plan import digests, live_tables, read_snapshot
 
     with read_snapshot(store.engine) as conn:
         live = live_tables(conn)
         names = sorted(live) if tables is None else list(tables)
-        return {n: digest(conn, live[n], true(), everything=True).hex for n in names}
+        found = digests(conn, [(live[n], true()) for n in names], everything=True)
+        return {n: d.hex for n, d in zip(names, found, strict=True)}
 
 
 def canon(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from time import perf_counter
@@ -120,9 +120,11 @@ def _open(conn: Connection, plan: MigrationPlan) -> Txn:
     _lock(conn, schema)
     tx = Txn(conn, schema, plan, _id_tables(conn, schema))
     walk = Members(schema, plan.project_id, plan.source_id)
-    for name, tmp in tx.ids.items():
-        conn.execute(insert(tmp).from_select(["id"], walk.ids(name)))
-    _analyze(tx)
+    sizes = {
+        name: conn.execute(insert(tmp).from_select(["id"], walk.ids(name))).rowcount
+        for name, tmp in tx.ids.items()
+    }
+    _analyze(tx, sizes)
     try:  # the walk is cheaper than the id tables for a full pass (measured on SQLite)
         ids = (plan.project_id, plan.source_id, plan.target_id)
         fresh = survey(conn, *ids, suffix=plan.suffix, schema=schema)
@@ -147,16 +149,17 @@ def _lock(conn: Connection, schema: Schema) -> None:
     conn.exec_driver_sql(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE")
 
 
+_TEMP = sa.MetaData()  # one Table object per name and type: statements stay cacheable
+
+
 def _id_tables(conn: Connection, schema: Schema) -> dict[str, Table]:
-    meta, out = sa.MetaData(), {}
+    out = {}
     for i, (name, table) in enumerate(schema.tables.items()):
-        tmp = Table(
-            f"nyxnb_move_{i}",
-            meta,
-            sa.Column("id", table.c.id.type, primary_key=True),
-            prefixes=["TEMPORARY"],
-            postgresql_on_commit="DROP",
-        )
+        key = f"nyxnb_move_{i}_{type(table.c.id.type).__name__.lower()}"
+        tmp = _TEMP.tables.get(key)
+        if tmp is None:
+            tmp = Table(key, _TEMP, sa.Column("id", table.c.id.type, primary_key=True),
+                        prefixes=["TEMPORARY"], postgresql_on_commit="DROP")  # fmt: skip
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{tmp.name}")
         tmp.create(conn)
@@ -164,10 +167,11 @@ def _id_tables(conn: Connection, schema: Schema) -> dict[str, Table]:
     return out
 
 
-def _analyze(tx: Txn) -> None:
+def _analyze(tx: Txn, sizes: Mapping[str, int]) -> None:
     if tx.conn.dialect.name == "postgresql":  # temp tables have no statistics until analysed
-        for tmp in tx.ids.values():
-            tx.conn.exec_driver_sql(f"ANALYZE {tmp.name}")
+        for name, tmp in tx.ids.items():
+            if sizes.get(name, 0) > 1000:
+                tx.conn.exec_driver_sql(f"ANALYZE {tmp.name}")
 
 
 def _drop_id_tables(tx: Txn) -> None:
@@ -353,28 +357,38 @@ def _dangling(tx: Txn, tenant_id: str, scans: Mapping[str, Scan]) -> list[str]:
     """Keys from moved rows to rows outside the tenant, or to moved rows from outside it."""
     problems = []
     for e in (*tx.schema.edges, *tx.schema.outside):
-        c, p = tx.schema.live[e.child], tx.schema.live[e.parent]
+        p = tx.schema.live[e.parent]
         loose = sorted(scans[e.child].outside.get(e.column, ()))
         home = sa.or_(p.c[TENANT] == tenant_id, p.c[TENANT].is_(None))
         ok = sum(tx.count(p, p.c.id.in_(part), home) for part in _chunks(loose))
         if ok != len(loose):
             problems.append(f"{len(loose) - ok} {e.child}.{e.column} keys point outside the tenant")
-        inside = scans[e.child].inside.get(e.column, 0)
-        left = _outsiders(tx, e, inside, c.c[TENANT] != tenant_id)
-        if left:
-            problems.append(f"{left} {e.child} rows left behind reference moved {e.parent} rows")
+    for e, left in _outsiders(tx, scans, lambda c: c.c[TENANT] != tenant_id).items():
+        problems.append(f"{left} {e.child} rows left behind reference moved {e.parent} rows")
     return problems
 
 
-def _outsiders(tx: Txn, e: Edge, inside: int, which: ColumnElement[bool]) -> int:
-    """Rows that stay (and match ``which``) but reference a moved row through ``e``."""
-    if e.parent not in tx.ids:
-        return 0
-    c = tx.schema.live[e.child]
-    refs = c.c[e.column].in_(select(tx.ids[e.parent].c.id))
-    if tx.count(c, refs) == inside:  # every reference comes from a moved row: the usual sa.case
-        return 0
-    return tx.count(c, refs, which, tx.staying(e.child))
+def _outsiders(
+    tx: Txn, scans: Mapping[str, Scan], which: Callable[[Table], ColumnElement[bool]]
+) -> dict[Edge, int]:
+    """Per edge, rows that stay (and match ``which``) but reference a moved row."""
+    edges = [e for e in tx.schema.edges if e.parent in tx.ids]
+    refs = [_refs(tx, e) for e in edges]
+    totals = tx.conn.execute(select(*[
+        select(func.count()).select_from(tx.schema.live[e.child]).where(r).scalar_subquery()
+        for e, r in zip(edges, refs, strict=True)
+    ])).one()  # fmt: skip
+    out = {}
+    for e, r, total in zip(edges, refs, totals, strict=True):
+        if total != scans[e.child].inside.get(e.column, 0):  # not only moved rows refer
+            c = tx.schema.live[e.child]
+            n = tx.count(c, r, which(c), tx.staying(e.child))
+            out.update({e: n} if n else {})
+    return out
+
+
+def _refs(tx: Txn, e: Edge) -> ColumnElement[bool]:
+    return tx.schema.live[e.child].c[e.column].in_(select(tx.ids[e.parent].c.id))
 
 
 def _record_move(
@@ -463,7 +477,7 @@ def _load_ids(tx: Txn, moved_ids: Mapping[str, list[str]]) -> None:
     for name, ids in moved_ids.items():
         if ids:
             _insert_ids(tx.conn, tx.ids[name], ids)
-    _analyze(tx)
+    _analyze(tx, {name: len(ids) for name, ids in moved_ids.items()})
 
 
 def _insert_ids(conn: Connection, tmp: Table, ids: Sequence[str]) -> None:
@@ -488,11 +502,8 @@ def _check_reversible(tx: Txn, move_id: str, after: Mapping[str, str]) -> None:
             problems.append(f"{listed - now.in_tenant} {name} rows are gone or changed tenant")
         elif name in after and now.digests[0].hex != after[name]:
             problems.append(f"{name} rows were edited")
-    for e in tx.schema.edges:
-        inside = scans[e.child].inside.get(e.column, 0)
-        n = _outsiders(tx, e, inside, tx.schema.tables[e.child].c[TENANT] == target)
-        if n:
-            problems.append(f"{n} new {e.child} rows reference moved {e.parent} rows")
+    for e, n in _outsiders(tx, scans, lambda c: c.c[TENANT] == target).items():
+        problems.append(f"{n} new {e.child} rows reference moved {e.parent} rows")
     members = Members(tx.schema, tx.plan.project_id, target, tx.ids)
     for clash in collisions(tx.conn, tx.schema, members, tx.plan.source_id):
         problems.append(f"{clash.table} {clash.values} is taken again in {tx.plan.source}")

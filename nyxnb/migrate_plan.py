@@ -58,7 +58,7 @@ class Schema:
 
 def live_tables(conn: Connection) -> dict[str, Table]:
     """Every table in the database: nyxnb's own definitions, reflected ones for the rest."""
-    names = set(sa.inspect(conn).get_table_names())
+    names = set(sa.inspect(conn).get_table_names()) - {"alembic_version"}
     found = {n: t for n, t in Base.metadata.tables.items() if n in names}
     extra = sorted(names - found.keys())
     if extra:
@@ -270,13 +270,14 @@ def _scan_in_sql(
     watch: Mapping[str, Table | None],
 ) -> Scan:
     """PostgreSQL hashes and sums the rows itself: nothing but the totals crosses the wire."""
-    sums = [func.coalesce(func.sum(_pg_row_hash(group)), 0) for group in exprs]
+    sums: list[Any] = [func.coalesce(func.sum(_pg_row_hash(group)), 0) for group in exprs]
     if home is not None:
         sums.append(func.coalesce(func.sum(home), 0))
     keys = list(watch.items())
     for col, tmp in keys:
         moved_key = table.c[col].in_(select(tmp.c.id)) if tmp is not None else sa.false()
         sums.append(func.coalesce(func.sum(case((moved_key, 1), else_=0)), 0))
+        sums.append(func.count(table.c[col]))
     row = conn.execute(select(func.count(), *sums).where(where)).one()
     found = Scan([Digest() for _ in exprs])
     for k, dig in enumerate(found.digests):
@@ -284,8 +285,11 @@ def _scan_in_sql(
     rest = list(row[1 + len(exprs) :])
     if home is not None:
         found.in_tenant = int(rest.pop(0))
-    for (col, tmp), inside in zip(keys, rest, strict=True):
-        found.inside[col] = int(inside)
+    for i, (col, tmp) in enumerate(keys):
+        found.inside[col] = inside = int(rest[2 * i])
+        found.outside[col] = set()
+        if inside == rest[2 * i + 1]:  # every key points at a moved row
+            continue
         key = table.c[col]
         loose = select(key).distinct().where(where, key.is_not(None))
         if tmp is not None:
@@ -304,6 +308,23 @@ def _pg_row_hash(values: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
 def digest(conn: Connection, table: Table, where: ColumnElement[bool], **kw: Any) -> Digest:
     """The plain digest of the rows of ``table`` matching ``where``."""
     return scan(conn, table, where, **kw).digests[0]
+
+
+def digests(
+    conn: Connection, parts: Sequence[tuple[Table, ColumnElement[bool]]], everything: bool = False
+) -> list[Digest]:
+    """:func:`digest` of several tables; one round trip on PostgreSQL."""
+    if conn.dialect.name != "postgresql" or not parts:
+        return [digest(conn, t, where, everything=everything) for t, where in parts]
+    queries = []
+    for k, (t, where) in enumerate(parts):
+        row = [text_of(c, "postgresql") for c in hashed_columns(t, everything)]
+        total = func.coalesce(func.sum(_pg_row_hash(row)), 0)
+        queries.append(select(sa.literal(k).label("k"), func.count(), total).where(where))
+    out = [Digest() for _ in parts]
+    for k, rows, total in conn.execute(sa.union_all(*queries)):
+        out[k].rows, out[k].total = int(rows), int(total)
+    return out
 
 
 def find_tenant(conn: Connection, key: str) -> tuple[str, str]:
@@ -338,7 +359,6 @@ def survey(
     *,
     suffix: str | None = None,
     schema: Schema | None = None,
-    id_tables: Mapping[str, Table] | None = None,
 ) -> MigrationPlan:
     """Build the plan of moving ``project`` from ``source`` to ``target`` on ``conn``."""
     src_id, src = find_tenant(conn, source)
@@ -347,12 +367,11 @@ def survey(
         raise ConfigError(f"source and target tenant are both {src!r}", hint="pick another --to")
     schema = schema or discover_schema(conn)
     pid, pname = find_project(conn, project, src_id, src)
-    members = Members(schema, pid, src_id, id_tables)
+    members = Members(schema, pid, src_id)
     suffix = f"-{src}" if suffix is None else suffix
-    tables = []
-    for name, table in schema.tables.items():
-        dig = digest(conn, table, members.cond(name))
-        tables.append(TablePlan(name, dig.rows, dig.hex))
+    parts = [(table, members.cond(name)) for name, table in schema.tables.items()]
+    found = zip(schema.tables, digests(conn, parts), strict=True)
+    tables = [TablePlan(name, dig.rows, dig.hex) for name, dig in found]
     return MigrationPlan(
         project_id=pid,
         project=pname,
@@ -500,24 +519,29 @@ def _rename_to(
 def find_references(
     conn: Connection, schema: Schema, members: Members, source_id: str
 ) -> tuple[Reference, ...]:
-    """Foreign keys between moved rows and staying rows of the source tenant."""
-    refs: list[Reference] = []
-    for e in (*schema.edges, *schema.outside):
-        c, p = schema.live[e.child].alias("c"), schema.live[e.parent].alias("p")
-        base = select(c.c.id, c.c[e.column]).select_from(c.join(p, c.c[e.column] == p.c.id))
-        out = base.where(members.cond(e.child, c), p.c[TENANT] == source_id)
+    """Foreign keys between moved rows and staying rows of the source tenant (one query)."""
+    edges = [*schema.edges, *schema.outside]
+    queries = []
+    for k, e in enumerate(edges):
+        c, p = schema.live[e.child].alias(f"c{k}"), schema.live[e.parent].alias(f"p{k}")
+        joined = c.join(p, c.c[e.column] == p.c.id)
+        base = [c.c.id.label("row_id"), c.c[e.column].label("value")]
+        out = select(sa.literal(k).label("k"), sa.literal(1).label("moved"), *base)
+        out = out.select_from(joined).where(members.cond(e.child, c), p.c[TENANT] == source_id)
         if e.parent in schema.tables:
             out = out.where(members.excludes(e.parent, p, c.c[e.column]))
-        queries = [(out, True)]
+        queries.append(out)
         if e.child == e.parent:  # only a self-reference can point into the moved rows
             staying = and_(c.c[TENANT] == source_id, members.excludes(e.child, c))
-            queries.append((base.where(staying, members.cond(e.parent, p)), False))
-        for query, moved in queries:
-            for row_id, value in conn.execute(query.order_by(c.c.id)):
-                refs.append(
-                    Reference(e.child, e.column, str(row_id), str(value), moved, e.nullable)
-                )
-    return tuple(refs)
+            into = select(sa.literal(k), sa.literal(0), *base).select_from(joined)
+            queries.append(into.where(staying, members.cond(e.parent, p)))
+    if not queries:
+        return ()
+    found = conn.execute(sa.union_all(*queries).order_by("k", "moved", "row_id"))
+    return tuple(
+        Reference(edges[k].child, edges[k].column, str(i), str(v), bool(m), edges[k].nullable)
+        for k, m, i, v in found
+    )
 
 
 @contextmanager

@@ -25,13 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import select
-
 from . import api
 from . import events as ev
 from .errors import NyxError
-from .inspect import reader
-from .models import LlmCall, WorkflowStep
+from .inspect import reader, step_context
 from .progress import TextProgress
 from .report import workflow_summary
 from .store import Store, open_store
@@ -197,18 +194,6 @@ class ProgressState:
         widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
         lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
         return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
-
-
-def _store_extras(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
-    """Per step order: the implementation prompt's feature, and the provider that answered last."""
-    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config)
-    used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
-    used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
-    with store.engine.connect() as conn:
-        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).all())
-        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
-        heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
-    return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
 
 
 class _WidgetView:
@@ -381,7 +366,7 @@ class WorkflowProgress:
         st, workflow_id = self._reader, self.state.workflow_id
         tenant_id = st.find_tenant(self.tenant).id if self.tenant else None
         summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
-        extras = _store_extras(st, workflow_id)
+        extras = step_context(st, workflow_id)
         with self._lock:
             before = self.state.table()
             self.state.load(summary, extras, merge)

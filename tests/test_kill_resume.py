@@ -92,3 +92,24 @@ def test_kill_9_mid_fan_out_then_resume(store, store_url, tmp_path, trial):
     assert len(resumed_calls) == N_ITEMS - len(committed_before)
     with store.session() as s:
         assert s.get_one(Workflow, workflow_id).status == "completed"
+
+
+@pytest.mark.slow
+def test_two_processes_racing_to_resume_one_workflow(store, store_url, tmp_path):
+    """Both start `nyxnb resume WF` at once: one runs it, the other gets a clear lease error."""
+    seed(store)
+    spec = _spec(tmp_path)
+    workflow_id = nyxnb.create_workflow(store, spec, tenant="nyx", project="BRbase")
+    # 100 ms a call: the run lasts over a second, so the two starts always overlap it
+    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "100", "NYXNB_DB_URL": store_url}
+    cmd = [sys.executable, "-m", "nyxnb", "resume", workflow_id]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], outs
+    loser = outs[[p.returncode for p in procs].index(1)]
+    assert "is being run by" in loser[1] and "Traceback" not in loser[1]
+    assert len(loser[1].strip().splitlines()) == 1
+    done, calls, items = _fan_out_state(store, workflow_id)
+    assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))

@@ -141,7 +141,10 @@ def tenant_counts(store: Store, tenant_id: str) -> dict[str, int]:
 
 
 def test_plan_counts_conflicts_and_formats(store, world):
+    before = table_checksums(store)
     plan = plan_migration(store, "BRbase", "nyx", "clarait")
+    assert plan_migration(store, world.project, world.nyx, world.clarait) == plan
+    assert table_checksums(store) == before  # a dry run writes nothing
     assert plan.counts == EXPECTED
     assert [t.table for t in plan.tables][0] == "projects"
     assert {(c.table, c.removable) for c in plan.conflicts} == {
@@ -160,10 +163,6 @@ def test_plan_counts_conflicts_and_formats(store, world):
     assert [r.action for r in plan.resolve()] == ["remove", "remove"]
 
 
-def test_dry_run_writes_nothing(store, world):
-    before = table_checksums(store)
-    plan_migration(store, world.project, world.nyx, "clarait")
-    assert table_checksums(store) == before
 
 
 def test_apply_moves_everything_and_reverse_restores(store, world):
@@ -181,6 +180,8 @@ def test_apply_moves_everything_and_reverse_restores(store, world):
         assert s.get_one(m.Workflow, world.other_wf).tenant_id == world.nyx
     left = tenant_counts(store, world.nyx)
     assert all(left[t] == nyx_before[t] - EXPECTED[t] for t in TENANT_TABLES)
+    with pytest.raises(StalePlan, match="project 'BRbase' not found"):
+        apply_migration(store, plan)  # the same plan twice
     assert reverse_migration(store, move.move_id).action == "reverse"
     assert checksums(store) == before
     with store.session() as s:
