@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text, update
+from sqlalchemy import create_engine, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -80,18 +80,25 @@ def uid() -> str:
 def build(store: Store, n_insights: int) -> dict[str, str]:
     """Tenants src/dst, project P (with repo) in src and the empty duplicates in dst."""
     names = {k: uid() for k in ("src", "dst", "p", "r", "dup", "dup_repo")}
+    tenants = [{"id": names[k], "slug": k, "name": k.title()} for k in ("src", "dst")]
+    projects = [
+        {"id": names[p], "tenant_id": names[t], "name": "Big", "description": ""}
+        for p, t in (("p", "src"), ("dup", "dst"))
+    ]
+    repos = [
+        {
+            "id": names[r],
+            "tenant_id": names[t],
+            "project_id": names[p],
+            "owner": "big",
+            "repo": "Big",
+        }
+        for r, t, p in (("r", "src", "p"), ("dup_repo", "dst", "dup"))
+    ]
+    swap = {"src": names["src"], "p": names["p"], "r": names["r"]}
     with store.engine.begin() as conn:
-        conn.execute(insert(m.Tenant), [{"id": names["src"], "slug": "src", "name": "Source"},
-                                        {"id": names["dst"], "slug": "dst", "name": "Target"}])  # fmt: skip
-        conn.execute(insert(m.Project), [
-            {"id": names["p"], "tenant_id": names["src"], "name": "Big", "description": ""},
-            {"id": names["dup"], "tenant_id": names["dst"], "name": "Big", "description": ""}])  # fmt: skip
-        conn.execute(insert(m.Repository), [
-            {"id": names["r"], "tenant_id": names["src"], "project_id": names["p"],
-             "owner": "big", "repo": "Big"},
-            {"id": names["dup_repo"], "tenant_id": names["dst"], "project_id": names["dup"],
-             "owner": "big", "repo": "Big"}])  # fmt: skip
-        swap = {"src": names["src"], "p": names["p"], "r": names["r"]}
+        for model, rows in ((m.Tenant, tenants), (m.Project, projects), (m.Repository, repos)):
+            conn.execute(insert(model), rows)
         for model, rows in rows_for(n_insights).items():
             for row in rows:
                 for key in ("tenant_id", "project_id", "repository_id"):
@@ -113,8 +120,8 @@ def floor_seconds(store: Store, names: dict[str, str]) -> float:
         wf = m.Workflow.__table__
         steps = m.WorkflowStep.__table__
         in_wf = wf.c.project_id == names["p"]
-        wf_ids = wf.select().with_only_columns(wf.c.id).where(in_wf)
-        step_ids = steps.select().with_only_columns(steps.c.id).where(steps.c.workflow_id.in_(wf_ids))
+        wf_ids = select(wf.c.id).where(in_wf)
+        step_ids = select(steps.c.id).where(steps.c.workflow_id.in_(wf_ids))
         targets: list[tuple[Any, Any]] = [
             (m.WorkflowInsight.__table__, m.WorkflowInsight.__table__.c.project_id == names["p"]),
             (m.StepItem.__table__, m.StepItem.__table__.c.step_id.in_(step_ids)),

@@ -39,6 +39,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
     from .chain import RetryPolicy
+    from .clone import clone_workflow
+    from .migrate import MigrationPlan, apply_migration, plan_migration, reverse_migration
     from .spec import WorkflowSpec, load_spec
     from .store import Store, open_store
     from .workflows import RunOptions, create_workflow
@@ -54,6 +56,11 @@ _LAZY = {
     "run": "api",
     "run_iter": "api",
     "RetryPolicy": "chain",
+    "clone_workflow": "clone",
+    "MigrationPlan": "migrate",
+    "apply_migration": "migrate",
+    "plan_migration": "migrate",
+    "reverse_migration": "migrate",
     "WorkflowSpec": "spec",
     "load_spec": "spec",
     "Store": "store",
@@ -87,6 +94,7 @@ __all__ = [
     "LeaseHeld",
     "MigrationConflict",
     "MigrationError",
+    "MigrationPlan",
     "MissingKey",
     "NotFound",
     "NyxError",
@@ -108,14 +116,18 @@ __all__ = [
     "VerificationFailed",
     "WorkflowSpec",
     "__version__",
+    "apply_migration",
     "aresume",
     "arun",
+    "clone_workflow",
     "create_workflow",
     "load_spec",
     "open_store",
     "pause",
+    "plan_migration",
     "resume",
     "resume_iter",
+    "reverse_migration",
     "run",
     "run_iter",
 ]

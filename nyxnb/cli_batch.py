@@ -45,9 +45,10 @@ def batch(
     kernel_name: str | None,
     cell_timeout: float | None,
 ) -> None:
-    """Run NOTEBOOK (papermill) once per parameter set in FILE and print a table of results.
+    """Run a notebook once per parameter set (papermill); print a table.
 
-    Keys never go in FILE: they come from the environment, which each kernel inherits. The
+    Runs NOTEBOOK once per parameter set of FILE, keeps every executed notebook in --out (failed
+    ones with papermill's error banner) and prints one row per run.  Keys never go in FILE: they come from the environment, which each kernel inherits. The
     store is --db / NYXNB_DB_URL, passed to the kernels through the environment too. Exits 0
     only when every run succeeded.
     """

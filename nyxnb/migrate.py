@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 ROOT = "projects"
 POLICIES = ("abort", "rename", "merge")
-_MOD = 1 << 128
 
 
 @dataclass(frozen=True)
@@ -370,21 +369,21 @@ class Digest:
     """An order-free checksum: the sum of per-row sha256 prefixes modulo 2**128, and a count."""
 
     __slots__ = ("rows", "total")
+    MOD = 1 << 128
 
-    def __init__(self) -> None:
-        self.rows = 0
-        self.total = 0
+    def __init__(self, rows: int = 0, total: int = 0) -> None:
+        self.rows, self.total = rows, total
 
-    def add(self, values: Iterable[Any], sign: int = 1) -> None:
-        """Add (or with ``sign=-1`` remove) one row of text values."""
+    def add(self, values: Iterable[Any]) -> None:
+        """Add one row of text values."""
         line = "\x1f".join(["\x00" if v is None else str(v) for v in values])
-        self.total += sign * int.from_bytes(hashlib.sha256(line.encode()).digest()[:16], "big")
-        self.rows += sign
+        self.total += int.from_bytes(hashlib.sha256(line.encode()).digest()[:16], "big")
+        self.rows += 1
 
     @property
     def value(self) -> int:
         """The checksum as an integer."""
-        return self.total % _MOD
+        return self.total % self.MOD
 
     @property
     def hex(self) -> str:

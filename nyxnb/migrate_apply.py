@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .errors import MigrationError, NotFound, StalePlan, VerificationFailed
-from .migrate import _MOD, Digest, MigrationPlan, MoveResult, Resolution, dump_row, load_row
+from .migrate import Digest, MigrationPlan, MoveResult, Resolution, dump_row, load_row
 from .migrate_plan import (
     TENANT,
     Edge,
@@ -129,8 +129,10 @@ def _open(conn: Connection, plan: MigrationPlan) -> Txn:
         ids = (plan.project_id, plan.source_id, plan.target_id)
         fresh = survey(conn, *ids, suffix=plan.suffix, schema=schema)
     except NotFound as exc:
+        gone = f"project {plan.project!r} is no longer in tenant {plan.source} (moved already?)"
+        why = gone if exc.kind == "project" else exc.message
         raise StalePlan(
-            f"the plan is stale: {exc}", hint="nothing was written; plan again"
+            f"the plan is stale: {why}", hint="nothing was written; plan again"
         ) from None
     if fresh != plan:
         changes = "; ".join(plan.diff(fresh))
@@ -202,7 +204,7 @@ def _apply(tx: Txn, resolutions: Sequence[Resolution]) -> dict[str, Any]:
     expected = {}
     for tp in tx.plan.tables:
         less = minus.get(tp.table, Digest())
-        expected[tp.table] = (tp.rows - less.rows, (int(tp.checksum, 16) - less.total) % _MOD)
+        expected[tp.table] = (tp.rows - less.rows, (int(tp.checksum, 16) - less.total) % Digest.MOD)
     after = _verify(tx, tx.plan.target_id, expected, _inverse(tx, resolutions))
     return {
         "removed": removed,
@@ -258,10 +260,8 @@ def _merge(tx: Txn, merges: Sequence[Resolution]) -> tuple[list[dict[str, Any]],
         t = tx.schema.tables[r.table]
         row = tx.conn.execute(select(t).where(t.c.id == r.source_id)).one()
         merged.append({"table": r.table, "row": dump_row(t, row._mapping), "into": r.target_id})
-        less = digest(tx.conn, t, t.c.id == r.source_id)
-        minus.setdefault(r.table, Digest())
-        minus[r.table].rows += less.rows
-        minus[r.table].total += less.total
+        less, before = digest(tx.conn, t, t.c.id == r.source_id), minus.get(r.table, Digest())
+        minus[r.table] = Digest(before.rows + less.rows, before.total + less.total)
     for r in merges:
         for e in tx.schema.children(r.table):
             c = tx.schema.tables[e.child]

@@ -163,8 +163,6 @@ def test_plan_counts_conflicts_and_formats(store, world):
     assert [r.action for r in plan.resolve()] == ["remove", "remove"]
 
 
-
-
 def test_apply_moves_everything_and_reverse_restores(store, world):
     before = checksums(store)
     nyx_before = tenant_counts(store, world.nyx)
@@ -180,7 +178,7 @@ def test_apply_moves_everything_and_reverse_restores(store, world):
         assert s.get_one(m.Workflow, world.other_wf).tenant_id == world.nyx
     left = tenant_counts(store, world.nyx)
     assert all(left[t] == nyx_before[t] - EXPECTED[t] for t in TENANT_TABLES)
-    with pytest.raises(StalePlan, match="project 'BRbase' not found"):
+    with pytest.raises(StalePlan, match="'BRbase' is no longer in tenant nyx"):
         apply_migration(store, plan)  # the same plan twice
     assert reverse_migration(store, move.move_id).action == "reverse"
     assert checksums(store) == before
@@ -275,6 +273,8 @@ def test_stale_plan_is_refused(store, world):
     with pytest.raises(StalePlan, match="project_notes has 3 rows to move, the plan says 2"):
         apply_migration(store, plan)
     assert table_checksums(store) == before
+    fresh = plan_migration(store, "BRbase", "nyx", "clarait")
+    assert plan.diff(fresh) == ["project_notes has 3 rows to move, the plan says 2"]
 
 
 @contextmanager
@@ -323,21 +323,27 @@ def test_verification_failure_rolls_back(store, world):
     assert table_checksums(store) == before
 
 
-def test_cross_project_reference_is_detached_and_restored(store, world):
+def test_cross_project_references_are_detached_and_restored(store, world):
     with store.session() as s:
-        s.get_one(m.Workflow, world.other_wf).cloned_from_id = world.workflows[0]
+        s.get_one(m.Workflow, world.other_wf).cloned_from_id = world.workflows[0]  # points in
+        insight = m.WorkflowInsight(tenant_id=world.nyx, project_id=world.project,
+                                    workflow_id=world.other_wf, content="points out")  # fmt: skip
+        s.add(insight)
+        s.flush()
+        insight_id = insight.id
     before = checksums(store)
     plan = plan_migration(store, "BRbase", "nyx", "clarait")
-    (ref,) = plan.references
-    assert (ref.table, ref.column, ref.row_id, ref.moved) == (
-        "workflows",
-        "cloned_from_id",
-        world.other_wf,
-        False,
-    )
+    found = {(r.table, r.column, r.row_id, r.moved) for r in plan.references}
+    assert found == {
+        ("workflows", "cloned_from_id", world.other_wf, False),
+        ("workflow_insights", "workflow_id", insight_id, True),
+    }
+    assert "Foreign keys to detach (set NULL): 2" in str(plan)
     move = apply_migration(store, plan)
     with store.session() as s:
         assert s.get_one(m.Workflow, world.other_wf).cloned_from_id is None
+        moved = s.get_one(m.WorkflowInsight, insight_id)
+        assert (moved.workflow_id, moved.tenant_id) == (None, world.clarait)
     reverse_migration(store, move.move_id)
     assert checksums(store) == before
 
