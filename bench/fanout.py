@@ -172,7 +172,7 @@ def bench_fanout(sizes: tuple[int, ...], latencies: tuple[float, ...],
             for latency in latencies:
                 limit = math.ceil(n / CONCURRENCY) * latency / 1000
                 for name, fn in systems.items():
-                    m = measure(f"fan-out {name}", lambda fn=fn: fn(n, latency, folder), repeats,
+                    m = measure(f"fan-out {name}", lambda fn=fn, n=n, latency=latency: fn(n, latency, folder), repeats,
                                 params={"system": name, "n": n, "latency_ms": latency,
                                         "limit_s": limit})
                     results.append(m)

@@ -18,8 +18,9 @@ and restored by :func:`reverse_migration`; any other conflict needs a policy:
 
 A foreign key that would cross tenants after the move (a workflow of another project cloned from
 a moved one) is *detached* (set NULL) when the column is nullable, and restored on reverse.
-The plan/apply/reverse machinery lives in :mod:`nyxnb.migrate_plan` and
-:mod:`nyxnb.migrate_apply`; this module holds the values and the public functions.
+The plan/apply/reverse machinery lives in :mod:`nyxnb.migrate_schema`, :mod:`nyxnb.checksums`,
+:mod:`nyxnb.migrate_plan`, :mod:`nyxnb.migrate_apply` and :mod:`nyxnb.migrate_reverse`; this
+module holds the values and the public functions.
 """
 
 from __future__ import annotations
@@ -410,7 +411,7 @@ def apply_migration(store: Store, plan: MigrationPlan, on_conflict: str = "abort
 
 def reverse_migration(store: Store, move_id: str) -> MoveResult:
     """Undo an applied move (removed empty duplicates included), verified like the apply."""
-    from .migrate_apply import reverse_move
+    from .migrate_reverse import reverse_move
 
     return reverse_move(store, move_id)
 
@@ -419,7 +420,9 @@ def table_checksums(store: Store, tables: list[str] | None = None) -> dict[str, 
     """A content checksum of every row and column of each table (for before/after comparisons)."""
     from sqlalchemy import true
 
-    from .migrate_plan import digests, live_tables, read_snapshot
+    from .checksums import digests
+    from .migrate_plan import read_snapshot
+    from .migrate_schema import live_tables
 
     with read_snapshot(store.engine) as conn:
         live = live_tables(conn)
