@@ -22,23 +22,31 @@ def _fmt(m: Measurement) -> str:
 
 
 def report_fanout(cells: list[Measurement]) -> list[str]:
-    lines = ["", "## Fan-out (C=8, durable per-item commits; median of runs, min-max)", "",
-             "| N | L ms | system | wall | vs limit | vs floor | per item |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Fan-out (C=8, durable per-item commits; median of runs, min-max)",
+        "",
+        "| N | L ms | system | wall | vs limit | vs floor | per item |",
+        "|---|---|---|---|---|---|---|",
+    ]
     by_key = {(m.params["n"], m.params["latency_ms"], m.params["system"]): m for m in cells}
     for (n, lat, system), m in by_key.items():
         floor = by_key[(n, lat, "asyncio+sqlite3")].median
         limit = m.params["limit_s"]
         vs_limit = f"{m.median / limit:.3f}x" if limit else "-"
         per_item = f"{m.median / n * 1e6:.0f} us"
-        lines.append(f"| {n} | {lat:g} | {system} | {_fmt(m)} | {vs_limit} | "
-                     f"{m.median / floor:.2f}x | {per_item} |")
+        lines.append(
+            f"| {n} | {lat:g} | {system} | {_fmt(m)} | {vs_limit} | "
+            f"{m.median / floor:.2f}x | {per_item} |"
+        )
     for n in sorted({k[0] for k in by_key}):
         ours, peer = by_key.get((n, 0.0, "nyxnb")), by_key.get((n, 0.0, "langgraph"))
         if ours and peer:
-            lines.append(f"\nN={n}, L=0: nyxnb per-item overhead {ours.median / n * 1e6:.0f} us vs "
-                         f"LangGraph {peer.median / n * 1e6:.0f} us "
-                         f"(LangGraph/nyxnb = {peer.median / ours.median:.2f}x)")
+            lines.append(
+                f"\nN={n}, L=0: nyxnb per-item overhead {ours.median / n * 1e6:.0f} us vs "
+                f"LangGraph {peer.median / n * 1e6:.0f} us "
+                f"(LangGraph/nyxnb = {peer.median / ours.median:.2f}x)"
+            )
     return lines
 
 
@@ -50,10 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     repeats = 3 if args.quick else args.repeats
-    out: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-                           "repeats": repeats}
-    lines = [f"# nyxnb benchmarks ({out['when']}, {out['machine']['platform']}, "
-             f"{out['machine']['cpus']} CPUs)"]
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "repeats": repeats,
+    }
+    lines = [
+        f"# nyxnb benchmarks ({out['when']}, {out['machine']['platform']}, "
+        f"{out['machine']['cpus']} CPUs)"
+    ]
     if "fanout" in only:
         from bench.fanout import bench_fanout
 
@@ -74,21 +87,33 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
     lines: list[str] = []
     if "growth" in only:
         out["growth"] = g = engine.commit_growth(2000 if quick else 10_000)
-        lines += ["", "## Persistence growth", "",
-                  f"item commit, first 10%: {g['first_10pct_median_us']:.0f} us, last 10%: "
-                  f"{g['last_10pct_median_us']:.0f} us -> ratio {g['growth_ratio']:.2f} "
-                  f"(N={g['n']}; flat = O(1)); store size {g['store_bytes_per_item']:.0f} B/item"]
+        lines += [
+            "",
+            "## Persistence growth",
+            "",
+            f"item commit, first 10%: {g['first_10pct_median_us']:.0f} us, last 10%: "
+            f"{g['last_10pct_median_us']:.0f} us -> ratio {g['growth_ratio']:.2f} "
+            f"(N={g['n']}; flat = O(1)); store size {g['store_bytes_per_item']:.0f} B/item",
+        ]
     if "resume" in only:
         out["resume"] = r = engine.resume_after_kill(200 if quick else 1000)
-        lines += ["", "## Resume after kill -9 at 50%", "",
-                  f"N={r['n']}: resume {r['resume_s']:.2f}s, {r['calls_on_resume']} provider "
-                  f"calls (the uncommitted half; limit {r['limit_s']:.2f}s at "
-                  f"{r['latency_ms']:g} ms)"]
+        lines += [
+            "",
+            "## Resume after kill -9 at 50%",
+            "",
+            f"N={r['n']}: resume {r['resume_s']:.2f}s, {r['calls_on_resume']} provider "
+            f"calls (the uncommitted half; limit {r['limit_s']:.2f}s at "
+            f"{r['latency_ms']:g} ms)",
+        ]
     if "cache" in only:
         out["cache"] = c = engine.cached_rerun()
-        lines += ["", "## Cached re-run of the 13-item sample workflow", "",
-                  f"first run {c['first_s']:.2f}s with {c['first_calls']} calls; re-run "
-                  f"{c['rerun_s']:.2f}s with {c['rerun_calls']} calls"]
+        lines += [
+            "",
+            "## Cached re-run of the 13-item sample workflow",
+            "",
+            f"first run {c['first_s']:.2f}s with {c['first_calls']} calls; re-run "
+            f"{c['rerun_s']:.2f}s with {c['rerun_calls']} calls",
+        ]
     if "import" in only:
         cells = engine.import_times(repeats)
         out["import"] = [m.to_dict() for m in cells]
@@ -96,8 +121,12 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
         lines += [f"{m.name}: {_fmt(m)}" for m in cells]
     if "memory" in only:
         out["memory_mib"] = mem = engine.peak_memory(2000 if quick else 10_000)
-        lines += ["", "## Peak RSS of a fan-out process (MiB)", "",
-                  ", ".join(f"{k}: {v:.0f}" for k, v in mem.items())]
+        lines += [
+            "",
+            "## Peak RSS of a fan-out process (MiB)",
+            "",
+            ", ".join(f"{k}: {v:.0f}" for k, v in mem.items()),
+        ]
     if "migrate" in only:
         lines += _migrate(quick, out)
     return lines

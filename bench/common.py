@@ -25,12 +25,16 @@ class Measurement:
         return statistics.median(self.runs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "median": self.median, "min": min(self.runs),
-                "max": max(self.runs)}
+        return {**asdict(self), "median": self.median, "min": min(self.runs), "max": max(self.runs)}
 
 
-def measure(name: str, fn: Callable[[], float], repeats: int,
-            params: dict[str, Any] | None = None, unit: str = "s") -> Measurement:
+def measure(
+    name: str,
+    fn: Callable[[], float],
+    repeats: int,
+    params: dict[str, Any] | None = None,
+    unit: str = "s",
+) -> Measurement:
     """Run ``fn`` (which returns its own measured value) ``repeats`` times."""
     fn()  # warm-up: imports, caches, page cache
     return Measurement(name, [fn() for _ in range(repeats)], params or {}, unit)
@@ -38,8 +42,7 @@ def measure(name: str, fn: Callable[[], float], repeats: int,
 
 def python_seconds(code: str) -> float:
     """Run ``code`` in a fresh interpreter; it must print one float."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -47,5 +50,9 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import os
 
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }

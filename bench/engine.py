@@ -48,8 +48,13 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
         records.complete_item = original  # type: ignore[assignment]
     tenth = max(n // 10, 1)
     first, last = statistics.median(timings[:tenth]), statistics.median(timings[-tenth:])
-    return {"n": n, "first_10pct_median_us": first * 1e6, "last_10pct_median_us": last * 1e6,
-            "growth_ratio": last / first, "store_bytes_per_item": grown / n}
+    return {
+        "n": n,
+        "first_10pct_median_us": first * 1e6,
+        "last_10pct_median_us": last * 1e6,
+        "growth_ratio": last / first,
+        "store_bytes_per_item": grown / n,
+    }
 
 
 def _db_bytes(store: Any) -> int:
@@ -65,11 +70,29 @@ def resume_after_kill(n: int = 1000, latency_ms: float = 5.0) -> dict[str, Any]:
         store = _fresh_store(Path(tmp))
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps(_spec(n)))
-        env = {**os.environ, "NYXNB_DB_URL": str(store.url),
-               "NYXNB_OFFLINE_LATENCY_MS": str(latency_ms)}
-        proc = subprocess.Popen([sys.executable, "-m", "nyxnb", "run", str(spec), "--tenant",
-                                 "nyx", "--project", "BRbase", "--json"],
-                                stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        env = {
+            **os.environ,
+            "NYXNB_DB_URL": str(store.url),
+            "NYXNB_OFFLINE_LATENCY_MS": str(latency_ms),
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nyxnb",
+                "run",
+                str(spec),
+                "--tenant",
+                "nyx",
+                "--project",
+                "BRbase",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         workflow_id = ""
         for line in proc.stdout or []:
             event = json.loads(line)
@@ -79,14 +102,20 @@ def resume_after_kill(n: int = 1000, latency_ms: float = 5.0) -> dict[str, Any]:
                 break
         proc.wait()
         started = time.perf_counter()
-        result = nyxnb.resume(workflow_id, store=store,
-                              provider_options={"offline": {"latency_ms": latency_ms}})
+        result = nyxnb.resume(
+            workflow_id, store=store, provider_options={"offline": {"latency_ms": latency_ms}}
+        )
         elapsed = time.perf_counter() - started
         calls = sum(1 for e in result.events if e.type == "fan_out_progress")
         store.dispose()
     assert result.ok
-    return {"n": n, "latency_ms": latency_ms, "resume_s": elapsed, "calls_on_resume": calls,
-            "limit_s": -(-calls // 8) * latency_ms / 1000}
+    return {
+        "n": n,
+        "latency_ms": latency_ms,
+        "resume_s": elapsed,
+        "calls_on_resume": calls,
+        "limit_s": -(-calls // 8) * latency_ms / 1000,
+    }
 
 
 def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
@@ -99,14 +128,20 @@ def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
         store = _fresh_store(Path(tmp))
         for label in ("first", "rerun"):
             started = time.perf_counter()
-            result = nyxnb.run(demo_spec_path(), tenant="nyx", project="BRbase", store=store,
-                               provider="offline",
-                               provider_options={"offline": {"latency_ms": latency_ms}})
+            result = nyxnb.run(
+                demo_spec_path(),
+                tenant="nyx",
+                project="BRbase",
+                store=store,
+                provider="offline",
+                provider_options={"offline": {"latency_ms": latency_ms}},
+            )
             out[f"{label}_s"] = time.perf_counter() - started
             with store.engine.connect() as conn:
                 out[f"{label}_calls"] = conn.exec_driver_sql(
                     "SELECT count(*) FROM llm_calls WHERE workflow_id = ? AND NOT cached",
-                    (result.workflow_id,)).scalar()
+                    (result.workflow_id,),
+                ).scalar()
         store.dispose()
     return out
 
@@ -123,9 +158,14 @@ def import_times(repeats: int) -> list[Measurement]:
         mods.append("langgraph.graph")
     except ImportError:
         pass
-    return [Measurement(f"import {m}", [python_seconds(IMPORT_CODE.format(mod=m))
-                                        for _ in range(repeats)], {"module": m})
-            for m in mods]
+    return [
+        Measurement(
+            f"import {m}",
+            [python_seconds(IMPORT_CODE.format(mod=m)) for _ in range(repeats)],
+            {"module": m},
+        )
+        for m in mods
+    ]
 
 
 MEMORY_CODE = """
@@ -148,6 +188,7 @@ def peak_memory(n: int = 10_000) -> dict[str, float]:
                 import langgraph  # noqa: F401
             except ImportError:
                 continue
-        out[fn.removeprefix("run_")] = python_seconds(MEMORY_CODE.format(root=str(ROOT),
-                                                                         fn=fn, n=n))
+        out[fn.removeprefix("run_")] = python_seconds(
+            MEMORY_CODE.format(root=str(ROOT), fn=fn, n=n)
+        )
     return out

@@ -23,11 +23,20 @@ CONCURRENCY = 8
 def _spec(n: int) -> dict[str, Any]:
     return {
         "name": f"bench-{n}",
-        "defaults": {"provider": "offline", "fallback": [], "concurrency": CONCURRENCY,
-                     "cache": False},
-        "steps": [{"name": "features", "type": "fan-out",
-                   "items": [{"heading": f"item {i}"} for i in range(n)],
-                   "prompt": "Design {{ item.heading }}"}],
+        "defaults": {
+            "provider": "offline",
+            "fallback": [],
+            "concurrency": CONCURRENCY,
+            "cache": False,
+        },
+        "steps": [
+            {
+                "name": "features",
+                "type": "fan-out",
+                "items": [{"heading": f"item {i}"} for i in range(n)],
+                "prompt": "Design {{ item.heading }}",
+            }
+        ],
     }
 
 
@@ -46,8 +55,13 @@ def run_nyxnb(n: int, latency_ms: float, folder: Path) -> float:
 
     store = _fresh_store(folder)
     started = time.perf_counter()
-    result = nyxnb.run(_spec(n), tenant="nyx", project="BRbase", store=store,
-                       provider_options={"offline": {"latency_ms": latency_ms}})
+    result = nyxnb.run(
+        _spec(n),
+        tenant="nyx",
+        project="BRbase",
+        store=store,
+        provider_options={"offline": {"latency_ms": latency_ms}},
+    )
     elapsed = time.perf_counter() - started
     assert result.ok, result.error
     store.dispose()
@@ -137,8 +151,7 @@ async def _langgraph(n: int, latency_ms: float, path: Path) -> None:
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         app = _langgraph_app(latency_ms, saver)
         config = {"configurable": {"thread_id": "bench"}, "max_concurrency": CONCURRENCY}
-        out = await app.ainvoke({"items": [f"item {i}" for i in range(n)], "outputs": []},
-                                config)
+        out = await app.ainvoke({"items": [f"item {i}" for i in range(n)], "outputs": []}, config)
         assert len(out["outputs"]) == n
 
 
@@ -159,8 +172,9 @@ def langgraph_available() -> bool:
     return True
 
 
-def bench_fanout(sizes: tuple[int, ...], latencies: tuple[float, ...],
-                 repeats: int) -> list[Measurement]:
+def bench_fanout(
+    sizes: tuple[int, ...], latencies: tuple[float, ...], repeats: int
+) -> list[Measurement]:
     """Every (system, N, L) cell, each the median of `repeats` runs."""
     systems = {"nyxnb": run_nyxnb, "nyxnb+sdk": run_nyxnb_sdk, "asyncio+sqlite3": run_floor}
     if langgraph_available():
@@ -172,8 +186,11 @@ def bench_fanout(sizes: tuple[int, ...], latencies: tuple[float, ...],
             for latency in latencies:
                 limit = math.ceil(n / CONCURRENCY) * latency / 1000
                 for name, fn in systems.items():
-                    m = measure(f"fan-out {name}", lambda fn=fn, n=n, latency=latency: fn(n, latency, folder), repeats,
-                                params={"system": name, "n": n, "latency_ms": latency,
-                                        "limit_s": limit})
+                    m = measure(
+                        f"fan-out {name}",
+                        lambda fn=fn, n=n, latency=latency: fn(n, latency, folder),
+                        repeats,
+                        params={"system": name, "n": n, "latency_ms": latency, "limit_s": limit},
+                    )
                     results.append(m)
     return results

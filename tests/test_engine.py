@@ -60,30 +60,48 @@ def spec(n_items: int = 5, **defaults) -> dict:
         "defaults": {"provider": "recorder", "fallback": [], "cache": False, **defaults},
         "steps": [
             {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
-            {"name": "features", "type": "fan-out", "persona": "Cael",
-             "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
-             "prompt": "Design {{ item.heading }} ({{ item.index }})"},
-            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
-             "prompt": "{% for i in steps.features.items %}{{ i.heading }}={{ i.output }};"
-                       "{% endfor %}"},
+            {
+                "name": "features",
+                "type": "fan-out",
+                "persona": "Cael",
+                "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
+                "prompt": "Design {{ item.heading }} ({{ item.index }})",
+            },
+            {
+                "name": "synthesis",
+                "type": "synthesis",
+                "persona": "Harmonia",
+                "prompt": "{% for i in steps.features.items %}{{ i.heading }}={{ i.output }};"
+                "{% endfor %}",
+            },
         ],
-        "generate": {"consistency_check": {"persona": "Nemesis"},
-                     "implementation_prompts": {"from": "features", "persona": "Aristaeus"}},
+        "generate": {
+            "consistency_check": {"persona": "Nemesis"},
+            "implementation_prompts": {"from": "features", "persona": "Aristaeus"},
+        },
     }
 
 
 def steps_of(store, workflow_id):
     with store.session() as s:
-        return s.scalars(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id)
-                         .order_by(WorkflowStep.order)).all()
+        return s.scalars(
+            select(WorkflowStep)
+            .where(WorkflowStep.workflow_id == workflow_id)
+            .order_by(WorkflowStep.order)
+        ).all()
 
 
 def test_run_completes_all_steps_in_order_with_generated_steps(seeded):
     result = nyxnb.run(spec(5), tenant="nyx", project="BRbase", store=seeded)
     assert result.ok, result.error
     steps = steps_of(seeded, result.workflow_id)
-    assert [s.name for s in steps] == ["analysis", "features", "synthesis", "consistency_check",
-                                       *[f"implement_{i:02d}" for i in range(1, 6)]]
+    assert [s.name for s in steps] == [
+        "analysis",
+        "features",
+        "synthesis",
+        "consistency_check",
+        *[f"implement_{i:02d}" for i in range(1, 6)],
+    ]
     assert [s.order for s in steps] == list(range(9))
     assert all(s.status == "completed" and s.output for s in steps)
     assert [s.auto_generated for s in steps] == [False] * 3 + [True] * 6
@@ -97,8 +115,9 @@ def test_fan_out_keeps_item_order_and_reports_progress(seeded):
     assert result.ok
     fan = steps_of(seeded, result.workflow_id)[1]
     with seeded.session() as s:
-        items = s.scalars(select(StepItem).where(StepItem.step_id == fan.id)
-                          .order_by(StepItem.idx)).all()
+        items = s.scalars(
+            select(StepItem).where(StepItem.step_id == fan.id).order_by(StepItem.idx)
+        ).all()
     assert [i.heading for i in items] == [f"Feature {i}" for i in range(12)]
     assert all(f"Design Feature {i} ({i})" in items[i].output for i in range(12))
     progress = [e for e in result.events if isinstance(e, ev.FanOutProgress)]
@@ -123,10 +142,12 @@ def test_the_original_resume_bug_cannot_recur(seeded):
     result = nyxnb.run(spec(3), tenant="nyx", project="BRbase", store=seeded)
     synthesis = steps_of(seeded, result.workflow_id)[2]
     with seeded.session() as s:
-        s.execute(update(WorkflowStep).where(WorkflowStep.id == synthesis.id)
-                  .values(status="pending", output=None, input_hash=None))
-        s.execute(update(Workflow).where(Workflow.id == result.workflow_id)
-                  .values(status="failed"))
+        s.execute(
+            update(WorkflowStep)
+            .where(WorkflowStep.id == synthesis.id)
+            .values(status="pending", output=None, input_hash=None)
+        )
+        s.execute(update(Workflow).where(Workflow.id == result.workflow_id).values(status="failed"))
     Recorder.reset()
     again = nyxnb.resume(result.workflow_id, store=seeded)
     assert again.ok
@@ -140,18 +161,23 @@ def test_completed_step_without_output_is_rejected_by_the_database(seeded):
     step = steps_of(seeded, result.workflow_id)[0]
     with pytest.raises(Exception, match="(?i)check|constraint"):
         with seeded.session() as s:
-            s.execute(update(WorkflowStep).where(WorkflowStep.id == step.id)
-                      .values(output=None))
+            s.execute(update(WorkflowStep).where(WorkflowStep.id == step.id).values(output=None))
 
 
 def test_resume_reruns_running_and_failed_steps_but_never_committed_items(seeded):
     result = nyxnb.run(spec(6), tenant="nyx", project="BRbase", store=seeded)
     fan = steps_of(seeded, result.workflow_id)[1]
     with seeded.session() as s:  # simulate a crash mid fan-out: 2 items lost, step running
-        s.execute(update(StepItem).where(StepItem.step_id == fan.id, StepItem.idx.in_([1, 4]))
-                  .values(status="pending", output=None))
-        s.execute(update(WorkflowStep).where(WorkflowStep.id == fan.id)
-                  .values(status="running", output=None))
+        s.execute(
+            update(StepItem)
+            .where(StepItem.step_id == fan.id, StepItem.idx.in_([1, 4]))
+            .values(status="pending", output=None)
+        )
+        s.execute(
+            update(WorkflowStep)
+            .where(WorkflowStep.id == fan.id)
+            .values(status="running", output=None)
+        )
     Recorder.reset()
     again = nyxnb.resume(result.workflow_id, store=seeded)
     assert again.ok
@@ -164,9 +190,11 @@ def test_resume_reruns_running_and_failed_steps_but_never_committed_items(seeded
 def test_changed_input_reruns_a_completed_step(seeded):
     result = nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded)
     with seeded.session() as s:
-        s.execute(update(WorkflowStep).where(WorkflowStep.workflow_id == result.workflow_id,
-                                             WorkflowStep.name == "analysis")
-                  .values(prompt="Analyse {{ project.name }} again, deeper"))
+        s.execute(
+            update(WorkflowStep)
+            .where(WorkflowStep.workflow_id == result.workflow_id, WorkflowStep.name == "analysis")
+            .values(prompt="Analyse {{ project.name }} again, deeper")
+        )
     Recorder.reset()
     again = nyxnb.resume(result.workflow_id, store=seeded)
     assert again.ok
@@ -193,10 +221,14 @@ def test_pause_between_items_then_resume_finishes_without_repeats(seeded):
     assert isinstance(events[-1], ev.WorkflowPaused)
     with seeded.session() as s:
         assert s.get_one(Workflow, wf).status == "paused"
-        done = s.scalar(select(func.count()).select_from(StepItem)
-                        .where(StepItem.status == "completed",
-                               StepItem.step_id.in_(select(WorkflowStep.id)
-                                                    .where(WorkflowStep.workflow_id == wf))))
+        done = s.scalar(
+            select(func.count())
+            .select_from(StepItem)
+            .where(
+                StepItem.status == "completed",
+                StepItem.step_id.in_(select(WorkflowStep.id).where(WorkflowStep.workflow_id == wf)),
+            )
+        )
     assert 4 <= done < 30
     first_calls = list(Recorder.calls)
     Recorder.reset()
@@ -258,8 +290,7 @@ def test_events_are_json_serialisable_with_a_type(seeded):
 
 def test_async_iterator_api(seeded):
     async def main():
-        return [e async for e in nyxnb.arun(spec(2), tenant="nyx", project="BRbase",
-                                            store=seeded)]
+        return [e async for e in nyxnb.arun(spec(2), tenant="nyx", project="BRbase", store=seeded)]
 
     events = asyncio.run(main())
     assert events[0].type == "workflow_started" and events[-1].type == "workflow_completed"

@@ -39,19 +39,33 @@ def seeded(sqlite_store):
 def fan_spec(n=13, chain=("anthropic", "google", "openai"), **defaults):
     return {
         "name": "fallback",
-        "defaults": {"provider": chain[0], "fallback": list(chain[1:]), "cache": False,
-                     "concurrency": 4, **defaults},
-        "steps": [{"name": "features", "type": "fan-out", "persona": "Cael",
-                   "items": [{"heading": f"Feature {i}"} for i in range(n)],
-                   "prompt": "Design {{ item.heading }}"}],
+        "defaults": {
+            "provider": chain[0],
+            "fallback": list(chain[1:]),
+            "cache": False,
+            "concurrency": 4,
+            **defaults,
+        },
+        "steps": [
+            {
+                "name": "features",
+                "type": "fan-out",
+                "persona": "Cael",
+                "items": [{"heading": f"Feature {i}"} for i in range(n)],
+                "prompt": "Design {{ item.heading }}",
+            }
+        ],
     }
 
 
 def items(store, workflow_id):
     with store.session() as s:
-        return s.scalars(select(StepItem).join(WorkflowStep)
-                         .where(WorkflowStep.workflow_id == workflow_id)
-                         .order_by(StepItem.idx)).all()
+        return s.scalars(
+            select(StepItem)
+            .join(WorkflowStep)
+            .where(WorkflowStep.workflow_id == workflow_id)
+            .order_by(StepItem.idx)
+        ).all()
 
 
 def calls(store, workflow_id):
@@ -69,7 +83,10 @@ def test_out_of_credit_provider_is_called_once_per_run(seeded, fake):
     fallbacks = [e for e in result.events if isinstance(e, ev.ProviderFallback)]
     assert len(fallbacks) == 1
     assert (fallbacks[0].from_provider, fallbacks[0].to_provider, fallbacks[0].reason) == (
-        "anthropic", "google", "exhausted")
+        "anthropic",
+        "google",
+        "exhausted",
+    )
     rows = calls(seeded, result.workflow_id)
     assert [r.error_kind for r in rows if r.outcome == "error"] == ["exhausted"]
 
@@ -125,8 +142,13 @@ def test_cached_rerun_makes_zero_calls_and_costs_nothing(seeded, fake):
 def test_whole_chain_failing_fails_the_step_with_every_reason_then_resume(seeded, fake):
     fake.set_default("anthropic", credit_exhausted())
     fake.set_default("google", server_error(503))
-    result = nyxnb.run(fan_spec(3, chain=("anthropic", "google")), tenant="nyx",
-                       project="BRbase", store=seeded, retry=FAST)
+    result = nyxnb.run(
+        fan_spec(3, chain=("anthropic", "google")),
+        tenant="nyx",
+        project="BRbase",
+        store=seeded,
+        retry=FAST,
+    )
     assert result.status == "failed"
     assert "anthropic: exhausted" in result.error and "google: server" in result.error
     failed = [e for e in result.events if isinstance(e, ev.StepFailed)]
@@ -145,8 +167,9 @@ def test_missing_key_skips_the_provider_and_says_which_variable(seeded, fake, mo
 
 
 def test_budget_guard_stops_before_the_fan_out(seeded, fake):
-    result = nyxnb.run(fan_spec(13), tenant="nyx", project="BRbase", store=seeded,
-                       max_cost_usd=0.01, retry=FAST)
+    result = nyxnb.run(
+        fan_spec(13), tenant="nyx", project="BRbase", store=seeded, max_cost_usd=0.01, retry=FAST
+    )
     assert result.status == "failed" and "max_cost_usd" in result.error
     assert sum(fake.hits.values()) == 0
     with seeded.session() as s:

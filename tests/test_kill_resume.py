@@ -25,11 +25,19 @@ def _spec(tmp_path) -> str:
         "defaults": {"provider": "offline", "fallback": [], "concurrency": 4, "cache": False},
         "steps": [
             {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
-            {"name": "features", "type": "fan-out", "persona": "Cael",
-             "items": [{"heading": f"Feature {i}"} for i in range(N_ITEMS)],
-             "prompt": "Design {{ item.heading }}"},
-            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
-             "prompt": "{% for i in steps.features.items %}{{ i.output }}{% endfor %}"},
+            {
+                "name": "features",
+                "type": "fan-out",
+                "persona": "Cael",
+                "items": [{"heading": f"Feature {i}"} for i in range(N_ITEMS)],
+                "prompt": "Design {{ item.heading }}",
+            },
+            {
+                "name": "synthesis",
+                "type": "synthesis",
+                "persona": "Harmonia",
+                "prompt": "{% for i in steps.features.items %}{{ i.output }}{% endfor %}",
+            },
         ],
     }
     path = tmp_path / "spec.json"
@@ -41,8 +49,23 @@ def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
     """Start `nyxnb run`, kill -9 it after `kill_after` completed items; (workflow id, seen)."""
     env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "15", "NYXNB_DB_URL": url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nyxnb", "run", spec, "--tenant", "nyx", "--project", "BRbase",
-         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "nyxnb",
+            "run",
+            spec,
+            "--tenant",
+            "nyx",
+            "--project",
+            "BRbase",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     workflow_id, seen = "", 0
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -60,15 +83,24 @@ def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
 
 def _fan_out_state(store, workflow_id):
     with store.session() as s:
-        step = s.scalar(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id,
-                                                   WorkflowStep.name == "features"))
-        done = s.scalars(select(StepItem.idx).where(StepItem.step_id == step.id,
-                                                    StepItem.status == "completed")).all()
-        calls = dict(s.execute(select(LlmCall.item_idx, func.count())
-                               .where(LlmCall.step_id == step.id, LlmCall.outcome == "ok")
-                               .group_by(LlmCall.item_idx)).all())
-        items = s.scalars(select(StepItem).where(StepItem.step_id == step.id)
-                          .order_by(StepItem.idx)).all()
+        step = s.scalar(
+            select(WorkflowStep).where(
+                WorkflowStep.workflow_id == workflow_id, WorkflowStep.name == "features"
+            )
+        )
+        done = s.scalars(
+            select(StepItem.idx).where(StepItem.step_id == step.id, StepItem.status == "completed")
+        ).all()
+        calls = dict(
+            s.execute(
+                select(LlmCall.item_idx, func.count())
+                .where(LlmCall.step_id == step.id, LlmCall.outcome == "ok")
+                .group_by(LlmCall.item_idx)
+            ).all()
+        )
+        items = s.scalars(
+            select(StepItem).where(StepItem.step_id == step.id).order_by(StepItem.idx)
+        ).all()
     return set(done), calls, items
 
 
@@ -103,8 +135,10 @@ def test_two_processes_racing_to_resume_one_workflow(store, store_url, tmp_path)
     # 100 ms a call: the run lasts over a second, so the two starts always overlap it
     env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "100", "NYXNB_DB_URL": store_url}
     cmd = [sys.executable, "-m", "nyxnb", "resume", workflow_id]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], outs

@@ -14,8 +14,12 @@ def test_store_at_0001_is_upgraded_in_place_with_its_rows(store_url):
     engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://"))
     command.upgrade(alembic_config(engine), "0001")
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO tenants (id, slug, name, created_at, updated_at) "
-                          "VALUES ('t1', 'old', 'Old', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO tenants (id, slug, name, created_at, updated_at) "
+                "VALUES ('t1', 'old', 'Old', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
     assert current_revision(engine) == "0001"
     engine.dispose()
 
