@@ -2,8 +2,8 @@
 
     .venv/bin/python notebooks/_render_readme_png.py
 
-Runs the sample workflow offline (with simulated latency) on a throwaway store, catches it while
-the sixth implementation prompt runs, and draws the store's state as the widget shows it
+Runs the sample workflow offline (with simulated latency) on a throwaway store, catches it half
+way through its implementation prompts, and draws the store's state as the widget shows it
 (:func:`nyxnb.inspect.plot_progress`); then pauses the run.
 """
 

@@ -223,17 +223,10 @@ def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
 
 def register_commands() -> None:
     """Attach the commands that live in other modules."""
-    from . import cli_run
+    from . import cli_batch, cli_migrate, cli_run
 
-    for command in cli_run.COMMANDS:
+    for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, cli_migrate.clone, cli_migrate.migrate):
         cli.add_command(command)
-    try:
-        from . import cli_migrate
-    except ImportError:  # pragma: no cover - during development only
-        return
-    for name in ("clone", "migrate"):
-        if hasattr(cli_migrate, name):
-            cli.add_command(getattr(cli_migrate, name))
 
 
 def main() -> None:

@@ -47,10 +47,10 @@ def batch(
 ) -> None:
     """Run a notebook once per parameter set (papermill); print a table.
 
-    Runs NOTEBOOK once per parameter set of FILE, keeps every executed notebook in --out (failed
-    ones with papermill's error banner) and prints one row per run.  Keys never go in FILE: they come from the environment, which each kernel inherits. The
-    store is --db / NYXNB_DB_URL, passed to the kernels through the environment too. Exits 0
-    only when every run succeeded.
+    Runs NOTEBOOK once per parameter set of FILE and keeps every executed notebook in --out,
+    failed ones with papermill's error banner.  Keys never go in FILE: they come from the
+    environment, which each kernel inherits; the store (--db / NYXNB_DB_URL) reaches the kernels
+    the same way.  Exits 0 only when every run succeeded.
     """
     sets = load_param_sets(params_file)
     db = ctx.ensure_object(dict).get("db")

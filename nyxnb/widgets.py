@@ -148,8 +148,10 @@ class ProgressState:
         elif isinstance(e, ev.StepCompleted):
             row.status, row.items_done = "completed", row.items_total
             row.provider = e.provider or row.provider
-            row.heading = "" if row.type == "fan-out" else row.heading
-            self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
+            if row.type == "fan-out":  # its tokens come per item, or with the run's totals
+                row.heading = ""
+            else:
+                self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
         elif isinstance(e, ev.StepFailed):
             row.status = "failed"
         elif isinstance(e, ev.ProviderFallback):
