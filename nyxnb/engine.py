@@ -44,6 +44,7 @@ from .workflows import personas_for
 from .writer import GroupWriter
 
 Emit = Callable[[ev.Event], None]
+PAUSE_POLL_S = 0.25  # how soon a pause asked from another process (or `nyxnb pause`) is seen
 
 
 class Paused(Exception):  # noqa: N818 - a signal, not an error
@@ -170,17 +171,19 @@ class Runner:
         )
 
     async def _heartbeat(self) -> None:
+        """Renew the lease every HEARTBEAT_S; look for a pause request every PAUSE_POLL_S."""
+        renewed = time.monotonic()
+        query = select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
         while True:
-            await asyncio.sleep(lease.HEARTBEAT_S)
-            if not lease.renew(self.store, self.workflow_id, self._owner):
-                self.pause_event.set()  # lost the lease: stop launching work
-                return
-            with self.store.engine.connect() as conn:
-                wanted = conn.scalar(
-                    select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
-                )
-            if wanted:
-                self.pause_event.set()
+            await asyncio.sleep(PAUSE_POLL_S)
+            if time.monotonic() - renewed >= lease.HEARTBEAT_S:
+                renewed = time.monotonic()
+                if not lease.renew(self.store, self.workflow_id, self._owner):
+                    self.pause_event.set()  # lost the lease: stop launching work
+                    return
+            with self.store.reading() as conn:
+                if conn.scalar(query):
+                    self.pause_event.set()
 
     def _statuses(self) -> dict[str, str]:
         return {s["name"]: s["status"] for s in records.load_steps(self.store, self.workflow_id)}
@@ -235,7 +238,7 @@ class Runner:
         self, provider: str, model: str, request: CompletionRequest
     ) -> tuple[str, Any]:
         key = response_cache.cache_key(provider, model, request)
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             return key, response_cache.lookup(conn, key)
 
     async def call(
@@ -278,7 +281,7 @@ class Runner:
 
     def spent_usd(self) -> float:
         """What this workflow has cost so far, across runs."""
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             return float(
                 conn.scalar(
                     select(func.coalesce(func.sum(LlmCall.cost_usd), 0.0)).where(
@@ -358,6 +361,7 @@ class Runner:
             persona=step["persona"],
             provider=step["provider"],
             auto_generated=step["auto_generated"],
+            heading=item.heading if item is not None else None,
         )
         try:
             result = await self.call(step, request)

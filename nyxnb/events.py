@@ -53,6 +53,7 @@ class StepStarted(StepEvent):
     auto_generated: bool = False
     total_items: int | None = None
     done_items: int = 0
+    heading: str | None = None  # the item an implementation-prompt step works on
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class FanOutProgress(StepEvent):
     fan_out_heading: str = ""
     completed: int = 0  # items completed so far, in any order
     provider: str | None = None
+    input_tokens: int = 0  # of this item's calls
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ class _FanOut:
             fan_out_heading=row["heading"],
             completed=self.completed,
             provider=result.provider,
+            input_tokens=sum(a.input_tokens for a in result.attempts),
+            output_tokens=sum(a.output_tokens for a in result.attempts),
+            cost_usd=sum(a.cost_usd for a in result.attempts),
         )
 
 

@@ -52,7 +52,8 @@ class TextProgress:
         return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
-        self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona, e.provider) if x)
+        who = ", ".join(x for x in (e.step_type, e.persona, e.provider) if x)
+        self._started[e.name] = who + (f": {e.heading}" if e.heading else "")
         if e.total_items:
             done = f", {e.done_items} already done" if e.done_items else ""
             self._line(

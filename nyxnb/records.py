@@ -280,7 +280,7 @@ def sync_items(
 
 def load_steps(store: Store, workflow_id: str) -> list[dict[str, Any]]:
     """Every step of a workflow as dicts, in order."""
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         return [
             dict(r)
             for r in conn.execute(
@@ -291,7 +291,7 @@ def load_steps(store: Store, workflow_id: str) -> list[dict[str, Any]]:
 
 def load_items(store: Store, step_id: str) -> list[dict[str, Any]]:
     """Every item row of a step, in order."""
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         return [
             dict(r)
             for r in conn.execute(

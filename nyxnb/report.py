@@ -23,7 +23,7 @@ def _totals(store: Store, workflow_id: str, by: Any) -> list[dict[str, Any]]:
     query = select(*by, *cols).where(LlmCall.workflow_id == workflow_id)
     if by:
         query = query.group_by(*by).order_by(*by)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
@@ -31,7 +31,7 @@ def workflow_summary(
     store: Store, workflow_id: str, *, tenant_id: str | None = None, with_items: bool = True
 ) -> dict[str, Any]:
     """A workflow with its steps (item counts, tokens, cost), items and ledger totals."""
-    with store.session(tenant_id) as s:
+    with store.session(tenant_id, read_only=True) as s:
         wf = s.get_one(Workflow, workflow_id)
         project = s.get_one(Project, wf.project_id)
         tenant = s.get_one(Tenant, wf.tenant_id)
@@ -120,5 +120,5 @@ def list_workflows(store: Store, *, tenant_id: str | None = None) -> list[dict[s
     )
     if tenant_id is not None:
         query = query.where(Workflow.tenant_id == tenant_id)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]

@@ -17,12 +17,14 @@ writer waits for the first (commits take ~50 us) instead of failing with "databa
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
@@ -32,6 +34,7 @@ from .schema import upgrade_schema
 from .tenancy import NyxSession
 
 ENV_URL = "NYXNB_DB_URL"
+READ_ONLY = "nyxnb_read_only"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,13 +68,31 @@ def resolve_url(url: str | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+def _enable_wal(cur: Any, timeout_s: float = 30.0) -> None:
+    """Switch to WAL; two processes opening a fresh file at once may briefly collide here.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not always wait on
+    busy_timeout for it, so retry until the other opener is done.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -79,8 +100,10 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: waits on busy_timeout instead of
-        # failing later when a read transaction tries to upgrade to a write.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # failing later when a read transaction tries to upgrade to a write.  Read-only
+        # work (Store.reading) begins deferred and never makes a writer wait.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -90,6 +113,8 @@ class Store:
         self.engine = engine
         self.url = engine.url
         self._sessions = sessionmaker(engine, class_=NyxSession, expire_on_commit=False)
+        reader = engine.execution_options(**{READ_ONLY: True})
+        self._read_sessions = sessionmaker(reader, class_=NyxSession, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -97,23 +122,36 @@ class Store:
         return self.engine.dialect.name
 
     @contextmanager
-    def session(self, tenant_id: str | None = None) -> Iterator[NyxSession]:
-        """A session that commits on success and rolls back on error."""
-        with self._sessions() as s:
+    def session(
+        self, tenant_id: str | None = None, *, read_only: bool = False
+    ) -> Iterator[NyxSession]:
+        """A session that commits on success and rolls back on error.
+
+        ``read_only`` sessions never take SQLite's write lock, so inspecting a store never
+        makes a running workflow wait.
+        """
+        maker = self._read_sessions if read_only else self._sessions
+        with maker() as s:
             s.tenant_id = tenant_id
             with s.begin():
                 yield s
 
     @contextmanager
-    def tenant(self, slug_or_id: str) -> Iterator[NyxSession]:
+    def tenant(self, slug_or_id: str, *, read_only: bool = False) -> Iterator[NyxSession]:
         """A session that sees only one tenant's rows (plus global personas)."""
         tenant = self.find_tenant(slug_or_id)
-        with self.session(tenant.id) as s:
+        with self.session(tenant.id, read_only=read_only) as s:
             yield s
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for read-only work: on SQLite it never takes the write lock."""
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            yield conn
 
     def find_tenant(self, slug_or_id: str) -> models.Tenant:
         """The tenant with this slug or id, or :class:`NotFound`."""
-        with self._sessions() as s:
+        with self._read_sessions() as s:
             found = s.scalar(
                 select(models.Tenant).where(
                     (models.Tenant.slug == slug_or_id) | (models.Tenant.id == slug_or_id)

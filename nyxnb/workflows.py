@@ -55,7 +55,7 @@ def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
 
 def personas_for(store: Store, tenant_id: str) -> dict[str, str]:
     """Persona name -> system prompt visible to a tenant (its own override global ones)."""
-    with store.session(tenant_id) as s:
+    with store.session(tenant_id, read_only=True) as s:
         rows = s.scalars(select(Persona)).all()
     found = {p.name: p.system_prompt for p in rows if p.tenant_id is None}
     found.update({p.name: p.system_prompt for p in rows if p.tenant_id is not None})
