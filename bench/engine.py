@@ -121,7 +121,7 @@ def resume_after_kill(n: int = 1000, latency_ms: float = 5.0) -> dict[str, Any]:
 def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
     """The 13-item sample workflow run twice: the re-run makes zero provider calls."""
     import nyxnb
-    from nyxnb.cli import demo_spec_path
+    from nyxnb.seed import load_spec_path
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +129,7 @@ def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
         for label in ("first", "rerun"):
             started = time.perf_counter()
             result = nyxnb.run(
-                demo_spec_path(),
+                load_spec_path(),
                 tenant="nyx",
                 project="BRbase",
                 store=store,

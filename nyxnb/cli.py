@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import events as ev
+from . import cli_batch, cli_migrate, cli_run
+from .cli_common import emit, get_store, json_option, table, with_json
 from .errors import AlreadyExists, NyxError
 from .models import Project, Tenant
-from .store import Store, open_store
 
 
 class NyxGroup(click.Group):
@@ -27,60 +24,6 @@ class NyxGroup(click.Group):
         except NyxError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    if value:
-        ctx.ensure_object(dict)["json"] = True
-    return value
-
-
-json_option = click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    expose_value=False,
-    callback=_set_json,
-    is_eager=True,
-    help="Machine-readable JSON output.",
-)
-
-
-def with_json(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--json`` to a command."""
-    return json_option(fn)
-
-
-def get_store(ctx: click.Context) -> Store:
-    """Open the store named by ``--db`` / ``NYXNB_DB_URL`` / the default rule (once per call)."""
-    obj = ctx.ensure_object(dict)
-    if "store" not in obj:
-        obj["store"] = open_store(obj.get("db"))
-    store: Store = obj["store"]
-    return store
-
-
-def wants_json(ctx: click.Context) -> bool:
-    """True when ``--json`` was given globally or on the command."""
-    return bool(ctx.ensure_object(dict).get("json"))
-
-
-def emit(ctx: click.Context, data: Any, text: str | Callable[[], str]) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human text."""
-    if wants_json(ctx):
-        click.echo(json.dumps(data, default=str, indent=2))
-    else:
-        click.echo(text() if callable(text) else text)
-
-
-def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    """A plain aligned text table."""
-    if not rows:
-        return "(none)"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join(lines)
 
 
 @click.group(cls=NyxGroup)
@@ -206,25 +149,8 @@ def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
     emit(ctx, rows, lambda: table(rows, ["tenant", "name", "id"]))
 
 
-def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
-    """Print events (JSON lines or text progress) and exit 0 only if the workflow completed."""
-    from .progress import TextProgress
-
-    show = (lambda e: click.echo(e.to_json())) if wants_json(ctx) else TextProgress()
-    status = "failed"
-    for event in events:
-        show(event)
-        if isinstance(event, ev.WorkflowCompleted):
-            status = "completed"
-        elif isinstance(event, ev.WorkflowPaused):
-            status = "paused"
-    sys.exit(0 if status == "completed" else 1)
-
-
 def register_commands() -> None:
     """Attach the commands that live in other modules."""
-    from . import cli_batch, cli_migrate, cli_run
-
     for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, cli_migrate.clone, cli_migrate.migrate):
         cli.add_command(command)
 
@@ -232,13 +158,6 @@ def register_commands() -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="nyxnb")
-
-
-def demo_spec_path() -> Path:
-    """The sample workflow the demo runs."""
-    from .pricing import pricing_path
-
-    return pricing_path().parent / "workflows" / "brbase-plan.yaml"
 
 
 register_commands()

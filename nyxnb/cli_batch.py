@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .batch import BatchResult, load_param_sets, run_batch
-from .cli import emit, table, wants_json, with_json
+from .cli_common import emit, table, wants_json, with_json
 
 
 def _params_text(params: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from . import api
-from .cli import emit, get_store, stream_events, table, wants_json, with_json
+from .cli_common import emit, get_store, stream_events, table, wants_json, with_json
 from .report import list_workflows, workflow_summary
 from .store import Store
 
@@ -172,13 +172,12 @@ def list_(ctx: click.Context, tenant: str | None) -> None:
 @click.pass_context
 def demo(ctx: click.Context, provider: str, latency_ms: float) -> None:
     """Seed if needed and run the sample BRbase workflow (offline by default)."""
-    from .cli import demo_spec_path
-    from .seed import seed
+    from .seed import load_spec_path, seed
 
     store = get_store(ctx)
     seed(store)
     events = api.run_iter(
-        demo_spec_path(),
+        load_spec_path(),
         store=store,
         tenant="nyx",
         project="BRbase",
