@@ -133,17 +133,15 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
 
 
 def _migrate(quick: bool, out: dict[str, Any]) -> list[str]:
-    try:
-        from bench import bench_migrate
-    except ImportError:
-        return ["", "## Migration: bench/bench_migrate.py not available"]
-    runner = getattr(bench_migrate, "run_all", None)
-    if runner is None:
-        return ["", "## Migration: see `python bench/bench_migrate.py`"]
-    result = runner(quick=quick)
-    out["migrate"] = result.get("data", result) if isinstance(result, dict) else result
-    text = result.get("text", "") if isinstance(result, dict) else ""
-    return ["", "## Migration", "", text]
+    """Run bench/bench_migrate.py (SQLite, and PostgreSQL when NYXNB_TEST_PG_URL is set)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent / "bench_migrate.py"
+    args = [sys.executable, str(script), *(["--quick"] if quick else [])]
+    text = subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+    out["migrate_text"] = text
+    return ["", "## Migration (plan + apply + reverse) and clone", "", "```", text, "```"]
 
 
 if __name__ == "__main__":

@@ -165,7 +165,9 @@ def test_updating_the_widgets_costs_a_fraction_of_the_run(seeded) -> None:
     result = nyxnb.run(small, tenant="nyx", project="BRbase", store=seeded, on_event=timed)
     wall = time.perf_counter() - started
     assert result.ok
-    assert spent[0] < 0.02 * wall, (spent[0], wall)  # the offline provider answers at once
+    # CPU time of the widget per item, far below the engine's own few hundred us per item
+    # (a loose bound: thread CPU time, not wall time, so a busy machine does not fail it)
+    assert spent[0] / 1000 < 100e-6, spent[0]
     assert renders[0] <= wall / progress.interval_s + 12  # throttled, not once per item
 
 
