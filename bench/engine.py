@@ -35,6 +35,7 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
         step = records.load_steps(store, workflow_id)[0]
         records.sync_items(store, step, [(f"item {i}", f"Design item {i}", f"h{i}")
                                          for i in range(n)])
+        _checkpoint(store)
         before = _db_bytes(store)
         timings = []
         for i in range(n):
@@ -44,15 +45,19 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
             started = time.perf_counter()
             records.complete_item(store, step, i, answer.text, result)
             timings.append(time.perf_counter() - started)
-        raw = store.engine.raw_connection()  # outside a transaction: checkpoint the WAL
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        raw.close()
+        _checkpoint(store)
         grown = _db_bytes(store) - before
         store.dispose()
     tenth = max(n // 10, 1)
     first, last = statistics.median(timings[:tenth]), statistics.median(timings[-tenth:])
     return {"n": n, "first_10pct_median_us": first * 1e6, "last_10pct_median_us": last * 1e6,
             "growth_ratio": last / first, "store_bytes_per_item": grown / n}
+
+
+def _checkpoint(store: Any) -> None:
+    raw = store.engine.raw_connection()  # outside a transaction: fold the WAL into the file
+    raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw.close()
 
 
 def _db_bytes(store: Any) -> int:
@@ -166,14 +171,15 @@ def import_times(repeats: int) -> list[Measurement]:
     ]
 
 
+# VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork+exec.
 MEMORY_CODE = """
-import resource, sys, tempfile, pathlib
+import re, sys, tempfile, pathlib
 sys.path.insert(0, {root!r})
 from bench.fanout import {fn}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as tmp:
     {fn}({n}, 0.0, pathlib.Path(tmp))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024)
 """
 
 

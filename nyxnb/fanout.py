@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import records
+from .chain import ChainResult
 from .errors import BudgetExceeded, ChainExhausted, StepFailed
 from .generated import parse_items
 from .models import COMPLETED, PENDING, RUNNING, utcnow
@@ -67,7 +69,12 @@ def _check_budget(runner: Runner, step: dict[str, Any], requests: list[Completio
 
 
 class _FanOut:
-    """State of one fan-out execution."""
+    """One fan-out execution: ``limit`` workers, each with at most one call in flight.
+
+    A worker starts its next call as soon as its provider answers; the item's commit and its
+    progress event follow in a separate task, so the database never delays the next call and
+    an event is only sent once its item is durable.
+    """
 
     def __init__(
         self,
@@ -80,30 +87,30 @@ class _FanOut:
         self.total = len(rows)
         self.completed = sum(1 for r in rows if r["status"] == COMPLETED)
         self.failures: list[tuple[int, ChainExhausted]] = []
-        config = step["config"]
-        self.limit = asyncio.Semaphore(
-            config.get("concurrency") or runner.spec.defaults.concurrency
-        )
+        self.limit = step["config"].get("concurrency") or runner.spec.defaults.concurrency
+        self._pending = deque(r for r in rows if r["status"] != COMPLETED)
+        self._commits: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     async def run(self) -> bool:
         """Run every pending item; False if a pause stopped it early."""
-        tasks: list[asyncio.Task[None]] = []
-        stopped = False
+        workers = [
+            asyncio.create_task(self._worker()) for _ in range(min(self.limit, len(self._pending)))
+        ]
         try:
-            for row in self.rows:
-                if row["status"] == COMPLETED:
-                    continue
-                await self.limit.acquire()
-                if self.runner.pause_event.is_set():
-                    self.limit.release()
-                    stopped = True
-                    break
-                tasks.append(asyncio.create_task(self._item(row)))
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*workers)
+            await asyncio.gather(*self._commits)
         finally:
-            for task in tasks:
+            for task in (*workers, *self._commits):
                 task.cancel()
-        return not stopped
+        return not self._stopped
+
+    async def _worker(self) -> None:
+        while self._pending:
+            if self.runner.pause_event.is_set():
+                self._stopped = True
+                return
+            await self._item(self._pending.popleft())
 
     async def _item(self, row: dict[str, Any]) -> None:
         idx = row["idx"]
@@ -113,10 +120,13 @@ class _FanOut:
             records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts)
             self.failures.append((idx, exc))
             return
-        finally:
-            self.limit.release()
-        rows = records.item_rows(self.step, idx, result.completion.text, result)
-        await self.runner.writer.write(rows)
+        self._commits.append(asyncio.create_task(self._commit(row, result)))
+
+    async def _commit(self, row: dict[str, Any], result: ChainResult) -> None:
+        idx = row["idx"]
+        await self.runner.writer.write(
+            records.item_rows(self.step, idx, result.completion.text, result)
+        )
         self.completed += 1
         self.runner.step_event(
             ev.FanOutProgress,
