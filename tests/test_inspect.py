@@ -7,40 +7,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import minimal, three_steps
 from matplotlib.figure import Figure
 from sqlalchemy import func, select
 
 import nyxnb
 import nyxnb.inspect as ni
-from nyxnb.models import LlmCall, Persona, Project, Tenant
+from nyxnb.models import LlmCall
 
 
 def spec(n_items: int = 5) -> dict[str, Any]:
-    return {
-        "name": "inspect-test",
-        "defaults": {"provider": "offline", "fallback": [], "cache": False},
-        "steps": [
-            {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
-            {"name": "features", "type": "fan-out", "persona": "Cael",
-             "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
-             "prompt": "Design {{ item.heading }}"},
-            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
-             "prompt": "{% for i in steps.features.items %}{{ i.heading }};{% endfor %}"},
-        ],
-    }  # fmt: skip
-
-
-def minimal(store):
-    """The tenant, project and personas a run needs (faster than the full sample data)."""
-    with store.session() as s:
-        tenant = Tenant(slug="nyx", name="Nyx")
-        s.add(tenant)
-        s.flush()
-        s.add(Project(tenant_id=tenant.id, name="BRbase", description="A bug tracker."))
-        s.add_all(
-            Persona(name=n, system_prompt=f"You are {n}.") for n in ("Athena", "Cael", "Harmonia")
-        )
-    return store
+    return three_steps("inspect-test", n_items)
 
 
 @pytest.fixture

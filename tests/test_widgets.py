@@ -11,44 +11,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import minimal, three_steps
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.models import Persona, Project, Tenant
 from nyxnb.report import workflow_summary
 from nyxnb.widgets import ProgressState, WorkflowProgress, live_frontend
 from nyxnb.workflows import create_workflow
 
 
 def spec(n_items: int = 4, **defaults: Any) -> dict[str, Any]:
-    return {
-        "name": "widget-test",
-        "defaults": {"provider": "offline", "fallback": [], "cache": False, **defaults},
-        "steps": [
-            {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
-            {"name": "features", "type": "fan-out", "persona": "Cael",
-             "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
-             "prompt": "Design {{ item.heading }}"},
-            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
-             "prompt": "{% for i in steps.features.items %}{{ i.heading }};{% endfor %}"},
-        ],
-        "generate": {"consistency_check": {"persona": "Nemesis"},
-                     "implementation_prompts": {"from": "features", "persona": "Aristaeus"}},
-    }  # fmt: skip
-
-
-def minimal(store):
-    """The tenant, project and personas a run needs (faster than the full sample data)."""
-    with store.session() as s:
-        tenant = Tenant(slug="nyx", name="Nyx")
-        s.add(tenant)
-        s.flush()
-        s.add(Project(tenant_id=tenant.id, name="BRbase", description="A bug tracker."))
-        s.add_all(
-            Persona(name=n, system_prompt=f"You are {n}.")
-            for n in ("Athena", "Cael", "Harmonia", "Nemesis", "Aristaeus")
-        )
-    return store
+    return three_steps("widget-test", n_items, generate=True, **defaults)
 
 
 @pytest.fixture

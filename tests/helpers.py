@@ -1,0 +1,45 @@
+"""Small builders shared by tests: a minimal store and a three-step offline spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nyxnb.models import Persona, Project, Tenant
+from nyxnb.store import Store
+
+PERSONAS = ("Athena", "Cael", "Harmonia", "Nemesis", "Aristaeus")
+
+
+def minimal(store: Store) -> Store:
+    """The tenant, project and personas a run needs (faster than the full sample data)."""
+    with store.session() as s:
+        tenant = Tenant(slug="nyx", name="Nyx")
+        s.add(tenant)
+        s.flush()
+        s.add(Project(tenant_id=tenant.id, name="BRbase", description="A bug tracker."))
+        s.add_all(Persona(name=n, system_prompt=f"You are {n}.") for n in PERSONAS)
+    return store
+
+
+def three_steps(
+    name: str, n_items: int, *, generate: bool = False, **defaults: Any
+) -> dict[str, Any]:
+    """analysis -> an n-item fan-out -> synthesis, on the offline provider, cache off."""
+    body: dict[str, Any] = {
+        "name": name,
+        "defaults": {"provider": "offline", "fallback": [], "cache": False, **defaults},
+        "steps": [
+            {"name": "analysis", "persona": "Athena", "prompt": "Analyse {{ project.name }}"},
+            {"name": "features", "type": "fan-out", "persona": "Cael",
+             "items": [{"heading": f"Feature {i}", "body": f"body {i}"} for i in range(n_items)],
+             "prompt": "Design {{ item.heading }}"},
+            {"name": "synthesis", "type": "synthesis", "persona": "Harmonia",
+             "prompt": "{% for i in steps.features.items %}{{ i.heading }};{% endfor %}"},
+        ],
+    }  # fmt: skip
+    if generate:
+        body["generate"] = {
+            "consistency_check": {"persona": "Nemesis"},
+            "implementation_prompts": {"from": "features", "persona": "Aristaeus"},
+        }
+    return body
