@@ -131,7 +131,7 @@ class ProviderPool:
     async def call(self, name: str, request: CompletionRequest) -> Completion:
         """One call; the first calls to an unproven provider go one at a time."""
         prov = self.provider(name)
-        health = self._health.setdefault(name, _Health())
+        health = self._health.setdefault(name, _Health(proven=not prov.probe_first))
         if not health.proven:
             async with health.lock:
                 if name in self.down:

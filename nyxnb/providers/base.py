@@ -82,6 +82,9 @@ class Provider(ABC):
     key_env: ClassVar[tuple[str, ...]] = ()
     default_model: ClassVar[str] = ""
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    #: Send one probe call before any concurrency (a provider out of credit is then called
+    #: once per run, not once per item).  Off for local providers that have no account.
+    probe_first: ClassVar[bool] = True
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
         self.options = options or self.Options()

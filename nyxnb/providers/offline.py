@@ -45,6 +45,7 @@ class OfflineProvider(Provider):
     key_env = ()
     default_model = "offline-1"
     Options = OfflineOptions
+    probe_first = False  # no account, no credit: nothing to probe
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer from a hash of the request, after the simulated latency."""
