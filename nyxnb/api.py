@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from . import events as ev
 from .chain import RetryPolicy
 from .engine import Runner
+from .errors import RunError
 from .models import Workflow
 from .spec import WorkflowSpec
 from .store import Store, open_store
@@ -271,4 +272,10 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
     st = _store(store)
     tenant_id = st.find_tenant(tenant).id if tenant else None
     with st.session(tenant_id) as s:
-        s.get_one(Workflow, workflow_id).pause_requested = True
+        workflow = s.get_one(Workflow, workflow_id)
+        if workflow.status != "running":
+            raise RunError(
+                f"workflow {workflow_id} is {workflow.status}, not running: nothing to pause",
+                hint=f"`nyxnb resume {workflow_id}` continues a paused or failed workflow",
+            )
+        workflow.pause_requested = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -11,8 +12,10 @@ from sqlalchemy.exc import IntegrityError
 
 from . import cli_batch, cli_migrate, cli_run
 from .cli_common import emit, get_store, json_option, table, with_json
-from .errors import AlreadyExists, NyxError
+from .errors import AlreadyExists, ConfigError, NyxError
 from .models import Project, Tenant
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class NyxGroup(click.Group):
@@ -77,6 +80,12 @@ def tenant() -> None:
 @click.pass_context
 def tenant_add(ctx: click.Context, slug: str, name: str | None) -> None:
     """Add a tenant."""
+    if not SLUG.fullmatch(slug):
+        raise ConfigError(
+            f"invalid tenant slug {slug!r}",
+            hint="use lowercase letters, digits, '-' and '_', starting with a "
+            "letter or digit (e.g. acme-labs)",
+        )
     store = get_store(ctx)
     try:
         with store.session() as s:
@@ -117,6 +126,11 @@ def project() -> None:
 @click.pass_context
 def project_add(ctx: click.Context, tenant_slug: str, name: str, description: str) -> None:
     """Add a project to a tenant."""
+    if not name.strip() or name != name.strip():
+        raise ConfigError(
+            f"invalid project name {name!r}",
+            hint="give a non-empty name without leading or trailing spaces",
+        )
     store = get_store(ctx)
     try:
         with store.tenant(tenant_slug) as s:

@@ -68,15 +68,23 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
-    """Print events (JSON lines or text progress) and exit 0 only if the workflow completed."""
+    """Print events (JSON lines or text progress) and exit 0 only if the workflow completed.
+
+    Ctrl-C stops the run cooperatively: items in flight are kept, the workflow is paused.
+    """
     from .progress import TextProgress
 
     show = (lambda e: click.echo(e.to_json())) if wants_json(ctx) else TextProgress()
-    status = "failed"
-    for event in events:
-        show(event)
-        if isinstance(event, ev.WorkflowCompleted):
-            status = "completed"
-        elif isinstance(event, ev.WorkflowPaused):
-            status = "paused"
+    status, workflow_id = "failed", ""
+    try:
+        for event in events:
+            show(event)
+            workflow_id = event.workflow_id
+            if isinstance(event, ev.WorkflowCompleted):
+                status = "completed"
+            elif isinstance(event, ev.WorkflowPaused):
+                status = "paused"
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: paused; continue with: nyxnb resume {workflow_id}", err=True)
+        sys.exit(130)
     sys.exit(0 if status == "completed" else 1)

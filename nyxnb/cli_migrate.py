@@ -45,7 +45,8 @@ def store_of(ctx: click.Context) -> Iterator[Store]:
             if shared is None:
                 store.dispose()
     except NyxError as err:
-        raise click.ClickException(str(err)) from None
+        click.echo(f"error: {err}", err=True)  # the same one line as every other command
+        raise SystemExit(1) from None
 
 
 def _wants_json(ctx: click.Context, flag: bool) -> bool:

@@ -23,7 +23,11 @@ def _tenant_id(store: Store, tenant: str | None) -> str | None:
 @click.option("--provider", help="Run every step on this provider only (e.g. offline).")
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Fan-out items in flight.")
 @click.option("--no-cache", is_flag=True, help="Do not use the response cache.")
-@click.option("--max-cost", type=float, help="Budget in USD; stops before exceeding it.")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Budget in USD (> 0); stops before exceeding it.",
+)
 @with_json
 @click.pass_context
 def run(

@@ -99,8 +99,10 @@ class Runner:
         except Paused:
             self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # Ctrl-C or a consumer that stopped listening
+            records.reset_running_steps(self.store, self.workflow_id)
             self._finish(PAUSED, None)
+            self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
             raise
         except NyxError as exc:
             self._finish(FAILED, str(exc))
@@ -156,9 +158,18 @@ class Runner:
                 project=self.project.name,
                 tenant=self.tenant_slug,
                 resumed=self.status != "pending",
-                total_steps=len(steps),
+                total_steps=max(len(steps), self._expected_steps()),
             )
         )
+
+    def _expected_steps(self) -> int:
+        """User steps plus the generated ones, when the spec lets us count them up front."""
+        generate = self.spec.generate
+        count = len(self.spec.steps) + (1 if generate.consistency_check else 0)
+        if generate.implementation_prompts is not None:
+            source = self.spec.step(generate.implementation_prompts.from_)
+            count += len(source.items or [])
+        return count
 
     def _finish(self, status: str, error: str | None) -> None:
         records.update_workflow(

@@ -14,6 +14,7 @@ from .models import (
     COMPLETED,
     FAILED,
     PENDING,
+    RUNNING,
     LlmCall,
     StepItem,
     Workflow,
@@ -140,6 +141,16 @@ def complete_step(
                     }
                 )
             )
+        )
+
+
+def reset_running_steps(store: Store, workflow_id: str) -> None:
+    """Put steps left ``running`` by an interrupted run back to ``pending``."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.workflow_id == workflow_id, STEPS.c.status == RUNNING)
+            .values(_stamp({"status": PENDING}))
         )
 
 

@@ -183,9 +183,9 @@ def _make_engine(url: str) -> Engine:
         else:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(url, **kwargs)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         raise StoreUnavailable(
-            f"malformed store URL {url!r}: {exc}",
+            f"unsupported or malformed store URL {url!r}: {exc}",
             hint="use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db",
         ) from None
     if engine.dialect.name == "sqlite":

@@ -102,11 +102,45 @@ def referenced_names(source: str) -> tuple[set[str], set[str]]:
     return top, step_refs
 
 
+#: The fields a template may read on each context object.
+FIELDS = {
+    "project": frozenset({"name", "description"}),
+    "item": frozenset({"heading", "body", "index", "number", "output"}),
+    "step": frozenset({"name", "output", "items"}),
+}
+
+
+def unknown_fields(source: str) -> list[str]:
+    """``project.X`` / ``item.X`` / ``steps.NAME.X`` reads naming a field that does not exist."""
+    ast = _ENV.parse(source)
+    bad = []
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if isinstance(inner, nodes.Name) and inner.name in ("project", "item"):
+            if node.attr not in FIELDS[inner.name]:
+                bad.append(f"{inner.name}.{node.attr}")
+        elif (
+            isinstance(inner, nodes.Getattr)
+            and isinstance(inner.node, nodes.Name)
+            and inner.node.name == "steps"
+            and node.attr not in FIELDS["step"]
+        ):
+            bad.append(f"steps.{inner.attr}.{node.attr}")
+    return bad
+
+
 def check_template(
     source: str, *, field_name: str, allowed: Iterable[str], earlier_steps: Iterable[str]
 ) -> None:
-    """Raise :class:`SpecError` if the template names a variable or step it cannot see."""
+    """Raise :class:`SpecError` if the template names a variable, field or step it cannot see."""
     compile_template(source, field_name=field_name)
+    for ref in unknown_fields(source):
+        kind = "step" if ref.startswith("steps.") else ref.split(".")[0]
+        raise SpecError(
+            f"template reads {ref}, which does not exist",
+            field=field_name,
+            hint=f"{kind} has: {', '.join(sorted(FIELDS[kind]))}",
+        )
     top, step_refs = referenced_names(source)
     allowed = set(allowed)
     for name in sorted(top - allowed):

@@ -9,6 +9,7 @@ key naming another tenant's row fails with :class:`NotFound` -- exactly as for a
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from sqlalchemy import event, select
@@ -29,7 +30,12 @@ class NyxSession(Session):
         """Fetch by primary key or raise :class:`NotFound` (also for another tenant's row)."""
         obj = self.get(entity, ident, **kw)
         if obj is None:
-            raise NotFound(getattr(entity, "__tablename__", entity.__name__), ident)
+            kind = re.sub(r"(?<!^)(?=[A-Z])", " ", entity.__name__).lower()  # WorkflowStep ->
+            raise NotFound(
+                kind,
+                ident,
+                hint=f"check the {kind} id (ids are UUIDs; `nyxnb list` shows workflows)",
+            )
         return obj
 
 

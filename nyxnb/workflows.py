@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .errors import NotFound, SpecError
-from .models import PENDING, Persona, Project, Workflow, WorkflowStep
-from .providers.registry import provider_class
+from .errors import MissingKey, NotFound, SpecError
+from .models import PENDING, Persona, Project, Repository, Workflow, WorkflowStep
+from .providers.registry import create_provider, provider_class
 from .spec import StepSpec, WorkflowSpec, load_spec
 from .store import Store
 
@@ -87,6 +87,40 @@ def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
             provider_class(entry.partition(":")[0])
 
 
+def _check_ready(spec: WorkflowSpec) -> None:
+    """Every LLM step needs at least one provider of its chain with a key in the environment."""
+    for step in spec.steps:
+        if step.type == "pattern-check":
+            continue
+        providers = [create_provider(e.partition(":")[0]) for e in step_chain(step, spec)]
+        missing = []
+        for provider in providers:
+            try:
+                provider.check_ready()
+                break
+            except MissingKey as exc:
+                missing.append(exc)
+        else:
+            names = " or ".join(v for exc in missing for v in exc.env_vars)
+            raise MissingKey(", ".join(p.name for p in providers), [names])
+
+
+def _check_repositories(store: Store, spec: WorkflowSpec, tenant_id: str) -> None:
+    for i, step in enumerate(spec.steps):
+        if step.type == "pattern-check" and step.repository:
+            owner, _, repo = step.repository.partition("/")
+            with store.session(tenant_id, read_only=True) as s:
+                found = s.scalar(
+                    select(Repository.id).where(Repository.owner == owner, Repository.repo == repo)
+                )
+            if found is None:
+                raise SpecError(
+                    f"repository {step.repository!r} not found in this tenant",
+                    field=f"steps[{i}].repository",
+                    hint="add the repository or point `repository:` at one it has",
+                )
+
+
 def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
     chain = step_chain(step, spec)
     config = step.model_dump(
@@ -139,6 +173,8 @@ def create_workflow(
     tenant_row = store.find_tenant(tenant)
     project_row = find_project(store, tenant_row.id, project)
     _check_names(parsed, personas_for(store, tenant_row.id))
+    _check_repositories(store, parsed, tenant_row.id)
+    _check_ready(parsed)
     with store.session(tenant_row.id) as s:
         wf = Workflow(
             project_id=project_row.id, name=parsed.name, status=PENDING, spec=parsed.to_dict()

@@ -234,6 +234,7 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
     wf = run[0]["workflow_id"]
     assert check("show", wf)["id"] == wf
     assert wf in {w["id"] for w in check("list")}
+    mark_running(db, wf)  # pause only applies to a running workflow
     assert check("pause", wf)["workflow_id"] == wf
     resumed = check("resume", wf, stream=True)
     assert resumed[0]["workflow_id"] == wf and resumed[-1]["type"] == "workflow_completed"
@@ -302,6 +303,21 @@ def test_pause_a_running_workflow_then_resume_it(db: str) -> None:
     final = as_json(nyx(db, "show", wf, "--json"))
     assert final["status"] == "completed"
     assert all(s["status"] == "completed" for s in final["steps"])
+
+
+def mark_running(db: str, workflow_id: str) -> None:
+    """Make a finished workflow look like one that is running (as another process would)."""
+    store = open_store(db)
+    try:
+        with store.session() as s:
+            s.get_one(Workflow, workflow_id).status = "running"
+    finally:
+        store.dispose()
+
+
+def test_pause_of_a_workflow_that_is_not_running_says_so(db: str) -> None:
+    wf = run_offline(db)
+    one_line_error(nyx(db, "pause", wf), "is completed, not running")
 
 
 def test_tenant_option_enforces_scope(db: str) -> None:

@@ -147,3 +147,49 @@ def test_two_processes_racing_to_resume_one_workflow(store, store_url, tmp_path)
     assert len(loser[1].strip().splitlines()) == 1
     done, calls, items = _fan_out_state(store, workflow_id)
     assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))
+
+
+@pytest.mark.slow
+def test_ctrl_c_pauses_cleanly_then_resume_finishes(sqlite_store, sqlite_url, tmp_path):
+    """SIGINT mid fan-out: exit 130 with the resume hint, no step left running, nothing lost."""
+    seed(sqlite_store)
+    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "30", "NYXNB_DB_URL": sqlite_url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nyxnb",
+            "run",
+            _spec(tmp_path),
+            "--tenant",
+            "nyx",
+            "--project",
+            "BRbase",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    workflow_id = ""
+    for line in proc.stdout:
+        event = json.loads(line)
+        workflow_id = event["workflow_id"]
+        if event["type"] == "fan_out_progress" and event["completed"] >= 8:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"nyxnb resume {workflow_id}" in err and "Traceback" not in err
+    with sqlite_store.session() as s:
+        assert s.get_one(Workflow, workflow_id).status == "paused"
+        statuses = s.scalars(
+            select(WorkflowStep.status).where(WorkflowStep.workflow_id == workflow_id)
+        ).all()
+    assert "running" not in statuses
+    result = nyxnb.resume(workflow_id, store=sqlite_store)
+    assert result.ok
+    done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
+    assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))
