@@ -150,7 +150,7 @@ def resume_job(
 ) -> Job:
     """The job that resumes ``workflow_id`` (scoped to ``tenant`` when given)."""
     st = _store(store)
-    return Job(st, workflow_id, st.find_tenant(tenant).id if tenant else None, **kw)
+    return Job(st, workflow_id, st.tenant_id(tenant), **kw)
 
 
 async def arun(
@@ -270,7 +270,7 @@ def resume(workflow_id: str, **kw: Any) -> RunResult:
 def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None) -> None:
     """Ask a running workflow to pause between items and steps (any process may ask)."""
     st = _store(store)
-    tenant_id = st.find_tenant(tenant).id if tenant else None
+    tenant_id = st.tenant_id(tenant)
     with st.session(tenant_id) as s:
         workflow = s.get_one(Workflow, workflow_id)
         if workflow.status != "running":

@@ -153,7 +153,7 @@ def project_add(ctx: click.Context, tenant_slug: str, name: str, description: st
 def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
     """List projects."""
     store = get_store(ctx)
-    tenant_id = store.find_tenant(tenant_slug).id if tenant_slug else None
+    tenant_id = store.tenant_id(tenant_slug)
     with store.session(tenant_id) as s:
         query = select(Project, Tenant.slug).join(Tenant, Tenant.id == Project.tenant_id)
         rows = [

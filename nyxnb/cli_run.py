@@ -9,11 +9,6 @@ import click
 from . import api
 from .cli_common import emit, get_store, stream_events, table, wants_json, with_json
 from .report import list_workflows, workflow_summary
-from .store import Store
-
-
-def _tenant_id(store: Store, tenant: str | None) -> str | None:
-    return store.find_tenant(tenant).id if tenant else None
 
 
 @click.command()
@@ -143,7 +138,7 @@ def show(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     """Show WF: steps, items, tokens and cost by provider."""
     store = get_store(ctx)
     data = workflow_summary(
-        store, workflow_id, tenant_id=_tenant_id(store, tenant), with_items=wants_json(ctx)
+        store, workflow_id, tenant_id=store.tenant_id(tenant), with_items=wants_json(ctx)
     )
     emit(ctx, data, lambda: _show_text(data))
 
@@ -155,7 +150,7 @@ def show(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
 def list_(ctx: click.Context, tenant: str | None) -> None:
     """List workflows, newest first."""
     store = get_store(ctx)
-    rows = list_workflows(store, tenant_id=_tenant_id(store, tenant))
+    rows = list_workflows(store, tenant_id=store.tenant_id(tenant))
     emit(ctx, rows, lambda: table(rows, ["id", "tenant", "project", "name", "status"]))
 
 

@@ -59,7 +59,7 @@ def plan_clone(
     tenant: str | None = None,
 ) -> ClonePlan:
     """Read a workflow's definition and describe its clone; writes nothing."""
-    tenant_id = store.find_tenant(tenant).id if tenant else None
+    tenant_id = store.tenant_id(tenant)
     with store.session(tenant_id) as s:
         wf = _find_workflow(s, workflow_id)
         project_id = wf.project_id if project is None else _find_project(s, wf.tenant_id, project)

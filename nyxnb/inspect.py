@@ -135,16 +135,12 @@ def export_parquet(store: StoreArg, folder: str | Path) -> list[Path]:
     return written
 
 
-def _tenant_id(st: Store, tenant: str | None) -> str | None:
-    return st.find_tenant(tenant).id if tenant else None
-
-
 def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) -> pd.DataFrame:
     """One row per step: order, name, type, persona, provider, status, items, tokens, cost."""
     import pandas as pd
 
     st = _store(store)
-    summary = workflow_summary(st, workflow_id, tenant_id=_tenant_id(st, tenant), with_items=False)
+    summary = workflow_summary(st, workflow_id, tenant_id=st.tenant_id(tenant), with_items=False)
     cols = [
         "order",
         "name",
@@ -172,7 +168,7 @@ def items_df(
     import pandas as pd
 
     st = _store(store)
-    summary = workflow_summary(st, workflow_id, tenant_id=_tenant_id(st, tenant))
+    summary = workflow_summary(st, workflow_id, tenant_id=st.tenant_id(tenant))
     rows = [
         {"step": s["name"], **item}
         for s in summary["steps"]
@@ -215,7 +211,7 @@ def calls_df(
     )
     if workflow_id is not None:
         query = query.where(LlmCall.workflow_id == workflow_id)
-    tenant_id = _tenant_id(st, tenant)
+    tenant_id = st.tenant_id(tenant)
     if tenant_id is not None:
         query = query.where(LlmCall.tenant_id == tenant_id)
     with st.engine.connect() as conn:

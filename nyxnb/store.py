@@ -161,6 +161,10 @@ class Store:
             raise NotFound("tenant", slug_or_id, hint="list tenants with `nyxnb tenant list`")
         return found
 
+    def tenant_id(self, slug_or_id: str | None) -> str | None:
+        """The id of a tenant given by slug or id, or None for no scope; :class:`NotFound`."""
+        return self.find_tenant(slug_or_id).id if slug_or_id else None
+
     def table_names(self) -> list[str]:
         """Every table of the store (for inspection and checksums)."""
         return sorted(inspect(self.engine).get_table_names())

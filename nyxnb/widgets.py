@@ -366,7 +366,7 @@ class WorkflowProgress:
             self.store = self.store or open_store()
             self._reader = reader(self.store)
         st, workflow_id = self._reader, self.state.workflow_id
-        tenant_id = st.find_tenant(self.tenant).id if self.tenant else None
+        tenant_id = st.tenant_id(self.tenant)
         summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
         extras = step_context(st, workflow_id)
         with self._lock:
