@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import events as ev
 from .chain import RetryPolicy
@@ -27,7 +27,6 @@ from .spec import WorkflowSpec
 from .store import Store, open_store
 from .workflows import RunOptions, create_workflow
 
-T = TypeVar("T")
 OnEvent = Callable[[ev.Event], None]
 StoreArg = Store | str | None
 _DONE = object()
@@ -225,11 +224,6 @@ class _LoopThread:
                 threading.Thread(target=loop.run_forever, name="nyxnb-loop", daemon=True).start()
                 cls._loop = loop
             return cls._loop
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code (also inside a running Jupyter loop)."""
-    return asyncio.run_coroutine_threadsafe(coro, _LoopThread.loop()).result()
 
 
 def run_iter(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> Iterator[ev.Event]:

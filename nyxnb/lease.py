@@ -13,7 +13,7 @@ import socket
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 
 from .errors import LeaseHeld, NotFound
 from .models import Workflow, utcnow
@@ -86,7 +86,7 @@ def acquire(store: Store, workflow_id: str, owner: str, *, tenant_id: str | None
 
 
 def renew(store: Store, workflow_id: str, owner: str) -> bool:
-    """Extend the lease; False if it was lost.  Also returns nothing about pause (see engine)."""
+    """Extend the lease; False if it was lost."""
     now = utcnow()
     with store.session() as s:
         result = s.execute(
@@ -103,7 +103,7 @@ def release(store: Store, workflow_id: str, owner: str) -> None:
     with store.session() as s:
         s.execute(
             update(Workflow)
-            .where(and_(Workflow.id == workflow_id, or_(Workflow.lease_owner == owner)))
+            .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
             .values(lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )

@@ -281,12 +281,7 @@ def sync_items(
                 )
         if fresh:
             conn.execute(insert(ITEMS), fresh)
-        return [
-            dict(r)
-            for r in conn.execute(
-                select(ITEMS).where(ITEMS.c.step_id == step["id"]).order_by(ITEMS.c.idx)
-            ).mappings()
-        ]
+        return _step_items(conn, step["id"])
 
 
 def load_steps(store: Store, workflow_id: str) -> list[dict[str, Any]]:
@@ -303,12 +298,12 @@ def load_steps(store: Store, workflow_id: str) -> list[dict[str, Any]]:
 def load_items(store: Store, step_id: str) -> list[dict[str, Any]]:
     """Every item row of a step, in order."""
     with store.reading() as conn:
-        return [
-            dict(r)
-            for r in conn.execute(
-                select(ITEMS).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
-            ).mappings()
-        ]
+        return _step_items(conn, step_id)
+
+
+def _step_items(conn: Connection, step_id: str) -> list[dict[str, Any]]:
+    query = select(ITEMS).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
