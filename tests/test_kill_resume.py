@@ -45,27 +45,18 @@ def _spec(tmp_path) -> str:
     return str(path)
 
 
-def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
-    """Start `nyxnb run`, kill -9 it after `kill_after` completed items; (workflow id, seen)."""
-    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "15", "NYXNB_DB_URL": url}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nyxnb",
-            "run",
-            spec,
-            "--tenant",
-            "nyx",
-            "--project",
-            "BRbase",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+def _run_and_signal(
+    url: str, spec: str, after: int, sig: int, latency_ms: int
+) -> tuple[subprocess.Popen[str], str, int]:
+    """Start `nyxnb run --json`, send `sig` once `after` items completed.
+
+    Returns the process (not yet waited for), the workflow id and the items seen completed.
+    """
+    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": str(latency_ms), "NYXNB_DB_URL": url}
+    cmd = [sys.executable, "-m", "nyxnb", "run", spec, "--tenant", "nyx", "--project", "BRbase",
+           "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
     workflow_id, seen = "", 0
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -73,9 +64,15 @@ def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
         workflow_id = event["workflow_id"]
         if event["type"] == "fan_out_progress":
             seen = event["completed"]
-            if seen >= kill_after:
-                proc.send_signal(signal.SIGKILL)
+            if seen >= after:
+                proc.send_signal(sig)
                 break
+    return proc, workflow_id, seen
+
+
+def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
+    """Start `nyxnb run`, kill -9 it after `kill_after` completed items; (workflow id, seen)."""
+    proc, workflow_id, seen = _run_and_signal(url, spec, kill_after, signal.SIGKILL, 15)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
     return workflow_id, seen
@@ -153,33 +150,7 @@ def test_two_processes_racing_to_resume_one_workflow(store, store_url, tmp_path)
 def test_ctrl_c_pauses_cleanly_then_resume_finishes(sqlite_store, sqlite_url, tmp_path):
     """SIGINT mid fan-out: exit 130 with the resume hint, no step left running, nothing lost."""
     seed(sqlite_store)
-    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "30", "NYXNB_DB_URL": sqlite_url}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nyxnb",
-            "run",
-            _spec(tmp_path),
-            "--tenant",
-            "nyx",
-            "--project",
-            "BRbase",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    workflow_id = ""
-    for line in proc.stdout:
-        event = json.loads(line)
-        workflow_id = event["workflow_id"]
-        if event["type"] == "fan_out_progress" and event["completed"] >= 8:
-            proc.send_signal(signal.SIGINT)
-            break
+    proc, workflow_id, _ = _run_and_signal(sqlite_url, _spec(tmp_path), 8, signal.SIGINT, 30)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert f"nyxnb resume {workflow_id}" in err and "Traceback" not in err
