@@ -28,10 +28,10 @@ from sqlalchemy import create_engine, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nyxnb import models as m  # noqa: E402
-from nyxnb.clone import clone_workflow  # noqa: E402
-from nyxnb.migrate import apply_migration, plan_migration, reverse_migration  # noqa: E402
 from nyxnb.store import Store, open_store  # noqa: E402
+from nyxnb.store import models as m  # noqa: E402
+from nyxnb.tenants.clone import clone_workflow  # noqa: E402
+from nyxnb.tenants.migrate import apply_migration, plan_migration, reverse_migration  # noqa: E402
 
 PG_ENV = "NYXNB_TEST_PG_URL"
 STEPS, ITEMS = 5, 4

@@ -25,23 +25,25 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
     Flat means O(1) per item: committing item k never rewrites the k-1 before it.
     """
     import nyxnb
-    from nyxnb import records
-    from nyxnb.chain import Attempt, ChainResult
+    from nyxnb.engine import records
+    from nyxnb.engine.chain import Attempt, ChainResult
     from nyxnb.providers.base import Completion
 
     with tempfile.TemporaryDirectory() as tmp:
         store = _fresh_store(Path(tmp))
         workflow_id = nyxnb.create_workflow(store, _spec(n), tenant="nyx", project="BRbase")
         step = records.load_steps(store, workflow_id)[0]
-        records.sync_items(store, step, [(f"item {i}", f"Design item {i}", f"h{i}")
-                                         for i in range(n)])
+        records.sync_items(
+            store, step, [(f"item {i}", f"Design item {i}", f"h{i}") for i in range(n)]
+        )
         _checkpoint(store)
         before = _db_bytes(store)
         timings = []
         for i in range(n):
             answer = Completion(f"answer {i} " * 20, "end", 12, 40, "offline-1", "offline")
-            result = ChainResult(answer, [Attempt("offline", "offline-1", 1, "ok", None, None,
-                                                  12, 40)])
+            result = ChainResult(
+                answer, [Attempt("offline", "offline-1", 1, "ok", None, None, 12, 40)]
+            )
             started = time.perf_counter()
             records.complete_item(store, step, i, answer.text, result)
             timings.append(time.perf_counter() - started)
@@ -50,8 +52,13 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
         store.dispose()
     tenth = max(n // 10, 1)
     first, last = statistics.median(timings[:tenth]), statistics.median(timings[-tenth:])
-    return {"n": n, "first_10pct_median_us": first * 1e6, "last_10pct_median_us": last * 1e6,
-            "growth_ratio": last / first, "store_bytes_per_item": grown / n}
+    return {
+        "n": n,
+        "first_10pct_median_us": first * 1e6,
+        "last_10pct_median_us": last * 1e6,
+        "growth_ratio": last / first,
+        "store_bytes_per_item": grown / n,
+    }
 
 
 def _checkpoint(store: Any) -> None:
@@ -124,7 +131,7 @@ def resume_after_kill(n: int = 1000, latency_ms: float = 5.0) -> dict[str, Any]:
 def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
     """The 13-item sample workflow run twice: the re-run makes zero provider calls."""
     import nyxnb
-    from nyxnb.seed import load_spec_path
+    from nyxnb.engine.seed import load_spec_path
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +161,7 @@ IMPORT_CODE = "import time; t = time.perf_counter(); import {mod}; print(time.pe
 
 def import_times(repeats: int) -> list[Measurement]:
     """`import nyxnb` vs `import langgraph.graph`, each in a fresh interpreter."""
-    mods = ["nyxnb", "nyxnb.api"]
+    mods = ["nyxnb", "nyxnb.engine.api"]
     try:
         import langgraph  # noqa: F401
 

@@ -4,7 +4,7 @@
 
 Runs the sample workflow offline (with simulated latency) on a throwaway store, catches it half
 way through its implementation prompts, and draws the store's state as the widget shows it
-(:func:`nyxnb.inspect.plot_progress`); then pauses the run.
+(:func:`nyxnb.notebook.inspect.plot_progress`); then pauses the run.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def main() -> None:
     os.environ["NYXNB_DB_URL"] = f"sqlite:///{folder}/nyxnb.db"
     os.environ["NYXNB_PROGRESS"] = "text"
     import nyxnb
-    import nyxnb.inspect as ni
-    from nyxnb.seed import seed
-    from nyxnb.widgets import WorkflowProgress
+    import nyxnb.notebook.inspect as ni
+    from nyxnb.engine.seed import seed
+    from nyxnb.notebook.widgets import WorkflowProgress
 
     store = nyxnb.open_store()
     seed(store)

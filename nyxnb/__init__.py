@@ -10,7 +10,7 @@ nyxnb.resume(result.workflow_id)                 # after a crash, pause or failu
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from nyxnb.errors import (
     AlreadyExists,
     AnswerRejected,
     BudgetExceeded,
@@ -37,36 +37,41 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
-    from .chain import RetryPolicy
-    from .clone import clone_workflow
-    from .migrate import MigrationPlan, apply_migration, plan_migration, reverse_migration
-    from .spec import WorkflowSpec, load_spec
-    from .store import Store, open_store
-    from .workflows import RunOptions, create_workflow
+    from nyxnb.engine.api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
+    from nyxnb.engine.chain import RetryPolicy
+    from nyxnb.engine.workflows import RunOptions, create_workflow
+    from nyxnb.spec import WorkflowSpec, load_spec
+    from nyxnb.store import Store, open_store
+    from nyxnb.tenants.clone import clone_workflow
+    from nyxnb.tenants.migrate import (
+        MigrationPlan,
+        apply_migration,
+        plan_migration,
+        reverse_migration,
+    )
 
 # Heavy modules (SQLAlchemy, pydantic, Jinja2) load on first use, so `import nyxnb` stays fast.
 _LAZY = {
-    "RunResult": "api",
-    "aresume": "api",
-    "arun": "api",
-    "pause": "api",
-    "resume": "api",
-    "resume_iter": "api",
-    "run": "api",
-    "run_iter": "api",
-    "RetryPolicy": "chain",
-    "clone_workflow": "clone",
-    "MigrationPlan": "migrate",
-    "apply_migration": "migrate",
-    "plan_migration": "migrate",
-    "reverse_migration": "migrate",
+    "RunResult": "engine.api",
+    "aresume": "engine.api",
+    "arun": "engine.api",
+    "pause": "engine.api",
+    "resume": "engine.api",
+    "resume_iter": "engine.api",
+    "run": "engine.api",
+    "run_iter": "engine.api",
+    "RetryPolicy": "engine.chain",
+    "clone_workflow": "tenants.clone",
+    "MigrationPlan": "tenants.migrate",
+    "apply_migration": "tenants.migrate",
+    "plan_migration": "tenants.migrate",
+    "reverse_migration": "tenants.migrate",
     "WorkflowSpec": "spec",
     "load_spec": "spec",
     "Store": "store",
     "open_store": "store",
-    "RunOptions": "workflows",
-    "create_workflow": "workflows",
+    "RunOptions": "engine.workflows",
+    "create_workflow": "engine.workflows",
 }
 
 
@@ -74,7 +79,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nyxnb' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = getattr(import_module(f"nyxnb.{module}"), name)
     globals()[name] = value
     return value
 

@@ -1,5 +1,5 @@
 """``python -m nyxnb`` runs the CLI."""
 
-from .cli import main
+from nyxnb.cli.main import main
 
 main()

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import SpecError
-from .templates import check_template
+from nyxnb.errors import SpecError
+from nyxnb.templates import check_template
 
 USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check")
 GENERATED_STEP_TYPES = ("consistency-check", "implementation-prompt")

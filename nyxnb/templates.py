@@ -15,7 +15,7 @@ from functools import lru_cache
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import SpecError
+from nyxnb.errors import SpecError
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 

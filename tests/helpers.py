@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nyxnb.models import Persona, Project, Tenant
 from nyxnb.store import Store
+from nyxnb.store.models import Persona, Project, Tenant
 
 PERSONAS = ("Athena", "Cael", "Harmonia", "Nemesis", "Aristaeus")
 

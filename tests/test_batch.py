@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from nbformat.v4 import new_code_cell, new_notebook
 
 import nyxnb
-from nyxnb.batch import check_parameters, load_param_sets, run_batch
-from nyxnb.cli_batch import batch
+from nyxnb.cli.batch import batch
+from nyxnb.engine.seed import seed
 from nyxnb.errors import ConfigError
-from nyxnb.inspect import read_tables
-from nyxnb.seed import seed
+from nyxnb.notebook.batch import check_parameters, load_param_sets, run_batch
+from nyxnb.notebook.inspect import read_tables
 from nyxnb.testing import FakeProviderServer, error
 
 REPO = Path(nyxnb.__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from nyxnb import models as m
-from nyxnb.cli_migrate import clone as clone_command
-from nyxnb.clone import clone_workflow, plan_clone
+from nyxnb.cli.migrate import clone as clone_command
 from nyxnb.errors import ConfigError, NotFound
 from nyxnb.store import Store
+from nyxnb.store import models as m
+from nyxnb.tenants.clone import clone_workflow, plan_clone
 
 # (order, name, type, auto_generated): stored out of order, generated steps interleaved, and a
 # user step whose *type* is one the engine generates -- only the flag decides.

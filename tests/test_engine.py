@@ -10,9 +10,9 @@ from sqlalchemy import func, select, update
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.models import LlmCall, StepItem, Workflow, WorkflowStep
+from nyxnb.engine.seed import seed
 from nyxnb.providers import Completion, CompletionRequest, Provider, register
-from nyxnb.seed import seed
+from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
 
 
 class Recorder(Provider):
@@ -213,7 +213,7 @@ def test_pause_between_items_then_resume_finishes_without_repeats(seeded):
             nyxnb.pause(event.workflow_id, store=seeded)
             holder["runner"].pause_event.set()  # in-process pause is immediate
 
-    from nyxnb.api import Job, job_events_sync
+    from nyxnb.engine.api import Job, job_events_sync
 
     wf = nyxnb.create_workflow(seeded, spec(30, concurrency=2), tenant="nyx", project="BRbase")
     job = Job(seeded, wf, on_event=on_event, runner_ready=lambda r: holder.update(runner=r))

@@ -1,4 +1,4 @@
-"""nyxnb.inspect: DuckDB over every store table, DataFrames, Parquet and plots, on each backend."""
+"""nyxnb.notebook.inspect: DuckDB over every store table, DataFrames, Parquet, plots."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from sqlalchemy import func, select
 
 import nyxnb
-import nyxnb.inspect as ni
-from nyxnb.models import LlmCall
+import nyxnb.notebook.inspect as ni
+from nyxnb.store.models import LlmCall
 
 
 def spec(n_items: int = 5) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 import nyxnb
-from nyxnb.models import LlmCall, StepItem, Workflow, WorkflowStep
-from nyxnb.seed import seed
+from nyxnb.engine.seed import seed
+from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
 
 N_ITEMS = 40
 

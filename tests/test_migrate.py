@@ -13,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Column, ForeignKey, MetaData, String, Table, event, func, select, text
 
-from nyxnb import models as m
-from nyxnb.cli_migrate import clone, migrate
+from nyxnb.cli.migrate import clone, migrate
 from nyxnb.errors import (
     ConfigError,
     MigrationConflict,
@@ -23,14 +22,15 @@ from nyxnb.errors import (
     StalePlan,
     VerificationFailed,
 )
-from nyxnb.migrate import (
+from nyxnb.store import Store
+from nyxnb.store import models as m
+from nyxnb.tenants.migrate import (
     MigrationPlan,
     apply_migration,
     plan_migration,
     reverse_migration,
     table_checksums,
 )
-from nyxnb.store import Store
 
 TENANT_TABLES = [
     "projects",
@@ -376,7 +376,7 @@ def test_bad_requests(store, world):
 
 
 def test_original_case_brbase_from_nyx_to_clarait(store):
-    from nyxnb.seed import seed
+    from nyxnb.engine.seed import seed
 
     seed(store)
     before = checksums(store)

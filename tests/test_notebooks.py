@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 import nyxnb
-from nyxnb.batch import SECRET_PATTERNS, check_parameters, run_batch
+from nyxnb.notebook.batch import SECRET_PATTERNS, check_parameters, run_batch
 from nyxnb.testing import FAKE_KEYS
 
 NOTEBOOKS = Path(nyxnb.__file__).resolve().parent.parent / "notebooks"

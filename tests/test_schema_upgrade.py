@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 import nyxnb
-from nyxnb.schema import HEAD, alembic_config, current_revision
+from nyxnb.store.schema import HEAD, alembic_config, current_revision
 
 
 def test_store_at_0001_is_upgraded_in_place_with_its_rows(store_url):

@@ -16,10 +16,10 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import func, select
 
-from nyxnb import models as m
-from nyxnb import seed as seed_mod
-from nyxnb.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
+from nyxnb.engine import seed as seed_mod
+from nyxnb.engine.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
 from nyxnb.store import Store, open_store
+from nyxnb.store import models as m
 
 SEEDED = [f.name for f in dataclasses.fields(SeedReport) if f.name != "created"]
 TABLES = {name: m.Base.metadata.tables[name] for name in SEEDED}

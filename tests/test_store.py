@@ -17,10 +17,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
 
 import nyxnb
-import nyxnb.store as store_mod
-from nyxnb.models import Base, Tenant
-from nyxnb.schema import HEAD, MIGRATIONS, current_revision
-from nyxnb.store import default_db_path, find_project_root, open_store, resolve_url
+import nyxnb.store.database as store_mod
+from nyxnb.paths import find_project_root
+from nyxnb.store import default_db_path, open_store, resolve_url
+from nyxnb.store.models import Base, Tenant
+from nyxnb.store.schema import HEAD, MIGRATIONS, current_revision
 
 REPO = Path(nyxnb.__file__).resolve().parent.parent
 
@@ -144,7 +145,7 @@ def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, str]]:
 
 
 WRITER_IMPORTS = (
-    "from sqlalchemy import func, select; from nyxnb.models import Tenant; "
+    "from sqlalchemy import func, select; from nyxnb.store.models import Tenant; "
     "from nyxnb.store import open_store"
 )
 WRITER = """
@@ -180,7 +181,7 @@ def test_two_processes_write_one_sqlite_file_concurrently(
 
 
 OPENER_IMPORTS = (
-    "from nyxnb.store import open_store; from nyxnb.schema import current_revision; "
+    "from nyxnb.store import open_store; from nyxnb.store.schema import current_revision; "
     "import alembic.command, alembic.script"
 )
 OPENER = """

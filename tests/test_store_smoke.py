@@ -1,4 +1,4 @@
-from nyxnb import models
+from nyxnb.store import models
 
 
 def test_open_creates_schema(store):

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import aliased, selectinload
 
 import nyxnb
-from nyxnb.models import (
+from nyxnb.store.models import (
     Base,
     CodePattern,
     Consolidation,

@@ -15,9 +15,9 @@ from helpers import minimal, three_steps
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.report import workflow_summary
-from nyxnb.widgets import ProgressState, WorkflowProgress, live_frontend
-from nyxnb.workflows import create_workflow
+from nyxnb.engine.report import workflow_summary
+from nyxnb.engine.workflows import create_workflow
+from nyxnb.notebook.widgets import ProgressState, WorkflowProgress, live_frontend
 
 
 def spec(n_items: int = 4, **defaults: Any) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFi
         raise RuntimeError("frontend went away")
 
     progress._view.render = broken  # type: ignore[union-attr, method-assign]
-    with caplog.at_level(logging.ERROR, logger="nyxnb.widgets"):
+    with caplog.at_level(logging.ERROR, logger="nyxnb.notebook.widgets"):
         result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
     assert result.ok
     progress.wait()

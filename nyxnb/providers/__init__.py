@@ -1,6 +1,10 @@
-"""LLM providers over their official SDKs, the offline provider, and the registry."""
+"""LLM providers: one module per official SDK, the offline provider, errors, prices, the registry.
 
-from .base import (
+Each provider turns a :class:`CompletionRequest` into a :class:`Completion` or a classified
+error. May import the ground modules only (``nyxnb.errors``, ``nyxnb.paths``).
+"""
+
+from nyxnb.providers.base import (
     ERROR_KINDS,
     FATAL_KINDS,
     REFUSED_KINDS,
@@ -12,7 +16,7 @@ from .base import (
     Provider,
     ProviderOptions,
 )
-from .registry import create_provider, provider_class, provider_names, register
+from nyxnb.providers.registry import create_provider, provider_class, provider_names, register
 
 __all__ = [
     "ERROR_KINDS",

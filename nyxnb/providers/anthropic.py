@@ -11,9 +11,16 @@ from typing import Any
 import anthropic
 from anthropic.types import Message as SdkMessage
 
-from ..errors import ProviderError
-from .base import STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL, Completion, CompletionRequest, Provider
-from .classify import HttpFailure, sdk_error
+from nyxnb.errors import ProviderError
+from nyxnb.providers.base import (
+    STOP_END,
+    STOP_MAX_TOKENS,
+    STOP_REFUSAL,
+    Completion,
+    CompletionRequest,
+    Provider,
+)
+from nyxnb.providers.classify import HttpFailure, sdk_error
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,

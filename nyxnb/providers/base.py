@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import MissingKey
+from nyxnb.errors import MissingKey
 
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
 REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..errors import ProviderError, ProviderRefused, ProviderUnavailable
-from .base import REFUSED_KINDS
+from nyxnb.errors import ProviderError, ProviderRefused, ProviderUnavailable
+from nyxnb.providers.base import REFUSED_KINDS
 
 #: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
 TIMEOUT, CONNECTION = "timeout", "connection"

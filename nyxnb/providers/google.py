@@ -17,9 +17,16 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from ..errors import ProviderError
-from .base import STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL, Completion, CompletionRequest, Provider
-from .classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+from nyxnb.errors import ProviderError
+from nyxnb.providers.base import (
+    STOP_END,
+    STOP_MAX_TOKENS,
+    STOP_REFUSAL,
+    Completion,
+    CompletionRequest,
+    Provider,
+)
+from nyxnb.providers.classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
 
 _REFUSALS = frozenset(
     {

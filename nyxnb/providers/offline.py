@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import os
 
-from .base import STOP_END, Completion, CompletionRequest, Provider, ProviderOptions
+from nyxnb.providers.base import STOP_END, Completion, CompletionRequest, Provider, ProviderOptions
 
 _WORDS = (
     "boundary contract module router schema test fixture migration tenant cache latency "

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import openai
 from openai.types.chat import ChatCompletion
 
-from ..errors import ProviderError
-from .base import (
+from nyxnb.errors import ProviderError
+from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
     STOP_REFUSAL,
@@ -22,7 +22,7 @@ from .base import (
     Provider,
     ProviderOptions,
 )
-from .classify import HttpFailure, sdk_error
+from nyxnb.providers.classify import HttpFailure, sdk_error
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ..errors import UnknownProvider
-from .base import Provider, ProviderOptions
+from nyxnb.errors import UnknownProvider
+from nyxnb.providers.base import Provider, ProviderOptions
 
 _REGISTRY: dict[str, str | type[Provider]] = {
     "offline": "nyxnb.providers.offline:OfflineProvider",

@@ -1,0 +1,190 @@
+"""``nyxnb run / resume / pause / show / list / demo``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
+from nyxnb.engine import api
+from nyxnb.engine.report import list_workflows, workflow_summary
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--tenant", required=True, help="Tenant slug.")
+@click.option("--project", required=True, help="Project name (in that tenant).")
+@click.option("--provider", help="Run every step on this provider only (e.g. offline).")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Fan-out items in flight.")
+@click.option("--no-cache", is_flag=True, help="Do not use the response cache.")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Budget in USD (> 0); stops before exceeding it.",
+)
+@with_json
+@click.pass_context
+def run(
+    ctx: click.Context,
+    spec: str,
+    tenant: str,
+    project: str,
+    provider: str | None,
+    concurrency: int | None,
+    no_cache: bool,
+    max_cost: float | None,
+) -> None:
+    """Create a workflow from SPEC and run it."""
+    store = get_store(ctx)
+    events = api.run_iter(
+        spec,
+        store=store,
+        tenant=tenant,
+        project=project,
+        provider=provider,
+        concurrency=concurrency,
+        cache=False if no_cache else None,
+        max_cost_usd=max_cost,
+    )
+    stream_events(ctx, events)
+
+
+@click.command()
+@click.argument("workflow_id", metavar="WF")
+@click.option("--tenant", help="Only resume if WF belongs to this tenant.")
+@with_json
+@click.pass_context
+def resume(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
+    """Resume WF: every step that is not completed runs, in order."""
+    store = get_store(ctx)
+    stream_events(ctx, api.resume_iter(workflow_id, store=store, tenant=tenant))
+
+
+@click.command()
+@click.argument("workflow_id", metavar="WF")
+@click.option("--tenant", help="Only pause if WF belongs to this tenant.")
+@with_json
+@click.pass_context
+def pause(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
+    """Ask a running WF to pause after the items in flight."""
+    api.pause(workflow_id, store=get_store(ctx), tenant=tenant)
+    emit(
+        ctx,
+        {"workflow_id": workflow_id, "pause_requested": True},
+        f"pause requested for {workflow_id}; it stops after the items in flight",
+    )
+
+
+def _show_text(data: dict[str, Any]) -> str:
+    rows = [
+        {
+            **s,
+            "items": f"{s['items_done']}/{s['items_total']}" if s["items_total"] else "",
+            "gen": "yes" if s["auto_generated"] else "",
+            "cost": f"{s['cost_usd']:.4f}",
+            "tokens": f"{s['input_tokens']}+{s['output_tokens']}",
+        }
+        for s in data["steps"]
+    ]
+    t = data["totals"]
+    head = (
+        f"{data['name']} [{data['id']}]  {data['tenant']}/{data['project']}  "
+        f"status: {data['status']}"
+    )
+    if data.get("error"):
+        head += f"\nerror: {data['error']}"
+    steps = table(
+        rows,
+        [
+            "order",
+            "name",
+            "type",
+            "persona",
+            "provider",
+            "status",
+            "items",
+            "gen",
+            "tokens",
+            "cost",
+        ],
+    )
+    ledger = table(
+        [{**p, "cost_usd": f"{p['cost_usd']:.4f}"} for p in data["by_provider"]],
+        [
+            "provider",
+            "calls",
+            "ok",
+            "errors",
+            "cached",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+        ],
+    )
+    total = (
+        f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
+        f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}"
+    )
+    return f"{head}\n\n{steps}\n\nprovider calls:\n{ledger}\n{total}"
+
+
+@click.command()
+@click.argument("workflow_id", metavar="WF")
+@click.option("--tenant", help="Only show WF if it belongs to this tenant.")
+@with_json
+@click.pass_context
+def show(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
+    """Show WF: steps, items, tokens and cost by provider."""
+    store = get_store(ctx)
+    data = workflow_summary(
+        store, workflow_id, tenant_id=store.tenant_id(tenant), with_items=wants_json(ctx)
+    )
+    emit(ctx, data, lambda: _show_text(data))
+
+
+@click.command("list")
+@click.option("--tenant", help="Only this tenant's workflows.")
+@with_json
+@click.pass_context
+def list_(ctx: click.Context, tenant: str | None) -> None:
+    """List workflows, newest first."""
+    store = get_store(ctx)
+    rows = list_workflows(store, tenant_id=store.tenant_id(tenant))
+    emit(ctx, rows, lambda: table(rows, ["id", "tenant", "project", "name", "status"]))
+
+
+@click.command()
+@click.option(
+    "--provider",
+    default="offline",
+    show_default=True,
+    help="Provider for every step (offline needs no key).",
+)
+@click.option(
+    "--latency-ms",
+    default=60.0,
+    show_default=True,
+    help="Simulated latency of the offline provider, so the progress is visible.",
+)
+@with_json
+@click.pass_context
+def demo(ctx: click.Context, provider: str, latency_ms: float) -> None:
+    """Seed if needed and run the sample BRbase workflow (offline by default)."""
+    from nyxnb.engine.seed import load_spec_path, seed
+
+    store = get_store(ctx)
+    seed(store)
+    events = api.run_iter(
+        load_spec_path(),
+        store=store,
+        tenant="nyx",
+        project="BRbase",
+        provider=provider,
+        cache=False,
+        provider_options={"offline": {"latency_ms": latency_ms}},
+    )
+    stream_events(ctx, events)
+
+
+COMMANDS = [run, resume, pause, show, list_, demo]

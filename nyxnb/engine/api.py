@@ -1,0 +1,275 @@
+"""Run workflows from Python: async and sync iterators (the latter also inside Jupyter), callbacks.
+
+    async for event in nyxnb.arun("brbase-plan.yaml", tenant="nyx", project="BRbase"):
+        ...
+    result = nyxnb.run(spec, tenant="nyx", project="BRbase", provider="offline", on_event=print)
+
+The sync forms drive the async engine on one background thread that owns its own event loop,
+so they work in scripts and inside a notebook cell (whose loop is already running) alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nyxnb import events as ev
+from nyxnb.engine.chain import RetryPolicy
+from nyxnb.engine.runner import Runner
+from nyxnb.engine.workflows import RunOptions, create_workflow
+from nyxnb.errors import RunError
+from nyxnb.spec import WorkflowSpec
+from nyxnb.store.database import Store, open_store
+from nyxnb.store.models import Workflow
+
+OnEvent = Callable[[ev.Event], None]
+StoreArg = Store | str | None
+_DONE = object()
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: final status, every event, and the error if it failed."""
+
+    workflow_id: str
+    status: str
+    events: list[ev.Event] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the workflow completed."""
+        return self.status == "completed"
+
+
+def _store(store: StoreArg) -> Store:
+    return store if isinstance(store, Store) else open_store(store)
+
+
+@dataclass
+class Job:
+    """A workflow to execute and how: the common input of the async and sync drivers."""
+
+    store: Store
+    workflow_id: str
+    tenant_id: str | None = None
+    on_event: OnEvent | None = None
+    retry: RetryPolicy | None = None
+    provider_options: dict[str, dict[str, object]] | None = None
+    runner_ready: Callable[[Runner], None] | None = None
+
+    def runner(self, sink: Callable[[Any], None]) -> Runner:
+        """A runner whose events go to ``on_event`` and then ``sink``."""
+        on_event = self.on_event
+
+        def emit(event: ev.Event) -> None:
+            if on_event is not None:
+                on_event(event)
+            sink(event)
+
+        runner = Runner(
+            self.store,
+            self.workflow_id,
+            emit=emit,
+            retry=self.retry,
+            provider_options=self.provider_options,
+            tenant_id=self.tenant_id,
+        )
+        if self.runner_ready is not None:
+            self.runner_ready(runner)
+        return runner
+
+
+async def _drive(runner: Runner, sink: Callable[[Any], None]) -> None:
+    try:
+        await runner.execute()
+    finally:
+        sink(_DONE)
+
+
+async def job_events(job: Job) -> AsyncIterator[ev.Event]:
+    """Execute a job on the running loop, yielding its events."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    task = asyncio.create_task(_drive(job.runner(queue.put_nowait), queue.put_nowait))
+    try:
+        while (item := await queue.get()) is not _DONE:
+            yield item
+        await task  # re-raise LeaseHeld / NotFound from the runner
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def job_events_sync(job: Job) -> Iterator[ev.Event]:
+    """Execute a job on the background loop; events cross threads through a plain queue."""
+    sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    future = asyncio.run_coroutine_threadsafe(
+        _drive(job.runner(sink.put), sink.put), _LoopThread.loop()
+    )
+    finished = False
+    try:
+        while (item := sink.get()) is not _DONE:
+            yield item
+        finished = True
+        future.result()
+    finally:
+        if not finished:  # consumer stopped early or Ctrl-C: stop the run cooperatively
+            future.cancel()
+            while sink.get() is not _DONE:
+                pass
+
+
+def new_job(
+    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+    **kw: Any,
+) -> Job:
+    """Create the workflow for ``spec`` and return the job that runs it."""
+    st = _store(store)
+    options = RunOptions(provider, concurrency, cache, max_cost_usd)
+    workflow_id = create_workflow(st, spec, tenant=tenant, project=project, options=options)
+    return Job(st, workflow_id, st.find_tenant(tenant).id, **kw)
+
+
+def resume_job(
+    workflow_id: str, *, store: StoreArg = None, tenant: str | None = None, **kw: Any
+) -> Job:
+    """The job that resumes ``workflow_id`` (scoped to ``tenant`` when given)."""
+    st = _store(store)
+    return Job(st, workflow_id, st.tenant_id(tenant), **kw)
+
+
+async def arun(
+    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: dict[str, dict[str, object]] | None = None,
+) -> AsyncIterator[ev.Event]:
+    """Create a workflow from ``spec`` and run it, yielding events (the first names its id).
+
+    ``provider`` runs every step on that one provider; ``on_event`` is called with each event
+    (on the loop's thread); ``provider_options`` maps a provider name to its options.
+    """
+    job = new_job(
+        spec,
+        tenant=tenant,
+        project=project,
+        store=store,
+        provider=provider,
+        concurrency=concurrency,
+        cache=cache,
+        max_cost_usd=max_cost_usd,
+        on_event=on_event,
+        retry=retry,
+        provider_options=provider_options,
+    )
+    async for event in job_events(job):
+        yield event
+
+
+async def aresume(
+    workflow_id: str,
+    *,
+    store: StoreArg = None,
+    tenant: str | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: dict[str, dict[str, object]] | None = None,
+) -> AsyncIterator[ev.Event]:
+    """Resume a workflow: every step that is not completed runs, in order."""
+    job = resume_job(
+        workflow_id,
+        store=store,
+        tenant=tenant,
+        on_event=on_event,
+        retry=retry,
+        provider_options=provider_options,
+    )
+    async for event in job_events(job):
+        yield event
+
+
+class _LoopThread:
+    """One daemon thread owning an event loop, shared by every sync call."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="nyxnb-loop", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
+def run_iter(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> Iterator[ev.Event]:
+    """Sync iterator over a new run's events (same arguments as :func:`arun`)."""
+    return job_events_sync(new_job(spec, **kw))
+
+
+def resume_iter(workflow_id: str, **kw: Any) -> Iterator[ev.Event]:
+    """Sync iterator over a resumed run's events (same arguments as :func:`aresume`)."""
+    return job_events_sync(resume_job(workflow_id, **kw))
+
+
+def _collect(events: Iterator[ev.Event]) -> RunResult:
+    seen: list[ev.Event] = []
+    workflow_id, status, error = "", "failed", None
+    for event in events:
+        seen.append(event)
+        workflow_id = event.workflow_id
+        if isinstance(event, ev.WorkflowCompleted):
+            status = "completed"
+        elif isinstance(event, ev.WorkflowPaused):
+            status = "paused"
+        elif isinstance(event, ev.WorkflowFailed):
+            status, error = "failed", event.error
+    return RunResult(workflow_id, status, seen, error)
+
+
+def run(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> RunResult:
+    """Create and run a workflow to the end (sync; works in notebooks); see :func:`arun`."""
+    return _collect(run_iter(spec, **kw))
+
+
+def resume(workflow_id: str, **kw: Any) -> RunResult:
+    """Resume a workflow to the end (sync; works in notebooks); see :func:`aresume`."""
+    return _collect(resume_iter(workflow_id, **kw))
+
+
+def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None) -> None:
+    """Ask a running workflow to pause between items and steps (any process may ask)."""
+    st = _store(store)
+    tenant_id = st.tenant_id(tenant)
+    with st.session(tenant_id) as s:
+        workflow = s.get_one(Workflow, workflow_id)
+        if workflow.status != "running":
+            raise RunError(
+                f"workflow {workflow_id} is {workflow.status}, not running: nothing to pause",
+                hint=f"`nyxnb resume {workflow_id}` continues a paused or failed workflow",
+            )
+        workflow.pause_requested = True

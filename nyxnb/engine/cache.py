@@ -1,0 +1,86 @@
+"""Content-addressed LLM response cache, stored durably in the ``llm_cache`` table.
+
+The key is the sha256 of (provider, model, system prompt, messages, max_tokens, temperature):
+re-running an unchanged workflow makes no provider call and costs nothing.  Only complete answers
+(stop reason ``end``) are cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from nyxnb.providers.base import STOP_END, Completion, CompletionRequest
+from nyxnb.store.models import LlmCache, utcnow
+
+_TABLE: Table = LlmCache.__table__  # type: ignore[assignment]
+
+
+def cache_key(provider: str, model: str, request: CompletionRequest) -> str:
+    """The content address of a request sent to ``provider``/``model``."""
+    payload = {
+        "provider": provider,
+        "model": model,
+        "system": request.system,
+        "messages": [[m.role, m.content] for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def lookup(conn: Connection, key: str) -> Completion | None:
+    """The cached answer for ``key``, if any."""
+    row = conn.execute(select(_TABLE).where(_TABLE.c.id == key)).mappings().first()
+    if row is None:
+        return None
+    return Completion(
+        text=row["text"],
+        stop_reason=row["stop_reason"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        model=row["model"],
+        provider=row["provider"],
+    )
+
+
+def insert_ignoring_duplicates(conn: Connection, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
+
+
+def store_answer(conn: Connection, key: str, answer: Completion) -> None:
+    """Remember a complete answer (no-op for truncated/refused ones or a known key)."""
+    row = answer_row(key, answer)
+    if row is not None:
+        store_rows(conn, [row])
+
+
+def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert cache rows made by :func:`answer_row`, skipping keys already present."""
+    if rows:
+        conn.execute(insert_ignoring_duplicates(conn, _TABLE), rows)
+
+
+def answer_row(key: str, answer: Completion) -> dict[str, Any] | None:
+    """The ``llm_cache`` row for a complete answer; None for truncated/refused ones."""
+    if answer.stop_reason != STOP_END:
+        return None
+    now = utcnow()
+    return {
+        "id": key,
+        "provider": answer.provider,
+        "model": answer.model,
+        "text": answer.text,
+        "stop_reason": answer.stop_reason,
+        "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens,
+        "created_at": now,
+        "updated_at": now,
+    }

@@ -1,0 +1,181 @@
+"""What a step executor needs from its run: prompts, requests, the fallback chain, events, failure.
+
+:class:`RunContext` is the part of a run that the step executors (:mod:`nyxnb.engine.fanout`,
+the runner's own single-call and pattern-check steps) share; :class:`~nyxnb.engine.runner.Runner`
+extends it with the lifecycle and the step loop, so executors never import the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import TemplateError
+from sqlalchemy import func, select
+
+from nyxnb import events as ev
+from nyxnb.engine import cache as response_cache
+from nyxnb.engine import records
+from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
+from nyxnb.engine.rows import StepRow
+from nyxnb.engine.writer import GroupWriter
+from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed
+from nyxnb.providers.base import CompletionRequest
+from nyxnb.spec import WorkflowSpec
+from nyxnb.store import Store
+from nyxnb.store.models import COMPLETED, LlmCall
+from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
+
+Emit = Callable[[ev.Event], None]
+
+
+class Paused(Exception):  # noqa: N818 - a signal, not an error
+    """Internal signal: stop cooperatively; the workflow is resumable."""
+
+
+def request_hash(kind: str, request: CompletionRequest) -> str:
+    """Input hash of an LLM step or item: what was asked, of whom, with which limits."""
+    payload = [
+        kind,
+        request.system,
+        [[m.role, m.content] for m in request.messages],
+        request.model,
+        request.max_tokens,
+        request.temperature,
+    ]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+class RunContext:
+    """The services of one run that step executors use (set up by the runner)."""
+
+    store: Store
+    workflow_id: str
+    tenant_id: str | None
+    spec: WorkflowSpec
+    project: ProjectView
+    personas: dict[str, str]
+    pool: ProviderPool
+    writer: GroupWriter
+
+    def __init__(self, store: Store, workflow_id: str, *, emit: Emit) -> None:
+        self.store, self.workflow_id, self._emit = store, workflow_id, emit
+        self.pause_event = asyncio.Event()
+        self.ctx: dict[str, StepView] = {}
+        self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self.writer = GroupWriter(store)
+
+    def emit(self, event: ev.Event) -> None:
+        """Send an event to the consumer."""
+        self._emit(event)
+
+    def check_pause(self) -> None:
+        """Raise :class:`Paused` if a pause was requested."""
+        if self.pause_event.is_set():
+            raise Paused()
+
+    def system_prompt(self, step: StepRow) -> str:
+        """The persona's system prompt for a step ('' without a persona)."""
+        if step.persona is None:
+            return ""
+        if step.persona not in self.personas:
+            raise NotFound("persona", step.persona, hint="run `nyxnb seed` or add the persona")
+        return self.personas[step.persona]
+
+    def render(self, step: StepRow, item: ItemView | None = None) -> str:
+        """Render a step's prompt, failing the step on an undefined name."""
+        try:
+            return render(step.prompt, project=self.project, steps=StepsView(self.ctx), item=item)
+        except TemplateError as exc:
+            raise StepFailed(
+                f"prompt template: {exc}", workflow_id=self.workflow_id, step=step.name
+            ) from None
+
+    def request(self, step: StepRow, prompt: str) -> CompletionRequest:
+        """The provider request for a rendered prompt."""
+        return CompletionRequest.of(
+            self.system_prompt(step),
+            prompt,
+            model=step.model,
+            max_tokens=step.config.max_tokens or self.spec.defaults.max_tokens,
+            temperature=self.spec.defaults.temperature,
+        )
+
+    def _cache_lookup(
+        self, provider: str, model: str, request: CompletionRequest
+    ) -> tuple[str, Any]:
+        key = response_cache.cache_key(provider, model, request)
+        with self.store.reading() as conn:
+            return key, response_cache.lookup(conn, key)
+
+    async def call(
+        self, step: StepRow, request: CompletionRequest, item_idx: int | None = None
+    ) -> ChainResult:
+        """Run the fallback chain for one request, emitting fallback events."""
+
+        def on_fallback(src: str, dst: str | None, kind: str, message: str) -> None:
+            self.step_event(
+                ev.ProviderFallback,
+                step,
+                from_provider=src,
+                to_provider=dst,
+                reason=kind,
+                message=message[:300],
+                item_index=item_idx,
+            )
+
+        result = await complete_with_fallback(
+            self.pool,
+            step.chain,
+            request,
+            cache=self._cache_lookup if self.spec.defaults.cache else None,
+            on_fallback=on_fallback,
+        )
+        self.count(result.attempts)
+        return result
+
+    def count(self, attempts: list[Attempt]) -> None:
+        """Add attempts to the run's token and cost totals."""
+        for a in attempts:
+            self.totals["input_tokens"] += a.input_tokens
+            self.totals["output_tokens"] += a.output_tokens
+            self.totals["cost_usd"] += a.cost_usd
+
+    def spent_usd(self) -> float:
+        """What this workflow has cost so far, across runs."""
+        query = select(func.coalesce(func.sum(LlmCall.cost_usd), 0.0)).where(
+            LlmCall.workflow_id == self.workflow_id
+        )
+        with self.store.reading() as conn:
+            return float(conn.scalar(query) or 0.0)
+
+    def step_event(self, cls: type[ev.StepEvent], step: StepRow, **kw: Any) -> None:
+        """Emit a step event with the step's name, order and type filled in."""
+        self.emit(
+            cls(self.workflow_id, name=step.name, order=step.order, step_type=step.type, **kw)
+        )
+
+    def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
+        """Skip a completed step whose inputs are unchanged (and remember its output)."""
+        if step.status != COMPLETED or step.input_hash != digest or step.output is None:
+            return False
+        self.ctx[step.name] = view
+        self.step_event(ev.StepCompleted, step, skipped=True)
+        return True
+
+    def fail(
+        self,
+        step: StepRow,
+        error: StepFailed | ChainExhausted | RunError,
+        attempts: list[Attempt] | None = None,
+        item_idx: int | None = None,
+    ) -> StepFailed:
+        """Record a failed step, emit ``step_failed``, and return the error to raise."""
+        records.fail_step(self.store, step, str(error), attempts or [], item_idx)
+        self.step_event(ev.StepFailed, step, error=str(error), item_index=item_idx)
+        if isinstance(error, StepFailed):
+            return error
+        return StepFailed(str(error), workflow_id=self.workflow_id, step=step.name, item=item_idx)

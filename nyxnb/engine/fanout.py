@@ -1,0 +1,203 @@
+"""Fan-out steps: one call per item, bounded concurrency, each item committed as it completes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+
+from nyxnb import events as ev
+from nyxnb.engine import records
+from nyxnb.engine.chain import ChainResult
+from nyxnb.engine.context import RunContext, request_hash
+from nyxnb.engine.generated import parse_items
+from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.errors import BudgetExceeded, ChainExhausted, StepFailed
+from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.pricing import price_for
+from nyxnb.providers.registry import provider_class
+from nyxnb.spec import ItemSpec
+from nyxnb.store.models import COMPLETED, PENDING, RUNNING, utcnow
+from nyxnb.templates import ItemView, StepView
+
+
+def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
+    config = step.config
+    if config.items is not None:
+        return list(config.items)
+    source = runner.ctx[config.items_from or ""].output or ""
+    items = parse_items(source)
+    if not items:
+        raise runner.fail(
+            step,
+            StepFailed(
+                f"no items found in the output of {config.items_from!r} (expected a JSON list, "
+                "markdown headings or a bulleted list)",
+                workflow_id=runner.workflow_id,
+                step=step.name,
+            ),
+        )
+    return items
+
+
+def _estimate_usd(step: StepRow, requests: list[CompletionRequest]) -> float:
+    name = step.provider.partition(":")[0]
+    model = step.model or provider_class(name).default_model
+    price = price_for(name, model)
+    return sum(
+        price.cost(len(r.system + r.messages[0].content) // 4, r.max_tokens) for r in requests
+    )
+
+
+def _check_budget(runner: RunContext, step: StepRow, requests: list[CompletionRequest]) -> None:
+    limit = runner.spec.max_cost_usd
+    if limit is None or not requests:
+        return
+    spent, estimate = runner.spent_usd(), _estimate_usd(step, requests)
+    if spent + estimate > limit:
+        raise runner.fail(
+            step,
+            BudgetExceeded(
+                f"fan-out {step.name!r}: {len(requests)} items estimated at ${estimate:.4f} "
+                f"(max_tokens as the output bound) on top of ${spent:.4f} spent exceeds "
+                f"max_cost_usd ${limit:.2f}",
+                hint="raise max_cost_usd, lower max_tokens, or pick a cheaper model",
+            ),
+        )
+
+
+class _FanOut:
+    """One fan-out execution: ``limit`` workers, each with at most one call in flight.
+
+    A worker starts its next call as soon as its provider answers; the item's commit and its
+    progress event follow in a separate task, so the database never delays the next call and
+    an event is only sent once its item is durable.
+    """
+
+    def __init__(
+        self,
+        runner: RunContext,
+        step: StepRow,
+        rows: list[ItemRow],
+        requests: list[CompletionRequest],
+    ) -> None:
+        self.runner, self.step, self.rows, self.requests = runner, step, rows, requests
+        self.total = len(rows)
+        self.completed = sum(1 for r in rows if r.status == COMPLETED)
+        self.failures: list[tuple[int, ChainExhausted]] = []
+        self.limit = step.config.concurrency or runner.spec.defaults.concurrency
+        self._pending = deque(r for r in rows if r.status != COMPLETED)
+        self._commits: list[asyncio.Task[None]] = []
+        self._stopped = False
+
+    async def run(self) -> bool:
+        """Run every pending item; False if a pause stopped it early."""
+        workers = [
+            asyncio.create_task(self._worker()) for _ in range(min(self.limit, len(self._pending)))
+        ]
+        try:
+            await asyncio.gather(*workers)
+            await asyncio.gather(*self._commits)
+        finally:
+            for task in (*workers, *self._commits):
+                task.cancel()
+        return not self._stopped
+
+    async def _worker(self) -> None:
+        while self._pending:
+            if self.runner.pause_event.is_set():
+                self._stopped = True
+                return
+            await self._item(self._pending.popleft())
+
+    async def _item(self, row: ItemRow) -> None:
+        idx = row.idx
+        try:
+            result = await self.runner.call(self.step, self.requests[idx], item_idx=idx)
+        except ChainExhausted as exc:
+            records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts)
+            self.failures.append((idx, exc))
+            return
+        self._commits.append(asyncio.create_task(self._commit(row, result)))
+
+    async def _commit(self, row: ItemRow, result: ChainResult) -> None:
+        idx = row.idx
+        await self.runner.writer.write(
+            records.item_rows(self.step, idx, result.completion.text, result)
+        )
+        self.completed += 1
+        self.runner.step_event(
+            ev.FanOutProgress,
+            self.step,
+            fan_out_index=idx + 1,
+            fan_out_total=self.total,
+            fan_out_heading=row.heading,
+            completed=self.completed,
+            provider=result.provider,
+            input_tokens=sum(a.input_tokens for a in result.attempts),
+            output_tokens=sum(a.output_tokens for a in result.attempts),
+            cost_usd=sum(a.cost_usd for a in result.attempts),
+        )
+
+
+def _step_output(items: list[ItemRow]) -> str:
+    return "\n\n".join(f"## {i.heading}\n\n{i.output}" for i in items)
+
+
+async def run_fan_out(runner: RunContext, step: StepRow) -> None:
+    """Execute (or resume) a fan-out step."""
+    items = _items(runner, step)
+    requests, wanted = [], []
+    for idx, item in enumerate(items):
+        request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
+        requests.append(request)
+        wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
+    digest = hashlib.sha256("".join(w[2] for w in wanted).encode()).hexdigest()
+    done_view = (
+        StepView(
+            step.name,
+            step.output,
+            _views(records.load_items(runner.store, step.id), items),
+        )
+        if step.status == COMPLETED
+        else StepView("")
+    )
+    if runner.skip_if_done(step, digest, done_view):
+        return
+    rows = records.sync_items(runner.store, step, wanted)
+    _check_budget(runner, step, [requests[r.idx] for r in rows if r.status != COMPLETED])
+    records.update_step(runner.store, step.id, status=RUNNING, error=None, started_at=utcnow())
+    fan = _FanOut(runner, step, rows, requests)
+    runner.step_event(
+        ev.StepStarted,
+        step,
+        persona=step.persona,
+        provider=step.provider,
+        total_items=fan.total,
+        done_items=fan.completed,
+    )
+    finished = await fan.run()
+    if fan.failures:
+        idx, exc = fan.failures[0]
+        raise runner.fail(
+            step,
+            StepFailed(
+                f"{len(fan.failures)} of {fan.total} items failed; first: item {idx + 1}: {exc}",
+                workflow_id=runner.workflow_id,
+                step=step.name,
+                item=idx,
+            ),
+            item_idx=idx,
+        )
+    if not finished:
+        records.update_step(runner.store, step.id, status=PENDING)
+        runner.check_pause()
+    final = records.load_items(runner.store, step.id)
+    records.complete_step(runner.store, step, _step_output(final), digest)
+    runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
+    runner.step_event(ev.StepCompleted, step, provider=step.provider)
+
+
+def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:
+    bodies = {i: it.body for i, it in enumerate(items)}
+    return [ItemView(r.heading, bodies.get(r.idx, ""), r.idx, r.output) for r in rows]

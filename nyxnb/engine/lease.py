@@ -1,0 +1,109 @@
+"""Run leases: at most one process executes a workflow at a time.
+
+A lease is two columns of ``workflows`` (``lease_owner``, ``lease_expires_at``) taken with one
+conditional UPDATE -- atomic on SQLite (``BEGIN IMMEDIATE``) and PostgreSQL (row lock) alike.  The
+holder renews it every ``HEARTBEAT_S``; a killed holder's lease expires after ``TTL_S``, and a
+holder on this host whose process is gone is detected at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, select, update
+
+from nyxnb.errors import LeaseHeld, NotFound
+from nyxnb.store.database import Store
+from nyxnb.store.models import Workflow, utcnow
+
+TTL_S = 6.0
+HEARTBEAT_S = 1.5
+_HOST = socket.gethostname()
+
+
+def new_owner() -> str:
+    """A lease owner token: ``host:pid:nonce``."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _holder_is_dead(owner: str | None) -> bool:
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is not None and ts.tzinfo is None:  # SQLite returns naive datetimes
+        return ts.replace(tzinfo=utcnow().tzinfo)
+    return ts
+
+
+def acquire(store: Store, workflow_id: str, owner: str, *, tenant_id: str | None = None) -> None:
+    """Take the lease or raise :class:`LeaseHeld` (or :class:`NotFound`)."""
+    now = utcnow()
+    with store.session(tenant_id) as s:
+        row = s.execute(
+            select(Workflow.lease_owner, Workflow.lease_expires_at)
+            .where(Workflow.id == workflow_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
+        holder, expires = row[0], _aware(row[1])
+        free = holder in (None, owner) or expires is None or expires < now
+        if not free and not _holder_is_dead(holder):
+            left = (expires - now).total_seconds() if expires else 0.0
+            raise LeaseHeld(workflow_id, holder or "?", left)
+        s.execute(
+            update(Workflow)
+            .where(Workflow.id == workflow_id)
+            .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=TTL_S))
+        )
+
+
+def renew(store: Store, workflow_id: str, owner: str) -> bool:
+    """Extend the lease; False if it was lost."""
+    now = utcnow()
+    with store.session() as s:
+        result = s.execute(
+            update(Workflow)
+            .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
+            .values(lease_expires_at=now + timedelta(seconds=TTL_S))
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(store: Store, workflow_id: str, owner: str) -> None:
+    """Give the lease up (no-op if someone else holds it)."""
+    with store.session() as s:
+        s.execute(
+            update(Workflow)
+            .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
+            .values(lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )

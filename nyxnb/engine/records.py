@@ -1,0 +1,317 @@
+"""The engine's writes: each is one short transaction, O(1) per item, never rewriting an array."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+
+from nyxnb.engine import cache
+from nyxnb.engine.chain import Attempt, ChainResult
+from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.store.database import Store
+from nyxnb.store.models import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    LlmCall,
+    StepItem,
+    Workflow,
+    WorkflowStep,
+    new_id,
+    utcnow,
+)
+
+STEPS: Table = WorkflowStep.__table__  # type: ignore[assignment]
+ITEMS: Table = StepItem.__table__  # type: ignore[assignment]
+CALLS: Table = LlmCall.__table__  # type: ignore[assignment]
+WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
+
+
+# Built once: the per-item commit is the engine's hot path.
+_COMPLETE_ITEM = (
+    update(ITEMS)
+    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
+    .values(
+        status=bindparam("status"),
+        output=bindparam("output"),
+        error=bindparam("error"),
+        provider=bindparam("provider"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+_INSERT_CALLS = insert(CALLS)
+
+
+def _stamp(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "updated_at": utcnow()}
+
+
+def attempt_rows(
+    attempts: Sequence[Attempt],
+    *,
+    tenant_id: str,
+    workflow_id: str,
+    step_id: str,
+    item_idx: int | None,
+) -> list[dict[str, Any]]:
+    """One ``llm_calls`` row per attempt."""
+    now = utcnow()
+    # vars() not asdict(): this runs once per call on the hot path and needs no deep copy
+    return [
+        {
+            **vars(a),
+            "id": new_id(),
+            "tenant_id": tenant_id,
+            "workflow_id": workflow_id,
+            "step_id": step_id,
+            "item_idx": item_idx,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for a in attempts
+    ]
+
+
+def record_attempts(
+    conn: Connection, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
+) -> None:
+    """Insert one ``llm_calls`` row per attempt made for a step (or one of its items)."""
+    if attempts:
+        conn.execute(_INSERT_CALLS, step_attempt_rows(step, attempts, item_idx))
+
+
+def step_attempt_rows(
+    step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
+) -> list[dict[str, Any]]:
+    """``llm_calls`` rows for attempts made for a step (or one of its items)."""
+    return attempt_rows(
+        attempts,
+        tenant_id=step.tenant_id,
+        workflow_id=step.workflow_id,
+        step_id=step.id,
+        item_idx=item_idx,
+    )
+
+
+def _remember(conn: Connection, result: ChainResult) -> None:
+    if result.cache_key and not result.from_cache:
+        cache.store_answer(conn, result.cache_key, result.completion)
+
+
+def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
+    """Set columns of one workflow."""
+    with store.engine.begin() as conn:
+        conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == workflow_id).values(_stamp(values)))
+
+
+def update_step(store: Store, step_id: str, **values: Any) -> None:
+    """Set columns of one step."""
+    with store.engine.begin() as conn:
+        conn.execute(update(STEPS).where(STEPS.c.id == step_id).values(_stamp(values)))
+
+
+def complete_step(
+    store: Store,
+    step: StepRow,
+    output: str,
+    input_hash: str,
+    result: ChainResult | None = None,
+) -> None:
+    """Mark a step completed with its output, ledger rows and cache entry, atomically."""
+    if output is None:  # the invariant the original system broke
+        raise ValueError("a completed step needs an output")
+    with store.engine.begin() as conn:
+        if result is not None:
+            record_attempts(conn, step, result.attempts, None)
+            _remember(conn, result)
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.id == step.id)
+            .values(
+                _stamp(
+                    {
+                        "status": COMPLETED,
+                        "output": output,
+                        "input_hash": input_hash,
+                        "error": None,
+                        "completed_at": utcnow(),
+                    }
+                )
+            )
+        )
+
+
+def reset_running_steps(store: Store, workflow_id: str) -> None:
+    """Put steps left ``running`` by an interrupted run back to ``pending``."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.workflow_id == workflow_id, STEPS.c.status == RUNNING)
+            .values(_stamp({"status": PENDING}))
+        )
+
+
+def fail_step(
+    store: Store,
+    step: StepRow,
+    error: str,
+    attempts: Sequence[Attempt] = (),
+    item_idx: int | None = None,
+) -> None:
+    """Mark a step failed (and record the attempts that failed)."""
+    with store.engine.begin() as conn:
+        record_attempts(conn, step, attempts, item_idx)
+        conn.execute(
+            update(STEPS)
+            .where(STEPS.c.id == step.id)
+            .values(_stamp({"status": FAILED, "error": error}))
+        )
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """Everything that commits one completed fan-out item."""
+
+    calls: list[dict[str, Any]]
+    cache: dict[str, Any] | None
+    item: dict[str, Any]
+
+
+def item_rows(step: StepRow, idx: int, output: str, result: ChainResult) -> ItemRows:
+    """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
+    calls = step_attempt_rows(step, result.attempts, idx)
+    key = result.cache_key
+    entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
+    update_params = {
+        "b_step": step.id,
+        "b_idx": idx,
+        "status": COMPLETED,
+        "output": output,
+        "error": None,
+        "provider": result.provider,
+        "updated_at": utcnow(),
+    }
+    return ItemRows(calls, entry, update_params)
+
+
+def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
+    """Commit a batch of completed items with one executemany per table."""
+    calls = [row for b in batch for row in b.calls]
+    if calls:
+        conn.execute(_INSERT_CALLS, calls)
+    cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
+    conn.execute(_COMPLETE_ITEM, [b.item for b in batch])
+
+
+def complete_item(store: Store, step: StepRow, idx: int, output: str, result: ChainResult) -> None:
+    """Commit one fan-out item in its own transaction."""
+    with store.engine.begin() as conn:
+        write_items(conn, [item_rows(step, idx, output, result)])
+
+
+def fail_item(
+    store: Store, step: StepRow, idx: int, error: str, attempts: Sequence[Attempt]
+) -> None:
+    """Mark one fan-out item failed and record its attempts."""
+    with store.engine.begin() as conn:
+        record_attempts(conn, step, attempts, idx)
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.step_id == step.id, ITEMS.c.idx == idx)
+            .values(status=FAILED, error=error, updated_at=utcnow())
+        )
+
+
+def sync_items(
+    store: Store, step: StepRow, wanted: Sequence[tuple[str, str, str]]
+) -> list[ItemRow]:
+    """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
+
+    Rows whose input is unchanged keep their status and output: a committed item is never
+    called again.  Changed rows go back to pending; surplus rows are deleted.
+    """
+    with store.engine.begin() as conn:
+        rows = {
+            r["idx"]: dict(r)
+            for r in conn.execute(select(ITEMS).where(ITEMS.c.step_id == step.id)).mappings()
+        }
+        conn.execute(delete(ITEMS).where(ITEMS.c.step_id == step.id, ITEMS.c.idx >= len(wanted)))
+        now, fresh = utcnow(), []
+        for idx, (heading, text, digest) in enumerate(wanted):
+            row = rows.get(idx)
+            if row is None:
+                fresh.append(
+                    {
+                        "id": new_id(),
+                        "tenant_id": step.tenant_id,
+                        "step_id": step.id,
+                        "idx": idx,
+                        "heading": heading,
+                        "input": text,
+                        "input_hash": digest,
+                        "status": PENDING,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            elif row["input_hash"] != digest:
+                conn.execute(
+                    update(ITEMS)
+                    .where(ITEMS.c.id == row["id"])
+                    .values(
+                        heading=heading,
+                        input=text,
+                        input_hash=digest,
+                        status=PENDING,
+                        output=None,
+                        error=None,
+                        updated_at=now,
+                    )
+                )
+            elif row["status"] == FAILED:
+                conn.execute(
+                    update(ITEMS)
+                    .where(ITEMS.c.id == row["id"])
+                    .values(status=PENDING, error=None, updated_at=now)
+                )
+        if fresh:
+            conn.execute(insert(ITEMS), fresh)
+        return _step_items(conn, step.id)
+
+
+def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
+    """Every step of a workflow, in order."""
+    with store.reading() as conn:
+        return [
+            StepRow.from_mapping(r)
+            for r in conn.execute(
+                select(STEPS).where(STEPS.c.workflow_id == workflow_id).order_by(STEPS.c.order)
+            ).mappings()
+        ]
+
+
+def load_items(store: Store, step_id: str) -> list[ItemRow]:
+    """Every item row of a step, in order."""
+    with store.reading() as conn:
+        return _step_items(conn, step_id)
+
+
+def _step_items(conn: Connection, step_id: str) -> list[ItemRow]:
+    query = select(ITEMS).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
+    return [ItemRow.from_mapping(r) for r in conn.execute(query).mappings()]
+
+
+def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Swap the workflow's generated steps for ``rows`` (ledger rows survive: SET NULL)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            delete(STEPS).where(
+                STEPS.c.workflow_id == workflow_id, STEPS.c.auto_generated.is_(True)
+            )
+        )
+        if rows:
+            conn.execute(insert(STEPS), list(rows))

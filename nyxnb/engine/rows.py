@@ -1,0 +1,115 @@
+"""Typed rows the engine passes between its modules: a step, its config, a fan-out item.
+
+They are read from ``workflow_steps`` / ``step_items`` once per use and never mutated; a change is
+a write through :mod:`nyxnb.engine.records` followed by a fresh read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nyxnb.spec import ItemSpec
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The type-specific settings of a step (``workflow_steps.config``)."""
+
+    items: tuple[ItemSpec, ...] | None = None  # fan-out: inline items
+    items_from: str | None = None  # fan-out: parse items from this step's output
+    concurrency: int | None = None
+    max_tokens: int | None = None
+    repository: str | None = None  # pattern-check
+    target: str | None = None  # pattern-check: the step whose output is checked
+    fail_on_violation: bool = False
+    source: str | None = None  # implementation-prompt: the fan-out it reads (JSON key ``from``)
+    item_idx: int | None = None  # implementation-prompt: which item of ``source``
+    heading: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> StepConfig:
+        """The config from its stored JSON form."""
+        data = dict(data or {})
+        items = data.pop("items", None)
+        source = data.pop("from", None)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(
+            items=tuple(ItemSpec.model_validate(i) for i in items) if items is not None else None,
+            source=source,
+            **known,
+        )
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One ``workflow_steps`` row, as the engine reads it."""
+
+    id: str
+    tenant_id: str
+    workflow_id: str
+    order: int
+    name: str
+    type: str
+    persona: str | None
+    provider: str
+    fallback: tuple[str, ...]
+    model: str | None
+    prompt: str
+    status: str
+    output: str | None
+    auto_generated: bool
+    input_hash: str | None
+    config: StepConfig
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[Any, Any]) -> StepRow:
+        """A step from a result row of ``select(workflow_steps)``."""
+        return cls(
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            workflow_id=row["workflow_id"],
+            order=row["order"],
+            name=row["name"],
+            type=row["type"],
+            persona=row["persona"],
+            provider=row["provider"],
+            fallback=tuple(row["fallback"] or ()),
+            model=row["model"],
+            prompt=row["prompt"] or "",
+            status=row["status"],
+            output=row["output"],
+            auto_generated=bool(row["auto_generated"]),
+            input_hash=row["input_hash"],
+            config=StepConfig.from_json(row["config"]),
+        )
+
+    @property
+    def chain(self) -> list[str]:
+        """The step's provider chain: its provider, then its fallbacks."""
+        return [self.provider, *self.fallback]
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """One ``step_items`` row: a fan-out item and, once committed, its output."""
+
+    id: str
+    idx: int
+    heading: str
+    status: str
+    output: str | None
+    input_hash: str | None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:
+        """An item from a result row of ``select(step_items)``."""
+        return cls(
+            id=row["id"],
+            idx=row["idx"],
+            heading=row["heading"],
+            status=row["status"],
+            output=row["output"],
+            input_hash=row["input_hash"],
+        )

@@ -1,0 +1,287 @@
+"""The run loop: steps in order, generated steps after the user's, crash-safe resume, pause.
+
+Resume rule (the original system's bug cannot recur): every step that is not ``completed`` runs,
+in order, whatever the state of later steps; a completed step is skipped only if its input hash
+is unchanged; a step is marked completed only together with its non-null output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+
+from sqlalchemy import select
+
+from nyxnb import events as ev
+from nyxnb.engine import lease, records
+from nyxnb.engine.chain import ProviderPool, RetryPolicy
+from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
+from nyxnb.engine.fanout import run_fan_out
+from nyxnb.engine.generated import desired_generated, generated_rows
+from nyxnb.engine.patterncheck import check_code, load_patterns
+from nyxnb.engine.rows import StepConfig, StepRow
+from nyxnb.engine.workflows import personas_for
+from nyxnb.errors import ChainExhausted, NyxError, StepFailed
+from nyxnb.spec import WorkflowSpec
+from nyxnb.store import Store
+from nyxnb.store.models import (
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    RUNNING,
+    Project,
+    Tenant,
+    Workflow,
+    utcnow,
+)
+from nyxnb.templates import ItemView, ProjectView, StepView
+
+PAUSE_POLL_S = 0.25  # how soon a pause asked from another process (or `nyxnb pause`) is seen
+
+__all__ = ["PAUSE_POLL_S", "Paused", "Runner", "request_hash"]
+
+
+class Runner(RunContext):
+    """Executes one workflow under its lease, emitting events."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflow_id: str,
+        *,
+        emit: Emit,
+        retry: RetryPolicy | None = None,
+        provider_options: dict[str, dict[str, object]] | None = None,
+        tenant_id: str | None = None,
+    ) -> None:
+        super().__init__(store, workflow_id, emit=emit)
+        self.pool = ProviderPool(retry, provider_options)
+        self.tenant_id = tenant_id
+        self._owner = lease.new_owner()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def execute(self) -> None:
+        """Run the workflow to completion, pause or failure; never leaves the lease behind."""
+        self._load()
+        lease.acquire(self.store, self.workflow_id, self._owner, tenant_id=self.tenant_id)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        started = time.perf_counter()
+        try:
+            await self._started()
+            await self._run_all()
+        except Paused:
+            self._finish(PAUSED, None)
+            self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
+        except asyncio.CancelledError:  # Ctrl-C or a consumer that stopped listening
+            records.reset_running_steps(self.store, self.workflow_id)
+            self._finish(PAUSED, None)
+            self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
+            raise
+        except NyxError as exc:
+            self._finish(FAILED, str(exc))
+            failed = [n for n, s in self._statuses().items() if s == FAILED]
+            self.emit(
+                ev.WorkflowFailed(
+                    self.workflow_id, name=self.name, error=str(exc), failed_steps=failed
+                )
+            )
+        else:
+            self._finish(COMPLETED, None)
+            self.emit(
+                ev.WorkflowCompleted(
+                    self.workflow_id,
+                    name=self.name,
+                    seconds=time.perf_counter() - started,
+                    **self.totals,
+                )
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self.writer.close()
+            lease.release(self.store, self.workflow_id, self._owner)
+            await self.pool.aclose()
+
+    def _load(self) -> None:
+        with self.store.session(self.tenant_id) as s:
+            wf = s.get_one(Workflow, self.workflow_id)
+            project = s.get_one(Project, wf.project_id)
+            self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
+            self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
+            self.spec = WorkflowSpec.model_validate(wf.spec)
+            self.project = ProjectView(project.name, project.description)
+        self.personas = personas_for(self.store, self.tenant_id)
+
+    async def _started(self) -> None:
+        records.update_workflow(
+            self.store,
+            self.workflow_id,
+            status=RUNNING,
+            error=None,
+            pause_requested=False,
+            started_at=utcnow(),
+            finished_at=None,
+        )
+        steps = records.load_steps(self.store, self.workflow_id)
+        self.emit(
+            ev.WorkflowStarted(
+                self.workflow_id,
+                name=self.name,
+                project=self.project.name,
+                tenant=self.tenant_slug,
+                resumed=self.status != "pending",
+                total_steps=max(len(steps), self._expected_steps()),
+            )
+        )
+
+    def _expected_steps(self) -> int:
+        """User steps plus the generated ones, when the spec lets us count them up front."""
+        generate = self.spec.generate
+        count = len(self.spec.steps) + (1 if generate.consistency_check else 0)
+        if generate.implementation_prompts is not None:
+            source = self.spec.step(generate.implementation_prompts.from_)
+            count += len(source.items or [])
+        return count
+
+    def _finish(self, status: str, error: str | None) -> None:
+        records.update_workflow(
+            self.store,
+            self.workflow_id,
+            status=status,
+            error=error,
+            pause_requested=False,
+            finished_at=utcnow(),
+        )
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease every HEARTBEAT_S; look for a pause request every PAUSE_POLL_S."""
+        renewed = time.monotonic()
+        query = select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
+        while True:
+            await asyncio.sleep(PAUSE_POLL_S)
+            if time.monotonic() - renewed >= lease.HEARTBEAT_S:
+                renewed = time.monotonic()
+                if not lease.renew(self.store, self.workflow_id, self._owner):
+                    self.pause_event.set()  # lost the lease: stop launching work
+                    return
+            with self.store.reading() as conn:
+                if conn.scalar(query):
+                    self.pause_event.set()
+
+    def _statuses(self) -> dict[str, str]:
+        return {s.name: s.status for s in records.load_steps(self.store, self.workflow_id)}
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _run_all(self) -> None:
+        user = [s for s in records.load_steps(self.store, self.workflow_id) if not s.auto_generated]
+        for step in user:
+            await self._run_step(step)
+        for step in self._sync_generated(len(user)):
+            await self._run_step(step)
+
+    async def _run_step(self, step: StepRow) -> None:
+        self.check_pause()
+        if step.type == "fan-out":
+            await run_fan_out(self, step)
+        elif step.type == "pattern-check":
+            self._pattern_check(step)
+        else:
+            await self._single(step)
+
+    async def _single(self, step: StepRow) -> None:
+        item = self._generated_item(step)
+        request = self.request(step, self.render(step, item))
+        digest = request_hash(step.type, request)
+        if self.skip_if_done(step, digest, StepView(step.name, step.output)):
+            return
+        records.update_step(self.store, step.id, status=RUNNING, error=None, started_at=utcnow())
+        self.step_event(
+            ev.StepStarted,
+            step,
+            persona=step.persona,
+            provider=step.provider,
+            auto_generated=step.auto_generated,
+            heading=item.heading if item is not None else None,
+        )
+        try:
+            result = await self.call(step, request)
+        except ChainExhausted as exc:
+            raise self.fail(step, exc, exc.attempts) from None
+        records.complete_step(self.store, step, result.completion.text, digest, result)
+        self.ctx[step.name] = StepView(step.name, result.completion.text)
+        tokens = (
+            sum(a.input_tokens for a in result.attempts),
+            sum(a.output_tokens for a in result.attempts),
+        )
+        self.step_event(
+            ev.StepCompleted,
+            step,
+            provider=result.provider,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            cost_usd=sum(a.cost_usd for a in result.attempts),
+        )
+
+    def _generated_item(self, step: StepRow) -> ItemView | None:
+        config = step.config
+        if step.type != "implementation-prompt" or config.source is None or config.item_idx is None:
+            return None
+        return self.ctx[config.source].items[config.item_idx]
+
+    def _pattern_check(self, step: StepRow) -> None:
+        config = step.config
+        repository = config.repository or ""
+        target = config.target or self._previous_user_step(step)
+        view = self.ctx.get(target) if target else None
+        texts = [view.output or ""] + [i.output or "" for i in view.items] if view else []
+        patterns = load_patterns(self.store, self.tenant_id or "", repository)
+        rules = [f"{p.kind}:{p.pattern}" for p in patterns]
+        digest = hashlib.sha256(json.dumps([rules, texts]).encode()).hexdigest()
+        if self.skip_if_done(step, digest, StepView(step.name, step.output)):
+            return
+        self.step_event(ev.StepStarted, step, persona=None, provider=None)
+        report = check_code(repository, patterns, texts)
+        if report.violations and config.fail_on_violation:
+            err = StepFailed(
+                f"{len(report.violations)} code pattern violations",
+                workflow_id=self.workflow_id,
+                step=step.name,
+            )
+            raise self.fail(step, err)
+        output = report.to_markdown()
+        records.complete_step(self.store, step, output, digest)
+        self.ctx[step.name] = StepView(step.name, output)
+        self.step_event(ev.StepCompleted, step)
+
+    def _previous_user_step(self, step: StepRow) -> str | None:
+        earlier = [n for n in self.ctx if n != step.name]
+        return earlier[-1] if earlier else None
+
+    def _sync_generated(self, first_order: int) -> list[StepRow]:
+        fanouts = {
+            name: [(i.index, i.heading) for i in view.items]
+            for name, view in self.ctx.items()
+            if view.items
+        }
+        wanted = desired_generated(self.spec, fanouts)
+        steps = records.load_steps(self.store, self.workflow_id)
+        existing = [s for s in steps if s.auto_generated]
+        if [(s.name, s.type, s.config) for s in existing] != [
+            (w.name, w.type, StepConfig.from_json(w.config)) for w in wanted
+        ]:
+            defaults = self.spec.defaults
+            rows = generated_rows(
+                wanted,
+                workflow_id=self.workflow_id,
+                tenant_id=self.tenant_id or "",
+                first_order=first_order,
+                chain=list(dict.fromkeys([defaults.provider, *defaults.fallback])),
+                model=defaults.model,
+            )
+            records.replace_generated_steps(self.store, self.workflow_id, rows)
+            steps = records.load_steps(self.store, self.workflow_id)
+        return [s for s in steps if s.auto_generated]

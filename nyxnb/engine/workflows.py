@@ -1,0 +1,186 @@
+"""Create workflows from specs: resolve tenant, project, personas and provider chains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from nyxnb.errors import MissingKey, NotFound, SpecError
+from nyxnb.providers.registry import create_provider, provider_class
+from nyxnb.spec import StepSpec, WorkflowSpec, load_spec
+from nyxnb.store.database import Store
+from nyxnb.store.models import PENDING, Persona, Project, Repository, Workflow, WorkflowStep
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Overrides for one run; ``None`` keeps what the spec says."""
+
+    provider: str | None = None
+    concurrency: int | None = None
+    cache: bool | None = None
+    max_cost_usd: float | None = None
+
+
+def step_chain(step: StepSpec, spec: WorkflowSpec) -> list[str]:
+    """The provider fallback chain of a step (spec defaults applied, duplicates removed)."""
+    if isinstance(step.provider, list):
+        chain = list(step.provider)
+    else:
+        rest = step.fallback if step.fallback is not None else spec.defaults.fallback
+        chain = [step.provider or spec.defaults.provider, *rest]
+    return list(dict.fromkeys(chain))
+
+
+def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
+    """A copy of ``spec`` with the run's overrides baked in (so resume uses the same)."""
+    data = spec.to_dict()
+    defaults = data.setdefault("defaults", {})
+    if options.provider:
+        defaults["provider"], defaults["fallback"] = options.provider, []
+        for step in data["steps"]:
+            step.pop("provider", None)
+            step.pop("fallback", None)
+    if options.concurrency:
+        defaults["concurrency"] = options.concurrency
+    if options.cache is not None:
+        defaults["cache"] = options.cache
+    if options.max_cost_usd is not None:
+        data["max_cost_usd"] = options.max_cost_usd
+    return WorkflowSpec.model_validate(data)
+
+
+def personas_for(store: Store, tenant_id: str) -> dict[str, str]:
+    """Persona name -> system prompt visible to a tenant (its own override global ones)."""
+    with store.session(tenant_id, read_only=True) as s:
+        rows = s.scalars(select(Persona)).all()
+    found = {p.name: p.system_prompt for p in rows if p.tenant_id is None}
+    found.update({p.name: p.system_prompt for p in rows if p.tenant_id is not None})
+    return found
+
+
+def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
+    named = [(f"steps[{i}].persona", s.persona) for i, s in enumerate(spec.steps)]
+    if spec.generate.consistency_check:
+        named.append(
+            ("generate.consistency_check.persona", spec.generate.consistency_check.persona)
+        )
+    if spec.generate.implementation_prompts:
+        named.append(
+            (
+                "generate.implementation_prompts.persona",
+                spec.generate.implementation_prompts.persona,
+            )
+        )
+    for where, name in named:
+        if name is not None and name not in personas:
+            raise SpecError(
+                f"unknown persona {name!r}",
+                field=where,
+                hint=f"known personas: {', '.join(sorted(personas)) or 'none (run `nyxnb seed`)'}",
+            )
+    for step in spec.steps:
+        for entry in step_chain(step, spec):
+            provider_class(entry.partition(":")[0])
+
+
+def _check_ready(spec: WorkflowSpec) -> None:
+    """Every LLM step needs at least one provider of its chain with a key in the environment."""
+    for step in spec.steps:
+        if step.type == "pattern-check":
+            continue
+        providers = [create_provider(e.partition(":")[0]) for e in step_chain(step, spec)]
+        missing = []
+        for provider in providers:
+            try:
+                provider.check_ready()
+                break
+            except MissingKey as exc:
+                missing.append(exc)
+        else:
+            names = " or ".join(v for exc in missing for v in exc.env_vars)
+            raise MissingKey(", ".join(p.name for p in providers), [names])
+
+
+def _check_repositories(store: Store, spec: WorkflowSpec, tenant_id: str) -> None:
+    for i, step in enumerate(spec.steps):
+        if step.type == "pattern-check" and step.repository:
+            owner, _, repo = step.repository.partition("/")
+            with store.session(tenant_id, read_only=True) as s:
+                found = s.scalar(
+                    select(Repository.id).where(Repository.owner == owner, Repository.repo == repo)
+                )
+            if found is None:
+                raise SpecError(
+                    f"repository {step.repository!r} not found in this tenant",
+                    field=f"steps[{i}].repository",
+                    hint="add the repository or point `repository:` at one it has",
+                )
+
+
+def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
+    chain = step_chain(step, spec)
+    config = step.model_dump(
+        mode="json",
+        exclude_none=True,
+        include={
+            "items",
+            "items_from",
+            "concurrency",
+            "max_tokens",
+            "repository",
+            "target",
+            "fail_on_violation",
+        },
+    )
+    return {
+        "order": i,
+        "name": step.name,
+        "type": step.type,
+        "persona": step.persona,
+        "provider": chain[0],
+        "fallback": chain[1:],
+        "model": step.model or spec.defaults.model,
+        "prompt": step.prompt,
+        "config": config,
+        "status": PENDING,
+        "auto_generated": False,
+    }
+
+
+def find_project(store: Store, tenant_id: str, project: str) -> Project:
+    """A tenant's project by name or id, or :class:`NotFound`."""
+    with store.session(tenant_id) as s:
+        found = s.scalar(select(Project).where((Project.name == project) | (Project.id == project)))
+    if found is None:
+        raise NotFound("project", project, hint="list projects with `nyxnb project list`")
+    return found
+
+
+def create_workflow(
+    store: Store,
+    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    *,
+    tenant: str,
+    project: str,
+    options: RunOptions | None = None,
+) -> str:
+    """Validate ``spec`` and write a pending workflow with its user steps; returns its id."""
+    parsed = apply_overrides(load_spec(spec), options or RunOptions())
+    tenant_row = store.find_tenant(tenant)
+    project_row = find_project(store, tenant_row.id, project)
+    _check_names(parsed, personas_for(store, tenant_row.id))
+    _check_repositories(store, parsed, tenant_row.id)
+    _check_ready(parsed)
+    with store.session(tenant_row.id) as s:
+        wf = Workflow(
+            project_id=project_row.id, name=parsed.name, status=PENDING, spec=parsed.to_dict()
+        )
+        s.add(wf)
+        s.flush()
+        for i, step in enumerate(parsed.steps):
+            s.add(WorkflowStep(workflow_id=wf.id, **_step_row(i, step, parsed)))
+        return wf.id

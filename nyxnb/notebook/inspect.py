@@ -1,0 +1,371 @@
+"""Look at runs: DuckDB SQL over the store's tables, pandas DataFrames, Parquet, and plots.
+
+    con = nyxnb.notebook.inspect.connect(store)            # every store table, under its own name
+    con.sql('SELECT provider, sum(cost_usd) FROM llm_calls GROUP BY 1').df()
+    steps_df(store, wf)  items_df(store, wf)  calls_df(store)  cost_by(store, ["step", "provider"])
+    export_parquet(store, "out/")                 # one file per table
+    plot_latency(store, wf)  plot_cost(store, wf)  plot_progress(store, wf)
+
+DuckDB's sqlite and postgres scanners are extension downloads, which fail offline, so each table
+is read through SQLAlchemy into Arrow (typed from the table's columns, JSON as text) and copied
+into an in-memory DuckDB database: the connection is a snapshot taken by :func:`connect`, on
+SQLite and PostgreSQL stores alike.  Plots are :class:`matplotlib.figure.Figure` objects built
+without pyplot, so they render headless (Agg) and display inline in a notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    create_engine,
+    select,
+)
+from sqlalchemy.pool import NullPool
+
+from nyxnb.engine.report import workflow_summary
+from nyxnb.store.database import Store, open_store
+from nyxnb.store.models import LlmCall, Workflow, WorkflowStep
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+    from matplotlib.figure import Figure
+
+StoreArg = Store | str | None
+_STATUS_COLORS = {
+    "completed": "#2e7d32",
+    "running": "#1565c0",
+    "failed": "#c62828",
+    "paused": "#ef6c00",
+    "pending": "#bdbdbd",
+}
+
+
+def reader(store: Store) -> Store:
+    """The same store for reading only: on SQLite, no ``BEGIN IMMEDIATE``, so a run never waits.
+
+    WAL readers need no lock; the store's own sessions take the write lock up front, which would
+    make a running workflow wait for every poll and every table copy.
+    """
+    db = store.url.database
+    if store.dialect != "sqlite" or not db or db == ":memory:":
+        return store
+    args = {"timeout": 30, "check_same_thread": False}
+    return Store(create_engine(store.url, poolclass=NullPool, connect_args=args))
+
+
+def _store(store: StoreArg) -> Store:
+    return reader(store if isinstance(store, Store) else open_store(store))
+
+
+def _arrow_type(column: Any) -> pa.DataType:
+    import pyarrow as pa
+
+    t = column.type
+    if isinstance(t, Boolean):
+        return pa.bool_()
+    if isinstance(t, Integer):
+        return pa.int64()
+    if isinstance(t, Float | Numeric):
+        return pa.float64()
+    if isinstance(t, DateTime):
+        return pa.timestamp("us", tz="UTC")
+    return pa.string()  # text, ids, and JSON serialised as JSON text
+
+
+def read_tables(store: StoreArg = None) -> dict[str, pa.Table]:
+    """Every table of the store as a typed Arrow table (JSON columns as JSON text)."""
+    import pyarrow as pa
+
+    st = _store(store)
+    meta = MetaData()
+    meta.reflect(st.engine)
+    out: dict[str, pa.Table] = {}
+    with st.engine.connect() as conn:
+        for name, table in sorted(meta.tables.items()):
+            schema = pa.schema([(c.name, _arrow_type(c)) for c in table.columns])
+            json_cols = [c.name for c in table.columns if isinstance(c.type, JSON)]
+            rows = [dict(r) for r in conn.execute(select(table)).mappings()]
+            for row in rows:
+                for col in json_cols:
+                    if row[col] is not None and not isinstance(row[col], str):
+                        row[col] = json.dumps(row[col], default=str)
+            out[name] = pa.Table.from_pylist(rows, schema=schema)
+    return out
+
+
+def connect(store: StoreArg = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection holding a snapshot of every store table, same names.
+
+    Quote the column ``"order"`` of ``workflow_steps`` (a reserved word) in SQL.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    for name, table in read_tables(store).items():
+        con.register("_nyxnb_src", table)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _nyxnb_src')
+        con.unregister("_nyxnb_src")
+    return con
+
+
+def export_parquet(store: StoreArg, folder: str | Path) -> list[Path]:
+    """Write every store table to ``folder/<table>.parquet``; returns the files written."""
+    import pyarrow.parquet as pq
+
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in read_tables(store).items():
+        path = target / f"{name}.parquet"
+        pq.write_table(table, path)
+        written.append(path)
+    return written
+
+
+def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) -> pd.DataFrame:
+    """One row per step: order, name, type, persona, provider, status, items, tokens, cost."""
+    import pandas as pd
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, tenant_id=st.tenant_id(tenant), with_items=False)
+    cols = [
+        "order",
+        "name",
+        "type",
+        "persona",
+        "provider",
+        "status",
+        "auto_generated",
+        "items_done",
+        "items_total",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "output",
+        "error",
+    ]
+    frame = pd.DataFrame(summary["steps"], columns=cols)
+    return frame.astype({"input_tokens": "int64", "output_tokens": "int64"})
+
+
+def items_df(
+    store: StoreArg, workflow_id: str, *, step: str | None = None, tenant: str | None = None
+) -> pd.DataFrame:
+    """One row per fan-out item: step, idx, heading, status, provider, output, error."""
+    import pandas as pd
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, tenant_id=st.tenant_id(tenant))
+    rows = [
+        {"step": s["name"], **item}
+        for s in summary["steps"]
+        for item in s["items"]
+        if step is None or s["name"] == step
+    ]
+    cols = ["step", "idx", "heading", "status", "provider", "output", "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def calls_df(
+    store: StoreArg = None, workflow_id: str | None = None, *, tenant: str | None = None
+) -> pd.DataFrame:
+    """Every provider attempt (``llm_calls``) with its step name, tokens, cost and latency."""
+    import pandas as pd
+
+    st = _store(store)
+    query = (
+        select(
+            LlmCall.created_at,
+            LlmCall.workflow_id,
+            Workflow.name.label("workflow"),
+            WorkflowStep.name.label("step"),
+            WorkflowStep.type.label("step_type"),
+            LlmCall.item_idx,
+            LlmCall.provider,
+            LlmCall.model,
+            LlmCall.attempt,
+            LlmCall.outcome,
+            LlmCall.error_kind,
+            LlmCall.input_tokens,
+            LlmCall.output_tokens,
+            LlmCall.cost_usd,
+            LlmCall.latency_ms,
+            LlmCall.cached,
+        )
+        .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
+        .outerjoin(Workflow, Workflow.id == LlmCall.workflow_id)
+        .order_by(LlmCall.created_at, WorkflowStep.order, LlmCall.item_idx, LlmCall.attempt)
+    )
+    if workflow_id is not None:
+        query = query.where(LlmCall.workflow_id == workflow_id)
+    tenant_id = st.tenant_id(tenant)
+    if tenant_id is not None:
+        query = query.where(LlmCall.tenant_id == tenant_id)
+    with st.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    cols = list(query.selected_columns.keys())
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["item_idx"] = frame["item_idx"].astype("Int64")
+    return frame
+
+
+def cost_by(
+    store: StoreArg = None,
+    by: str | Sequence[str] = ("step", "provider"),
+    *,
+    workflow_id: str | None = None,
+    tenant: str | None = None,
+) -> pd.DataFrame:
+    """Calls, tokens, cost and mean latency grouped by columns of :func:`calls_df`."""
+    keys = [by] if isinstance(by, str) else list(by)
+    calls = calls_df(store, workflow_id, tenant=tenant)
+    calls["ok"] = (calls["outcome"] != "error").astype("int64")
+    grouped = calls.groupby(keys, dropna=False, sort=False).agg(  # in run order
+        calls=("provider", "size"),
+        ok=("ok", "sum"),
+        input_tokens=("input_tokens", "sum"),
+        output_tokens=("output_tokens", "sum"),
+        cost_usd=("cost_usd", "sum"),
+        mean_latency_ms=("latency_ms", "mean"),
+    )
+    return grouped.reset_index()
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, constrained: bool = True) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained" if constrained else None)
+
+
+def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) -> Figure:
+    """Latency of every fan-out item's calls (ms), coloured by provider; errors hatched."""
+    from matplotlib.ticker import MaxNLocator
+
+    calls = calls_df(store, workflow_id)
+    calls = calls[calls["item_idx"].notna()]
+    if step is not None:
+        calls = calls[calls["step"] == step]
+    fig = _figure(9, 3.6)
+    ax = fig.add_subplot()
+    providers = sorted(calls["provider"].unique())
+    colors = dict(
+        zip(providers, ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#757575"), strict=False)
+    )
+    for provider in providers:
+        part = calls[calls["provider"] == provider]
+        errors = part["outcome"] == "error"
+        ax.bar(
+            part["item_idx"][~errors] + 1,
+            part["latency_ms"][~errors],
+            width=0.8,
+            color=colors.get(provider),
+            label=provider,
+        )
+        if errors.any():
+            ax.bar(
+                part["item_idx"][errors] + 1,
+                part["latency_ms"][errors],
+                width=0.8,
+                color="none",
+                edgecolor=colors.get(provider),
+                hatch="//",
+                label=f"{provider} (error)",
+            )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("item")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"per-item latency{f' of {step}' if step else ''}")
+    if providers:
+        ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def plot_cost(store: StoreArg, workflow_id: str | None = None) -> Figure:
+    """Tokens and cost by step, stacked by provider (two panels)."""
+    table = cost_by(store, ["step", "provider"], workflow_id=workflow_id)
+    table["tokens"] = table["input_tokens"] + table["output_tokens"]
+    order = list(dict.fromkeys(calls_df(store, workflow_id)["step"].fillna("(none)")))
+    table["step"] = table["step"].fillna("(none)")
+    fig = _figure(10, 0.9 + 0.28 * max(len(order), 1))
+    axes = fig.subplots(1, 2, sharey=True)
+    providers = sorted(table["provider"].unique())
+    for ax, metric, label in ((axes[0], "tokens", "tokens"), (axes[1], "cost_usd", "cost (USD)")):
+        left = [0.0] * len(order)
+        for provider in providers:
+            part = table[table["provider"] == provider].set_index("step")[metric]
+            values = [float(part.get(s, 0.0)) for s in order]
+            ax.barh(order, values, left=left, label=provider)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.set_xlabel(label)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize="small")
+    fig.suptitle("tokens and cost by step and provider")
+    return fig
+
+
+def step_context(store: Store, workflow_id: str) -> dict[int, tuple[str, str | None]]:
+    """Per step order: an implementation prompt's feature, and the provider that answered last."""
+    steps = select(WorkflowStep.order, WorkflowStep.type, WorkflowStep.config)
+    used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
+    used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
+    with store.engine.connect() as conn:
+        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).all())
+        rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
+        heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
+    return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
+
+
+def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
+    """The run as the progress widget shows it: a row per step, its status, a bar, the item."""
+    from matplotlib.patches import Rectangle
+
+    st = _store(store)
+    summary = workflow_summary(st, workflow_id, with_items=False)
+    context, steps = step_context(st, workflow_id), summary["steps"]
+    fig = _figure(11.5, 0.75 + 0.3 * (len(steps) + 1), constrained=False)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_xlim(0, 100)
+    ax.set_ylim(len(steps) + 2.1, -0.1)
+    t, done = summary["totals"], sum(s["status"] == "completed" for s in steps)
+    head = (f"{summary['name']}: {summary['status']}, {done}/{len(steps)} steps, "
+            f"{t.get('input_tokens') or 0}+{t.get('output_tokens') or 0} tokens, "
+            f"${float(t.get('cost_usd') or 0):.4f}")  # fmt: skip
+    ax.text(1, 0.5, head, weight="bold", va="center", fontsize=10)
+    cols = {"#": 1, "step": 3.5, "type": 17, "persona": 31, "provider": 42, "status": 51,
+            "items": 76.5, "current": 83}  # fmt: skip
+    for name, x in cols.items():
+        ax.text(x, 1.5, name, weight="bold", va="center", fontsize=9)
+    for i, s in enumerate(steps):
+        y, color = i + 2.5, _STATUS_COLORS.get(s["status"], "#757575")
+        heading, used = context.get(s["order"], ("", None))
+        provider = None if s["type"] == "pattern-check" else used or s["provider"]
+        total = s["items_total"]
+        items = f"{s['items_done']}/{total}" if total else ""
+        values = [str(s["order"] + 1), s["name"], s["type"], s["persona"] or "", provider or "",
+                  s["status"], items, heading[:28]]  # fmt: skip
+        for (name, x), value in zip(cols.items(), values, strict=True):
+            status = name == "status"
+            ax.text(x, y, value, va="center", fontsize=9, color=color if status else "black",
+                    weight="bold" if status else "normal")  # fmt: skip
+        share = s["items_done"] / total if total else float(s["status"] == "completed")
+        ax.add_patch(Rectangle((60, y - 0.3), 15, 0.6, color="#e0e0e0", linewidth=0))
+        ax.add_patch(Rectangle((60, y - 0.3), 15 * share, 0.6, color=color, linewidth=0))
+    return fig

@@ -1,0 +1,112 @@
+"""Concise text progress for terminals, papermill and logs: one line per step, throttled fan-out.
+
+On a TTY the current fan-out line is redrawn in place; elsewhere it prints at most one line per
+``every_s`` seconds (and at 100%), so a 1,000-item fan-out does not flood a notebook's output.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from nyxnb import events as ev
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / total) if total else width
+    return "#" * filled + "." * (width - filled)
+
+
+class TextProgress:
+    """Render run events as text; call it with each event."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, every_s: float = 2.0, live: bool | None = None
+    ) -> None:
+        self.stream = stream or sys.stdout
+        self.every_s = every_s
+        self.live = self.stream.isatty() if live is None else live
+        self._last = 0.0
+        self._inline = False
+        self._total_steps = 0
+        self._started: dict[str, str] = {}
+
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is not None:
+            handler(event)
+
+    def _line(self, text: str) -> None:
+        if self._inline:
+            self.stream.write("\n")
+            self._inline = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _on_workflow_started(self, e: ev.WorkflowStarted) -> None:
+        verb = "resuming" if e.resumed else "running"
+        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}")
+
+    def _step(self, order: int) -> str:
+        return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
+
+    def _on_step_started(self, e: ev.StepStarted) -> None:
+        who = ", ".join(x for x in (e.step_type, e.persona, e.provider) if x)
+        self._started[e.name] = who + (f": {e.heading}" if e.heading else "")
+        if e.total_items:
+            done = f", {e.done_items} already done" if e.done_items else ""
+            self._line(
+                f"  {self._step(e.order)} {e.name} ({self._started[e.name]}): "
+                f"{e.total_items} items{done}"
+            )
+
+    def _on_fan_out_progress(self, e: ev.FanOutProgress) -> None:
+        now = time.monotonic()
+        final = e.completed >= e.fan_out_total
+        if not final and now - self._last < (0.1 if self.live else self.every_s):
+            return
+        self._last = now
+        text = (
+            f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
+            f"  #{e.fan_out_index} {e.fan_out_heading[:40]}"
+        )
+        if self.live:
+            self.stream.write("\r" + text.ljust(90))
+            self.stream.flush()
+            self._inline = not final
+            if final:
+                self.stream.write("\n")
+        else:
+            self._line(text)
+
+    def _on_step_completed(self, e: ev.StepCompleted) -> None:
+        if e.skipped:
+            self._line(f"  {self._step(e.order)} {e.name}: already completed, skipped")
+            return
+        who = self._started.get(e.name, e.step_type)
+        tokens = f"  {e.input_tokens}+{e.output_tokens} tokens" if e.input_tokens else ""
+        cost = f"  ${e.cost_usd:.4f}" if e.cost_usd else ""
+        self._line(f"  {self._step(e.order)} {e.name} ({who}) done{tokens}{cost}")
+
+    def _on_step_failed(self, e: ev.StepFailed) -> None:
+        self._line(f"      FAILED: {e.error}")
+
+    def _on_provider_fallback(self, e: ev.ProviderFallback) -> None:
+        item = f" item {e.item_index + 1}" if e.item_index is not None else ""
+        self._line(
+            f"      fallback{item}: {e.from_provider} ({e.reason}) -> "
+            f"{e.to_provider or 'none left'}"
+        )
+
+    def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
+        self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")
+
+    def _on_workflow_completed(self, e: ev.WorkflowCompleted) -> None:
+        self._line(
+            f"completed in {e.seconds:.1f}s: {e.input_tokens}+{e.output_tokens} tokens, "
+            f"${e.cost_usd:.4f}"
+        )
+
+    def _on_workflow_failed(self, e: ev.WorkflowFailed) -> None:
+        self._line(f"failed: {e.error}\nfix the cause, then: nyxnb resume {e.workflow_id}")

@@ -1,0 +1,208 @@
+"""Open a store: engine, sessions, schema upgrades and tenant scoping.
+
+Where the default store lives (first match wins):
+
+1. the ``url`` argument (the CLI's ``--db``), then the ``NYXNB_DB_URL`` environment variable;
+2. ``data/nyxnb.db`` under the *project root*: the nearest ancestor of the current directory
+   (itself included) holding both ``pyproject.toml`` and a ``data/`` folder -- so the repo root and
+   ``notebooks/`` resolve to the same file;
+3. ``data/nyxnb.db`` of the checkout the package was imported from (an editable install);
+4. ``~/.nyxnb/nyxnb.db``.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``, a 30 s busy timeout and ``BEGIN IMMEDIATE``
+transactions, so a notebook kernel and a CLI process can write to one file at once: the second
+writer waits for the first (commits take ~50 us) instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import sessionmaker
+
+from nyxnb.errors import NotFound, StoreUnavailable
+from nyxnb.paths import PACKAGE_ROOT, find_project_root
+from nyxnb.store import models
+from nyxnb.store.schema import upgrade_schema
+from nyxnb.store.tenancy import NyxSession
+
+ENV_URL = "NYXNB_DB_URL"
+READ_ONLY = "nyxnb_read_only"
+
+
+def default_db_path() -> Path:
+    """Where the embedded store lives when no URL is given (see the module docstring)."""
+    root = find_project_root()
+    if root is None and (PACKAGE_ROOT / "pyproject.toml").is_file():
+        root = PACKAGE_ROOT if (PACKAGE_ROOT / "data").is_dir() else None
+    if root is not None:
+        return root / "data" / "nyxnb.db"
+    return Path.home() / ".nyxnb" / "nyxnb.db"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The store URL to use: explicit, then ``NYXNB_DB_URL``, then the default SQLite file."""
+    if url:
+        return url
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    path = default_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _enable_wal(cur: Any, timeout_s: float = 30.0) -> None:
+    """Switch to WAL; two processes opening a fresh file at once may briefly collide here.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not always wait on
+    busy_timeout for it, so retry until the other opener is done.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        _enable_wal(cur)
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: waits on busy_timeout instead of
+        # failing later when a read transaction tries to upgrade to a write.  Read-only
+        # work (Store.reading) begins deferred and never makes a writer wait.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class Store:
+    """An open store: ``session()`` for admin work, ``tenant(slug)`` for a scoped view."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url
+        self._sessions = sessionmaker(engine, class_=NyxSession, expire_on_commit=False)
+        reader = engine.execution_options(**{READ_ONLY: True})
+        self._read_sessions = sessionmaker(reader, class_=NyxSession, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(
+        self, tenant_id: str | None = None, *, read_only: bool = False
+    ) -> Iterator[NyxSession]:
+        """A session that commits on success and rolls back on error.
+
+        ``read_only`` sessions never take SQLite's write lock, so inspecting a store never
+        makes a running workflow wait.
+        """
+        maker = self._read_sessions if read_only else self._sessions
+        with maker() as s:
+            s.tenant_id = tenant_id
+            with s.begin():
+                yield s
+
+    @contextmanager
+    def tenant(self, slug_or_id: str, *, read_only: bool = False) -> Iterator[NyxSession]:
+        """A session that sees only one tenant's rows (plus global personas)."""
+        tenant = self.find_tenant(slug_or_id)
+        with self.session(tenant.id, read_only=read_only) as s:
+            yield s
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for read-only work: on SQLite it never takes the write lock."""
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            yield conn
+
+    def find_tenant(self, slug_or_id: str) -> models.Tenant:
+        """The tenant with this slug or id, or :class:`NotFound`."""
+        with self._read_sessions() as s:
+            found = s.scalar(
+                select(models.Tenant).where(
+                    (models.Tenant.slug == slug_or_id) | (models.Tenant.id == slug_or_id)
+                )
+            )
+        if found is None:
+            raise NotFound("tenant", slug_or_id, hint="list tenants with `nyxnb tenant list`")
+        return found
+
+    def tenant_id(self, slug_or_id: str | None) -> str | None:
+        """The id of a tenant given by slug or id, or None for no scope; :class:`NotFound`."""
+        return self.find_tenant(slug_or_id).id if slug_or_id else None
+
+    def table_names(self) -> list[str]:
+        """Every table of the store (for inspection and checksums)."""
+        return sorted(inspect(self.engine).get_table_names())
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.render_as_string(hide_password=True)!r})"
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
+        raise StoreUnavailable(
+            f"unsupported or malformed store URL {url!r}: {exc}",
+            hint="use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db",
+        ) from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def open_store(url: str | None = None, *, upgrade: bool = True) -> Store:
+    """Open (creating or upgrading as needed) the store at ``url``; see module docs for defaults."""
+    resolved = resolve_url(url)
+    engine = _make_engine(resolved)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreUnavailable(
+            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
+            f"{reason}",
+            hint="check the --db URL / NYXNB_DB_URL and that the server is running",
+        ) from None
+    if upgrade:
+        upgrade_schema(engine)
+    return Store(engine)
