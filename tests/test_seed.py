@@ -8,6 +8,7 @@ import json
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import func, select
 
+import nyxnb
 from nyxnb.engine import seed as seed_mod
 from nyxnb.engine.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
 from nyxnb.store import Store, open_store
@@ -343,4 +345,4 @@ def test_report_is_frozen_and_data_dir_is_the_checkout():
     assert report.counts()["tenants"] == 1 and report.total == 1
     assert json.loads(json.dumps(report.to_dict())) == report.counts() | {"created": True}
     assert (data_dir() / "sample.yaml").is_file()
-    assert data_dir() == (seed_mod.Path(seed_mod.nyxnb.__file__).parent.parent / "data").resolve()
+    assert data_dir() == (Path(nyxnb.__file__).parent.parent / "data").resolve()

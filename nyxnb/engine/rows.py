@@ -105,11 +105,4 @@ class ItemRow:
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:
         """An item from a result row of ``select(step_items)``."""
-        return cls(
-            id=row["id"],
-            idx=row["idx"],
-            heading=row["heading"],
-            status=row["status"],
-            output=row["output"],
-            input_hash=row["input_hash"],
-        )
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})

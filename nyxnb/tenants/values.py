@@ -1,26 +1,6 @@
 """The values of a tenant move: the plan, its conflicts and resolutions, the result, row codecs.
 
-Move a project between tenants: plan, review, apply in one transaction, verify, reverse.
-
-    plan = plan_migration(store, "BRbase", "nyx", "clarait")   # writes nothing
-    print(plan); plan.to_dataframe(); plan.to_json()
-    move = apply_migration(store, plan, on_conflict="abort")   # or "rename" / "merge"
-    reverse_migration(store, move.move_id)
-
-The tables to move are found from the live schema (every table with ``tenant_id`` reachable from
-``projects`` through foreign keys), so a table added later moves too.  A conflict is a row of the
-target tenant with the same tenant-scoped unique key as a moved row.  A target row with no
-dependent data (the empty duplicate repository and project of the original incident) is removed
-and restored by :func:`reverse_migration`; any other conflict needs a policy:
-
-- ``abort`` (default): refuse, naming each conflicting row;
-- ``rename``: append the plan's ``suffix`` to the moved row's key column (``name``, ``repo``);
-- ``merge``: the moved row's children go under the existing target row (projects, and their
-  containers such as repositories when the parent is merged too), the moved row is dropped.
-
-A foreign key that would cross tenants after the move (a workflow of another project cloned from
-a moved one) is *detached* (set NULL) when the column is nullable, and restored on reverse.
-The functions that make and apply these values are in :mod:`nyxnb.tenants.migrate`.
+The functions that make and apply them, and what a move does, are in :mod:`nyxnb.tenants.migrate`.
 """
 
 from __future__ import annotations
