@@ -12,6 +12,7 @@
     ├── SpecError                 a workflow spec is invalid (names the field and line)
     ├── RunError                  a workflow run cannot proceed
     │   ├── LeaseHeld             another process is running this workflow
+    │   ├── LeaseLost             this run's lease was taken over; its writes are refused
     │   ├── StepFailed            a step failed (workflow id, step, item)
     │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
     ├── ProviderError             one provider call failed; ``kind`` says why
@@ -29,8 +30,25 @@ Pause is not an error: a paused run ends with a ``workflow_paused`` event.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
+
+# scheme://user:PASSWORD@host -- the password part of any URL-like text
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception as one redacted line: its class and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    label = type(exc).__name__
+    return redact(f"{label}: {first}" if first else label)[:limit]
 
 
 class NyxError(Exception):
@@ -39,10 +57,11 @@ class NyxError(Exception):
     hint: str = ""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = redact(message)  # a store URL's password never reaches a message
         super().__init__(message)
         self.message = message
         if hint is not None:
-            self.hint = hint
+            self.hint = redact(hint)
 
     def __str__(self) -> str:
         if self.hint:
@@ -130,6 +149,18 @@ class LeaseHeld(RunError):
             f"workflow {workflow_id} is being run by {holder}",
             hint=f"wait for it to finish or pause it (`nyxnb pause {workflow_id}`); "
             f"a dead holder's lease expires in {max(seconds_left, 0):.0f}s",
+        )
+
+
+class LeaseLost(RunError):
+    """This run's lease expired and another run took the workflow over; its writes are refused."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"workflow {workflow_id}: this run lost its lease to another run; "
+            "its writes were refused",
+            hint=f"`nyxnb show {workflow_id}` shows the state the other run left",
         )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import DatabaseError
 
 from nyxnb import events as ev
-from nyxnb.store.database import Store, open_store
+from nyxnb.errors import NyxError, redact
+from nyxnb.store.database import Store, open_store, store_error
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -42,6 +44,16 @@ def get_store(ctx: click.Context) -> Store:
         obj["store"] = open_store(obj.get("db"))
     store: Store = obj["store"]
     return store
+
+
+def fail_line(ctx: click.Context, exc: NyxError | DatabaseError) -> NoReturn:
+    """Print an error as one redacted line on stderr and exit 1."""
+    if isinstance(exc, DatabaseError):
+        store = ctx.ensure_object(dict).get("store")
+        exc = store_error(exc, store.engine if store is not None else None)
+    line = " ".join(redact(str(exc)).split())  # one line, whatever the driver wrote
+    click.echo(f"error: {line}", err=True)
+    sys.exit(1)
 
 
 def wants_json(ctx: click.Context) -> bool:

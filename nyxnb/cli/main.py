@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import click
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import run as cli_run
-from nyxnb.cli.common import emit, get_store, json_option, table, with_json
+from nyxnb.cli.common import emit, fail_line, get_store, json_option, table, with_json
 from nyxnb.errors import AlreadyExists, ConfigError, NyxError
 from nyxnb.store.models import Project, Tenant
 
@@ -21,14 +20,13 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class NyxGroup(click.Group):
-    """A group that turns :class:`NyxError` into one clean line and exit code 1."""
+    """A group that turns :class:`NyxError` (and a store's own error) into one line, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NyxError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+        except (NyxError, DatabaseError) as exc:
+            fail_line(ctx, exc)
 
 
 @click.group(cls=NyxGroup)

@@ -22,7 +22,7 @@ from nyxnb.engine import records
 from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
 from nyxnb.engine.rows import StepRow
 from nyxnb.engine.writer import GroupWriter
-from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed
+from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Store
@@ -86,13 +86,19 @@ class RunContext:
         return self.personas[step.persona]
 
     def render(self, step: StepRow, item: ItemView | None = None) -> str:
-        """Render a step's prompt, failing the step on an undefined name."""
+        """Render a step's prompt; any error while rendering fails the step with one line.
+
+        A template can raise anything at render time (``{{ 1/0 }}``, ``{{ project.name + 1 }}``),
+        not only :class:`TemplateError`.
+        """
         try:
             return render(step.prompt, project=self.project, steps=StepsView(self.ctx), item=item)
-        except TemplateError as exc:
-            raise StepFailed(
-                f"prompt template: {exc}", workflow_id=self.workflow_id, step=step.name
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - user code: whatever it raises fails the step
+            detail = str(exc) if isinstance(exc, TemplateError) else one_line(exc)
+            err = StepFailed(
+                f"prompt template: {detail}", workflow_id=self.workflow_id, step=step.name
+            )
+            raise self.fail(step, err) from None
 
     def request(self, step: StepRow, prompt: str) -> CompletionRequest:
         """The provider request for a rendered prompt."""

@@ -4,6 +4,13 @@ A lease is two columns of ``workflows`` (``lease_owner``, ``lease_expires_at``) 
 conditional UPDATE -- atomic on SQLite (``BEGIN IMMEDIATE``) and PostgreSQL (row lock) alike.  The
 holder renews it every ``HEARTBEAT_S``; a killed holder's lease expires after ``TTL_S``, and a
 holder on this host whose process is gone is detected at once.
+
+Fencing: the owner token is new for every run (``host:pid:nonce``), so it serves as the lease's
+generation.  A run writes through a :class:`FencedStore`, whose every write transaction first
+reads the lease row (``FOR SHARE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the
+write lock) and refuses with :class:`LeaseLost` unless the token is still its own -- so a runner
+that was stopped past its TTL (SIGSTOP, a suspended laptop) and woke after another run took over
+can never write over that run's work.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Connection, and_, select, update
 
-from nyxnb.errors import LeaseHeld, NotFound
+from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
 from nyxnb.store.database import Store
 from nyxnb.store.models import Workflow, utcnow
 
@@ -107,3 +116,26 @@ def release(store: Store, workflow_id: str, owner: str) -> None:
             .values(lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
+
+
+class FencedStore(Store):
+    """The store as one run writes to it: each write transaction checks the run's lease first."""
+
+    def __init__(self, store: Store, workflow_id: str, owner: str) -> None:
+        self.__dict__.update(store.__dict__)  # the same engine, pools and session makers
+        self.workflow_id, self.owner = workflow_id, owner
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction that is refused (:class:`LeaseLost`) if the lease was lost."""
+        with super().begin() as conn:
+            check_fence(conn, self.workflow_id, self.owner)
+            yield conn
+
+
+def check_fence(conn: Connection, workflow_id: str, owner: str) -> None:
+    """Raise :class:`LeaseLost` unless ``owner`` still holds the lease (inside a write)."""
+    query = select(Workflow.lease_owner).where(Workflow.id == workflow_id)
+    holder = conn.scalar(query.with_for_update(read=True))
+    if holder != owner:
+        raise LeaseLost(workflow_id)

@@ -104,13 +104,13 @@ def _remember(conn: Connection, result: ChainResult) -> None:
 
 def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
     """Set columns of one workflow."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == workflow_id).values(_stamp(values)))
 
 
 def update_step(store: Store, step_id: str, **values: Any) -> None:
     """Set columns of one step."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(STEPS).where(STEPS.c.id == step_id).values(_stamp(values)))
 
 
@@ -124,7 +124,7 @@ def complete_step(
     """Mark a step completed with its output, ledger rows and cache entry, atomically."""
     if output is None:  # the invariant the original system broke
         raise ValueError("a completed step needs an output")
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         if result is not None:
             record_attempts(conn, step, result.attempts, None)
             _remember(conn, result)
@@ -147,7 +147,7 @@ def complete_step(
 
 def reset_running_steps(store: Store, workflow_id: str) -> None:
     """Put steps left ``running`` by an interrupted run back to ``pending``."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(
             update(STEPS)
             .where(STEPS.c.workflow_id == workflow_id, STEPS.c.status == RUNNING)
@@ -163,7 +163,7 @@ def fail_step(
     item_idx: int | None = None,
 ) -> None:
     """Mark a step failed (and record the attempts that failed)."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         record_attempts(conn, step, attempts, item_idx)
         conn.execute(
             update(STEPS)
@@ -209,7 +209,7 @@ def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
 
 def complete_item(store: Store, step: StepRow, idx: int, output: str, result: ChainResult) -> None:
     """Commit one fan-out item in its own transaction."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         write_items(conn, [item_rows(step, idx, output, result)])
 
 
@@ -217,7 +217,7 @@ def fail_item(
     store: Store, step: StepRow, idx: int, error: str, attempts: Sequence[Attempt]
 ) -> None:
     """Mark one fan-out item failed and record its attempts."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         record_attempts(conn, step, attempts, idx)
         conn.execute(
             update(ITEMS)
@@ -234,7 +234,7 @@ def sync_items(
     Rows whose input is unchanged keep their status and output: a committed item is never
     called again.  Changed rows go back to pending; surplus rows are deleted.
     """
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         rows = {
             r["idx"]: dict(r)
             for r in conn.execute(select(ITEMS).where(ITEMS.c.step_id == step.id)).mappings()
@@ -307,7 +307,7 @@ def _step_items(conn: Connection, step_id: str) -> list[ItemRow]:
 
 def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
     """Swap the workflow's generated steps for ``rows`` (ledger rows survive: SET NULL)."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(
             delete(STEPS).where(
                 STEPS.c.workflow_id == workflow_id, STEPS.c.auto_generated.is_(True)

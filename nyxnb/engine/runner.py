@@ -14,6 +14,7 @@ import json
 import time
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
 from nyxnb.engine import lease, records
@@ -24,7 +25,7 @@ from nyxnb.engine.generated import desired_generated, generated_rows
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import personas_for
-from nyxnb.errors import ChainExhausted, NyxError, StepFailed
+from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Store
 from nyxnb.store.models import (
@@ -40,6 +41,7 @@ from nyxnb.store.models import (
 from nyxnb.templates import ItemView, ProjectView, StepView
 
 PAUSE_POLL_S = 0.25  # how soon a pause asked from another process (or `nyxnb pause`) is seen
+RECORD_FAILURE_S = 5.0  # how long a failed run keeps trying to record its failure
 
 __all__ = ["PAUSE_POLL_S", "Paused", "Runner", "request_hash"]
 
@@ -61,12 +63,16 @@ class Runner(RunContext):
         self.pool = ProviderPool(retry, provider_options)
         self.tenant_id = tenant_id
         self._owner = lease.new_owner()
+        self._plain = store  # lease bookkeeping; the run's own writes go through the fence
+        self.current: StepRow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def execute(self) -> None:
         """Run the workflow to completion, pause or failure; never leaves the lease behind."""
         self._load()
-        lease.acquire(self.store, self.workflow_id, self._owner, tenant_id=self.tenant_id)
+        lease.acquire(self._plain, self.workflow_id, self._owner, tenant_id=self.tenant_id)
+        self.store = lease.FencedStore(self._plain, self.workflow_id, self._owner)
+        self.writer.store = self.store
         heartbeat = asyncio.create_task(self._heartbeat())
         started = time.perf_counter()
         try:
@@ -75,19 +81,16 @@ class Runner(RunContext):
         except Paused:
             self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
-        except asyncio.CancelledError:  # Ctrl-C or a consumer that stopped listening
-            records.reset_running_steps(self.store, self.workflow_id)
-            self._finish(PAUSED, None)
+        except asyncio.CancelledError:  # a consumer that stopped listening
+            with contextlib.suppress(LeaseLost, SQLAlchemyError):
+                records.reset_running_steps(self.store, self.workflow_id)
+                self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
             raise
-        except NyxError as exc:
-            self._finish(FAILED, str(exc))
-            failed = [n for n, s in self._statuses().items() if s == FAILED]
-            self.emit(
-                ev.WorkflowFailed(
-                    self.workflow_id, name=self.name, error=str(exc), failed_steps=failed
-                )
-            )
+        except LeaseLost as exc:  # another run owns the workflow now: write nothing
+            self._failed_event(str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything unexpected fails the run cleanly
+            self._fail_run(exc)
         else:
             self._finish(COMPLETED, None)
             self.emit(
@@ -102,9 +105,47 @@ class Runner(RunContext):
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            self.writer.close()
-            lease.release(self.store, self.workflow_id, self._owner)
+            with contextlib.suppress(LeaseLost, SQLAlchemyError):
+                self.writer.close()
+            with contextlib.suppress(SQLAlchemyError):
+                lease.release(self._plain, self.workflow_id, self._owner)
             await self.pool.aclose()
+
+    def _fail_run(self, exc: Exception) -> None:
+        """Mark the step that was running and the workflow ``failed``, with the error recorded.
+
+        A :class:`NyxError` was already recorded on its step; anything else (a template that
+        raises, a store error, a full disk) is recorded here as one line.  If the store itself
+        cannot be written, the event still goes out and the lease is still released.
+        """
+        error = str(exc) if isinstance(exc, NyxError) else self._unexpected(exc)
+        deadline = time.monotonic() + RECORD_FAILURE_S
+        while True:  # a store that just failed (a held lock, a restart) may take a moment
+            try:
+                if not isinstance(exc, NyxError) and self.current is not None:
+                    records.fail_step(self.store, self.current, error)
+                records.reset_running_steps(self.store, self.workflow_id)
+                self._finish(FAILED, error)
+                break
+            except LeaseLost:
+                break
+            except SQLAlchemyError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        self._failed_event(error)
+
+    def _unexpected(self, exc: Exception) -> str:
+        where = f"step {self.current.name!r}: " if self.current is not None else ""
+        return f"{where}unexpected {one_line(exc)} (fix the cause, then `nyxnb resume {self.workflow_id}`)"
+
+    def _failed_event(self, error: str) -> None:
+        failed: list[str] = []
+        with contextlib.suppress(SQLAlchemyError):
+            failed = [n for n, s in self._statuses().items() if s == FAILED]
+        self.emit(
+            ev.WorkflowFailed(self.workflow_id, name=self.name, error=error, failed_steps=failed)
+        )
 
     def _load(self) -> None:
         with self.store.session(self.tenant_id) as s:
@@ -163,14 +204,17 @@ class Runner(RunContext):
         query = select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
         while True:
             await asyncio.sleep(PAUSE_POLL_S)
-            if time.monotonic() - renewed >= lease.HEARTBEAT_S:
-                renewed = time.monotonic()
-                if not lease.renew(self.store, self.workflow_id, self._owner):
-                    self.pause_event.set()  # lost the lease: stop launching work
-                    return
-            with self.store.reading() as conn:
-                if conn.scalar(query):
-                    self.pause_event.set()
+            try:
+                if time.monotonic() - renewed >= lease.HEARTBEAT_S:
+                    renewed = time.monotonic()
+                    if not lease.renew(self._plain, self.workflow_id, self._owner):
+                        self.pause_event.set()  # lost the lease: stop launching work
+                        return
+                with self._plain.reading() as conn:
+                    if conn.scalar(query):
+                        self.pause_event.set()
+            except SQLAlchemyError:  # the store blinked (a restart): try again next tick
+                continue
 
     def _statuses(self) -> dict[str, str]:
         return {s.name: s.status for s in records.load_steps(self.store, self.workflow_id)}
@@ -185,6 +229,7 @@ class Runner(RunContext):
 
     async def _run_step(self, step: StepRow) -> None:
         self.check_pause()
+        self.current = step
         if step.type == "fan-out":
             await run_fan_out(self, step)
         elif step.type == "pattern-check":

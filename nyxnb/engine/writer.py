@@ -39,7 +39,7 @@ class GroupWriter:
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.begin() as conn:
                 write_items(conn, [rows for rows, _ in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the failing write, commit the others
             if len(batch) == 1:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from nyxnb.errors import NotFound, StoreUnavailable
+from nyxnb.errors import NotFound, StoreError, StoreUnavailable, redact
 from nyxnb.paths import PACKAGE_ROOT, find_project_root
 from nyxnb.store import models
 from nyxnb.store.schema import upgrade_schema
@@ -36,6 +36,8 @@ from nyxnb.store.tenancy import NyxSession
 
 ENV_URL = "NYXNB_DB_URL"
 READ_ONLY = "nyxnb_read_only"
+#: How long a write waits for a PostgreSQL server that dropped its connections (a restart).
+RECONNECT_S = 10.0
 
 
 def default_db_path() -> Path:
@@ -77,12 +79,19 @@ def _enable_wal(cur: Any, timeout_s: float = 30.0) -> None:
             time.sleep(0.02)
 
 
+def _busy_timeout_ms() -> int:
+    """SQLite's busy timeout: 30 s, or ``NYXNB_SQLITE_BUSY_TIMEOUT_S`` (tests shorten it)."""
+    return int(float(os.environ.get("NYXNB_SQLITE_BUSY_TIMEOUT_S") or 30) * 1000)
+
+
 def _configure_sqlite(engine: Engine) -> None:
+    busy_ms = _busy_timeout_ms()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
@@ -135,9 +144,31 @@ class Store:
             yield s
 
     @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction; one that could not start because the server dropped its
+        connections (a PostgreSQL restart) is retried on a fresh connection for up to
+        :data:`RECONNECT_S`.  Errors inside the transaction roll it back and propagate.
+        """
+        conn = self._connect_retrying()
+        with conn, conn.begin():
+            yield conn
+
+    def _connect_retrying(self) -> Connection:
+        deadline, delay = time.monotonic() + RECONNECT_S, 0.05
+        while True:
+            try:
+                return self.engine.connect()  # PostgreSQL: pool_pre_ping replaces a dead one
+            except OperationalError:
+                if self.dialect == "sqlite" or time.monotonic() + delay > deadline:
+                    raise
+                self.engine.dispose()  # every pooled connection is dead after a restart
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A connection for read-only work: on SQLite it never takes the write lock."""
-        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        with self._connect_retrying().execution_options(**{READ_ONLY: True}) as conn:
             yield conn
 
     def find_tenant(self, slug_or_id: str) -> models.Tenant:
@@ -174,13 +205,16 @@ def _make_engine(url: str) -> Engine:
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            kwargs["connect_args"] = {
+                "timeout": _busy_timeout_ms() / 1000,
+                "check_same_thread": False,
+            }
         else:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         raise StoreUnavailable(
-            f"unsupported or malformed store URL {url!r}: {exc}",
+            f"unsupported or malformed store URL {redact(url)!r}: {redact(str(exc))}",
             hint="use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db",
         ) from None
     if engine.dialect.name == "sqlite":
@@ -188,21 +222,66 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
+def _sqlite_file_problem(engine: Engine, reason: str) -> StoreError | None:
+    """A clear error for a SQLite file that is not a database, truncated or read-only."""
+    path = engine.url.database or ""
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered or "disk i/o" in lowered:
+        return StoreError(
+            f"the store file {path} is corrupt or truncated ({reason})",
+            hint="restore it from a backup, or point --db / NYXNB_DB_URL at another file",
+        )
+    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+        path = path.removeprefix("file:").split("?", 1)[0]
+        return StoreError(
+            f"the store file {path} cannot be written ({reason})",
+            hint="check the file's and its folder's permissions, or use another --db file",
+        )
+    return None
+
+
+def store_error(exc: DatabaseError, engine: Engine | None = None) -> StoreError:
+    """A database error from the driver as one clear :class:`StoreError` line."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+    if engine is not None and engine.dialect.name == "sqlite":
+        if problem := _sqlite_file_problem(engine, reason):
+            return problem
+    lowered = reason.lower()
+    if "database is locked" in lowered:
+        hint = "another program holds the store's write lock; close it or retry"
+    elif "full" in lowered or "no space" in lowered:
+        hint = "free disk space (or raise the database's size limit), then retry"
+    else:
+        hint = "check the store and retry; completed work is kept"
+    return StoreError(f"store error ({type(exc.orig or exc).__name__}): {reason}", hint=hint)
+
+
+def _check_reachable(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")  # reads the header
+    except DatabaseError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        problem = _sqlite_file_problem(engine, reason) if engine.dialect.name == "sqlite" else None
+        raise problem or StoreUnavailable(
+            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
+            f"{redact(reason)}",
+            hint="check the --db URL / NYXNB_DB_URL and that the server is running",
+        ) from None
+
+
 def open_store(url: str | None = None, *, upgrade: bool = True) -> Store:
     """Open (creating or upgrading as needed) the store at ``url``; see module docs for defaults."""
     resolved = resolve_url(url)
     engine = _make_engine(resolved)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreUnavailable(
-            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
-            f"{reason}",
-            hint="check the --db URL / NYXNB_DB_URL and that the server is running",
-        ) from None
+    _check_reachable(engine)
     if upgrade:
-        upgrade_schema(engine)
+        try:
+            upgrade_schema(engine)
+        except DatabaseError as exc:
+            engine.dispose()
+            raise store_error(exc, engine) from None
     return Store(engine)

@@ -1,0 +1,165 @@
+"""Faults nobody planned for: each fails its step and the workflow cleanly, and resume continues.
+
+The rule: an unexpected error in a step marks that step and the workflow ``failed`` with the
+error recorded, releases the lease, and the CLI exits 1 with one line; `nyxnb resume` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+import nyxnb
+from nyxnb import events as ev
+from nyxnb.store import open_store
+from nyxnb.store.models import Project, Workflow, WorkflowStep
+from tests.helpers import minimal, three_steps
+
+
+def _state(store, workflow_id: str) -> tuple[Workflow, dict[str, WorkflowStep]]:
+    with store.session() as s:
+        wf = s.get_one(Workflow, workflow_id)
+        steps = s.scalars(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id))
+        return wf, {st.name: st for st in steps}
+
+
+def _assert_failed_cleanly(store, workflow_id: str, step: str, needle: str) -> None:
+    wf, steps = _state(store, workflow_id)
+    assert wf.status == "failed" and needle in (wf.error or ""), wf.error
+    assert steps[step].status == "failed" and needle in (steps[step].error or "")
+    assert "running" not in {s.status for s in steps.values()}
+    assert wf.lease_owner is None  # released: resume can start at once
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NYXNB_DB_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "nyxnb", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "needle"),
+    [("{{ 1/0 }}", "ZeroDivisionError"), ("{{ project.name + 1 }}", "TypeError")],
+)
+def test_template_error_at_render_time_fails_the_step_then_resume_continues(
+    sqlite_store, sqlite_url, tmp_path, template, needle
+):
+    minimal(sqlite_store)
+    body = three_steps("tmpl", 3)
+    body["steps"][2]["prompt"] = template
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(body))
+    out = _cli(sqlite_url, "run", str(path), "--tenant", "nyx", "--project", "BRbase", "--json")
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    workflow_id = events[0]["workflow_id"]
+    assert events[-1]["type"] == "workflow_failed" and needle in events[-1]["error"]
+    _assert_failed_cleanly(sqlite_store, workflow_id, "synthesis", needle)
+    # fix the template in place (the engine reads the step's prompt), then resume
+    with sqlite_store.session() as s:
+        step = s.scalar(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id,
+                                                   WorkflowStep.name == "synthesis"))  # fmt: skip
+        step.prompt = "Summarise"
+    resumed = _cli(sqlite_url, "resume", workflow_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _state(sqlite_store, workflow_id)[0].status == "completed"
+
+
+def _on_step_done(name: str, action: Any) -> Any:
+    def on_event(event: ev.Event) -> None:
+        if isinstance(event, ev.StepCompleted) and event.name == name:
+            action()
+
+    return on_event
+
+
+def test_sqlite_write_lock_held_over_the_busy_timeout(tmp_path, monkeypatch):
+    """Another program holds the write lock past the busy timeout mid-run: fail, then resume."""
+    monkeypatch.setenv("NYXNB_SQLITE_BUSY_TIMEOUT_S", "0.3")
+    path = tmp_path / "nyxnb.db"
+    store = minimal(open_store(f"sqlite:///{path}"))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def hold_lock() -> None:  # from the run's own thread: the lock is held before it writes again
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(1.0, lambda: holder.execute("COMMIT")).start()
+
+    result = nyxnb.run(three_steps("locked", 4), tenant="nyx", project="BRbase", store=store,
+                       on_event=_on_step_done("analysis", hold_lock))  # fmt: skip
+    assert result.status == "failed" and "database is locked" in (result.error or "")
+    _assert_failed_cleanly(store, result.workflow_id, "features", "database is locked")
+    assert nyxnb.resume(result.workflow_id, store=store).ok
+    holder.close()
+
+
+def test_full_disk_fails_the_step_then_resume_continues(sqlite_store):
+    """The database can barely grow (SQLite's max_page_count, as a full disk): the fan-out's
+    item rows do not fit, the short failure record does; once space is freed, resume finishes."""
+    minimal(sqlite_store)
+    full = {"on": False}
+
+    @event.listens_for(sqlite_store.engine, "connect")
+    def _cap(dbapi_conn: Any, _record: Any) -> None:
+        if full["on"]:
+            dbapi_conn.execute("SELECT count(*) FROM sqlite_master")  # reads the WAL's size too
+            pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+            # room for small updates (the failure record), not for 30 items of 8 KB
+            dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+
+    def fill_disk() -> None:
+        full["on"] = True
+        sqlite_store.engine.pool.dispose()  # every new connection sees the cap
+
+    body = three_steps("full", 30)
+    for item in body["steps"][1]["items"]:
+        item["body"] = "x" * 8000  # the items need new pages
+    result = nyxnb.run(body, tenant="nyx", project="BRbase", store=sqlite_store,
+                       on_event=_on_step_done("analysis", fill_disk))  # fmt: skip
+    assert result.status == "failed" and "full" in (result.error or ""), result.error
+    full["on"] = False
+    sqlite_store.engine.pool.dispose()
+    _assert_failed_cleanly(sqlite_store, result.workflow_id, "features", "full")
+    assert nyxnb.resume(result.workflow_id, store=sqlite_store).ok
+
+
+@pytest.mark.postgres
+def test_nul_byte_in_a_heading_on_postgres(pg_url):
+    store = minimal(open_store(pg_url))
+    body = three_steps("nul", 3)
+    body["steps"][1]["items"][1]["heading"] = "Auth\x00z"
+    result = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
+    assert result.status == "failed" and "NUL" in (result.error or ""), result.error
+    _assert_failed_cleanly(store, result.workflow_id, "features", "NUL")
+    with store.session() as s:  # the spec snapshot is the input: fix it there, then resume
+        wf = s.get_one(Workflow, result.workflow_id)
+        step = s.scalar(select(WorkflowStep).where(WorkflowStep.workflow_id == wf.id,
+                                                   WorkflowStep.name == "features"))  # fmt: skip
+        config = dict(step.config)
+        config["items"] = [{**i, "heading": i["heading"].replace("\x00", "")}
+                           for i in config["items"]]  # fmt: skip
+        step.config = config
+    assert nyxnb.resume(result.workflow_id, store=store).ok
+    store.dispose()
+
+
+@pytest.mark.postgres
+def test_300_character_project_name_on_postgres(pg_url):
+    store = minimal(open_store(pg_url))
+    out = _cli(pg_url, "project", "add", "nyx", "p" * 300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "200" in out.stderr, out.stderr
+    with store.session() as s:  # a long name already in the store still runs (prompt text)
+        s.scalar(select(Project)).name = "q" * 200
+    result = nyxnb.run(three_steps("long", 2), tenant="nyx", project="q" * 200, store=store)
+    assert result.ok, result.error
+    store.dispose()
