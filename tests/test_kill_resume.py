@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -162,5 +163,66 @@ def test_ctrl_c_pauses_cleanly_then_resume_finishes(sqlite_store, sqlite_url, tm
     assert "running" not in statuses
     result = nyxnb.resume(workflow_id, store=sqlite_store)
     assert result.ok
+    done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
+    assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))
+
+
+@pytest.mark.slow
+def test_stopped_runner_past_its_ttl_cannot_corrupt_the_run_that_took_over(
+    store, store_url, tmp_path
+):
+    """SIGSTOP a run past its lease TTL, resume elsewhere to the end, SIGCONT: every write of
+    the woken run is refused by the lease fence; the finished run stays exactly as it was."""
+    from nyxnb.engine import lease
+
+    seed(store)
+    proc, workflow_id, _ = _run_and_signal(store_url, _spec(tmp_path), 6, signal.SIGSTOP, 150)
+    try:
+        time.sleep(lease.TTL_S + 1.5)  # the stopped holder's lease expires
+        result = nyxnb.resume(workflow_id, store=store)
+        assert result.ok, result.error
+        finished = _fan_out_state(store, workflow_id)
+        with store.session() as s:
+            before = {
+                st.name: (st.status, st.output) for st in
+                s.scalars(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id))
+            }  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "lost its lease" in out
+    done, calls, items = _fan_out_state(store, workflow_id)
+    assert done == finished[0] == set(range(N_ITEMS))
+    assert [(i.idx, i.output, i.status) for i in items] == [
+        (i.idx, i.output, i.status) for i in finished[2]
+    ]
+    with store.session() as s:
+        wf = s.get_one(Workflow, workflow_id)
+        after = {
+            st.name: (st.status, st.output) for st in
+            s.scalars(select(WorkflowStep).where(WorkflowStep.workflow_id == workflow_id))
+        }  # fmt: skip
+    assert wf.status == "completed" and after == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_answers_already_in_flight(sqlite_store, sqlite_url, tmp_path):
+    """SIGINT at C=8: the 8 calls in flight are paid for, so they are committed before the
+    pause, and resume calls only the items that were never started."""
+    seed(sqlite_store)
+    body = json.loads(open(_spec(tmp_path)).read())
+    body["defaults"]["concurrency"] = 8
+    path = tmp_path / "c8.json"
+    path.write_text(json.dumps(body))
+    proc, workflow_id, seen = _run_and_signal(sqlite_url, str(path), 8, signal.SIGINT, 300)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
+    assert len(done) >= seen + 8, (len(done), seen)  # every call in flight was kept
+    result = nyxnb.resume(workflow_id, store=sqlite_store)
+    assert result.ok
+    resumed = [e for e in result.events if e.type == "fan_out_progress"]
+    assert len(resumed) == N_ITEMS - len(done)  # nothing bought twice
     done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
     assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))

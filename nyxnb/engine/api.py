@@ -11,8 +11,10 @@ so they work in scripts and inside a notebook cell (whose loop is already runnin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ from nyxnb.store.models import Workflow
 OnEvent = Callable[[ev.Event], None]
 StoreArg = Store | str | None
 _DONE = object()
+#: On Ctrl-C (or a consumer that stops early) answers already in flight are paid for: wait up
+#: to this long for them to be committed before cancelling what is left.
+STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -95,13 +100,17 @@ async def _drive(runner: Runner, sink: Callable[[Any], None]) -> None:
 async def job_events(job: Job) -> AsyncIterator[ev.Event]:
     """Execute a job on the running loop, yielding its events."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    task = asyncio.create_task(_drive(job.runner(queue.put_nowait), queue.put_nowait))
+    runner = job.runner(queue.put_nowait)
+    task = asyncio.create_task(_drive(runner, queue.put_nowait))
     try:
         while (item := await queue.get()) is not _DONE:
             yield item
         await task  # re-raise LeaseHeld / NotFound from the runner
     finally:
-        if not task.done():
+        if not task.done():  # stop cooperatively: in-flight answers are committed first
+            runner.pause_event.set()
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
@@ -109,9 +118,9 @@ async def job_events(job: Job) -> AsyncIterator[ev.Event]:
 def job_events_sync(job: Job) -> Iterator[ev.Event]:
     """Execute a job on the background loop; events cross threads through a plain queue."""
     sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    future = asyncio.run_coroutine_threadsafe(
-        _drive(job.runner(sink.put), sink.put), _LoopThread.loop()
-    )
+    loop = _LoopThread.loop()
+    runner = job.runner(sink.put)
+    future = asyncio.run_coroutine_threadsafe(_drive(runner, sink.put), loop)
     finished = False
     try:
         while (item := sink.get()) is not _DONE:
@@ -120,9 +129,21 @@ def job_events_sync(job: Job) -> Iterator[ev.Event]:
         future.result()
     finally:
         if not finished:  # consumer stopped early or Ctrl-C: stop the run cooperatively
-            future.cancel()
-            while sink.get() is not _DONE:
-                pass
+            loop.call_soon_threadsafe(runner.pause_event.set)
+            if not _drain(sink, time.monotonic() + STOP_GRACE_S):
+                future.cancel()  # what is still in flight after the grace period is dropped
+                _drain(sink, None)
+
+
+def _drain(sink: queue.SimpleQueue[Any], deadline: float | None) -> bool:
+    """Discard events until the run ends (True) or ``deadline`` passes (False)."""
+    while True:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            if sink.get(timeout=timeout) is _DONE:
+                return True
+        except queue.Empty:
+            return False
 
 
 def new_job(

@@ -137,7 +137,8 @@ class Runner(RunContext):
 
     def _unexpected(self, exc: Exception) -> str:
         where = f"step {self.current.name!r}: " if self.current is not None else ""
-        return f"{where}unexpected {one_line(exc)} (fix the cause, then `nyxnb resume {self.workflow_id}`)"
+        fix = f"fix the cause, then `nyxnb resume {self.workflow_id}`"
+        return f"{where}unexpected {one_line(exc)} ({fix})"
 
     def _failed_event(self, error: str) -> None:
         failed: list[str] = []
