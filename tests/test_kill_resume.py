@@ -226,3 +226,26 @@ def test_ctrl_c_keeps_the_answers_already_in_flight(sqlite_store, sqlite_url, tm
     assert len(resumed) == N_ITEMS - len(done)  # nothing bought twice
     done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
     assert done == set(range(N_ITEMS)) and all(calls.get(i) == 1 for i in range(N_ITEMS))
+
+
+@pytest.mark.slow
+def test_persona_edited_before_resume_rebuys_nothing(sqlite_store, sqlite_url, tmp_path):
+    """kill -9 mid fan-out, add a tenant override of the fan-out's persona, resume: the run
+    uses the prompts frozen at its creation, so no committed item is erased or bought again."""
+    from nyxnb.store.models import Persona, Tenant
+
+    seed(sqlite_store)
+    workflow_id, _ = _run_and_kill(sqlite_url, _spec(tmp_path), kill_after=15)
+    committed, _, before = _fan_out_state(sqlite_store, workflow_id)
+    with sqlite_store.session() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.slug == "nyx"))
+        s.add(Persona(tenant_id=tenant.id, name="Cael", system_prompt="You are someone else."))
+    result = nyxnb.resume(workflow_id, store=sqlite_store)
+    assert result.ok, result.error
+    resumed = [e for e in result.events if e.type == "fan_out_progress"]
+    assert len(resumed) == N_ITEMS - len(committed)
+    done, calls, after = _fan_out_state(sqlite_store, workflow_id)
+    assert all(calls.get(i) == 1 for i in range(N_ITEMS)), calls
+    kept = {i.idx: i.output for i in before if i.idx in committed}
+    assert {i.idx: i.output for i in after if i.idx in committed} == kept
+    assert all("someone else" not in (i.output or "") for i in after)  # one persona per run

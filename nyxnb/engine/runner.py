@@ -24,7 +24,7 @@ from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
-from nyxnb.engine.workflows import personas_for
+from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Store
@@ -156,7 +156,11 @@ class Runner(RunContext):
             self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
             self.spec = WorkflowSpec.model_validate(wf.spec)
             self.project = ProjectView(project.name, project.description)
-        self.personas = personas_for(self.store, self.tenant_id)
+            frozen = wf.personas
+        if frozen is None:  # a workflow from before personas were frozen: freeze them now
+            frozen = frozen_personas(self.spec, personas_for(self.store, self.tenant_id))
+            records.update_workflow(self.store, self.workflow_id, personas=frozen)
+        self.personas = frozen
 
     async def _started(self) -> None:
         records.update_workflow(

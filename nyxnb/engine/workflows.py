@@ -62,7 +62,7 @@ def personas_for(store: Store, tenant_id: str) -> dict[str, str]:
     return found
 
 
-def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
+def _persona_names(spec: WorkflowSpec) -> list[tuple[str, str | None]]:
     named = [(f"steps[{i}].persona", s.persona) for i, s in enumerate(spec.steps)]
     if spec.generate.consistency_check:
         named.append(
@@ -75,7 +75,17 @@ def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
                 spec.generate.implementation_prompts.persona,
             )
         )
-    for where, name in named:
+    return named
+
+
+def frozen_personas(spec: WorkflowSpec, personas: dict[str, str]) -> dict[str, str]:
+    """The prompts of the personas ``spec`` names, to be frozen with its workflow."""
+    names = {name for _, name in _persona_names(spec) if name is not None}
+    return {name: prompt for name, prompt in personas.items() if name in names}
+
+
+def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
+    for where, name in _persona_names(spec):
         if name is not None and name not in personas:
             raise SpecError(
                 f"unknown persona {name!r}",
@@ -172,12 +182,17 @@ def create_workflow(
     parsed = apply_overrides(load_spec(spec), options or RunOptions())
     tenant_row = store.find_tenant(tenant)
     project_row = find_project(store, tenant_row.id, project)
-    _check_names(parsed, personas_for(store, tenant_row.id))
+    personas = personas_for(store, tenant_row.id)
+    _check_names(parsed, personas)
     _check_repositories(store, parsed, tenant_row.id)
     _check_ready(parsed)
     with store.session(tenant_row.id) as s:
         wf = Workflow(
-            project_id=project_row.id, name=parsed.name, status=PENDING, spec=parsed.to_dict()
+            project_id=project_row.id,
+            name=parsed.name,
+            status=PENDING,
+            spec=parsed.to_dict(),
+            personas=frozen_personas(parsed, personas),
         )
         s.add(wf)
         s.flush()

@@ -135,6 +135,9 @@ class Workflow(TenantOwned, Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: persona name -> system prompt, frozen when the workflow is created: editing a persona
+    #: later never changes (and never re-buys) what this run already did
+    personas: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     cloned_from_id: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
     )
