@@ -24,12 +24,19 @@ from nyxnb.engine.rows import StepRow
 from nyxnb.engine.writer import GroupWriter
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.pricing import price_for
+from nyxnb.providers.registry import provider_class
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Store
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
 Emit = Callable[[ev.Event], None]
+
+
+def _tokens(request: CompletionRequest) -> int:
+    """A rough input-token count (4 characters a token) for a cost estimate."""
+    return (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
 
 
 class Paused(Exception):  # noqa: N818 - a signal, not an error
@@ -67,6 +74,7 @@ class RunContext:
         self.ctx: dict[str, StepView] = {}
         self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         self.writer = GroupWriter(store)
+        self._sent: dict[tuple[str, int | None], str] = {}
 
     def emit(self, event: ev.Event) -> None:
         """Send an event to the consumer."""
@@ -133,6 +141,7 @@ class RunContext:
                 item_index=item_idx,
             )
 
+        await self._record_sent(step, request, item_idx)
         result = await complete_with_fallback(
             self.pool,
             step.chain,
@@ -142,6 +151,21 @@ class RunContext:
         )
         self.count(result.attempts)
         return result
+
+    async def _record_sent(
+        self, step: StepRow, request: CompletionRequest, item_idx: int | None
+    ) -> None:
+        """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
+        name = step.chain[0].partition(":")[0]
+        model = request.model or provider_class(name).default_model
+        usd = price_for(name, model).cost(_tokens(request), request.max_tokens)
+        row = records.sent_row(step, item_idx, name, model, usd)
+        await self.writer.write(records.ItemRows([row], None, None))
+        self._sent[(step.id, item_idx)] = row["id"]
+
+    def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
+        """The id of the 'sent' row of a call that has now finished (its rows complete it)."""
+        return self._sent.pop((step.id, item_idx), None)
 
     def count(self, attempts: list[Attempt]) -> None:
         """Add attempts to the run's token and cost totals."""
@@ -180,7 +204,8 @@ class RunContext:
         item_idx: int | None = None,
     ) -> StepFailed:
         """Record a failed step, emit ``step_failed``, and return the error to raise."""
-        records.fail_step(self.store, step, str(error), attempts or [], item_idx)
+        sent = self.take_sent(step, item_idx)
+        records.fail_step(self.store, step, str(error), attempts or [], item_idx, sent)
         self.step_event(ev.StepFailed, step, error=str(error), item_index=item_idx)
         if isinstance(error, StepFailed):
             return error

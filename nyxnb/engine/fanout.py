@@ -115,7 +115,8 @@ class _FanOut:
         try:
             result = await self.runner.call(self.step, self.requests[idx], item_idx=idx)
         except ChainExhausted as exc:
-            records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts)
+            sent = self.runner.take_sent(self.step, idx)
+            records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
             self.failures.append((idx, exc))
             return
         self._commits.append(asyncio.create_task(self._commit(row, result)))
@@ -123,7 +124,13 @@ class _FanOut:
     async def _commit(self, row: ItemRow, result: ChainResult) -> None:
         idx = row.idx
         await self.runner.writer.write(
-            records.item_rows(self.step, idx, result.completion.text, result)
+            records.item_rows(
+                self.step,
+                idx,
+                result.completion.text,
+                result,
+                self.runner.take_sent(self.step, idx),
+            )
         )
         self.completed += 1
         self.runner.step_event(

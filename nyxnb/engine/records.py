@@ -97,6 +97,27 @@ def step_attempt_rows(
     )
 
 
+SENT = "sent"  # an attempt recorded before its call; completed (replaced) by its real rows
+
+
+def sent_row(
+    step: StepRow, item_idx: int | None, provider: str, model: str, usd: float
+) -> dict[str, Any]:
+    """The ``llm_calls`` row written before a call (``outcome='sent'``, cost estimated high).
+
+    A process killed while the call is in flight leaves it behind, so the ledger (and
+    ``max_cost_usd``) never counts less than was paid.  Same keys as every attempt row: rows
+    of one executemany must name the same columns.
+    """
+    attempt = Attempt(provider, model, 1, SENT, cost_usd=usd)
+    return step_attempt_rows(step, [attempt], item_idx)[0]
+
+
+def _settle(conn: Connection, sent_ids: Sequence[str]) -> None:
+    if sent_ids:
+        conn.execute(delete(CALLS).where(CALLS.c.id.in_(list(sent_ids))))
+
+
 def _remember(conn: Connection, result: ChainResult) -> None:
     if result.cache_key and not result.from_cache:
         cache.store_answer(conn, result.cache_key, result.completion)
@@ -120,11 +141,13 @@ def complete_step(
     output: str,
     input_hash: str,
     result: ChainResult | None = None,
+    sent_id: str | None = None,
 ) -> None:
     """Mark a step completed with its output, ledger rows and cache entry, atomically."""
     if output is None:  # the invariant the original system broke
         raise ValueError("a completed step needs an output")
     with store.begin() as conn:
+        _settle(conn, [sent_id] if sent_id else [])
         if result is not None:
             record_attempts(conn, step, result.attempts, None)
             _remember(conn, result)
@@ -161,9 +184,11 @@ def fail_step(
     error: str,
     attempts: Sequence[Attempt] = (),
     item_idx: int | None = None,
+    sent_id: str | None = None,
 ) -> None:
     """Mark a step failed (and record the attempts that failed)."""
     with store.begin() as conn:
+        _settle(conn, [sent_id] if sent_id else [])
         record_attempts(conn, step, attempts, item_idx)
         conn.execute(
             update(STEPS)
@@ -178,10 +203,13 @@ class ItemRows:
 
     calls: list[dict[str, Any]]
     cache: dict[str, Any] | None
-    item: dict[str, Any]
+    item: dict[str, Any] | None  # None: ledger rows only (a 'sent' attempt)
+    settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete
 
 
-def item_rows(step: StepRow, idx: int, output: str, result: ChainResult) -> ItemRows:
+def item_rows(
+    step: StepRow, idx: int, output: str, result: ChainResult, sent_id: str | None = None
+) -> ItemRows:
     """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
     calls = step_attempt_rows(step, result.attempts, idx)
     key = result.cache_key
@@ -195,16 +223,19 @@ def item_rows(step: StepRow, idx: int, output: str, result: ChainResult) -> Item
         "provider": result.provider,
         "updated_at": utcnow(),
     }
-    return ItemRows(calls, entry, update_params)
+    return ItemRows(calls, entry, update_params, (sent_id,) if sent_id else ())
 
 
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
     """Commit a batch of completed items with one executemany per table."""
+    _settle(conn, [i for b in batch for i in b.settle])
     calls = [row for b in batch for row in b.calls]
     if calls:
         conn.execute(_INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
-    conn.execute(_COMPLETE_ITEM, [b.item for b in batch])
+    items = [b.item for b in batch if b.item is not None]
+    if items:
+        conn.execute(_COMPLETE_ITEM, items)
 
 
 def complete_item(store: Store, step: StepRow, idx: int, output: str, result: ChainResult) -> None:
@@ -214,10 +245,16 @@ def complete_item(store: Store, step: StepRow, idx: int, output: str, result: Ch
 
 
 def fail_item(
-    store: Store, step: StepRow, idx: int, error: str, attempts: Sequence[Attempt]
+    store: Store,
+    step: StepRow,
+    idx: int,
+    error: str,
+    attempts: Sequence[Attempt],
+    sent_id: str | None = None,
 ) -> None:
     """Mark one fan-out item failed and record its attempts."""
     with store.begin() as conn:
+        _settle(conn, [sent_id] if sent_id else [])
         record_attempts(conn, step, attempts, idx)
         conn.execute(
             update(ITEMS)

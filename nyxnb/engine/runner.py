@@ -261,7 +261,8 @@ class Runner(RunContext):
             result = await self.call(step, request)
         except ChainExhausted as exc:
             raise self.fail(step, exc, exc.attempts) from None
-        records.complete_step(self.store, step, result.completion.text, digest, result)
+        text = result.completion.text
+        records.complete_step(self.store, step, text, digest, result, self.take_sent(step))
         self.ctx[step.name] = StepView(step.name, result.completion.text)
         tokens = (
             sum(a.input_tokens for a in result.attempts),
