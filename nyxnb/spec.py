@@ -227,8 +227,30 @@ def parse_spec(data: dict[str, Any], *, root: yaml.Node | None = None) -> Workfl
     return spec
 
 
-def load_spec_text(text: str, *, source: str = "<spec>") -> WorkflowSpec:
-    """Parse YAML or JSON text into a validated spec."""
+def _load_json(text: str, source: str) -> WorkflowSpec:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{source} is not valid JSON: {exc.msg} (column {exc.colno})",
+            line=exc.lineno,
+            hint="check commas, quotes and brackets",
+        ) from None
+    return parse_spec(data)
+
+
+def load_spec_text(text: str, *, source: str = "<spec>", json_text: bool = False) -> WorkflowSpec:
+    """Parse YAML or JSON text into a validated spec (JSON text is parsed as JSON).
+
+    JSON is parsed as JSON, not as YAML: YAML rejects the ``\\uD83D\\uDE80`` surrogate
+    pairs that ``json.dumps`` writes for an emoji.
+    """
+    if json_text or text.lstrip().startswith(("{", "[")):
+        try:
+            return _load_json(text, source)
+        except SpecError:
+            if json_text:
+                raise  # a .json file: report the JSON error, not a YAML one
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -250,10 +272,27 @@ def load_spec(source: str | Path | dict[str, Any] | WorkflowSpec) -> WorkflowSpe
         return parse_spec(source)
     path = Path(source) if isinstance(source, Path) or "\n" not in source else None
     if path is not None and path.suffix in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            raise SpecError(f"spec file {str(path)!r} not found", hint="check the path")
-        return load_spec_text(path.read_text(encoding="utf-8"), source=str(path))
+        return load_spec_text(_read(path), source=str(path), json_text=path.suffix == ".json")
     return load_spec_text(str(source))
+
+
+def _read(path: Path) -> str:
+    """A spec file's text, or one clear line saying why it cannot be read."""
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} not found", hint="check the path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"spec file {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start : exc.start + 1]!r})",
+            hint="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
+    except OSError as exc:
+        raise SpecError(
+            f"spec file {str(path)!r} cannot be read: {exc.strerror}",
+            hint="check the file's permissions",
+        ) from None
 
 
 def dumps(spec: WorkflowSpec) -> str:

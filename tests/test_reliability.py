@@ -163,3 +163,76 @@ def test_300_character_project_name_on_postgres(pg_url):
     result = nyxnb.run(three_steps("long", 2), tenant="nyx", project="q" * 200, store=store)
     assert result.ok, result.error
     store.dispose()
+
+
+# -- bad files and secrets: one clear line each ---------------------------------------------------
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+    return out.stderr
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_corrupt_or_truncated_store_file_gives_one_line(tmp_path, damage):
+    path = tmp_path / "nyxnb.db"
+    url = f"sqlite:///{path}"
+    minimal(open_store(url)).dispose()
+    if damage == "corrupt":
+        with open(path, "r+b") as fh:
+            fh.write(b"this is not a database" * 8)
+    else:
+        for extra in ("-wal", "-shm"):
+            (tmp_path / f"nyxnb.db{extra}").unlink(missing_ok=True)
+        os.truncate(path, path.stat().st_size // 3)
+    _one_line_error(_cli(url, "list"), "corrupt or truncated", str(path))
+
+
+def test_read_only_store_file_gives_one_line(tmp_path):
+    path = tmp_path / "nyxnb.db"
+    minimal(open_store(f"sqlite:///{path}")).dispose()
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(three_steps("ro", 2)))
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"  # read-only even for root
+    out = _cli(url, "run", str(spec), "--tenant", "nyx", "--project", "BRbase")
+    _one_line_error(out, "cannot be written", str(path))
+
+
+def test_non_utf8_spec_gives_one_line(sqlite_store, sqlite_url, tmp_path):
+    minimal(sqlite_store)
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes("name: caf\u00e9\nsteps: [{name: a, prompt: hi}]\n".encode("latin-1"))
+    out = _cli(sqlite_url, "run", str(spec), "--tenant", "nyx", "--project", "BRbase")
+    _one_line_error(out, "not UTF-8", "spec.yaml")
+
+
+def test_json_spec_with_unicode_escapes_for_emoji_is_parsed_as_json(sqlite_store, tmp_path):
+    minimal(sqlite_store)
+    body = three_steps("rocket \U0001f680", 2)
+    body["steps"][0]["prompt"] = "Analyse {{ project.name }} \U0001f680"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(body))  # ensure_ascii: "\ud83d\ude80"
+    assert "\\ud83d\\ude80" in spec.read_text()
+    result = nyxnb.run(str(spec), tenant="nyx", project="BRbase", store=sqlite_store)
+    assert result.ok, result.error
+    assert _state(sqlite_store, result.workflow_id)[0].name == "rocket \U0001f680"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "steps": [}')
+    with pytest.raises(nyxnb.SpecError, match="not valid JSON"):
+        nyxnb.load_spec(str(bad))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:S3CRETPW@127.0.0.1:1/db",
+        "postgresql+psycopg://u:S3CRETPW@127.0.0.1:1/db",
+        "mysql://u:S3CRETPW@127.0.0.1:1/db",
+    ],
+)
+def test_store_url_password_is_redacted_from_errors(url):
+    err = _one_line_error(_cli(url, "list"))
+    assert "S3CRETPW" not in err, err
