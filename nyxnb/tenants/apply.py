@@ -18,12 +18,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Table, and_, delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
 from nyxnb.errors import MigrationError, NotFound, StalePlan, VerificationFailed
 from nyxnb.store.database import Store
-from nyxnb.store.models import Base, new_id, utcnow
+from nyxnb.store.models import Base, Workflow, new_id, utcnow
 from nyxnb.tenants.checksums import Override, Scan, digest, scan, text_of, utc
 from nyxnb.tenants.plan import Members, survey
 from nyxnb.tenants.schema import TENANT, Edge, Schema, discover_schema
@@ -91,14 +91,40 @@ def apply_plan(store: Store, plan: MigrationPlan, on_conflict: str) -> MoveResul
 
 @contextmanager
 def _refusals(what: str) -> Iterator[None]:
+    """Any error the database raises (a constraint, a trigger's plpgsql RAISE) as one line."""
     try:
         yield
-    except IntegrityError as exc:
+    except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise MigrationError(
-            f"{what} was refused by the database ({reason}); nothing was changed",
-            hint="plan again and review the conflicts",
+            f"{what} was refused by the database ({type(exc.orig or exc).__name__}: {reason}); "
+            "nothing was changed",
+            hint="fix what the database reported, plan again and review the conflicts",
         ) from None
+
+
+def _refuse_running(conn: Connection, plan: MigrationPlan) -> None:
+    """Refuse to move a project while one of its workflows holds a run lease.
+
+    A live run would go on writing rows under the old tenant.  A lease that expired without
+    being released belongs to a run that was killed -- or only stopped (SIGSTOP, a suspended
+    laptop) and may wake up -- so it is refused too until a resume ends it cleanly.
+    """
+    wf: Table = Workflow.__table__  # type: ignore[assignment]
+    held = conn.execute(
+        select(wf.c.id, wf.c.name, wf.c.lease_expires_at).where(
+            wf.c.project_id == plan.project_id,
+            wf.c.tenant_id == plan.source_id,
+            wf.c.lease_owner.is_not(None),
+        )
+    ).first()
+    if held is not None:
+        raise MigrationError(
+            f"workflow {held.name!r} ({held.id}) of project {plan.project!r} is running "
+            "(it holds a run lease); nothing was changed",
+            hint=f"pause it (`nyxnb pause {held.id}`) or let it finish; a killed run: "
+            f"`nyxnb resume {held.id}` then Ctrl-C, then apply again",
+        )
 
 
 def _open(conn: Connection, plan: MigrationPlan) -> Txn:
@@ -106,6 +132,7 @@ def _open(conn: Connection, plan: MigrationPlan) -> Txn:
     utc(conn)
     schema = discover_schema(conn)
     _lock(conn, schema)
+    _refuse_running(conn, plan)
     tx = Txn(conn, schema, plan, _id_tables(conn, schema))
     walk = Members(schema, plan.project_id, plan.source_id)
     sizes = {
