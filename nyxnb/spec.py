@@ -50,6 +50,8 @@ class Defaults(_Model):
     max_tokens: int = Field(default=2048, ge=1, le=200_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     cache: bool = True
+    #: the response cache is scoped by tenant; True shares answers across tenants (opt-in)
+    share_cache: bool = False
 
 
 class StepSpec(_Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from nyxnb.cli.main import cli
 from nyxnb.engine import lease
@@ -71,3 +71,66 @@ def test_plpgsql_exception_during_a_move_is_one_line(pg_url):
     assert "nothing was changed" in lines[0]
     assert table_checksums(store) == before
     store.dispose()
+
+
+def _two_tenants(store):
+    from tests.helpers import minimal
+
+    minimal(store)
+    with store.session() as s:
+        other = m.Tenant(slug="other", name="Other")
+        s.add(other)
+        s.flush()
+        s.add(m.Project(tenant_id=other.id, name="BRbase", description="A bug tracker."))
+    return store
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_response_cache_is_scoped_by_tenant_unless_shared(sqlite_store, share):
+    import nyxnb
+    from tests.helpers import three_steps
+
+    _two_tenants(sqlite_store)
+    spec = three_steps("cached", 3, cache=True, share_cache=share)
+    first = nyxnb.run(spec, tenant="nyx", project="BRbase", store=sqlite_store)
+    again = nyxnb.run(spec, tenant="nyx", project="BRbase", store=sqlite_store)
+    other = nyxnb.run(spec, tenant="other", project="BRbase", store=sqlite_store)
+    assert first.ok and again.ok and other.ok
+    with sqlite_store.session() as s:
+
+        def cached(wf: str) -> list[bool]:
+            rows = s.scalars(select(m.LlmCall.cached).where(m.LlmCall.workflow_id == wf))
+            return list(rows)
+
+        assert all(cached(again.workflow_id)) and cached(again.workflow_id)  # same tenant
+        assert all(cached(other.workflow_id)) is share  # another tenant: only if shared
+        assert any(cached(other.workflow_id)) is share
+
+
+def test_tenant_session_checks_writes_and_scopes_core_selects(store):
+    from nyxnb.errors import NotFound
+    from nyxnb.store.tenancy import NyxSession  # noqa: F401 - the session under test
+
+    world = build_world(store)
+    workflows = m.Workflow.__table__
+    with store.tenant("clarait") as s:  # Core select(table): only this tenant's rows
+        rows = s.execute(select(workflows)).all()
+        assert rows and {r.tenant_id for r in rows} == {world.clarait}
+        joined = s.execute(
+            select(workflows.c.id).join(
+                m.Project.__table__, m.Project.__table__.c.id == workflows.c.project_id
+            )
+        ).all()
+        assert len(joined) == len(rows)
+    with pytest.raises(NotFound), store.tenant("clarait") as s:  # set another tenant's id
+        s.get_one(m.Project, world.mine).tenant_id = world.nyx
+    with pytest.raises(NotFound), store.tenant("clarait") as s:  # attach to nyx's project
+        s.add(m.ProjectNote(project_id=world.project, title="sneaky"))
+    with pytest.raises(NotFound), store.tenant("clarait") as s:  # move a row over by update
+        from sqlalchemy import update
+
+        s.execute(update(m.Project).where(m.Project.id == world.mine).values(tenant_id=world.nyx))
+    with store.session() as s:  # nothing of that reached the store
+        assert s.get_one(m.Project, world.mine).tenant_id == world.clarait
+        notes = s.scalars(select(m.ProjectNote.title)).all()
+        assert "sneaky" not in notes

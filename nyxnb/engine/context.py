@@ -122,6 +122,8 @@ class RunContext:
         self, provider: str, model: str, request: CompletionRequest
     ) -> tuple[str, Any]:
         key = response_cache.cache_key(provider, model, request)
+        if not self.spec.defaults.share_cache:  # one tenant never learns what another asked
+            key = hashlib.sha256(f"tenant:{self.tenant_id}:{key}".encode()).hexdigest()
         with self.store.reading() as conn:
             return key, response_cache.lookup(conn, key)
 

@@ -233,7 +233,7 @@ def _sqlite_file_problem(engine: Engine, reason: str) -> StoreError | None:
         )
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
         path = path.removeprefix("file:").split("?", 1)[0]
-        return StoreError(
+        return StoreUnavailable(
             f"the store file {path} cannot be written ({reason})",
             hint="check the file's and its folder's permissions, or use another --db file",
         )
