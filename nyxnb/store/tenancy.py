@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Join, Select, Table, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql import ClauseElement
 
 from nyxnb.errors import ConfigError, NotFound
 from nyxnb.store import models
@@ -125,7 +126,10 @@ def _scope_core_select(state: ORMExecuteState, tenant_id: str) -> None:
 
 
 def _check_updated_tenant(state: ORMExecuteState, tenant_id: str) -> None:
-    params = state.statement.compile().params
+    statement = state.statement
+    if not isinstance(statement, ClauseElement):
+        return
+    params = statement.compile().params
     if params.get("tenant_id", tenant_id) not in (tenant_id, None):
         raise NotFound("tenant", params["tenant_id"], hint="write rows in your own tenant")
 
