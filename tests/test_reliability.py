@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from sqlalchemy import event, select
 import nyxnb
 from nyxnb import events as ev
 from nyxnb.store import open_store
-from nyxnb.store.models import Project, Workflow, WorkflowStep
+from nyxnb.store.models import LlmCall, Project, Workflow, WorkflowStep
 from tests.helpers import minimal, three_steps
 
 
@@ -236,3 +237,58 @@ def test_json_spec_with_unicode_escapes_for_emoji_is_parsed_as_json(sqlite_store
 def test_store_url_password_is_redacted_from_errors(url):
     err = _one_line_error(_cli(url, "list"))
     assert "S3CRETPW" not in err, err
+
+
+# -- a 200 answer that is not the provider's JSON ------------------------------------------------
+
+
+class _Garbage200(BaseHTTPRequestHandler):
+    """Answers every request 200 with a body no SDK can decode (test-local fault mode)."""
+
+    body = b""
+    content_type = "application/json"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", self.content_type)
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "google"])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b'{"id": "msg_1", "content": [', "application/json"),
+     (b"<html><body>502 Bad Gateway</body></html>", "text/html")],
+)  # fmt: skip
+def test_malformed_or_html_200_falls_back_and_is_in_the_ledger(
+    sqlite_store, monkeypatch, provider, body, content_type
+):
+    handler = type("H", (_Garbage200,), {"body": body, "content_type": content_type})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"anthropic": ("ANTHROPIC_BASE_URL", base), "openai": ("OPENAI_BASE_URL", base + "/v1"),
+           "google": ("GOOGLE_GEMINI_BASE_URL", base)}[provider]  # fmt: skip
+    monkeypatch.setenv(*env)
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.setenv(key, "sk-test-not-a-real-key")
+    minimal(sqlite_store)
+    spec = three_steps("garbage", 2)
+    spec["defaults"].update(provider=provider, fallback=["offline"])
+    fast = nyxnb.RetryPolicy(max_attempts=2, initial_delay_s=0.01, max_delay_s=0.02)
+    try:
+        result = nyxnb.run(spec, tenant="nyx", project="BRbase", store=sqlite_store, retry=fast)
+    finally:
+        server.shutdown()
+    assert result.ok, result.error
+    with sqlite_store.session() as s:
+        rows = s.scalars(select(LlmCall).where(LlmCall.workflow_id == result.workflow_id)).all()
+    failed = [r for r in rows if r.provider == provider]
+    assert failed and all(r.outcome == "error" and "malformed" in (r.error or "") for r in failed)
+    assert {r.provider for r in rows if r.outcome == "ok"} == {"offline"}

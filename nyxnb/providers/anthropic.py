@@ -20,7 +20,7 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.classify import HttpFailure, sdk_error
+from nyxnb.providers.classify import DECODE_ERRORS, HttpFailure, malformed_answer, sdk_error
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -50,7 +50,12 @@ class AnthropicProvider(Provider):
             message = await client.messages.create(**_params(request, model))
         except anthropic.AnthropicError as exc:
             raise self._error(exc, client.api_key) from exc
-        return _completion(message, model, self.name)
+        except DECODE_ERRORS as exc:  # a 200 that is not the provider's JSON
+            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
+        try:
+            return _completion(message, model, self.name)
+        except DECODE_ERRORS as exc:
+            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""

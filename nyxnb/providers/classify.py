@@ -229,6 +229,17 @@ def http_error(provider: str, failure: HttpFailure, *, secret: str | None = None
     return make_error(provider, kind, message, secret=secret, retry_after=delay)
 
 
+#: what an SDK raises when a 200 answer is not the provider's JSON (malformed JSON, an HTML page)
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, AttributeError, KeyError)
+
+
+def malformed_answer(provider: str, exc: Exception, *, secret: str | None = None) -> ProviderError:
+    """A 200 answer that could not be decoded: transient (retry, then the next provider)."""
+    return make_error(
+        provider, "server", f"malformed answer: {type(exc).__name__}: {exc}", secret=secret
+    )
+
+
 def sdk_error(
     provider: str, sdk: Any, exc: BaseException, failure: HttpFailure | None, key: str | None
 ) -> ProviderError:

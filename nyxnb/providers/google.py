@@ -26,7 +26,15 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+from nyxnb.providers.classify import (
+    CONNECTION,
+    DECODE_ERRORS,
+    TIMEOUT,
+    HttpFailure,
+    http_error,
+    make_error,
+    malformed_answer,
+)
 
 _REFUSALS = frozenset(
     {
@@ -69,10 +77,15 @@ class GoogleProvider(Provider):
             )
         except Exception as exc:
             error = self._error(exc, self._key)
+            if error is None and isinstance(exc, DECODE_ERRORS):  # a 200 that is not JSON
+                error = malformed_answer(self.name, exc, secret=self._key)
             if error is None:
                 raise
             raise error from exc
-        return _completion(response, model, self.name)
+        try:
+            return _completion(response, model, self.name)
+        except DECODE_ERRORS as exc:
+            raise malformed_answer(self.name, exc, secret=self._key) from exc
 
     def _error(self, exc: BaseException, key: str) -> ProviderError | None:
         """The nyxnb error for an SDK or transport exception (None: not a provider failure)."""

@@ -22,7 +22,7 @@ from nyxnb.providers.base import (
     Provider,
     ProviderOptions,
 )
-from nyxnb.providers.classify import HttpFailure, sdk_error
+from nyxnb.providers.classify import DECODE_ERRORS, HttpFailure, malformed_answer, sdk_error
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 
@@ -58,7 +58,12 @@ class OpenAIProvider(Provider):
             )
         except openai.OpenAIError as exc:
             raise self._error(exc, client.api_key) from exc
-        return _completion(response, model, self.name)
+        except DECODE_ERRORS as exc:  # a 200 that is not the provider's JSON
+            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
+        try:
+            return _completion(response, model, self.name)
+        except DECODE_ERRORS as exc:
+            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
