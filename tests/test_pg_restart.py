@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 import nyxnb
+from nyxnb import events as ev
 from nyxnb.store import open_store
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
 from tests.helpers import minimal, three_steps
@@ -25,6 +26,7 @@ from tests.helpers import minimal, three_steps
 PGBIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 PGROOT = Path(f"/tmp/pg-reliability-{os.getpid()}")
 PORT = 54000 + random.Random(os.getpid()).randint(100, 899)
+N = 80
 CI = Path(__file__).resolve().parent.parent / ".ci" / "pg.sh"
 
 
@@ -50,13 +52,12 @@ def own_server():
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_postgres_restart_mid_run(own_server, monkeypatch):
-    monkeypatch.setenv("NYXNB_OFFLINE_LATENCY_MS", "100")
+    monkeypatch.setenv("NYXNB_OFFLINE_LATENCY_MS", "150")
     store = minimal(open_store(own_server))
-    spec = three_steps("restart", 40, concurrency=4)
+    spec = three_steps("restart", N, concurrency=4)  # ~3 s of fan-out
     restarted, stopped = threading.Event(), {"at": float("inf")}
 
     def restart() -> None:
-        time.sleep(0.3)  # mid fan-out
         _pg_ctl("-m", "immediate", "stop")  # every connection dies at once
         stopped["at"] = time.monotonic()
         time.sleep(0.2)
@@ -64,8 +65,11 @@ def test_postgres_restart_mid_run(own_server, monkeypatch):
                 f"-k {PGROOT}/sock -c fsync=off", "start")  # fmt: skip
         restarted.set()
 
-    threading.Thread(target=restart, daemon=True).start()
-    result = nyxnb.run(spec, tenant="nyx", project="BRbase", store=store)
+    def on_event(event: ev.Event) -> None:  # mid fan-out
+        if isinstance(event, ev.FanOutProgress) and event.completed == 4:
+            threading.Thread(target=restart, daemon=True).start()
+
+    result = nyxnb.run(spec, tenant="nyx", project="BRbase", store=store, on_event=on_event)
     ended = time.monotonic()
     assert restarted.wait(30)
     assert stopped["at"] < ended  # the server went away while the run was going
@@ -88,5 +92,5 @@ def test_postgres_restart_mid_run(own_server, monkeypatch):
             .group_by(LlmCall.item_idx)
         ).all()
         assert s.get_one(Workflow, result.workflow_id).status == "completed"  # fmt: skip
-    assert done == 40 and all(n == 1 for _, n in per_item), per_item
+    assert done == N and all(n == 1 for _, n in per_item), per_item
     store.dispose()
