@@ -89,7 +89,7 @@ def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
     view = progress._view
     assert view is not None and len(view.rows) == len(progress.state.steps) == 8
     for cells, bar in view.rows.values():
-        assert "completed" in cells[5].value and bar.value == 1.0
+        assert "completed" in cells[6].value and bar.value == 1.0
     assert view.pause.disabled  # nothing left to pause
     assert "completed, 8/8 steps" in view.header.value
     attached = WorkflowProgress.attach(
@@ -156,7 +156,7 @@ def test_throttled_updates_are_flushed_by_a_timer() -> None:
     time.sleep(0.2)
     assert progress._view is not None
     cells, bar = progress._view.rows[0]
-    assert bar.value == 0.5 and cells[6].value == "5/10" and cells[7].value == "item 5"
+    assert bar.value == 0.5 and cells[7].value == "5/10" and cells[8].value == "item 5"
 
 
 def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFixture) -> None:
