@@ -30,7 +30,7 @@ def static_html(state: ProgressState) -> str:
 class WidgetView:
     """ipywidgets: a header with totals, Pause/Resume, a row per step, recent fallbacks."""
 
-    WIDTHS = ("2.5em", "11em", "12em", "8em", "9em", "11em", "6.5em", "4.5em", "16em")
+    WIDTHS = ("2.5em", "11em", "13.5em", "8em", "9em", "11em", "6.5em", "4.5em", "16em")
 
     def __init__(self, on_pause: Callable[[Any], None], on_resume: Callable[[Any], None]) -> None:
         import ipywidgets as w

@@ -2,15 +2,15 @@
 
     progress = WorkflowProgress(store=store)              # displays itself
     nyxnb.run(spec, tenant="nyx", project="BRbase", store=store, on_event=progress)
-    progress = WorkflowProgress.run(spec, tenant="nyx", project="BRbase", store=store)  # waits
+    progress = await WorkflowProgress.arun(spec, tenant="nyx", project="BRbase", store=store)
     progress = WorkflowProgress.start(spec, tenant="nyx", project="BRbase", store=store)
     WorkflowProgress.attach(store, workflow_id)           # a run elsewhere, or after a restart
 
-A kernel serves one request at a time, so a click on Pause is not delivered while a cell runs.
-``run`` (the foreground form) therefore runs the workflow on the engine's thread and, while the
-cell waits, processes the frontend's widget events itself (``jupyter-ui-poll``); ``start`` leaves
-the kernel free. With the plain ``nyxnb.run(..., on_event=progress)`` the button works only
-after the cell ends, and then it is disabled: nothing runs.
+A kernel serves one request at a time, so a click on Pause is not delivered while a cell blocks.
+``await WorkflowProgress.arun(...)`` (the notebook's foreground form) runs the workflow on the
+engine's thread and awaits it, which leaves the kernel's loop free to deliver clicks; ``start``
+returns at once. With the plain ``nyxnb.run(..., on_event=progress)`` the click arrives after
+the cell ends, when the button is already disabled: nothing runs, nothing to pause.
 
 The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and
@@ -21,6 +21,7 @@ at most every ``interval_s`` (0.1 s).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -247,37 +248,45 @@ class WorkflowProgress:
         return progress._background(lambda: api.run(spec, **kw))
 
     @classmethod
-    def run(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
-        """Run in the foreground: the cell waits for the run, and Pause works meanwhile.
+    async def arun(
+        cls, spec: Any = None, *, resume: str | None = None, **kw: Any
+    ) -> WorkflowProgress:
+        """Run in the foreground of a notebook (``await``): the cell waits, and Pause works.
 
-        Why not a free kernel: a notebook's next cells read the finished run (``result()``,
-        the step table), and papermill / nbval must see the cell end with the run. So the run
-        goes to the engine's thread, as ``start`` does, and this cell waits while processing
-        the frontend's widget messages with ``jupyter-ui-poll`` (ipykernel otherwise queues a
-        click until the cell ends). Text mode (papermill, terminals) simply waits. Ctrl-C (the
-        kernel's interrupt) asks the workflow to pause and waits for it to stop.
+        Why this form: a notebook's next cells read the finished run (``result()``, the step
+        table), and papermill / nbval must see the cell end with the run, so the cell has to
+        wait; but ipykernel handles one shell message at a time, so a cell that blocks keeps
+        every click queued until it ends. So the run goes to the engine's thread (as with
+        ``start``) and the cell *awaits* it: the kernel's event loop stays free, and ipykernel
+        (7.x) dispatches widget messages while an async cell awaits. (``jupyter-ui-poll`` was
+        the other way: it pumps the kernel from a blocking cell, but relies on
+        ``Kernel.do_one_iteration``, which ipykernel 7 no longer has.) Interrupting the kernel
+        asks the workflow to pause and waits for it to stop.
         """
         progress = cls.start(spec, resume=resume, **kw)
-        progress._wait_here()
-        return progress
-
-    def _wait_here(self) -> None:
-        future = self._future
+        future = progress._future
         assert future is not None
         try:
-            if self._view is None or not _in_kernel():
-                wait_futures([future])
-                return
-            from jupyter_ui_poll import ui_events
-
-            with ui_events() as poll:
-                while not future.done():
-                    poll(20)  # deliver up to 20 queued frontend messages (clicks) now
-                    wait_futures([future], timeout=0.05)
-        except KeyboardInterrupt:
-            self._ask_pause()
-            wait_futures([future])
+            await asyncio.wrap_future(future)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            progress._ask_pause()
+            wait_futures([future], timeout=60)
             raise
+        except Exception:  # noqa: BLE001 - result() raises it where the caller asks
+            pass
+        return progress
+
+    @classmethod
+    def run(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
+        """Run and wait (scripts, terminals); in a notebook prefer ``await arun(...)``.
+
+        A blocking cell cannot receive a click: the Pause button stays disabled here once the
+        click arrives after the run; ``arun`` or ``start`` keep it live.
+        """
+        progress = cls.start(spec, resume=resume, **kw)
+        assert progress._future is not None
+        wait_futures([progress._future])
+        return progress
 
     def _background(self, work: Callable[[], api.RunResult]) -> WorkflowProgress:
         future: Future[api.RunResult] = Future()
