@@ -188,6 +188,29 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
+def sqlite_path_problem(engine: Engine) -> tuple[str, str] | None:
+    """What is wrong with a SQLite store's path, and the fix: missing folder, read-only file."""
+    name = engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    path = Path(name).expanduser().resolve()
+    folder = path.parent
+    fix = "pass --db / NYXNB_DB_URL a sqlite:/// path you can write to"
+    if not folder.is_dir():
+        return f"cannot open the store {path}: folder {folder} does not exist", (
+            f"create it (mkdir -p {folder}) or {fix}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"cannot open the store {path}: the file is read-only", (
+            f"make it writable (chmod u+w {path}) or {fix}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot open the store {path}: no permission to write in {folder}", (
+            "SQLite writes its -wal and -shm files next to the store; " + fix
+        )
+    return None
+
+
 def open_store(url: str | None = None, *, upgrade: bool = True) -> Store:
     """Open (creating or upgrading as needed) the store at ``url``; see module docs for defaults."""
     resolved = resolve_url(url)
@@ -198,6 +221,8 @@ def open_store(url: str | None = None, *, upgrade: bool = True) -> Store:
     except OperationalError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if engine.dialect.name == "sqlite" and (problem := sqlite_path_problem(engine)):
+            raise StoreUnavailable(problem[0], hint=problem[1]) from None
         raise StoreUnavailable(
             f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
             f"{reason}",
