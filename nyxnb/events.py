@@ -63,7 +63,9 @@ class FanOutProgress(StepEvent):
     fan_out_total: int = 0
     fan_out_heading: str = ""
     completed: int = 0  # items completed so far, in any order
-    provider: str | None = None
+    provider: str | None = None  # the provider that answered this item (after any fallback)
+    model: str | None = None  # the model that answered
+    cached: bool = False  # answered from the response cache: no call was made
     input_tokens: int = 0  # of this item's calls
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -73,7 +75,10 @@ class FanOutProgress(StepEvent):
 class StepCompleted(StepEvent):
     type: ClassVar[str] = "step_completed"
     skipped: bool = False  # already completed with unchanged inputs
-    provider: str | None = None
+    provider: str | None = None  # who answered (a fan-out: every provider that did, comma-joined)
+    model: str | None = None  # the model(s) that answered, likewise
+    cached: bool = False  # every answer came from the response cache
+    cached_items: int = 0  # fan-out: items of this run answered from the cache
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0

@@ -17,6 +17,7 @@ import nyxnb
 from nyxnb import events as ev
 from nyxnb.engine.report import workflow_summary
 from nyxnb.engine.workflows import create_workflow
+from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.widgets import ProgressState, WorkflowProgress, live_frontend
 
 
@@ -89,7 +90,7 @@ def test_widget_rows_follow_the_run_and_end_equal_to_the_store(seeded) -> None:
     view = progress._view
     assert view is not None and len(view.rows) == len(progress.state.steps) == 8
     for cells, bar in view.rows.values():
-        assert "completed" in cells[5].value and bar.value == 1.0
+        assert "completed" in cells[6].value and bar.value == 1.0
     assert view.pause.disabled  # nothing left to pause
     assert "completed, 8/8 steps" in view.header.value
     attached = WorkflowProgress.attach(
@@ -156,7 +157,7 @@ def test_throttled_updates_are_flushed_by_a_timer() -> None:
     time.sleep(0.2)
     assert progress._view is not None
     cells, bar = progress._view.rows[0]
-    assert bar.value == 0.5 and cells[6].value == "5/10" and cells[7].value == "item 5"
+    assert bar.value == 0.5 and cells[7].value == "5/10" and cells[8].value == "item 5"
 
 
 def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFixture) -> None:
@@ -253,10 +254,136 @@ def test_pause_button_pauses_a_background_run_and_start_resumes_it(
     first = progress.result(timeout=30)
     assert first.status == "paused" and progress._view.pause.disabled
     assert "paused" in progress._view.header.value
-    monkeypatch.setenv("NYXNB_PROGRESS", "text")
-    resumed = WorkflowProgress.start(resume=first.workflow_id, store=seeded)
-    assert resumed.result(timeout=60).ok
-    assert resumed.state.status == "completed"
+    view = progress._view
+    assert view.resume.layout.display is None and not view.resume.disabled  # Resume shows
+    assert view.pause.layout.display == "none"
+    view.resume.click()  # resumes the same workflow in the background, this view follows
+    assert view.resume.description == "Resuming" and view.resume.disabled
+    resumed = progress.result(timeout=60)
+    assert resumed.ok and resumed.workflow_id == first.workflow_id
+    assert progress.state.status == "completed" and view.resume.layout.display == "none"
+    assert view.pause.layout.display is None and view.pause.disabled  # nothing left to pause
+
+
+def test_pause_clicked_after_the_run_ended_does_nothing_and_raises_nothing(seeded) -> None:
+    """The issue: a queued click after a foreground run used to raise RunError in the log."""
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    result = nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    progress.wait()
+    view = progress._view
+    assert result.ok and view is not None and view.pause.disabled
+    progress._on_pause(view.pause)  # what a late click does (a disabled button sends nothing)
+    assert view.pause.description == "Pause" and view.pause.disabled
+    assert "nothing to pause: the workflow is completed" in view.note.value
+
+
+def test_pausing_state_shows_until_the_engine_stops(seeded) -> None:
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    view = progress._view
+    assert view is not None
+    progress(ev.WorkflowStarted("wf", name="w", total_steps=3))
+    assert not view.pause.disabled and view.pause.description == "Pause"
+    view.pausing = True  # as _on_pause sets it once the store took the request
+    view.controls("running")
+    assert view.pause.disabled and view.pause.description == "Pausing"
+    progress(ev.WorkflowPaused("wf", name="w"))
+    assert progress.state.status == "paused"
+    assert view.pause.layout.display == "none" and view.resume.layout.display is None
+
+
+def test_arun_awaits_the_run_so_the_kernel_stays_free(seeded) -> None:
+    import asyncio
+
+    async def main() -> tuple[WorkflowProgress, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())  # what ipykernel does meanwhile: serve messages
+        progress = await WorkflowProgress.arun(
+            spec(4), tenant="nyx", project="BRbase", store=seeded, provider_options=latency(40)
+        )
+        task.cancel()
+        return progress, ticks
+
+    progress, ticks = asyncio.run(main())
+    assert progress.result().ok and ticks >= 5  # the loop ran while the workflow did
+
+
+def test_the_saved_form_says_the_widget_is_not_live(seeded) -> None:
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
+    progress.wait()
+    bundle = progress._bundle()
+    assert "kernel restarted: re-run the attach cell" in bundle["text/html"]
+    assert "completed, 6/6 steps" in bundle["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_attach_without_an_id_follows_the_latest_workflow(seeded) -> None:
+    nyxnb.run(spec(1), tenant="nyx", project="BRbase", store=seeded)
+    last = nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded)
+    attached = WorkflowProgress.attach(seeded, tenant="nyx", project="BRbase",
+                                       widget=False, stream=io.StringIO())  # fmt: skip
+    assert attached.state.workflow_id == last.workflow_id
+    with pytest.raises(nyxnb.NyxError, match="no workflow in nyx Nowhere"):
+        WorkflowProgress.attach(seeded, tenant="nyx", project="Nowhere", widget=False)
+
+
+# --- progress tells the truth ----------------------------------------------------------------
+
+
+def test_the_step_total_is_known_from_the_first_event(seeded) -> None:
+    progress = WorkflowProgress(store=seeded, widget=True, display=False)
+    headlines: list[str] = []
+
+    def watch(event: ev.Event) -> None:
+        progress(event)
+        headlines.append(progress.state.headline().split(",")[1])
+
+    nyxnb.run(spec(4), tenant="nyx", project="BRbase", store=seeded, on_event=watch)
+    assert {h.split("/")[1] for h in headlines} == {"8 steps"}  # never 1/1, 3/5, ...
+
+
+def test_text_and_widget_name_who_answered_and_mark_cached_answers(seeded) -> None:
+    cached_spec = spec(2, cache=True)
+    nyxnb.run(cached_spec, tenant="nyx", project="BRbase", store=seeded)
+    out = io.StringIO()
+    text = WorkflowProgress(store=seeded, widget=False, stream=out)
+    widget = WorkflowProgress(store=seeded, widget=True, display=False)
+    seen: list[ev.Event] = []
+
+    def both(event: ev.Event) -> None:
+        seen.append(event)
+        text(event)
+        widget(event)
+
+    again = nyxnb.run(cached_spec, tenant="nyx", project="BRbase", store=seeded, on_event=both)
+    assert again.ok
+    done = [e for e in seen if isinstance(e, ev.StepCompleted) and e.step_type == "llm"]
+    assert done and all(e.model == "offline-1" and e.cached for e in done)
+    assert "analysis (llm, Athena, offline offline-1, cached) done" in out.getvalue()
+    widget.wait()
+    row = next(r for r in widget.state.steps.values() if r.name == "analysis")
+    assert row.cells()[4:6] == ("offline, cached", "offline-1")
+    fan = next(r for r in widget.state.steps.values() if r.name == "features")
+    assert fan.cached and fan.cells()[4] == "offline, cached"
+
+
+def test_text_progress_names_the_fallback_that_answered() -> None:
+    out = io.StringIO()
+    text = TextProgress(out)
+    step = {"name": "analysis", "order": 0, "step_type": "llm"}
+    text(ev.WorkflowStarted("wf", name="w", total_steps=5))
+    text(ev.StepStarted("wf", **step, persona="Athena", provider="anthropic"))
+    text(ev.StepCompleted("wf", **step, provider="google", model="gemini-2.5-flash"))
+    assert out.getvalue().splitlines()[-1] == (
+        "  [1/5] analysis (llm, Athena, google gemini-2.5-flash (fallback from anthropic)) done"
+    )
 
 
 def test_result_without_a_background_run_is_an_error() -> None:

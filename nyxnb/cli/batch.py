@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from nyxnb.cli.common import emit, table, wants_json, with_json
+from nyxnb.cli.common import emit, get_store, table, wants_json, with_json
 from nyxnb.notebook.batch import BatchResult, load_param_sets, run_batch
 
 
@@ -74,11 +74,13 @@ def batch(
         env={"NYXNB_DB_URL": db} if db else None,
         on_start=started,
         on_result=finished,
+        store=get_store(ctx),
     )
     rows = [
         {
             "#": r.index,
             "status": r.status,
+            "workflow": ", ".join(r.workflow_ids) or "-",
             "seconds": f"{r.seconds:.1f}",
             "parameters": _params_text(r.parameters),
             "output": str(r.output),
@@ -91,7 +93,7 @@ def batch(
         ctx,
         [r.to_dict() for r in results],
         lambda: (
-            table(rows, ["#", "status", "seconds", "parameters", "output", "error"])
+            table(rows, ["#", "status", "workflow", "seconds", "parameters", "output", "error"])
             + f"\n{len(results) - failed} ok, {failed} failed; notebooks in {out_dir}"
         ),
     )

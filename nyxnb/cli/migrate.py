@@ -94,7 +94,8 @@ def clone(
     else:
         left_out = f", {len(plan.dropped)} generated steps left out" if plan.dropped else ""
         click.echo(f"cloned {plan.source_name!r} as {wf.name!r} ({wf.id}): "
-                   f"{len(wf.steps)} steps{left_out}")  # fmt: skip
+                   f"{len(wf.steps)} steps{left_out}, all pending")  # fmt: skip
+        click.echo(f"run it: nyxnb resume {wf.id}")
 
 
 @click.command("migrate")

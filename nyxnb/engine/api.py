@@ -291,6 +291,14 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
         if workflow.status != "running":
             raise RunError(
                 f"workflow {workflow_id} is {workflow.status}, not running: nothing to pause",
-                hint=f"`nyxnb resume {workflow_id}` continues a paused or failed workflow",
+                hint=_not_running_hint(workflow_id, workflow.status),
             )
         workflow.pause_requested = True
+
+
+def _not_running_hint(workflow_id: str, status: str) -> str:
+    if status == "completed":
+        return f"it finished; see its outputs with `nyxnb show {workflow_id}`"
+    if status == "paused":
+        return f"it is already paused; `nyxnb resume {workflow_id}` continues it"
+    return f"`nyxnb resume {workflow_id}` runs it (every step not completed)"

@@ -89,6 +89,8 @@ class _FanOut:
         self._pending = deque(r for r in rows if r.status != COMPLETED)
         self._commits: list[asyncio.Task[None]] = []
         self._stopped = False
+        self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
+        self.cached = 0
 
     async def run(self) -> bool:
         """Run every pending item; False if a pause stopped it early."""
@@ -133,6 +135,9 @@ class _FanOut:
             )
         )
         self.completed += 1
+        who = (result.provider, result.completion.model)
+        self.answered[who] = self.answered.get(who, 0) + 1
+        self.cached += result.from_cache
         self.runner.step_event(
             ev.FanOutProgress,
             self.step,
@@ -141,6 +146,8 @@ class _FanOut:
             fan_out_heading=row.heading,
             completed=self.completed,
             provider=result.provider,
+            model=result.completion.model,
+            cached=result.from_cache,
             input_tokens=sum(a.input_tokens for a in result.attempts),
             output_tokens=sum(a.output_tokens for a in result.attempts),
             cost_usd=sum(a.cost_usd for a in result.attempts),
@@ -202,7 +209,15 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     final = records.load_items(runner.store, step.id)
     records.complete_step(runner.store, step, _step_output(final), digest)
     runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
-    runner.step_event(ev.StepCompleted, step, provider=step.provider)
+    answered = fan.answered or {(step.provider, step.model or ""): 0}
+    runner.step_event(
+        ev.StepCompleted,
+        step,
+        provider=", ".join(dict.fromkeys(p for p, _ in answered)),
+        model=", ".join(dict.fromkeys(m for _, m in answered if m)) or None,
+        cached=bool(fan.answered) and fan.cached == sum(fan.answered.values()),
+        cached_items=fan.cached,
+    )
 
 
 def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:

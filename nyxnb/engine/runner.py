@@ -272,6 +272,8 @@ class Runner(RunContext):
             ev.StepCompleted,
             step,
             provider=result.provider,
+            model=result.completion.model,
+            cached=result.from_cache,
             input_tokens=tokens[0],
             output_tokens=tokens[1],
             cost_usd=sum(a.cost_usd for a in result.attempts),

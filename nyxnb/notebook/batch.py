@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import select
 
 from nyxnb.errors import ConfigError
+from nyxnb.store.database import Store
+from nyxnb.store.models import Workflow, utcnow
 
 Params = dict[str, Any]
 _SECRET_WORDS = {
@@ -78,6 +83,7 @@ class BatchResult:
     status: str
     seconds: float
     error: str | None = None
+    workflow_ids: tuple[str, ...] = ()  # workflows the run created (when the store is known)
 
     @property
     def ok(self) -> bool:
@@ -145,11 +151,37 @@ def load_param_sets(path: str | Path) -> list[Params]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"parameter file {file}: {exc}") from None
+            raise ConfigError(
+                f"parameter file {file} is not valid YAML: {_yaml_problem(exc)}",
+                hint="fix that line; the file is a list of mappings, e.g. - {provider: offline}",
+            ) from None
         sets = _sets_from(data, file)
     if not sets:
         raise ConfigError(f"parameter file {file} holds no parameter sets")
     return sets
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: what is wrong, and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def unknown_parameters(notebook: Path, params: Mapping[str, Any]) -> str | None:
+    """Why ``params`` do not fit the notebook's ``parameters`` cell (a misspelling), or None."""
+    import papermill
+
+    known = set(papermill.inspect_notebook(str(notebook)))
+    unknown = [k for k in params if k not in known]
+    if not known or not unknown:
+        return None
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown parameter {', '.join(parts)}: {notebook.name} takes {', '.join(sorted(known))}"
 
 
 def _sets_from(data: Any, file: Path) -> list[Params]:
@@ -195,6 +227,28 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
 
+def _writable_folder(target: Path) -> Path:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".nyxnb-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the executed notebooks to {target}: {exc.strerror or exc}",
+            hint="pass --out a folder you can write to",
+        ) from None
+    return target
+
+
+def _workflows_since(store: Store | None, since: datetime) -> tuple[str, ...]:
+    if store is None:
+        return ()
+    query = select(Workflow.id).where(Workflow.created_at >= since)
+    with store.reading() as conn:
+        return tuple(str(x) for x in conn.scalars(query.order_by(Workflow.created_at)))
+
+
 def run_batch(
     notebook: str | Path,
     param_sets: Sequence[Mapping[str, Any]],
@@ -206,6 +260,7 @@ def run_batch(
     env: Mapping[str, str] | None = None,
     on_start: Callable[[int, int, Params], None] | None = None,
     on_result: Callable[[BatchResult], None] | None = None,
+    store: Store | None = None,
 ) -> list[BatchResult]:
     """Execute ``notebook`` once per parameter set into ``out_dir``; never raises on a failed run.
 
@@ -218,6 +273,10 @@ def run_batch(
         cell_timeout: seconds a cell may run (default: no limit).
         env: extra environment for the kernels, e.g. ``{"NYXNB_DB_URL": url}``.
         on_start, on_result: progress callbacks, before and after each run.
+        store: the kernels' store, to name the workflows each run created.
+
+    A parameter the notebook's ``parameters`` cell does not define (a misspelling) fails
+    that run before it starts: papermill would only warn and run with the default.
 
     Returns:
         One :class:`BatchResult` per parameter set, in order.
@@ -230,26 +289,27 @@ def run_batch(
     sets = [dict(p) for p in param_sets]
     for params in sets:
         check_parameters(params)
-    target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
+    target = _writable_folder(Path(out_dir))
     results: list[BatchResult] = []
     with _environ(env):
         for i, params in enumerate(sets, start=1):
             if on_start is not None:
                 on_start(i, len(sets), params)
             output = target / f"{source.stem}-{i:03d}.ipynb"
-            started, error = time.perf_counter(), None
+            started, since = time.perf_counter(), utcnow()
+            error = unknown_parameters(source, params)
             try:
-                papermill.execute_notebook(
-                    str(source),
-                    str(output),
-                    parameters=params,
-                    kernel_name=kernel_name,
-                    cwd=str(cwd or source.resolve().parent),
-                    progress_bar=False,
-                    log_output=False,
-                    execution_timeout=cell_timeout,
-                )
+                if error is None:
+                    papermill.execute_notebook(
+                        str(source),
+                        str(output),
+                        parameters=params,
+                        kernel_name=kernel_name,
+                        cwd=str(cwd or source.resolve().parent),
+                        progress_bar=False,
+                        log_output=False,
+                        execution_timeout=cell_timeout,
+                    )
             except Exception as exc:  # noqa: BLE001 - recorded in the result, the batch goes on
                 error = _error_text(exc)
             result = BatchResult(
@@ -259,6 +319,7 @@ def run_batch(
                 "failed" if error else "ok",
                 round(time.perf_counter() - started, 2),
                 error,
+                _workflows_since(store, since),
             )
             results.append(result)
             if on_result is not None:

@@ -13,6 +13,12 @@ from typing import TextIO
 from nyxnb import events as ev
 
 
+def answered_by(provider: str | None, model: str | None, cached: bool = False) -> str:
+    """Who answered, as shown: ``google gemini-2.5-flash``, plus ``cached`` for a cache hit."""
+    who = " ".join(x for x in (provider, model) if x)
+    return f"{who}, cached" if cached and who else ("cached" if cached else who)
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / total) if total else width
     return "#" * filled + "." * (width - filled)
@@ -31,6 +37,7 @@ class TextProgress:
         self._inline = False
         self._total_steps = 0
         self._started: dict[str, str] = {}
+        self._configured: dict[str, str | None] = {}
 
     def __call__(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
@@ -45,6 +52,7 @@ class TextProgress:
         self.stream.flush()
 
     def _on_workflow_started(self, e: ev.WorkflowStarted) -> None:
+        self._total_steps = e.total_steps
         verb = "resuming" if e.resumed else "running"
         self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}")
 
@@ -52,12 +60,13 @@ class TextProgress:
         return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
-        who = ", ".join(x for x in (e.step_type, e.persona, e.provider) if x)
-        self._started[e.name] = who + (f": {e.heading}" if e.heading else "")
+        self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona) if x)
+        self._configured[e.name] = e.provider
         if e.total_items:
             done = f", {e.done_items} already done" if e.done_items else ""
+            via = f", {e.provider}" if e.provider else ""
             self._line(
-                f"  {self._step(e.order)} {e.name} ({self._started[e.name]}): "
+                f"  {self._step(e.order)} {e.name} ({self._started[e.name]}{via}): "
                 f"{e.total_items} items{done}"
             )
 
@@ -71,6 +80,8 @@ class TextProgress:
             f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
             f"  #{e.fan_out_index} {e.fan_out_heading[:40]}"
         )
+        who = answered_by(e.provider, e.model, e.cached)
+        text += f" ({who})" if who else ""
         if self.live:
             self.stream.write("\r" + text.ljust(90))
             self.stream.flush()
@@ -85,6 +96,13 @@ class TextProgress:
             self._line(f"  {self._step(e.order)} {e.name}: already completed, skipped")
             return
         who = self._started.get(e.name, e.step_type)
+        answered = answered_by(e.provider, e.model, e.cached)
+        configured = (self._configured.get(e.name) or "").partition(":")[0]
+        if e.provider and configured and configured not in e.provider.split(", "):
+            answered += f" (fallback from {configured})"
+        elif e.cached_items and not e.cached:
+            answered += f", {e.cached_items} items cached"
+        who += f", {answered}" if answered else ""
         tokens = f"  {e.input_tokens}+{e.output_tokens} tokens" if e.input_tokens else ""
         cost = f"  ${e.cost_usd:.4f}" if e.cost_usd else ""
         self._line(f"  {self._step(e.order)} {e.name} ({who}) done{tokens}{cost}")

@@ -2,10 +2,15 @@
 
     progress = WorkflowProgress(store=store)              # displays itself
     nyxnb.run(spec, tenant="nyx", project="BRbase", store=store, on_event=progress)
-    WorkflowProgress.attach(store, workflow_id)           # a run elsewhere, or after a restart
+    progress = await WorkflowProgress.arun(spec, tenant="nyx", project="BRbase", store=store)
     progress = WorkflowProgress.start(spec, tenant="nyx", project="BRbase", store=store)
+    WorkflowProgress.attach(store, workflow_id)           # a run elsewhere, or after a restart
 
-A kernel serves one request at a time: Pause works while a cell runs ``start`` or ``attach``.
+A kernel serves one request at a time, so a click on Pause is not delivered while a cell blocks.
+``await WorkflowProgress.arun(...)`` (the notebook's foreground form) runs the workflow on the
+engine's thread and awaits it, which leaves the kernel's loop free to deliver clicks; ``start``
+returns at once. With the plain ``nyxnb.run(..., on_event=progress)`` the click arrives after
+the cell ends, when the button is already disabled: nothing runs, nothing to pause.
 
 The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and
@@ -16,30 +21,33 @@ at most every ``interval_s`` (0.1 s).
 
 from __future__ import annotations
 
-import html
+import asyncio
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from concurrent.futures import wait as wait_futures
 from typing import Any
+
+from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine import api
 from nyxnb.engine.report import workflow_summary
-from nyxnb.errors import NyxError
+from nyxnb.errors import NyxError, RunError
 from nyxnb.notebook.inspect import reader, step_context
 from nyxnb.notebook.progress import TextProgress
+from nyxnb.notebook.state import Answered, ProgressState, StepRow
+from nyxnb.notebook.view import WidgetView, static_html
 from nyxnb.store.database import Store, open_store
+from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 
 log = logging.getLogger(__name__)
 ENV_MODE = "NYXNB_PROGRESS"
 ACTIVE = ("pending", "running")
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
-_COLORS = {"completed": "green", "running": "royalblue", "failed": "crimson", "paused": "orange"}
-_HEAD = ("#", "step", "type", "persona", "provider", "status", "items", "current")
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 
 
@@ -55,194 +63,6 @@ def live_frontend() -> bool:
         return False
     content = (kernel.get_parent("shell") or {}).get("content") or {}  # the running request
     return bool(content.get("allow_stdin", False))
-
-
-@dataclass
-class StepRow:
-    """What the view shows about one step."""
-
-    order: int
-    name: str
-    type: str = "llm"
-    persona: str | None = None
-    provider: str | None = None
-    status: str = "pending"
-    items_done: int = 0
-    items_total: int = 0  # fan-out items; 0 for single-call steps
-    heading: str = ""  # current fan-out item, or the implementation prompt's feature
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    auto_generated: bool = False
-
-    def cells(self) -> tuple[str, ...]:
-        """The row as text, in the columns of the table."""
-        items = f"{self.items_done}/{self.items_total}" if self.items_total else ""
-        who = (self.name, self.type, self.persona or "", self.provider or "")
-        return (str(self.order + 1), *who, self.status, items, self.heading[:40])
-
-
-_ROW_FIELDS = {f.name for f in fields(StepRow)}
-
-
-@dataclass
-class ProgressState:
-    """Plain state of one workflow, built from events and/or the store."""
-
-    workflow_id: str = ""
-    name: str = ""
-    status: str = "pending"
-    error: str | None = None
-    steps: dict[int, StepRow] = field(default_factory=dict)
-    fallbacks: list[str] = field(default_factory=list)
-    unattributed: list[float] = field(default_factory=lambda: [0, 0, 0.0])
-    run_totals: list[float] = field(default_factory=lambda: [0, 0, 0.0])  # from this run's events
-
-    def totals(self) -> tuple[int, int, float]:
-        """Input tokens, output tokens and cost so far."""
-        rows, extra = self.steps.values(), self.unattributed
-        tokens_in = sum(r.input_tokens for r in rows) + extra[0]
-        tokens_out = sum(r.output_tokens for r in rows) + extra[1]
-        return int(tokens_in), int(tokens_out), sum(r.cost_usd for r in rows) + extra[2]
-
-    def _add(self, row: StepRow, tokens_in: int, tokens_out: int, cost: float) -> None:
-        row.input_tokens += tokens_in
-        row.output_tokens += tokens_out
-        row.cost_usd += cost
-        for i, v in enumerate((tokens_in, tokens_out, cost)):
-            self.run_totals[i] += v
-
-    def apply(self, e: ev.Event) -> StepRow | None:
-        """Fold one event in; returns the row it touched, if any."""
-        self.workflow_id = e.workflow_id
-        if isinstance(e, ev.WorkflowStarted):
-            self.name, self.status, self.error = e.name, "running", None
-            self.run_totals = [0, 0, 0.0]
-        elif isinstance(e, ev.WorkflowCompleted):
-            self.status = "completed"
-            # fan-out events may not carry tokens: book the rest of the run on the workflow
-            for i, v in enumerate((e.input_tokens, e.output_tokens, e.cost_usd)):
-                self.unattributed[i] += max(0, v - self.run_totals[i])
-        elif isinstance(e, ev.WorkflowPaused | ev.WorkflowFailed):
-            self.status = "paused" if isinstance(e, ev.WorkflowPaused) else "failed"
-            self.error = getattr(e, "error", None)
-        elif isinstance(e, ev.StepEvent):
-            return self._apply_step(e)
-        for row in self.steps.values():  # the run ended
-            row.status = "pending" if row.status == "running" else row.status
-        return None
-
-    def _apply_step(self, e: ev.StepEvent) -> StepRow:
-        row = self.steps.get(e.order)
-        if row is None or row.name != e.name:
-            row = self.steps[e.order] = StepRow(e.order, e.name, e.step_type)
-        if isinstance(e, ev.StepStarted):
-            row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
-            row.provider = e.provider or row.provider
-            row.items_total, row.items_done = e.total_items or 0, e.done_items
-            row.heading = getattr(e, "heading", None) or row.heading
-        elif isinstance(e, ev.FanOutProgress):
-            row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
-            row.heading, row.provider = e.fan_out_heading, e.provider or row.provider
-            tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
-            self._add(row, *tokens)
-        elif isinstance(e, ev.StepCompleted):
-            row.status, row.items_done = "completed", row.items_total
-            row.provider = e.provider or row.provider
-            if row.type == "fan-out":  # its tokens come per item, or with the run's totals
-                row.heading = ""
-            else:
-                self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
-        elif isinstance(e, ev.StepFailed):
-            row.status = "failed"
-        elif isinstance(e, ev.ProviderFallback):
-            item = f" item {e.item_index + 1}" if e.item_index is not None else ""
-            to = e.to_provider or "none left"
-            self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
-            row.provider = e.to_provider or row.provider
-        return row
-
-    def load(self, summary: dict[str, Any], extras: dict[int, Any], merge: bool = False) -> None:
-        """Take a store summary as the state; ``merge`` (mid-run: events are newer) adds steps."""
-        self.workflow_id, self.name = summary["id"], summary["name"]
-        if not merge:
-            self.status, self.error = summary["status"], summary.get("error")
-            self.steps, self.unattributed = {}, [0, 0, 0.0]
-        for data in summary["steps"]:
-            row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
-            row.heading, used = extras.get(row.order, ("", None))
-            row.provider = None if row.type == "pattern-check" else used or row.provider
-            old = self.steps.get(row.order)
-            if old is None or old.name != row.name:
-                self.steps[row.order] = row
-            else:
-                old.heading = old.heading or row.heading
-        if merge:
-            return
-        totals = summary.get("totals") or {}
-        for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
-            self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
-
-    def headline(self) -> str:
-        """One line: name, status, steps done, tokens and cost (and the error, if any)."""
-        done = sum(r.status == "completed" for r in self.steps.values())
-        tokens_in, tokens_out, cost = self.totals()
-        line = f"{self.name or 'workflow'}: {self.status}, {done}/{len(self.steps)} steps, "
-        line += f"{tokens_in}+{tokens_out} tokens, ${cost:.4f}"
-        return line + (f"\nerror: {self.error}" if self.error else "")
-
-    def table(self) -> str:
-        """The headline and the step table as aligned text (the view's text form)."""
-        rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
-        widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
-        lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
-        return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
-
-
-class _WidgetView:
-    """ipywidgets: a header with totals and a Pause button, a row per step, fallbacks."""
-
-    WIDTHS = ("2.5em", "11em", "12em", "8em", "7em", "6.5em", "4.5em", "16em")
-
-    def __init__(self, on_pause: Callable[[Any], None]) -> None:
-        import ipywidgets as w
-
-        self.w = w
-        self.header, self.fallbacks = w.HTML(), w.HTML()
-        self.pause = w.Button(description="Pause", icon="pause", tooltip="pause between items")
-        self.pause.on_click(on_pause)
-        self.grid = w.VBox([self._line([f"<b>{h}</b>" for h in _HEAD], bar=None)])
-        self.box = w.VBox([w.HBox([self.header, self.pause]), self.grid, self.fallbacks])
-        self.rows: dict[int, tuple[list[Any], Any]] = {}
-
-    def _line(self, values: list[str], bar: Any) -> Any:
-        w, widths = self.w, self.WIDTHS
-        cells = [w.HTML(v, layout=w.Layout(width=wd)) for v, wd in zip(values, widths, strict=True)]
-        bar = bar or w.HTML(layout=w.Layout(width="9em"))
-        return w.HBox([*cells[:6], bar, *cells[6:]])
-
-    def render(self, state: ProgressState, orders: set[int] | None) -> None:
-        """Redraw the header and the rows in ``orders`` (all when None)."""
-        for row in sorted(state.steps.values(), key=lambda r: r.order):
-            if row.order not in self.rows:
-                bar = self.w.FloatProgress(0.0, min=0.0, max=1.0, layout={"width": "9em"})
-                line = self._line([""] * len(_HEAD), bar)
-                self.rows[row.order] = ([c for c in line.children if c is not bar], bar)
-                self.grid.children = [*self.grid.children, line]
-            elif orders is not None and row.order not in orders:
-                continue
-            cells, bar = self.rows[row.order]
-            for cell, value in zip(cells, row.cells(), strict=True):
-                cell.value = html.escape(value)
-            color = _COLORS.get(row.status, "gray")
-            cells[5].value = f'<span style="color:{color}">{row.status}</span>'
-            total = row.items_total or 1
-            bar.value = (row.items_done if row.items_total else row.status == "completed") / total
-            bar.bar_style = {"completed": "success", "failed": "danger"}.get(row.status, "")
-        self.header.value = "<b>" + html.escape(state.headline()).replace("\n", "<br>") + "</b>"
-        recent = [html.escape(f"fallback {f}") for f in state.fallbacks[-5:]]
-        self.fallbacks.value = "<br>".join(recent)
-        self.pause.disabled = state.status not in ACTIVE
 
 
 class WorkflowProgress:
@@ -277,7 +97,9 @@ class WorkflowProgress:
         self._failed, self._store_ok, self._printed = False, self.widget or bool(store), False
         self._reader: Store | None = None
         self._text = None if self.widget else TextProgress(stream)
-        self._view = _WidgetView(self._on_pause) if self.widget else None
+        self._view = WidgetView(self._on_pause, self._on_resume) if self.widget else None
+        self._shown_status = ""
+        self._run_kw: dict[str, Any] = {}  # what a Resume click passes on (provider options)
         if display and self._view is not None:
             self._show()
 
@@ -328,7 +150,7 @@ class WorkflowProgress:
             dirty, self._dirty = self._dirty, set()
             if self._view is not None:
                 self._view.render(self.state, dirty)
-            if final or self.state.status not in ACTIVE:
+            if final or self.state.status != self._shown_status:  # the saved form follows
                 self._update_display()
 
     def _sync_from_store(self, merge: bool) -> None:
@@ -340,18 +162,23 @@ class WorkflowProgress:
     def attach(
         cls,
         store: Store | str | None,
-        workflow_id: str,
+        workflow_id: str | None = None,
         *,
         tenant: str | None = None,
+        project: str | None = None,
         poll_s: float = 0.5,
         wait: bool | None = None,
         **kw: Any,
     ) -> WorkflowProgress:
         """Show a workflow from the store, finished or running elsewhere, and follow it.
 
-        ``wait``: block until it stops (default: in text mode; widgets poll in the background).
+        ``workflow_id`` None: the latest workflow (of ``tenant`` / ``project`` when given), so
+        the attach cell works alone after a kernel restart. ``wait``: block until it stops
+        (default: in text mode; widgets poll in the background and keep the kernel free).
         """
-        progress = cls(store=store if store is not None else open_store(), tenant=tenant, **kw)
+        st = store if isinstance(store, Store) else open_store(store)
+        workflow_id = workflow_id or latest_workflow(st, tenant=tenant, project=project)
+        progress = cls(store=st, tenant=tenant, **kw)
         progress.state.workflow_id = workflow_id
         progress.refresh()
         if progress.state.status in ACTIVE:
@@ -369,10 +196,10 @@ class WorkflowProgress:
         st, workflow_id = self._reader, self.state.workflow_id
         tenant_id = st.tenant_id(self.tenant)
         summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
-        extras = step_context(st, workflow_id)
+        extras, answers = step_context(st, workflow_id), answered(st, workflow_id)
         with self._lock:
             before = self.state.table()
-            self.state.load(summary, extras, merge)
+            self.state.load(summary, extras, merge, answers)
             changed = before != self.state.table()
             self._dirty.update(self.state.steps)
         now, full = time.monotonic(), not self._printed or self.state.status not in ACTIVE
@@ -408,16 +235,58 @@ class WorkflowProgress:
         if self._timer is not None:
             self._timer.cancel()
 
-    # -- background runs --------------------------------------------------------------------
+    # -- background and foreground runs -----------------------------------------------------
     @classmethod
     def start(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
         """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it."""
         store = kw.pop("store", None)
         kw["store"] = store if isinstance(store, Store) else open_store(store)
         progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"))
+        progress._run_kw = {k: kw[k] for k in ("provider_options", "retry") if k in kw}
         if resume is not None:
             return progress._background(lambda: api.resume(resume, **kw))
         return progress._background(lambda: api.run(spec, **kw))
+
+    @classmethod
+    async def arun(
+        cls, spec: Any = None, *, resume: str | None = None, **kw: Any
+    ) -> WorkflowProgress:
+        """Run in the foreground of a notebook (``await``): the cell waits, and Pause works.
+
+        Why this form: a notebook's next cells read the finished run (``result()``, the step
+        table), and papermill / nbval must see the cell end with the run, so the cell has to
+        wait; but ipykernel handles one shell message at a time, so a cell that blocks keeps
+        every click queued until it ends. So the run goes to the engine's thread (as with
+        ``start``) and the cell *awaits* it: the kernel's event loop stays free, and ipykernel
+        (7.x) dispatches widget messages while an async cell awaits. (``jupyter-ui-poll`` was
+        the other way: it pumps the kernel from a blocking cell, but relies on
+        ``Kernel.do_one_iteration``, which ipykernel 7 no longer has.) Interrupting the kernel
+        asks the workflow to pause and waits for it to stop.
+        """
+        progress = cls.start(spec, resume=resume, **kw)
+        future = progress._future
+        assert future is not None
+        try:
+            await asyncio.wrap_future(future)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            progress._ask_pause()
+            wait_futures([future], timeout=60)
+            raise
+        except Exception:  # noqa: BLE001 - result() raises it where the caller asks
+            pass
+        return progress
+
+    @classmethod
+    def run(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
+        """Run and wait (scripts, terminals); in a notebook prefer ``await arun(...)``.
+
+        A blocking cell cannot receive a click: the Pause button stays disabled here once the
+        click arrives after the run; ``arun`` or ``start`` keep it live.
+        """
+        progress = cls.start(spec, resume=resume, **kw)
+        assert progress._future is not None
+        wait_futures([progress._future])
+        return progress
 
     def _background(self, work: Callable[[], api.RunResult]) -> WorkflowProgress:
         future: Future[api.RunResult] = Future()
@@ -427,31 +296,68 @@ class WorkflowProgress:
                 future.set_result(work())
             except BaseException as exc:  # noqa: BLE001 - handed to result()
                 future.set_exception(exc)
+                self._guard(self._run_crashed, exc)
 
         self._future = future
         threading.Thread(target=target, name="nyxnb-progress-run", daemon=True).start()
         return self
 
+    def _run_crashed(self, exc: BaseException) -> None:
+        if self._view is not None:  # e.g. a lease held elsewhere: say so next to the buttons
+            self._view.say(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._view.resuming = False
+            self._view.controls(self.state.status)
+
     def result(self, timeout: float | None = None) -> api.RunResult:
-        """The background run's result (waits for it); raises what the run raised."""
+        """The latest background run's result (waits for it); raises what the run raised."""
         if self._future is None:
-            raise RuntimeError("no background run: use WorkflowProgress.start()")
+            raise RuntimeError("no background run: use WorkflowProgress.start() or .run()")
         return self._future.result(timeout)
 
-    # -- pause and display ------------------------------------------------------------------
+    # -- pause, resume and display ----------------------------------------------------------
     def pause(self) -> None:
         """Ask the workflow to pause between items (what the Pause button does)."""
         if not self.state.workflow_id:
             raise RuntimeError("no workflow yet: the run has not started")
         api.pause(self.state.workflow_id, store=self.store, tenant=self.tenant)
 
+    def _ask_pause(self) -> bool:
+        """Pause if it still runs; False (and no error) when it already stopped."""
+        if self.state.status != "running" or not self.state.workflow_id:
+            return False
+        try:
+            self.pause()
+        except RunError:  # it finished between the click and now
+            return False
+        return True
+
     def _on_pause(self, button: Any) -> None:
-        button.disabled, button.description = True, "Pausing"
-        self.pause()
+        view = self._view
+        if view is None:
+            return
+        with self._lock:
+            asked = self._ask_pause()
+            view.pausing = asked
+            view.say("" if asked else f"nothing to pause: the workflow is {self.state.status}")
+            view.controls(self.state.status)
+
+    def _on_resume(self, button: Any) -> None:
+        """Resume the paused workflow in the background (the kernel stays free)."""
+        view, workflow_id = self._view, self.state.workflow_id
+        if view is None or not workflow_id or self.state.status != "paused":
+            return
+        if self._future is not None and not self._future.done():
+            return  # the paused run has not returned yet
+        view.resuming = True
+        view.say("")
+        view.controls(self.state.status)
+        kw = dict(self._run_kw, store=self.store, tenant=self.tenant, on_event=self)
+        self._background(lambda: api.resume(workflow_id, **kw))
 
     def _bundle(self) -> dict[str, Any]:
         data: dict[str, Any] = {"text/plain": self.state.table()}
-        if self._view is not None:
+        if self._view is not None:  # the saved notebook shows the HTML: a static, stale copy
+            data["text/html"] = static_html(self.state)
             view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
             data["application/vnd.jupyter.widget-view+json"] = view
         return data
@@ -464,7 +370,8 @@ class WorkflowProgress:
         self._handle = display(self._bundle(), raw=True, display_id=True)
 
     def _update_display(self) -> None:
-        # the saved notebook keeps the final text, shown wherever the widget cannot render
+        # the saved notebook keeps the last state as text, shown where the widget cannot render
+        self._shown_status = self.state.status
         if self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
 
@@ -482,4 +389,46 @@ class WorkflowProgress:
             print(self.summary())
 
 
-__all__ = ["ProgressState", "StepRow", "WorkflowProgress", "live_frontend"]
+def _in_kernel() -> bool:
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def answered(store: Store, workflow_id: str) -> dict[int, Answered]:
+    """Per step order: the providers and models whose answers were kept, and cache hits."""
+    query = (
+        select(WorkflowStep.order, LlmCall.provider, LlmCall.model, LlmCall.outcome)
+        .join(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
+        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome.in_(("ok", "cached")))
+        .order_by(LlmCall.created_at)
+    )
+    seen: dict[int, tuple[dict[str, None], dict[str, None], list[int]]] = {}
+    with store.reading() as conn:
+        for order, provider, model, outcome in conn.execute(query):
+            providers, models, counts = seen.setdefault(order, ({}, {}, [0, 0]))
+            providers[provider], models[model] = None, None
+            counts[0], counts[1] = counts[0] + 1, counts[1] + (outcome == "cached")
+    return {
+        order: Answered(", ".join(p), ", ".join(m for m in ms if m), *counts)
+        for order, (p, ms, counts) in seen.items()
+    }
+
+
+def latest_workflow(store: Store, *, tenant: str | None = None, project: str | None = None) -> str:
+    """The id of the most recently created workflow (of ``tenant`` / ``project`` when given)."""
+    query = select(Workflow.id).order_by(Workflow.created_at.desc()).limit(1)
+    if tenant is not None:
+        query = query.join(Tenant, Tenant.id == Workflow.tenant_id).where(Tenant.slug == tenant)
+    if project is not None:
+        query = query.join(Project, Project.id == Workflow.project_id)
+        query = query.where(Project.name == project)
+    with store.reading() as conn:
+        found = conn.scalar(query)
+    if found is None:
+        where = " ".join(x for x in (tenant, project) if x) or "the store"
+        raise RunError(f"no workflow in {where}", hint="run one first (notebook 01's run cell)")
+    return str(found)
+
+
+__all__ = ["ProgressState", "StepRow", "WorkflowProgress", "latest_workflow", "live_frontend"]

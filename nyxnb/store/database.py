@@ -240,6 +240,29 @@ def _sqlite_file_problem(engine: Engine, reason: str) -> StoreError | None:
     return None
 
 
+def sqlite_path_problem(engine: Engine) -> tuple[str, str] | None:
+    """What is wrong with a SQLite store's path, and the fix: missing folder, read-only file."""
+    name = engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    path = Path(name).expanduser().resolve()
+    folder = path.parent
+    fix = "pass --db / NYXNB_DB_URL a sqlite:/// path you can write to"
+    if not folder.is_dir():
+        return f"cannot open the store {path}: folder {folder} does not exist", (
+            f"create it (mkdir -p {folder}) or {fix}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"cannot open the store {path}: the file is read-only", (
+            f"make it writable (chmod u+w {path}) or {fix}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot open the store {path}: no permission to write in {folder}", (
+            "SQLite writes its -wal and -shm files next to the store; " + fix
+        )
+    return None
+
+
 def store_error(exc: DatabaseError, engine: Engine | None = None) -> StoreError:
     """A database error from the driver as one clear :class:`StoreError` line."""
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
@@ -256,6 +279,15 @@ def store_error(exc: DatabaseError, engine: Engine | None = None) -> StoreError:
     return StoreError(f"store error ({type(exc.orig or exc).__name__}): {reason}", hint=hint)
 
 
+def _sqlite_problem(engine: Engine, reason: str) -> StoreError | None:
+    """What is wrong with a SQLite store: its path (folder, permissions), then the file itself."""
+    if engine.dialect.name != "sqlite":
+        return None
+    if path_problem := sqlite_path_problem(engine):
+        return StoreUnavailable(path_problem[0], hint=path_problem[1])
+    return _sqlite_file_problem(engine, reason)
+
+
 def _check_reachable(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
@@ -265,8 +297,7 @@ def _check_reachable(engine: Engine) -> None:
     except DatabaseError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        problem = _sqlite_file_problem(engine, reason) if engine.dialect.name == "sqlite" else None
-        raise problem or StoreUnavailable(
+        raise _sqlite_problem(engine, reason) or StoreUnavailable(
             f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
             f"{redact(reason)}",
             hint="check the --db URL / NYXNB_DB_URL and that the server is running",

@@ -1,0 +1,198 @@
+"""The plain state a progress view shows: one row per step, folded from events and the store.
+
+What it shows is what happened, not what was configured: the provider and model that answered,
+cache hits marked ``cached``, fallbacks, and the workflow's step count known from the start
+(``WorkflowStarted.total_steps``), so the header never grows 1/1, 3/5, 6/19.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from nyxnb import events as ev
+from nyxnb.notebook.progress import answered_by
+
+_HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "current")
+
+
+@dataclass
+class StepRow:
+    """What the view shows about one step."""
+
+    order: int
+    name: str
+    type: str = "llm"
+    persona: str | None = None
+    provider: str | None = None  # configured until a call answers, then who answered
+    model: str | None = None  # the model that answered (None until one did)
+    status: str = "pending"
+    items_done: int = 0
+    items_total: int = 0  # fan-out items; 0 for single-call steps
+    heading: str = ""  # current fan-out item, or the implementation prompt's feature
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    auto_generated: bool = False
+    cached: bool = False  # the step's answer (every item's, for a fan-out) came from the cache
+    cached_items: int = 0  # fan-out items answered from the cache in this run
+
+    def cells(self) -> tuple[str, ...]:
+        """The row as text, in the columns of the table."""
+        items = f"{self.items_done}/{self.items_total}" if self.items_total else ""
+        provider = answered_by(self.provider, None, self.cached)
+        if self.cached_items and not self.cached:
+            provider += f", {self.cached_items} cached"
+        who = (self.name, self.type, self.persona or "", provider, self.model or "")
+        return (str(self.order + 1), *who, self.status, items, self.heading[:40])
+
+
+_ROW_FIELDS = {f.name for f in fields(StepRow)}
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Who answered a step, from the ledger (``llm_calls``): providers and models, cache hits."""
+
+    provider: str
+    model: str
+    calls: int
+    cached: int
+
+
+@dataclass
+class ProgressState:
+    """Plain state of one workflow, built from events and/or the store."""
+
+    workflow_id: str = ""
+    name: str = ""
+    status: str = "pending"
+    error: str | None = None
+    total_steps: int = 0  # known when the run starts (generated steps included)
+    steps: dict[int, StepRow] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    unattributed: list[float] = field(default_factory=lambda: [0, 0, 0.0])
+    run_totals: list[float] = field(default_factory=lambda: [0, 0, 0.0])  # from this run's events
+
+    def totals(self) -> tuple[int, int, float]:
+        """Input tokens, output tokens and cost so far."""
+        rows, extra = self.steps.values(), self.unattributed
+        tokens_in = sum(r.input_tokens for r in rows) + extra[0]
+        tokens_out = sum(r.output_tokens for r in rows) + extra[1]
+        return int(tokens_in), int(tokens_out), sum(r.cost_usd for r in rows) + extra[2]
+
+    def _add(self, row: StepRow, tokens_in: int, tokens_out: int, cost: float) -> None:
+        row.input_tokens += tokens_in
+        row.output_tokens += tokens_out
+        row.cost_usd += cost
+        for i, v in enumerate((tokens_in, tokens_out, cost)):
+            self.run_totals[i] += v
+
+    def apply(self, e: ev.Event) -> StepRow | None:
+        """Fold one event in; returns the row it touched, if any."""
+        self.workflow_id = e.workflow_id
+        if isinstance(e, ev.WorkflowStarted):
+            self.name, self.status, self.error = e.name, "running", None
+            self.total_steps = max(self.total_steps, e.total_steps)
+            self.run_totals = [0, 0, 0.0]
+        elif isinstance(e, ev.WorkflowCompleted):
+            self.status = "completed"
+            # fan-out events may not carry tokens: book the rest of the run on the workflow
+            for i, v in enumerate((e.input_tokens, e.output_tokens, e.cost_usd)):
+                self.unattributed[i] += max(0, v - self.run_totals[i])
+        elif isinstance(e, ev.WorkflowPaused | ev.WorkflowFailed):
+            self.status = "paused" if isinstance(e, ev.WorkflowPaused) else "failed"
+            self.error = getattr(e, "error", None)
+        elif isinstance(e, ev.StepEvent):
+            return self._apply_step(e)
+        for row in self.steps.values():  # the run ended
+            row.status = "pending" if row.status == "running" else row.status
+        return None
+
+    def _apply_step(self, e: ev.StepEvent) -> StepRow:
+        row = self.steps.get(e.order)
+        if row is None or row.name != e.name:
+            row = self.steps[e.order] = StepRow(e.order, e.name, e.step_type)
+        if isinstance(e, ev.StepStarted):
+            row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
+            row.provider = e.provider or row.provider
+            row.items_total, row.items_done = e.total_items or 0, e.done_items
+            row.heading = getattr(e, "heading", None) or row.heading
+        elif isinstance(e, ev.FanOutProgress):
+            row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
+            row.heading, row.provider = e.fan_out_heading, e.provider or row.provider
+            row.model, row.cached_items = e.model or row.model, row.cached_items + e.cached
+            tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
+            self._add(row, *tokens)
+        elif isinstance(e, ev.StepCompleted):
+            row.status, row.items_done = "completed", row.items_total
+            if not e.skipped:
+                row.provider, row.model = e.provider or row.provider, e.model or row.model
+                row.cached, row.cached_items = e.cached, e.cached_items or row.cached_items
+            if row.type == "fan-out":  # its tokens come per item, or with the run's totals
+                row.heading = ""
+            else:
+                self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
+        elif isinstance(e, ev.StepFailed):
+            row.status = "failed"
+        elif isinstance(e, ev.ProviderFallback):
+            item = f" item {e.item_index + 1}" if e.item_index is not None else ""
+            to = e.to_provider or "none left"
+            self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
+            row.provider = e.to_provider or row.provider
+        return row
+
+    def load(
+        self,
+        summary: dict[str, Any],
+        extras: dict[int, Any],
+        merge: bool = False,
+        answered: dict[int, Answered] | None = None,
+    ) -> None:
+        """Take a store summary as the state; ``merge`` (mid-run: events are newer) adds steps.
+
+        ``answered`` (per step order, from the ledger) says who answered and what was cached.
+        """
+        self.workflow_id, self.name = summary["id"], summary["name"]
+        answered = answered or {}
+        if not merge:
+            self.status, self.error = summary["status"], summary.get("error")
+            self.steps, self.unattributed = {}, [0, 0, 0.0]
+        self.total_steps = max(self.total_steps, len(summary["steps"]))
+        for data in summary["steps"]:
+            row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
+            row.heading, used = extras.get(row.order, ("", None))
+            row.provider = None if row.type == "pattern-check" else used or row.provider
+            if (who := answered.get(row.order)) is not None and row.type != "pattern-check":
+                row.provider, row.model = who.provider, who.model
+                row.cached = who.calls > 0 and who.cached == who.calls
+                row.cached_items = who.cached if row.type == "fan-out" else 0
+            old = self.steps.get(row.order)
+            if old is None or old.name != row.name or not merge:
+                self.steps[row.order] = row
+            else:
+                old.heading = old.heading or row.heading
+        if merge:
+            return
+        totals = summary.get("totals") or {}
+        for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
+            self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
+
+    def headline(self) -> str:
+        """One line: name, status, steps done, tokens and cost (and the error, if any)."""
+        done = sum(r.status == "completed" for r in self.steps.values())
+        tokens_in, tokens_out, cost = self.totals()
+        total = max(self.total_steps, len(self.steps))
+        line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps, "
+        line += f"{tokens_in}+{tokens_out} tokens, ${cost:.4f}"
+        return line + (f"\nerror: {self.error}" if self.error else "")
+
+    def table(self) -> str:
+        """The headline and the step table as aligned text (the view's text form)."""
+        rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
+        widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
+        lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
+        return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
+
+
+__all__ = ["Answered", "ProgressState", "StepRow"]

@@ -1,0 +1,284 @@
+"""Notebook 01 in a real browser: JupyterLab 4 driven by Debian's chromium through selenium.
+
+What a researcher does, checked against the store: open the notebook, Run All, see the progress
+render as a widget (not text) and update, press Pause during the run and see the workflow paused
+in the store, press Resume and see it complete, restart the kernel (the old widget shows it is
+not live), run the attach cell. A screenshot of each state goes to ``$CI_ARTIFACTS`` (default
+``tests/artifacts/``, gitignored); ``widget.png`` there is the README's picture
+(``notebooks/_render_readme_png.py`` copies it to ``data/widget.png``).
+
+Skips, saying why, when chromium, chromedriver, selenium or JupyterLab is missing (``.ci/run``
+installs them all).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("NYXNB_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("NYXNB_CHROMEDRIVER", "/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("CI_ARTIFACTS") or ROOT / "tests" / "artifacts")
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-extensions", "--disable-sync",
+         "--no-first-run", "--window-size=1500,1300")  # fmt: skip
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)"
+    if not Path(CHROMEDRIVER).is_file():
+        return f"{CHROMEDRIVER} not installed (apt-get install chromium-driver)"
+    for module in ("selenium", "jupyterlab"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"python package {module} not installed (pip install -e '.[dev]')"
+    return None
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+    pytest.mark.timeout(240),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _until(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:  # noqa: BLE001 - the page is still changing
+            value = None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project (notebook 01, data/): JupyterLab saves into it, never the repo."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'browser-test'\n")
+    shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("*.db*"))
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_run_workflow.ipynb", tmp_path / "notebooks")
+    return tmp_path
+
+
+@pytest.fixture
+def lab(project: Path) -> Iterator[str]:
+    """A JupyterLab server on loopback, no token, the app exposed to scripts as jupyterapp."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_",
+           "GEMINI_", "GOOGLE_", "NYXNB_"))}  # fmt: skip
+    news = project / ".settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env |= {
+        "NYXNB_DB_URL": f"sqlite:///{project}/browser.db",
+        "JUPYTER_CONFIG_DIR": str(project / ".jupyter"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(project / ".ws"),
+    }
+    log = (project / "lab.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--allow-root", "--IdentityProvider.token=", "--ServerApp.disable_check_xsrf=True",
+         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+         f"--LabApp.user_settings_dir={news.parent.parent}",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         f"--ServerApp.root_dir={project}"],
+        cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def listening() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError((project / "lab.log").read_text()[-2000:])
+            return urllib.request.urlopen(f"{url}/api").status == 200
+
+        try:
+            _until("JupyterLab to listen", listening, timeout=60, every=0.3)
+        except AssertionError:
+            pytest.fail("JupyterLab did not start:\n" + (project / "lab.log").read_text()[-2000:])
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The notebook panel, through JupyterLab's own commands and the widget's DOM."""
+
+    def __init__(self, driver: Any, db_url: str) -> None:
+        self.d, self.db = driver, create_engine(db_url)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.d.execute_script(script, *args)
+
+    def kernel_status(self) -> str | None:
+        return self.js(
+            "const w = window.jupyterapp.shell.currentWidget;"
+            "const k = w && w.sessionContext && w.sessionContext.session"
+            " && w.sessionContext.session.kernel; return k ? k.status : null;"
+        )
+
+    def command(self, name: str) -> None:
+        self.js(f"window.jupyterapp.commands.execute({name!r});")
+
+    def run_cell(self, index: int) -> None:
+        self.js(
+            "const nb = window.jupyterapp.shell.currentWidget.content;"
+            f"nb.activeCellIndex = {index}; nb.deselectAll();"
+        )
+        self.command("notebook:run-cell")
+
+    def cell_index(self, tag: str) -> int:
+        return int(
+            self.js(
+                "const cells = window.jupyterapp.shell.currentWidget.content.model.cells;"
+                "for (let i = 0; i < cells.length; i++) {"
+                "  const tags = cells.get(i).getMetadata('tags') || [];"
+                f"  if (tags.includes({tag!r})) return i; }} return -1;"
+            )
+        )
+
+    def widgets(self) -> list[Any]:
+        return self.d.find_elements("css selector", ".nyxnb-progress")
+
+    def header(self) -> str:
+        return str(self.widgets()[-1].find_element("css selector", ".widget-html").text)
+
+    def button(self, kind: str) -> Any:
+        found = self.widgets()[-1].find_elements("css selector", f"button.nyxnb-{kind}")
+        return found[0] if found and found[0].is_displayed() else None
+
+    def click(self, kind: str) -> None:
+        """Click Pause or Resume; the view may be redrawn between finding and clicking it."""
+
+        def clicked() -> bool:
+            button = self.button(kind)
+            if button is None or not button.is_enabled():
+                return False
+            button.click()
+            return True
+
+        _until(f"a {kind} button to click", clicked, timeout=30)
+
+    def status(self) -> str | None:
+        with self.db.connect() as conn:
+            return conn.scalar(text("SELECT status FROM workflows ORDER BY created_at DESC"))
+
+    def shot(self, name: str, widget_only: bool = False) -> None:
+        path = str(ARTIFACTS / f"{name}.png")
+
+        def taken() -> bool:  # the widget may be redrawn meanwhile: find it again
+            widget = self.widgets()[-1] if self.widgets() else None
+            if widget is not None:  # the view follows the widget, not the last cell
+                self.js("arguments[0].scrollIntoView({block: 'start'});", widget)
+            if widget_only and widget is not None:
+                return bool(widget.screenshot(path))
+            return bool(self.d.save_screenshot(path))
+
+        _until(f"screenshot {name}", taken, timeout=20)
+
+
+def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, project) -> None:
+    page = Page(browser, f"sqlite:///{project}/browser.db")
+    browser.get(f"{lab}/lab/tree/notebooks/01_run_workflow.ipynb?reset")
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+    page.command("notebook:run-all-cells")
+
+    # a widget, not text, and it updates while the run goes on
+    _until("the progress widget", lambda: page.widgets() and "running" in page.header())
+    first = page.header()
+    _until("the widget to update", lambda: page.header() != first and "running" in page.header())
+    assert "/19 steps" in first  # the total is known from the start
+    page.shot("running")
+    page.shot("widget", widget_only=True)
+
+    # Pause during the (foreground) run: the click is handled while the cell runs
+    page.click("pause")
+
+    def pausing() -> str | None:
+        button = page.button("pause")
+        if button is not None and button.text.strip() == "Pausing" and not button.is_enabled():
+            return "pausing"
+        return "paused" if page.status() == "paused" else None
+
+    if _until("Pausing (or already paused)", pausing, timeout=15, every=0.02) == "pausing":
+        page.shot("pausing", widget_only=True)
+    _until("paused in the store", lambda: page.status() == "paused", timeout=30)
+    _until("a Resume button", lambda: page.button("resume") is not None, timeout=20)
+    assert "paused" in page.header() and page.button("pause") is None
+    page.shot("paused")
+
+    # Resume continues the same workflow in the background, to the end
+    _until("the kernel to finish the cells", lambda: page.kernel_status() == "idle", timeout=60)
+    page.click("resume")
+    _until("running again", lambda: page.status() == "running" or page.status() == "completed")
+    _until("completed", lambda: "completed" in page.header(), timeout=90)
+    assert page.status() == "completed" and "19/19 steps" in page.header()
+    _until("Pause disabled", lambda: not page.button("pause").is_enabled(), timeout=10)
+    page.shot("completed")
+
+    # restart the kernel: the old widget is no longer live; the attach cell shows the store
+    page.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart();")
+    _until("the restarted kernel", lambda: page.kernel_status() == "idle", timeout=60, every=0.3)
+    _until(
+        "the stale widget marked disconnected",
+        lambda: page.widgets()[-1].find_elements("css selector", ".jupyter-widgets-disconnected"),
+        timeout=20,
+    )
+    page.shot("restarted")
+    before = len(page.widgets())
+    page.run_cell(page.cell_index("attach"))
+    _until("the attached widget", lambda: len(page.widgets()) > before or
+           "completed" in page.widgets()[-1].text, timeout=60)  # fmt: skip
+    try:
+        _until("the attached state", lambda: "completed, 19/19 steps" in page.header(), timeout=30)
+    finally:
+        page.shot("attached")
+    assert not page.widgets()[-1].find_elements("css selector", ".jupyter-widgets-disconnected")
