@@ -21,6 +21,7 @@ from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
+from nyxnb.engine.governor import Limits
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import personas_for
@@ -115,6 +116,9 @@ class Runner(RunContext):
             self.spec = WorkflowSpec.model_validate(wf.spec)
             self.project = ProjectView(project.name, project.description)
         self.personas = personas_for(self.store, self.tenant_id)
+        d = self.spec.defaults
+        limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
+        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
 
     async def _started(self) -> None:
         records.update_workflow(

@@ -26,7 +26,14 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.classify import CONNECTION, TIMEOUT, HttpFailure, http_error, make_error
+from nyxnb.providers.classify import (
+    CONNECTION,
+    TIMEOUT,
+    HttpFailure,
+    http_error,
+    make_error,
+    malformed_answer,
+)
 
 _REFUSALS = frozenset(
     {
@@ -85,6 +92,8 @@ class GoogleProvider(Provider):
             return make_error(self.name, TIMEOUT, str(exc) or "request timed out", secret=key)
         if isinstance(exc, connections):
             return make_error(self.name, CONNECTION, str(exc) or "connection failed", secret=key)
+        if isinstance(exc, ValueError):  # a 200 whose body is not JSON (an HTML page, cut short)
+            return malformed_answer(self.name, exc, key)
         return None
 
     async def close_client(self, client: genai.Client) -> None:
