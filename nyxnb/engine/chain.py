@@ -9,8 +9,9 @@
 - overloaded / server / timeout / connection / empty answers: bounded retries with backoff
   (honouring retry-after), then the next provider (a timeout moves on at once when there is
   one); a provider that fails like this ``RetryPolicy.down_after`` times in a row *over time* is
-  marked down too (a circuit breaker: a call that was already in flight when another failed does
-  not add to the count, so a burst of concurrent failures counts once);
+  marked down too (a circuit breaker over time: only failed retries count, and a call that was
+  already in flight when another failed does not add to the count, so a burst of concurrent
+  failures, or every item's first call failing once, never trips it);
 - truncated / refused answers and bad_request / context_too_long: never accepted; next provider.
 
 Until a provider has answered once in a run, only one call at a time may go to it (a probe), so
@@ -171,33 +172,36 @@ class ProviderPool:
         """Stop calling ``name`` for the rest of the run."""
         self.down.setdefault(name, (kind, message))
 
-    async def call(self, name: str, request: CompletionRequest) -> Completion:
-        """One call; the first calls to an unproven provider go one at a time."""
-        prov = self.provider(name)
-        health = self._health.setdefault(name, _Health(proven=not prov.probe_first))
-        if not health.proven:
-            async with health.lock:
-                if name in self.down:
-                    raise _Down()  # the probe ahead of us found it down: no call made
-                if not health.proven:
-                    answer = await self._tracked(name, health, prov, request)
-                    health.proven = True
-                    return answer
-        return await self._tracked(name, health, prov, request)
+    def health(self, name: str) -> _Health:
+        """The health of provider ``name`` in this run."""
+        if name not in self._health:
+            self._health[name] = _Health(proven=not self.provider(name).probe_first)
+        return self._health[name]
+
+    async def call(self, name: str, request: CompletionRequest, retry: bool = False) -> Completion:
+        """One call (the probe gating is the chain's: see :func:`_try_provider`).
+
+        Only a failed *retry* counts toward the circuit breaker: first calls failing together
+        are a blip that each item's retry rides out.
+        """
+        health = self.health(name)
+        answer = await self._tracked(health, self.provider(name), request, retry)
+        health.proven = True
+        return answer
 
     async def _tracked(
-        self, name: str, health: _Health, prov: Provider, request: CompletionRequest
+        self, health: _Health, prov: Provider, request: CompletionRequest, retry: bool
     ) -> Completion:
         started = time.monotonic()
         try:
             answer = await prov.complete(request)
         except ProviderError as exc:
-            if exc.kind in _BREAKER_KINDS:
+            if exc.kind in _BREAKER_KINDS and retry:
                 health.failed(started)
             raise
         if answer.text.strip() or answer.stop_reason != STOP_END:
             health.succeeded()
-        else:
+        elif retry:
             health.failed(started)  # an empty answer is a transient failure of the provider
         return answer
 
@@ -240,10 +244,6 @@ def _rejection(answer: Completion) -> str | None:
     return None
 
 
-class _Down(Exception):  # noqa: N818 - internal signal
-    """The provider was marked down while this call waited for it."""
-
-
 @dataclass(frozen=True)
 class _Failure:
     kind: str
@@ -278,7 +278,28 @@ def _chars(request: CompletionRequest) -> int:
 
 
 async def _try_provider(call: _Call) -> Completion | _Failure:
-    """Call one provider with retries: the accepted answer, or why it failed."""
+    """Call one provider with retries: the accepted answer, or why it failed.
+
+    Until a provider has answered once in a run, one item at a time tries it, with its retries
+    (a probe): a provider out of credit is then called once per run, its first answer teaches
+    the governor its limits before anyone else is admitted, and a first 503 is retried by its
+    own item rather than counted again by every waiting item.
+    """
+    try:
+        health = call.pool.health(call.name)
+    except MissingKey as exc:
+        call.pool.mark_down(call.name, "auth", str(exc))
+        return _Failure("auth", str(exc))
+    if not health.proven:
+        async with health.lock:
+            if call.name in call.pool.down:  # the probe ahead of us found it down: no call
+                return _Failure(*call.pool.down[call.name], reported=False)
+            if not health.proven:
+                return await _tries(call)
+    return await _tries(call)
+
+
+async def _tries(call: _Call) -> Completion | _Failure:
     pool, name, request = call.pool, call.name, call.request
     while True:
         try:
@@ -308,10 +329,7 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
     pool, name = call.pool, call.name
     started = time.perf_counter()
     try:
-        answer = await pool.call(name, call.request)
-    except _Down:
-        await gov.failed(ticket)
-        return _Failure(*pool.down[name], reported=False)
+        answer = await pool.call(name, call.request, retry=call.tries > 0)
     except ProviderError as exc:
         ms = (time.perf_counter() - started) * 1000
         call.record(model, exc.kind, exc.message, ms)

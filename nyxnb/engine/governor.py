@@ -29,8 +29,10 @@ from aiolimiter import AsyncLimiter
 
 from nyxnb.providers.classify import RateInfo
 
-#: In-flight calls allowed to a provider+model until its first 429 (the fan-out's own concurrency
-#: bounds it first); after a 429 the limit is halved and grows back by one per round of calls.
+#: The in-flight limit starts at SLOW_START and doubles each round of answers until the first 429
+#: (TCP's slow start: a provider that says nothing about its limits is not hit by the whole
+#: fan-out at once); a 429 halves it, and it grows back by one per round of answers.
+SLOW_START = 4
 MAX_IN_FLIGHT = 256
 
 
@@ -102,8 +104,9 @@ class Governor:
         self.rpm, self.tpm = self.configured.rpm, self.configured.tpm
         self._requests = _bucket(self.rpm) if self.rpm else None
         self._tokens = _bucket(self.tpm) if self.tpm else None
-        self.limit = float(self.configured.concurrency or MAX_IN_FLIGHT)
         self._ceiling = self.configured.concurrency or MAX_IN_FLIGHT
+        self.limit = float(min(SLOW_START, self._ceiling))
+        self._slow_start = True
         self.in_flight = 0
         self._slot = asyncio.Condition()
         self._hold_until = 0.0
@@ -175,7 +178,8 @@ class Governor:
         self._out_tokens += (
             0.2 * (tokens_out - self._out_tokens) if self._out_tokens else tokens_out
         )
-        self.limit = min(self._ceiling, self.limit + 1 / max(self.limit, 1.0))
+        grow = 1.0 if self._slow_start else 1 / max(self.limit, 1.0)
+        self.limit = min(self._ceiling, self.limit + grow)
         await self._give_slot()
 
     async def throttled(self, ticket: Ticket, rate: object, retry_after: float | None) -> None:
@@ -184,6 +188,7 @@ class Governor:
         now = time.monotonic()
         if retry_after:
             self._hold_until = max(self._hold_until, now + min(retry_after, 60.0))
+        self._slow_start = False
         if ticket.started >= self._last_cut:
             self.limit = max(1.0, min(self.limit, float(self.in_flight)) / 2)
             self._last_cut = now

@@ -245,7 +245,8 @@ def _quota_rate(details: Sequence[Mapping[str, Any]]) -> RateInfo | None:
             limit = _int(str(violation.get("quotaValue", "")))
             if "perminute" not in quota_id or not limit:
                 continue
-            values["tokens_limit" if "token" in quota_id else "requests_limit"] = limit
+            kind = "tokens" if "token" in quota_id else "requests"
+            values[f"{kind}_limit"], values[f"{kind}_remaining"] = limit, 0
     return RateInfo(**values) if values else None
 
 
