@@ -194,3 +194,37 @@ def test_pause_is_seen_promptly_while_a_provider_hangs(seeded, fake):
     assert not worker.is_alive()
     assert time.perf_counter() - asked < 6  # not the 30 s timeout, nor 120 s of hanging
     assert isinstance(events[-1], ev.WorkflowPaused)
+
+
+def test_cli_timeout_and_limit_flags_reach_the_run(seeded, fake, tmp_path, sqlite_url):
+    import json
+
+    from click.testing import CliRunner
+
+    from nyxnb.cli import cli
+
+    fake.set_default("anthropic", hang(60))
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec(2, ("anthropic", "openai"))))
+    args = ["--db", sqlite_url, "--json", "run", str(path), "--tenant", "nyx"]
+    args += ["--project", "BRbase", "--timeout", "anthropic=0.5"]
+    args += ["--limit", "openai:rpm=6000,concurrency=2"]
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 8
+    assert fake.hits["openai"] == 2
+
+
+@pytest.mark.parametrize("bad", ["openai", "openai:rpm", "openai:rpm=x", ":rpm=5", "openai:q=1"])
+def test_cli_rejects_a_bad_limit_in_one_line(sqlite_url, tmp_path, bad):
+    from click.testing import CliRunner
+
+    from nyxnb.cli import cli
+
+    path = tmp_path / "spec.json"
+    path.write_text("{}")
+    args = ["--db", sqlite_url, "run", str(path), "--tenant", "t", "--project", "p"]
+    result = CliRunner().invoke(cli, [*args, "--limit", bad])
+    assert result.exit_code == 2
+    assert "PROVIDER:rpm=N" in result.output
