@@ -13,7 +13,8 @@ The buckets are ``aiolimiter.AsyncLimiter`` leaky buckets.  aiolimiter was chose
 pyrate-limiter because it is asyncio-native and tiny (one class, no dependencies): waiters are
 woken in order by a timer, with no polling loop, and a bucket may be re-tuned in place when the
 provider tells us its limit.  pyrate-limiter's strengths (sync and async, Redis/SQL backends)
-are not needed here: processes sharing a store share budgets through :mod:`nyxnb.engine.buckets`.
+matter for sharing a budget between processes, which these in-process governors do not do yet:
+two processes on one key each learn the key's limit and are kept in line by its 429s.
 A bucket holds one second of budget, so a per-minute limit is spent at its pace, never in a
 burst at the start of the minute (providers enforce at that grain too).
 """
@@ -85,14 +86,20 @@ def _retune(limiter: AsyncLimiter, per_min: float) -> None:
     limiter._level = min(limiter._level, limiter.max_rate)  # noqa: SLF001
 
 
-def _spend_to(limiter: AsyncLimiter, remaining: int | None) -> None:
-    """Lower a bucket's free budget to what the provider says remains (never raise it)."""
+def _spend_to(limiter: AsyncLimiter, remaining: int | None, age_s: float = 0.0) -> None:
+    """Lower a bucket's free budget to what the provider says remains (never raise it).
+
+    The provider counted ``remaining`` when it admitted the call, up to ``age_s`` ago; it has
+    refilled since, and calls sent meanwhile are charged here already, so the figure is
+    aged by the refill before it is compared.
+    """
     if remaining is None:
         return
     limiter.has_capacity(0)  # leak first
     free = limiter.max_rate - limiter._level  # noqa: SLF001
-    if remaining < free:
-        limiter._level = limiter.max_rate - max(remaining, 0)  # noqa: SLF001
+    aged = min(remaining + age_s * limiter._rate_per_sec, limiter.max_rate)  # noqa: SLF001
+    if aged < free:
+        limiter._level = limiter.max_rate - max(aged, 0.0)  # noqa: SLF001
 
 
 class Governor:
@@ -172,7 +179,7 @@ class Governor:
         self, ticket: Ticket, rate: object, tokens_in: int, tokens_out: int, chars: int
     ) -> None:
         """An answer: learn its headers and token use, grow the in-flight limit by 1/limit."""
-        self.learn(rate)
+        self.learn(rate, time.monotonic() - ticket.started)
         if chars:
             self._token_ratio += 0.2 * (tokens_in / max(chars / 4, 1.0) - self._token_ratio)
         self._out_tokens += (
@@ -198,7 +205,7 @@ class Governor:
         """Any other outcome: only the slot is returned."""
         await self._give_slot()
 
-    def learn(self, rate: object) -> None:
+    def learn(self, rate: object, age_s: float = 0.0) -> None:
         """Adopt the limits a provider reported (configured limits win)."""
         if not isinstance(rate, RateInfo):
             return
@@ -209,9 +216,9 @@ class Governor:
             self._tokens = self._adopt(self._tokens, self.tpm, rate.tokens_limit)
             self.tpm = rate.tokens_limit
         if self._requests is not None:
-            _spend_to(self._requests, rate.requests_remaining)
+            _spend_to(self._requests, rate.requests_remaining, age_s)
         if self._tokens is not None:
-            _spend_to(self._tokens, rate.tokens_remaining)
+            _spend_to(self._tokens, rate.tokens_remaining, age_s)
 
     @staticmethod
     def _adopt(bucket: AsyncLimiter | None, old: float | None, new: float) -> AsyncLimiter:
