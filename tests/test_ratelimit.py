@@ -18,7 +18,7 @@ import nyxnb
 from nyxnb import events as ev
 from nyxnb.engine import api
 from nyxnb.engine.seed import seed
-from nyxnb.store.models import LlmCache, LlmCall, StepItem, WorkflowStep
+from nyxnb.store.models import LlmCache, LlmCall, RateBucket, StepItem, WorkflowStep
 from nyxnb.testing import (
     FakeProviderServer,
     empty,
@@ -228,3 +228,25 @@ def test_cli_rejects_a_bad_limit_in_one_line(sqlite_url, tmp_path, bad):
     result = CliRunner().invoke(cli, [*args, "--limit", bad])
     assert result.exit_code == 2
     assert "PROVIDER:rpm=N" in result.output
+
+
+def test_two_runs_on_one_store_share_the_provider_budget(seeded, fake):
+    fake.limit("openai", rpm=600)  # 10 a second for both runs together
+    results: list[nyxnb.RunResult] = []
+
+    def one() -> None:
+        results.append(run(seeded, spec(30, ("openai",), concurrency=16)))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2 and all(r.ok for r in results), [r.error for r in results]
+    assert time.perf_counter() - started >= 4.5  # (60 - 10) / 10 per second: the key's pace
+    calls = fake.hits["openai"] + fake.throttled["openai"]
+    assert fake.throttled["openai"] <= 0.1 * calls  # alone, each would take the whole limit
+    with seeded.session() as s:
+        (bucket,) = s.scalars(select(RateBucket)).all()
+    assert bucket.id == "openai:gpt-4o-mini:requests" and bucket.per_min == 600

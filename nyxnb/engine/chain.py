@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
 from nyxnb.providers.base import (
@@ -132,11 +133,12 @@ class ProviderPool:
         options: dict[str, dict[str, object]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limits: dict[str, Limits] | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.options = options or {}
         self.sleep = sleep
-        self.governors = Governors(limits)
+        self.governors = Governors(limits, shared=shared)
         self.timeouts: dict[str, float] = {}
         self.down: dict[str, tuple[str, str]] = {}
         self._providers: dict[str, Provider] = {}

@@ -13,8 +13,8 @@ The buckets are ``aiolimiter.AsyncLimiter`` leaky buckets.  aiolimiter was chose
 pyrate-limiter because it is asyncio-native and tiny (one class, no dependencies): waiters are
 woken in order by a timer, with no polling loop, and a bucket may be re-tuned in place when the
 provider tells us its limit.  pyrate-limiter's strengths (sync and async, Redis/SQL backends)
-matter for sharing a budget between processes, which these in-process governors do not do yet:
-two processes on one key each learn the key's limit and are kept in line by its 429s.
+are not needed here: processes sharing a store share budgets through :mod:`nyxnb.engine.buckets`
+(leases of a store row, cheaper than a backend round trip per call).
 A bucket holds one second of budget, so a per-minute limit is spent at its pace, never in a
 burst at the start of the minute (providers enforce at that grain too).
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
+from nyxnb.engine.buckets import SharedBudget
 from nyxnb.providers.classify import RateInfo
 
 #: The in-flight limit starts at SLOW_START and doubles each round of answers until the first 429
@@ -105,8 +106,14 @@ def _spend_to(limiter: AsyncLimiter, remaining: int | None, age_s: float = 0.0) 
 class Governor:
     """The budget of one provider+model within a process."""
 
-    def __init__(self, provider: str, model: str, configured: Limits | None = None) -> None:
-        self.provider, self.model = provider, model
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        configured: Limits | None = None,
+        shared: SharedBudget | None = None,
+    ) -> None:
+        self.provider, self.model, self.shared = provider, model, shared
         self.configured = configured or Limits()
         self.rpm, self.tpm = self.configured.rpm, self.configured.tpm
         self._requests = _bucket(self.rpm) if self.rpm else None
@@ -151,6 +158,7 @@ class Governor:
                         await self._requests.acquire(1)
                     if self._tokens is not None:
                         await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+                    await self._take_shared(tokens)
                     await self._hold()
                 except BaseException:
                     await self._give_slot()
@@ -159,6 +167,16 @@ class Governor:
             raise WaitTooLong() from None
         now = time.monotonic()
         return Ticket(now, now - began, tokens)
+
+    async def _take_shared(self, tokens: float) -> None:
+        """Spend the call's share of the budget every process on the store draws from."""
+        if self.shared is None:
+            return
+        key = f"{self.provider}:{self.model}"
+        if self.rpm:
+            await self.shared.take(f"{key}:requests", 1, self.rpm)
+        if self.tpm and self._tokens is not None:
+            await self.shared.take(f"{key}:tokens", min(tokens, self._tokens.max_rate), self.tpm)
 
     async def _hold(self) -> None:
         while (pause := self._hold_until - time.monotonic()) > 0:
@@ -237,9 +255,13 @@ class Governors:
     """Every governor of a run, made on first use from the configured limits."""
 
     def __init__(
-        self, limits: dict[str, Limits] | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: dict[str, Limits] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.limits = dict(limits or {})
+        self.shared = shared
         self._governors: dict[tuple[str, str], Governor] = {}
         self._reported: dict[tuple[str, str], float] = {}
         self._clock = clock
@@ -257,7 +279,7 @@ class Governors:
         key = (provider, model)
         if key not in self._governors:
             configured = self.limits.get(f"{provider}:{model}") or self.limits.get(provider)
-            self._governors[key] = Governor(provider, model, configured)
+            self._governors[key] = Governor(provider, model, configured, self.shared)
         return self._governors[key]
 
     def should_report(self, provider: str, model: str, every_s: float = 2.0) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine import lease, records
+from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
 from nyxnb.engine.fanout import run_fan_out
@@ -59,7 +60,7 @@ class Runner(RunContext):
         tenant_id: str | None = None,
     ) -> None:
         super().__init__(store, workflow_id, emit=emit)
-        self.pool = ProviderPool(retry, provider_options)
+        self.pool = ProviderPool(retry, provider_options, shared=SharedBudget(store))
         self.tenant_id = tenant_id
         self._owner = lease.new_owner()
 
