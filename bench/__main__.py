@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only fanout,growth,resume,cache,import,memory,migrate]`.
+"""`python -m bench [--quick] [--only fanout,growth,resume,cache,import,memory,migrate,ratelimit]`.
 
 Prints a table of medians (min-max) with ratios against the physical limit and the peers, and
 writes everything to bench/results/latest.json.
@@ -53,7 +53,9 @@ def report_fanout(cells: list[Measurement]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="Smaller sizes, 3 repeats.")
-    parser.add_argument("--only", default="fanout,growth,resume,cache,import,memory,migrate")
+    parser.add_argument(
+        "--only", default="fanout,growth,resume,cache,import,memory,migrate,ratelimit"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -129,6 +131,12 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
         ]
     if "migrate" in only:
         lines += _migrate(quick, out)
+    if "ratelimit" in only:
+        from bench.ratelimit import bench_ratelimit, report
+
+        grouped = bench_ratelimit(1 if quick else 3)
+        out["ratelimit"] = [[vars(c) for c in cells] for cells in grouped]
+        lines += report(grouped)
     return lines
 
 

@@ -199,6 +199,8 @@ class ProviderError(NyxError):
         self.provider = provider
         self.kind = kind
         self.retry_after = retry_after
+        #: the provider's rate-limit headers (a ``nyxnb.providers.classify.RateInfo``), if sent
+        self.rate: object | None = None
         super().__init__(f"{provider}: {kind}: {message}", hint=hint)
 
 

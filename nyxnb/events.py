@@ -102,6 +102,27 @@ class ProviderFallback(StepEvent):
 
 
 @dataclass(frozen=True)
+class RateLimited(StepEvent):
+    """Calls to a provider+model wait for its rate limits (or just got a 429)."""
+
+    type: ClassVar[str] = "rate_limited"
+    provider: str = ""
+    model: str = ""
+    wait_s: float = 0.0
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    item_index: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """``waiting for openai: 600 rpm, 200000 tpm`` (what progress shows)."""
+        limits = [f"{self.rpm:g} rpm" if self.rpm else "", f"{self.tpm:g} tpm" if self.tpm else ""]
+        said = ", ".join(x for x in limits if x) or f"{self.concurrency or 1} in flight"
+        return f"waiting for {self.provider}: {said}"
+
+
+@dataclass(frozen=True)
 class WorkflowPaused(Event):
     type: ClassVar[str] = "workflow_paused"
     name: str = ""
@@ -134,6 +155,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepCompleted,
         StepFailed,
         ProviderFallback,
+        RateLimited,
         WorkflowPaused,
         WorkflowCompleted,
         WorkflowFailed,

@@ -40,8 +40,25 @@ class ItemSpec(_Model):
     body: str = ""
 
 
+class LimitSpec(_Model):
+    """A provider's rate limits (requests and tokens per minute, calls in flight).
+
+    Unset limits are learned from the provider's answers; set them to stay under a shared key's
+    budget or when a provider does not say.
+    """
+
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+
+
 class Defaults(_Model):
-    """Workflow-wide defaults; each step may override provider, fallback, model, concurrency."""
+    """Workflow-wide defaults; each step may override provider, fallback, model, concurrency.
+
+    ``limits`` maps a provider (or ``provider:model``) to its :class:`LimitSpec`; ``timeouts``
+    maps a provider (or ``default``) to the seconds a call may wait for its first byte;
+    ``max_wait_s`` bounds how long an item waits for rate limits before it falls back.
+    """
 
     provider: str = "anthropic"
     fallback: list[str] = Field(default_factory=lambda: ["google", "openai"])
@@ -52,6 +69,16 @@ class Defaults(_Model):
     cache: bool = True
     #: the response cache is scoped by tenant; True shares answers across tenants (opt-in)
     share_cache: bool = False
+    limits: dict[str, LimitSpec] = Field(default_factory=dict)
+    timeouts: dict[str, float] = Field(default_factory=dict)
+    max_wait_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Defaults:
+        for name, seconds in self.timeouts.items():
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"timeouts.{name} must be between 0 and 3600 seconds")
+        return self
 
 
 class StepSpec(_Model):
@@ -66,6 +93,7 @@ class StepSpec(_Model):
     model: str | None = None
     concurrency: int | None = Field(default=None, ge=1, le=256)
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    limits: dict[str, LimitSpec] | None = None
     items: list[ItemSpec] | None = None
     items_from: str | None = None
     repository: str | None = None

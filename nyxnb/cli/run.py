@@ -23,6 +23,22 @@ from nyxnb.engine.report import list_workflows, workflow_summary
     type=click.FloatRange(min=0, min_open=True),
     help="Budget in USD (> 0); stops before exceeding it.",
 )
+@click.option(
+    "--timeout",
+    "timeouts",
+    multiple=True,
+    metavar="[PROVIDER=]SECONDS",
+    help="Seconds a call may wait for its first byte (all providers, or one); repeatable.",
+)
+@click.option(
+    "--limit",
+    "limits",
+    multiple=True,
+    metavar="PROVIDER:rpm=N,tpm=N,concurrency=N",
+    help="Rate limits of a provider (or provider:model), instead of learning them; repeatable.",
+)
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min, all.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min, all.")
 @with_json
 @click.pass_context
 def run(
@@ -34,11 +50,17 @@ def run(
     concurrency: int | None,
     no_cache: bool,
     max_cost: float | None,
+    timeouts: tuple[str, ...],
+    limits: tuple[str, ...],
+    rpm: float | None,
+    tpm: float | None,
 ) -> None:
     """Create a workflow from SPEC and run it."""
+    from nyxnb.cli.limits import with_limits
+
     store = get_store(ctx)
     events = api.run_iter(
-        spec,
+        with_limits(spec, timeouts, limits, rpm, tpm),
         store=store,
         tenant=tenant,
         project=project,

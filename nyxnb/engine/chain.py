@@ -2,9 +2,16 @@
 
 - exhausted / auth / not_found (and a missing key): the provider is marked down for the rest of the
   run -- no later item calls it again -- and the next provider is tried at once;
-- rate_limited / overloaded / server / timeout / connection: bounded retries with backoff
-  (honouring retry-after), then the next provider; a provider that fails like this for
-  ``RetryPolicy.down_after`` calls in a row is marked down too (a circuit breaker);
+- rate_limited (a 429 that is not exhaustion): recorded as an attempt, never counted against the
+  item or the provider; the call waits for the provider+model's governor
+  (:mod:`nyxnb.engine.governor`) and goes again, until ``RetryPolicy.max_wait_s`` of waiting,
+  then the next provider;
+- overloaded / server / timeout / connection / empty answers: bounded retries with backoff
+  (honouring retry-after), then the next provider (a timeout moves on at once when there is
+  one); a provider that fails like this ``RetryPolicy.down_after`` times in a row *over time* is
+  marked down too (a circuit breaker over time: only failed retries count, and a call that was
+  already in flight when another failed does not add to the count, so a burst of concurrent
+  failures, or every item's first call failing once, never trips it);
 - truncated / refused answers and bad_request / context_too_long: never accepted; next provider.
 
 Until a provider has answered once in a run, only one call at a time may go to it (a probe), so
@@ -16,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from nyxnb.engine.buckets import SharedBudget
+from nyxnb.engine.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
 from nyxnb.providers.base import (
     REFUSED_KINDS,
+    STOP_END,
     STOP_MAX_TOKENS,
     STOP_REFUSAL,
     TRANSIENT_KINDS,
@@ -42,6 +52,7 @@ class RetryPolicy:
     max_delay_s: float = 20.0
     max_retry_after_s: float = 60.0
     down_after: int = 3
+    max_wait_s: float = 600.0  # waiting for rate limits, per item and provider, before falling back
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1``."""
@@ -88,10 +99,23 @@ class _Health:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     proven: bool = False
     failures_in_a_row: int = 0
+    last_failure: float = float("-inf")  # monotonic time of the last counted failure
+
+    def failed(self, started: float) -> None:
+        """Count a failure unless its call began before the last counted one (a burst)."""
+        if started > self.last_failure:
+            self.failures_in_a_row += 1
+            self.last_failure = time.monotonic()
+
+    def succeeded(self) -> None:
+        self.failures_in_a_row = 0
 
 
 CacheLookup = Callable[[str, str, CompletionRequest], tuple[str, Completion | None]]
 FallbackHook = Callable[[str, "str | None", str, str], None]
+#: (provider, model, seconds waited or to wait, limits in force) when a call waits for its budget
+RateHook = Callable[[str, str, float, Limits], None]
+_BREAKER_KINDS = TRANSIENT_KINDS - {"rate_limited"}
 
 
 def parse_entry(entry: str) -> tuple[str, str | None]:
@@ -108,18 +132,40 @@ class ProviderPool:
         retry: RetryPolicy | None = None,
         options: dict[str, dict[str, object]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limits: dict[str, Limits] | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.options = options or {}
         self.sleep = sleep
+        self.governors = Governors(limits, shared=shared)
+        self.timeouts: dict[str, float] = {}
         self.down: dict[str, tuple[str, str]] = {}
         self._providers: dict[str, Provider] = {}
         self._health: dict[str, _Health] = {}
 
+    def apply_spec(
+        self, limits: dict[str, Limits], timeouts: dict[str, float], max_wait_s: float
+    ) -> None:
+        """Take a spec's ``defaults.limits``, ``defaults.timeouts`` and ``max_wait_s``.
+
+        Options given to the pool (the API's ``provider_options``, the CLI) win over the spec.
+        """
+        self.governors.configure(limits)
+        self.timeouts = dict(timeouts)
+        self.retry = replace(self.retry, max_wait_s=max_wait_s)
+
+    def _options(self, name: str) -> dict[str, object] | None:
+        options = dict(self.options.get(name) or {})
+        timeout = self.timeouts.get(name, self.timeouts.get("default"))
+        if timeout is not None:
+            options.setdefault("timeout_s", timeout)
+        return options or None
+
     def provider(self, name: str) -> Provider:
         """The run's instance of provider ``name`` (its key checked on first use)."""
         if name not in self._providers:
-            prov = create_provider(name, self.options.get(name))
+            prov = create_provider(name, self._options(name))
             prov.check_ready()
             self._providers[name] = prov
         return self._providers[name]
@@ -128,30 +174,37 @@ class ProviderPool:
         """Stop calling ``name`` for the rest of the run."""
         self.down.setdefault(name, (kind, message))
 
-    async def call(self, name: str, request: CompletionRequest) -> Completion:
-        """One call; the first calls to an unproven provider go one at a time."""
-        prov = self.provider(name)
-        health = self._health.setdefault(name, _Health(proven=not prov.probe_first))
-        if not health.proven:
-            async with health.lock:
-                if name in self.down:
-                    raise _Down()  # the probe ahead of us found it down: no call made
-                if not health.proven:
-                    answer = await self._tracked(name, health, prov, request)
-                    health.proven = True
-                    return answer
-        return await self._tracked(name, health, prov, request)
+    def health(self, name: str) -> _Health:
+        """The health of provider ``name`` in this run."""
+        if name not in self._health:
+            self._health[name] = _Health(proven=not self.provider(name).probe_first)
+        return self._health[name]
+
+    async def call(self, name: str, request: CompletionRequest, retry: bool = False) -> Completion:
+        """One call (the probe gating is the chain's: see :func:`_try_provider`).
+
+        Only a failed *retry* counts toward the circuit breaker: first calls failing together
+        are a blip that each item's retry rides out.
+        """
+        health = self.health(name)
+        answer = await self._tracked(health, self.provider(name), request, retry)
+        health.proven = True
+        return answer
 
     async def _tracked(
-        self, name: str, health: _Health, prov: Provider, request: CompletionRequest
+        self, health: _Health, prov: Provider, request: CompletionRequest, retry: bool
     ) -> Completion:
+        started = time.monotonic()
         try:
             answer = await prov.complete(request)
         except ProviderError as exc:
-            if exc.kind in TRANSIENT_KINDS:
-                health.failures_in_a_row += 1
+            if exc.kind in _BREAKER_KINDS and retry:
+                health.failed(started)
             raise
-        health.failures_in_a_row = 0
+        if answer.text.strip() or answer.stop_reason != STOP_END:
+            health.succeeded()
+        elif retry:
+            health.failed(started)  # an empty answer is a transient failure of the provider
         return answer
 
     def unhealthy(self, name: str) -> bool:
@@ -188,11 +241,9 @@ def _rejection(answer: Completion) -> str | None:
         return "truncated"
     if answer.stop_reason == STOP_REFUSAL:
         return "refused"
+    if not answer.text.strip():
+        return "empty"
     return None
-
-
-class _Down(Exception):  # noqa: N818 - internal signal
-    """The provider was marked down while this call waited for it."""
 
 
 @dataclass(frozen=True)
@@ -202,44 +253,142 @@ class _Failure:
     reported: bool = True  # False: skipped silently, another item already reported it
 
 
-async def _try_provider(
-    pool: ProviderPool, name: str, request: CompletionRequest, attempts: list[Attempt]
-) -> Completion | _Failure:
-    """Call one provider with retries: the accepted answer, or why it failed."""
-    model = request.model or ""
-    for n in range(1, pool.retry.max_attempts + 1):
-        started = time.perf_counter()
+@dataclass
+class _Call:
+    """One provider's share of a chain: its attempts so far and its time spent waiting."""
+
+    pool: ProviderPool
+    name: str
+    request: CompletionRequest
+    attempts: list[Attempt]
+    last: bool
+    on_rate: RateHook | None
+    waited_s: float = 0.0
+    tries: int = 0
+
+    def record(self, model: str, kind: str, message: str, ms: float) -> None:
+        n = len([a for a in self.attempts if a.provider == self.name]) + 1
+        self.attempts.append(Attempt(self.name, model, n, "error", kind, message, latency_ms=ms))
+
+    def report(self, gov: Governor, wait_s: float) -> None:
+        if self.on_rate is not None and self.pool.governors.should_report(gov.provider, gov.model):
+            self.on_rate(gov.provider, gov.model, wait_s, gov.current())
+
+
+def _chars(request: CompletionRequest) -> int:
+    return len(request.system) + sum(len(m.content) for m in request.messages)
+
+
+async def _try_provider(call: _Call) -> Completion | _Failure:
+    """Call one provider with retries: the accepted answer, or why it failed.
+
+    Until a provider has answered once in a run, one item at a time tries it, with its retries
+    (a probe): a provider out of credit is then called once per run, its first answer teaches
+    the governor its limits before anyone else is admitted, and a first 503 is retried by its
+    own item rather than counted again by every waiting item.
+    """
+    try:
+        health = call.pool.health(call.name)
+    except MissingKey as exc:
+        call.pool.mark_down(call.name, "auth", str(exc))
+        return _Failure("auth", str(exc))
+    if not health.proven:
+        async with health.lock:
+            if call.name in call.pool.down:  # the probe ahead of us found it down: no call
+                return _Failure(*call.pool.down[call.name], reported=False)
+            if not health.proven:
+                return await _tries(call)
+    return await _tries(call)
+
+
+async def _tries(call: _Call) -> Completion | _Failure:
+    pool, name, request = call.pool, call.name, call.request
+    while True:
         try:
             model = pool.provider(name).model_for(request)
-            answer = await pool.call(name, request)
-        except _Down:
-            return _Failure(*pool.down[name], reported=False)
         except MissingKey as exc:
             pool.mark_down(name, "auth", str(exc))
             return _Failure("auth", str(exc))
-        except ProviderError as exc:
-            ms = (time.perf_counter() - started) * 1000
-            attempts.append(Attempt(name, model, n, "error", exc.kind, exc.message, latency_ms=ms))
-            if exc.kind in REFUSED_KINDS or pool.unhealthy(name):
-                pool.mark_down(name, exc.kind, exc.message)
-            if (
-                exc.kind in TRANSIENT_KINDS
-                and n < pool.retry.max_attempts
-                and name not in pool.down
-            ):
-                await pool.sleep(pool.retry.delay(n, exc.retry_after))
-                continue
-            return _Failure(exc.kind, exc.message)
-        record = _attempt_from(name, model, n, answer, (time.perf_counter() - started) * 1000)
-        attempts.append(record)
-        kind = _rejection(answer)
-        if kind is None:
-            return answer
-        record.outcome, record.error_kind = "error", kind
-        stop = answer.raw_stop_reason or answer.stop_reason
-        record.error = f"answer {kind} (stop reason {stop})"
-        return _Failure(kind, record.error)
-    return _Failure("server", "retries exhausted")  # pragma: no cover - loop always returns
+        gov = pool.governors.get(name, model)
+        try:
+            ticket = await gov.acquire(
+                gov.estimate(_chars(request), request.max_tokens),
+                pool.retry.max_wait_s - call.waited_s,
+            )
+        except WaitTooLong:
+            message = f"still rate limited after waiting {pool.retry.max_wait_s:g} s (max_wait_s)"
+            return _Failure("rate_limited", message)
+        call.waited_s += ticket.waited_s
+        if ticket.waited_s >= 1.0:
+            call.report(gov, ticket.waited_s)
+        outcome = await _attempt(call, gov, ticket, model)
+        if outcome is not None:
+            return outcome
+
+
+async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _Outcome:
+    """One admitted call; None means "go again"."""
+    pool, name = call.pool, call.name
+    started = time.perf_counter()
+    try:
+        answer = await pool.call(name, call.request, retry=call.tries > 0)
+    except ProviderError as exc:
+        ms = (time.perf_counter() - started) * 1000
+        call.record(model, exc.kind, exc.message, ms)
+        if exc.kind == "rate_limited":
+            await gov.throttled(ticket, exc.rate, exc.retry_after)
+            call.report(gov, exc.retry_after or 0.0)
+            return None  # waiting is not an attempt: no retry is used up
+        await gov.failed(ticket)
+        return await _after_failure(call, exc)
+    except BaseException:
+        await gov.failed(ticket)
+        raise
+    tokens = (answer.input_tokens, answer.output_tokens)
+    await gov.succeeded(ticket, answer.extra.get("rate"), *tokens, _chars(call.request))
+    return await _judge(call, model, answer, started)
+
+
+async def _after_failure(call: _Call, exc: ProviderError) -> _Outcome:
+    pool, name = call.pool, call.name
+    call.tries += 1
+    if exc.kind in REFUSED_KINDS or pool.unhealthy(name):
+        pool.mark_down(name, exc.kind, exc.message)
+    moves_on = exc.kind == "timeout" and not call.last  # a hung provider: fall back at once
+    if (
+        exc.kind in TRANSIENT_KINDS
+        and call.tries < pool.retry.max_attempts
+        and name not in pool.down
+        and not moves_on
+    ):
+        await pool.sleep(pool.retry.delay(call.tries, exc.retry_after))
+        return None
+    return _Failure(exc.kind, exc.message)
+
+
+async def _judge(call: _Call, model: str, answer: Completion, started: float) -> _Outcome:
+    """Accept an answer, or record why not (an empty answer is retried like a 5xx)."""
+    pool, name = call.pool, call.name
+    n = len([a for a in call.attempts if a.provider == name]) + 1
+    record = _attempt_from(name, model, n, answer, (time.perf_counter() - started) * 1000)
+    call.attempts.append(record)
+    kind = _rejection(answer)
+    if kind is None:
+        return answer
+    record.outcome, record.error_kind = "error", kind
+    stop = answer.raw_stop_reason or answer.stop_reason
+    record.error = f"answer {kind} (stop reason {stop})"
+    if kind == "empty":
+        call.tries += 1
+        if pool.unhealthy(name):
+            pool.mark_down(name, "server", "empty answers")
+        elif call.tries < pool.retry.max_attempts:
+            await pool.sleep(pool.retry.delay(call.tries, None))
+            return None
+    return _Failure(kind, record.error)
+
+
+_Outcome = Completion | _Failure | None
 
 
 async def complete_with_fallback(
@@ -249,6 +398,7 @@ async def complete_with_fallback(
     *,
     cache: CacheLookup | None = None,
     on_fallback: FallbackHook | None = None,
+    on_rate_limited: RateHook | None = None,
 ) -> ChainResult:
     """Try each provider of ``chain`` in turn; raise :class:`ChainExhausted` if none answers."""
     attempts: list[Attempt] = []
@@ -281,7 +431,8 @@ async def complete_with_fallback(
                     )
                 )
                 return ChainResult(hit, attempts, key, from_cache=True)
-        outcome = await _try_provider(pool, name, req, attempts)
+        last = all(n in pool.down for n, _ in entries[i + 1 :])
+        outcome = await _try_provider(_Call(pool, name, req, attempts, last, on_rate_limited))
         if isinstance(outcome, Completion):
             return ChainResult(outcome, attempts, key)
         reasons.append((name, outcome.kind, outcome.message))

@@ -20,6 +20,7 @@ from nyxnb import events as ev
 from nyxnb.engine import cache as response_cache
 from nyxnb.engine import records
 from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
+from nyxnb.engine.governor import Limits
 from nyxnb.engine.rows import StepRow
 from nyxnb.engine.writer import GroupWriter
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
@@ -75,6 +76,7 @@ class RunContext:
         self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         self.writer = GroupWriter(store)
         self._sent: dict[tuple[str, int | None], str] = {}
+        self._limited_steps: set[str] = set()
 
     def emit(self, event: ev.Event) -> None:
         """Send an event to the consumer."""
@@ -144,12 +146,28 @@ class RunContext:
             )
 
         await self._record_sent(step, request, item_idx)
+
+        def on_rate_limited(provider: str, model: str, wait_s: float, limits: Limits) -> None:
+            self.step_event(
+                ev.RateLimited,
+                step,
+                provider=provider,
+                model=model,
+                wait_s=round(wait_s, 3),
+                rpm=limits.rpm,
+                tpm=limits.tpm,
+                concurrency=limits.concurrency,
+                item_index=item_idx,
+            )
+
+        self._step_limits(step)
         result = await complete_with_fallback(
             self.pool,
             step.chain,
             request,
             cache=self._cache_lookup if self.spec.defaults.cache else None,
             on_fallback=on_fallback,
+            on_rate_limited=on_rate_limited,
         )
         self.count(result.attempts)
         return result
@@ -168,6 +186,13 @@ class RunContext:
     def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
         """The id of the 'sent' row of a call that has now finished (its rows complete it)."""
         return self._sent.pop((step.id, item_idx), None)
+
+    def _step_limits(self, step: StepRow) -> None:
+        """A step's own ``limits:`` apply from its first call on."""
+        spec = next((s for s in self.spec.steps if s.name == step.name), None)
+        if spec is not None and spec.limits and step.name not in self._limited_steps:
+            self._limited_steps.add(step.name)
+            self.pool.governors.configure({k: Limits.of(v) for k, v in spec.limits.items()})
 
     def count(self, attempts: list[Attempt]) -> None:
         """Add attempts to the run's token and cost totals."""

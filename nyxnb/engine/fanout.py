@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 from nyxnb import events as ev
 from nyxnb.engine import records
@@ -19,6 +21,9 @@ from nyxnb.providers.registry import provider_class
 from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED, PENDING, RUNNING, utcnow
 from nyxnb.templates import ItemView, StepView
+
+#: Seconds a pause lets calls in flight finish (answers paid for are kept) before cancelling them.
+PAUSE_GRACE_S = 2.0
 
 
 def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
@@ -115,13 +120,36 @@ class _FanOut:
     async def _item(self, row: ItemRow) -> None:
         idx = row.idx
         try:
-            result = await self.runner.call(self.step, self.requests[idx], item_idx=idx)
+            result = await self._unless_paused(self.runner.call(self.step, self.requests[idx], idx))
+        except _PausedMidCall:
+            self._stopped = True  # the item stays pending; resume calls it again
+            return
         except ChainExhausted as exc:
             sent = self.runner.take_sent(self.step, idx)
             records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
             self.failures.append((idx, exc))
             return
         self._commits.append(asyncio.create_task(self._commit(row, result)))
+
+    async def _unless_paused(self, call: Coroutine[Any, Any, ChainResult]) -> ChainResult:
+        """Await ``call``; on a pause, give it :data:`PAUSE_GRACE_S` to land, then cancel it.
+
+        So a pause is seen within seconds even while a provider hangs or rate limits hold the
+        item, and answers that arrive within the grace period are still kept.
+        """
+        task = asyncio.ensure_future(call)
+        pause = asyncio.ensure_future(self.runner.pause_event.wait())
+        try:
+            await asyncio.wait({task, pause}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=PAUSE_GRACE_S)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise _PausedMidCall()
+            return task.result()
+        finally:
+            pause.cancel()
 
     async def _commit(self, row: ItemRow, result: ChainResult) -> None:
         idx = row.idx
@@ -152,6 +180,10 @@ class _FanOut:
             output_tokens=sum(a.output_tokens for a in result.attempts),
             cost_usd=sum(a.cost_usd for a in result.attempts),
         )
+
+
+class _PausedMidCall(Exception):  # noqa: N818 - internal signal
+    """A pause cancelled this item's call after the grace period."""
 
 
 def _step_output(items: list[ItemRow]) -> str:

@@ -18,10 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
 from nyxnb.engine import lease, records
+from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
+from nyxnb.engine.governor import Limits
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import frozen_personas, personas_for
@@ -60,7 +62,7 @@ class Runner(RunContext):
         tenant_id: str | None = None,
     ) -> None:
         super().__init__(store, workflow_id, emit=emit)
-        self.pool = ProviderPool(retry, provider_options)
+        self.pool = ProviderPool(retry, provider_options, shared=SharedBudget(store))
         self.tenant_id = tenant_id
         self._owner = lease.new_owner()
         self._plain = store  # lease bookkeeping; the run's own writes go through the fence
@@ -161,6 +163,9 @@ class Runner(RunContext):
             frozen = frozen_personas(self.spec, personas_for(self.store, self.tenant_id))
             records.update_workflow(self.store, self.workflow_id, personas=frozen)
         self.personas = frozen
+        d = self.spec.defaults
+        limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
+        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
 
     async def _started(self) -> None:
         records.update_workflow(

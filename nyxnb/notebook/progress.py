@@ -117,6 +117,9 @@ class TextProgress:
             f"{e.to_provider or 'none left'}"
         )
 
+    def _on_rate_limited(self, e: ev.RateLimited) -> None:
+        self._line(f"      {e.summary} ({e.wait_s:.1f}s)")
+
     def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")
 

@@ -140,6 +140,8 @@ class ProgressState:
             to = e.to_provider or "none left"
             self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider
+        elif isinstance(e, ev.RateLimited):
+            row.heading = e.summary  # "waiting for openai: 600 rpm" until the next item lands
         return row
 
     def load(

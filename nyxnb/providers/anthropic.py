@@ -6,6 +6,7 @@ SDK).  SDK retries are off: the fallback chain owns retries.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import anthropic
@@ -20,7 +21,7 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.classify import DECODE_ERRORS, HttpFailure, malformed_answer, sdk_error
+from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -39,7 +40,9 @@ class AnthropicProvider(Provider):
     def make_client(self) -> anthropic.AsyncAnthropic:
         """The SDK client; its own retries are off (the fallback chain owns retries)."""
         return anthropic.AsyncAnthropic(
-            api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+            api_key=self.api_key(),
+            max_retries=0,
+            timeout=self.options.http_timeout(anthropic.Timeout),
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -47,15 +50,15 @@ class AnthropicProvider(Provider):
         client = self.client()
         model = self.model_for(request)
         try:
-            message = await client.messages.create(**_params(request, model))
+            raw = await client.messages.with_raw_response.create(**_params(request, model))
         except anthropic.AnthropicError as exc:
             raise self._error(exc, client.api_key) from exc
-        except DECODE_ERRORS as exc:  # a 200 that is not the provider's JSON
-            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
         try:
-            return _completion(message, model, self.name)
-        except DECODE_ERRORS as exc:
-            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
+            answer = _completion(await _parsed(raw), model, self.name)
+        except Exception as exc:  # noqa: BLE001 - a 200 that is not a message
+            raise malformed_answer(self.name, exc, client.api_key) from exc
+        answer.extra["rate"] = rate_info(raw.headers)
+        return answer
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
@@ -111,3 +114,9 @@ def _completion(message: SdkMessage, model: str, provider: str) -> Completion:
             "cache_creation_input_tokens": written,
         },
     )
+
+
+async def _parsed(raw: Any) -> Any:
+    """The parsed body of a raw response (the SDK's ``parse`` is sync or async by version)."""
+    parsed = raw.parse()
+    return await parsed if inspect.isawaitable(parsed) else parsed

@@ -8,16 +8,19 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from nyxnb.errors import MissingKey
 
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
 REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on
 TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server", "timeout", "connection"})
-REJECTED_KINDS = frozenset({"truncated", "refused"})  # answer not usable; retry then move on
+REJECTED_KINDS = frozenset({"truncated", "refused", "empty"})  # answer unusable: move on
 FATAL_KINDS = frozenset({"bad_request", "context_too_long"})  # this request fails everywhere alike
 ERROR_KINDS = REFUSED_KINDS | TRANSIENT_KINDS | REJECTED_KINDS | FATAL_KINDS
+
+#: Seconds a call may wait for its answer's first byte unless the spec or CLI says otherwise.
+DEFAULT_TIMEOUT_S = 30.0
 
 #: Normalised stop reasons a provider returns in :class:`Completion`.
 STOP_END, STOP_MAX_TOKENS, STOP_REFUSAL = "end", "max_tokens", "refusal"
@@ -63,10 +66,20 @@ class Completion:
 
 
 class ProviderOptions(BaseModel):
-    """Options every provider accepts; providers subclass to add their own."""
+    """Options every provider accepts; providers subclass to add their own.
+
+    ``timeout_s`` bounds the wait for the first byte of an answer (and each later read);
+    ``connect_timeout_s`` the connection.  A hung provider is given up after ``timeout_s`` and
+    the fallback chain moves on.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    timeout_s: float = 120.0
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+    def http_timeout(self, timeout_cls: Any) -> Any:
+        """These options as an SDK timeout (``anthropic.Timeout`` or ``openai.Timeout``)."""
+        return timeout_cls(self.timeout_s, connect=min(self.connect_timeout_s, self.timeout_s))
 
 
 class Provider(ABC):

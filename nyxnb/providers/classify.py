@@ -47,7 +47,8 @@ _CONTEXT_TEXT = (
     "input is too long",
 )
 _QUOTA_TEXT = "exceeded your current quota"
-_RETRY_IN = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
+_RETRY_IN = re.compile(r"(?:retry|try again) in ([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.IGNORECASE)
+_GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 _MAX_MESSAGE = 500
 
@@ -159,7 +160,9 @@ def retry_after(failure: HttpFailure) -> float | None:
         _seconds(headers.get("retry-after")),
         _http_date(headers.get("retry-after")),
         _retry_info_delay(failure.details),
-        _seconds(in_message.group(1)) if in_message else None,
+        _seconds(in_message.group(1), scale=1000.0 if in_message.group(2).lower() == "ms" else 1.0)
+        if in_message
+        else None,
     )
     return next((c for c in candidates if c is not None), None)
 
@@ -226,17 +229,31 @@ def http_error(provider: str, failure: HttpFailure, *, secret: str | None = None
     kind = classify(failure)
     delay = retry_after(failure) if kind in ("rate_limited", "overloaded", "server") else None
     message = f"HTTP {failure.status}: {failure.message or failure.error_type or 'error'}"
-    return make_error(provider, kind, message, secret=secret, retry_after=delay)
+    error = make_error(provider, kind, message, secret=secret, retry_after=delay)
+    error.rate = rate_info(failure.headers) or _quota_rate(failure.details)
+    return error
 
 
-#: what an SDK raises when a 200 answer is not the provider's JSON (malformed JSON, an HTML page)
-DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, AttributeError, KeyError)
+def _quota_rate(details: Sequence[Mapping[str, Any]]) -> RateInfo | None:
+    """Gemini's per-minute limits, from the ``QuotaFailure`` of a 429 (it sends no headers)."""
+    values: dict[str, int] = {}
+    for detail in details:
+        if _rpc_type(detail) != "QuotaFailure":
+            continue
+        for violation in _list(detail):
+            quota_id = str(violation.get("quotaId", "")).lower()
+            limit = _int(str(violation.get("quotaValue", "")))
+            if "perminute" not in quota_id or not limit:
+                continue
+            kind = "tokens" if "token" in quota_id else "requests"
+            values[f"{kind}_limit"], values[f"{kind}_remaining"] = limit, 0
+    return RateInfo(**values) if values else None
 
 
-def malformed_answer(provider: str, exc: Exception, *, secret: str | None = None) -> ProviderError:
-    """A 200 answer that could not be decoded: transient (retry, then the next provider)."""
+def malformed_answer(provider: str, exc: BaseException, key: str | None) -> ProviderError:
+    """A 200 whose body could not be read as an answer (invalid JSON, an HTML page): transient."""
     return make_error(
-        provider, "server", f"malformed answer: {type(exc).__name__}: {exc}", secret=secret
+        provider, "server", f"malformed answer: {type(exc).__name__}: {exc}", secret=key
     )
 
 
@@ -257,3 +274,64 @@ def sdk_error(
     else:
         kind = "server"  # response validation and other SDK-side failures
     return make_error(provider, kind, str(exc), secret=key)
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """What a provider's rate-limit headers say (any field None when not sent).
+
+    ``*_reset_s`` is how long until that budget is full again (OpenAI sends a duration such as
+    ``6m0s``, Anthropic an RFC 3339 time).  Tokens are Anthropic's input tokens.
+    """
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset_s: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_s: float | None = None
+
+
+_RATE_HEADERS = {  # RateInfo field prefix -> (OpenAI header stem, Anthropic header stem)
+    "requests": ("x-ratelimit-{}-requests", "anthropic-ratelimit-requests-{}"),
+    "tokens": ("x-ratelimit-{}-tokens", "anthropic-ratelimit-input-tokens-{}"),
+}
+
+
+def rate_info(headers: Mapping[str, str]) -> RateInfo | None:
+    """Rate limits from OpenAI ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*`` headers."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    values: dict[str, float | int | None] = {}
+    for kind, stems in _RATE_HEADERS.items():
+        for stem in stems:
+            limit = _int(lower.get(stem.format("limit")))
+            if limit is None:
+                continue
+            values[f"{kind}_limit"] = limit
+            values[f"{kind}_remaining"] = _int(lower.get(stem.format("remaining")))
+            values[f"{kind}_reset_s"] = _reset_s(lower.get(stem.format("reset")))
+    return RateInfo(**values) if values else None  # type: ignore[arg-type]
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reset_s(value: str | None) -> float | None:
+    """Seconds until reset from ``1m30.5s`` / ``120ms`` (OpenAI) or an RFC 3339 time (Anthropic)."""
+    if not value:
+        return None
+    parts = _GO_DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value.strip():
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        from datetime import datetime
+
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(at.timestamp() - time.time(), 0.0)

@@ -28,7 +28,6 @@ from nyxnb.providers.base import (
 )
 from nyxnb.providers.classify import (
     CONNECTION,
-    DECODE_ERRORS,
     TIMEOUT,
     HttpFailure,
     http_error,
@@ -77,15 +76,10 @@ class GoogleProvider(Provider):
             )
         except Exception as exc:
             error = self._error(exc, self._key)
-            if error is None and isinstance(exc, DECODE_ERRORS):  # a 200 that is not JSON
-                error = malformed_answer(self.name, exc, secret=self._key)
             if error is None:
                 raise
             raise error from exc
-        try:
-            return _completion(response, model, self.name)
-        except DECODE_ERRORS as exc:
-            raise malformed_answer(self.name, exc, secret=self._key) from exc
+        return _completion(response, model, self.name)
 
     def _error(self, exc: BaseException, key: str) -> ProviderError | None:
         """The nyxnb error for an SDK or transport exception (None: not a provider failure)."""
@@ -98,6 +92,8 @@ class GoogleProvider(Provider):
             return make_error(self.name, TIMEOUT, str(exc) or "request timed out", secret=key)
         if isinstance(exc, connections):
             return make_error(self.name, CONNECTION, str(exc) or "connection failed", secret=key)
+        if isinstance(exc, ValueError):  # a 200 whose body is not JSON (an HTML page, cut short)
+            return malformed_answer(self.name, exc, key)
         return None
 
     async def close_client(self, client: genai.Client) -> None:

@@ -7,6 +7,7 @@ Ollama, vLLM or llama.cpp.  SDK retries are off: the fallback chain owns retries
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import openai
@@ -22,7 +23,7 @@ from nyxnb.providers.base import (
     Provider,
     ProviderOptions,
 )
-from nyxnb.providers.classify import DECODE_ERRORS, HttpFailure, malformed_answer, sdk_error
+from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 
@@ -44,7 +45,7 @@ class OpenAIProvider(Provider):
     def make_client(self) -> openai.AsyncOpenAI:
         """The SDK client; its own retries are off (the fallback chain owns retries)."""
         return openai.AsyncOpenAI(
-            api_key=self.api_key(), max_retries=0, timeout=self.options.timeout_s
+            api_key=self.api_key(), max_retries=0, timeout=self.options.http_timeout(openai.Timeout)
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -53,17 +54,18 @@ class OpenAIProvider(Provider):
         model = self.model_for(request)
         opts: OpenAIOptions = self.options  # type: ignore[assignment]
         try:
-            response = await client.chat.completions.create(
+            raw = await client.chat.completions.with_raw_response.create(
                 **_params(request, model, opts.max_tokens_param)
             )
         except openai.OpenAIError as exc:
             raise self._error(exc, client.api_key) from exc
-        except DECODE_ERRORS as exc:  # a 200 that is not the provider's JSON
-            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
         try:
-            return _completion(response, model, self.name)
-        except DECODE_ERRORS as exc:
-            raise malformed_answer(self.name, exc, secret=client.api_key) from exc
+            response = await _parsed(raw)
+            answer = _completion(response, model, self.name)
+        except Exception as exc:  # noqa: BLE001 - a 200 that is not a chat completion
+            raise malformed_answer(self.name, exc, client.api_key) from exc
+        answer.extra["rate"] = rate_info(raw.headers)
+        return answer
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
@@ -118,3 +120,9 @@ def _completion(response: ChatCompletion, model: str, provider: str) -> Completi
             "refusal": message.refusal if message else None,
         },
     )
+
+
+async def _parsed(raw: Any) -> Any:
+    """The parsed body of a raw response (the SDK's ``parse`` is sync or async by version)."""
+    parsed = raw.parse()
+    return await parsed if inspect.isawaitable(parsed) else parsed

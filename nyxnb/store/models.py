@@ -253,6 +253,19 @@ class LlmCache(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class RateBucket(Base):
+    """A provider+model's rate budget shared by every process on this store (not tenant-owned:
+    a provider key's limit is the key's, whoever runs).  ``id`` is ``provider:model:kind``
+    (kind ``requests`` or ``tokens``); ``level`` is the budget free at ``refilled_at`` (unix s).
+    """
+
+    __tablename__ = "rate_buckets"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    per_min: Mapped[float] = mapped_column(Float)
+    level: Mapped[float] = mapped_column(Float)
+    refilled_at: Mapped[float] = mapped_column(Float)
+
+
 class ProjectNote(TenantOwned, Base):
     __tablename__ = "project_notes"
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)

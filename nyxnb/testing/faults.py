@@ -1,0 +1,217 @@
+"""What the fake answers: replies, HTTP faults and transport faults, as frozen action values.
+
+Each request to a provider consumes one action (see :meth:`FakeProviderServer.script`).  Besides
+replies and HTTP errors in each provider's wire format there are transport faults, for the
+reliability tests: :func:`hang`, :func:`malformed`, :func:`html_page`, :func:`empty`,
+:func:`flaky` and :func:`reset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROVIDERS = ("anthropic", "openai", "google")
+FAKE_KEYS = {
+    "ANTHROPIC_API_KEY": "sk-ant-fake-0000000000000000",
+    "OPENAI_API_KEY": "sk-fake-openai-000000000000",
+    "GEMINI_API_KEY": "fake-gemini-key-000000000000",
+}
+_RPC = "type.googleapis.com/google.rpc."
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer; ``input_tokens`` counts the whole prompt, cached tokens included."""
+
+    text: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int = 0
+    stop: str = "end"  # "end" | "max_tokens" | "refusal" | "blocked" (Gemini prompt blocked)
+    latency_ms: float = 0
+    raw_stop: str | None = None  # exact wire value, e.g. "content_filter" or "RECITATION"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An HTTP error; ``type`` is Anthropic/OpenAI ``error.type`` or Gemini ``error.status``."""
+
+    status: int
+    message: str
+    code: str | None = None
+    type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    details: tuple[Mapping[str, Any], ...] = ()
+    latency_ms: float = 0
+    variants: Mapping[str, Fault] = field(default_factory=dict)
+
+    def for_provider(self, provider: str) -> Fault:
+        """The variant of this fault in ``provider``'s terms."""
+        return self.variants.get(provider, self)
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Hold the request for ``seconds`` (until the server stops), then answer with ``then``."""
+
+    seconds: float
+    then: Reply = field(default_factory=Reply)
+
+
+reply = Reply  # reply(text, input_tokens=..., output_tokens=..., cached_tokens=0, stop="end", ...)
+hang = Hang  # hang(seconds): hold the request, then answer; drives client timeouts
+
+
+def error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    latency_ms: float = 0,
+) -> Fault:
+    """An HTTP error with ``status`` and ``message``, in each provider's wire format."""
+    return Fault(status, message, code=code, headers=dict(headers or {}), latency_ms=latency_ms)
+
+
+def credit_exhausted() -> Fault:
+    """Anthropic's 400 for an account out of credit."""
+    msg = (
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+    )
+    return Fault(400, msg + "to upgrade or purchase credits.", type="invalid_request_error")
+
+
+_QUOTA = "You exceeded your current quota, please check your plan and billing details."
+
+
+def insufficient_quota() -> Fault:
+    """OpenAI's 429 for an account out of quota (not a rate limit)."""
+    return Fault(429, _QUOTA, code="insufficient_quota", type="insufficient_quota")
+
+
+def gemini_quota_exhausted() -> Fault:
+    """Gemini's 429 RESOURCE_EXHAUSTED for a used-up daily quota."""
+    quota = {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "quotaValue": "250"}
+    detail = {"@type": _RPC + "QuotaFailure", "violations": [quota]}
+    return Fault(429, _QUOTA, type="RESOURCE_EXHAUSTED", details=(detail,))
+
+
+def rate_limited(retry_after_s: float = 1.0) -> Fault:
+    """A 429 rate limit asking to retry after ``retry_after_s`` seconds (Gemini: RetryInfo)."""
+    seconds = str(int(retry_after_s)) if float(retry_after_s).is_integer() else str(retry_after_s)
+    info = {"@type": _RPC + "RetryInfo", "retryDelay": f"{seconds}s"}
+    msg = f"Resource has been exhausted (e.g. check quota). Please retry in {seconds}s."
+    gemini = Fault(429, msg, type="RESOURCE_EXHAUSTED", details=(info,))
+    return Fault(
+        429,
+        "Rate limit reached for requests. Please try again later.",
+        code="rate_limit_exceeded",
+        headers={"retry-after": seconds},
+        variants={"google": gemini},
+    )
+
+
+def overloaded() -> Fault:
+    """Anthropic's 529 overloaded_error (Gemini and OpenAI: 503 "model is overloaded")."""
+    busy = Fault(503, "The model is overloaded. Please try again later.")
+    return Fault(529, "Overloaded", variants={"google": busy, "openai": busy})
+
+
+def server_error(status: int = 500) -> Fault:
+    """A 5xx server error."""
+    return Fault(status, "Internal server error")
+
+
+def auth_error() -> Fault:
+    """A rejected API key (Gemini answers 400 API_KEY_INVALID, as the real API does)."""
+    info = {"@type": _RPC + "ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}
+    msg = "API key not valid. Please pass a valid API key."
+    gemini = Fault(400, msg, details=(info,))
+    return Fault(401, "invalid x-api-key", code="invalid_api_key", variants={"google": gemini})
+
+
+def model_not_found(model: str = "no-such-model") -> Fault:
+    """A 404 for an unknown model."""
+    return Fault(404, f"model: {model}", code="model_not_found")
+
+
+def context_too_long() -> Fault:
+    """A 400 for a prompt beyond the model's context window, worded as each provider words it."""
+    openai = "This model's maximum context length is 128000 tokens. However, your messages "
+    openai += "resulted in 130000 tokens. Please reduce the length of the messages."
+    gemini = (
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    variants = {
+        "openai": Fault(400, openai, code="context_length_exceeded"),
+        "google": Fault(400, gemini),
+    }
+    return Fault(400, "prompt is too long: 210000 tokens > 200000 maximum", variants=variants)
+
+
+def prompt_blocked() -> Reply:
+    """Gemini's blocked prompt (no candidates); a refusal for the other providers."""
+    return Reply(text="", stop="blocked", output_tokens=0)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A 200 answer with a body the SDKs cannot parse (invalid JSON, an HTML page)."""
+
+    body: bytes
+    content_type: str = "application/json"
+    latency_ms: float = 0
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Send the status line and part of the body, then drop the connection."""
+
+    latency_ms: float = 0
+
+
+@dataclass(frozen=True)
+class Flaky:
+    """Fail the first ``n`` requests with ``fault``, then answer with ``then``.
+
+    ``per_prompt`` (default) counts per distinct prompt, so concurrent items each see their own
+    first ``n`` failures; otherwise the count is shared by every request using this action.
+    """
+
+    n: int
+    then: Reply | Fault = field(default_factory=Reply)
+    fault: Fault = field(default_factory=lambda: server_error(503))
+    per_prompt: bool = True
+
+
+def malformed() -> Raw:
+    """A 200 whose body is not valid JSON."""
+    return Raw(b'{"id": "truncated", "choices": [')
+
+
+def html_page() -> Raw:
+    """A 200 text/html page (a captive portal or proxy error page)."""
+    page = b"<!doctype html><html><head><title>Gateway</title></head><body>Hi</body></html>"
+    return Raw(page, content_type="text/html; charset=utf-8")
+
+
+def empty() -> Reply:
+    """A well-formed 200 whose answer text is empty."""
+    return Reply(text="", output_tokens=0)
+
+
+def flaky(n: int, then: Reply | Fault | None = None, fault: Fault | None = None) -> Flaky:
+    """The first ``n`` requests (per prompt) fail with ``fault`` (a 503), then ``then``."""
+    return Flaky(n, then or Reply(), fault or server_error(503))
+
+
+def reset() -> Reset:
+    """Close the connection in the middle of the response."""
+    return Reset()
+
+
+#: One scripted answer of a provider.
+Action = Reply | Fault | Hang | Raw | Reset | Flaky

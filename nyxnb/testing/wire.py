@@ -1,0 +1,158 @@
+"""The three providers' wire formats: request routing, reply bodies and error bodies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from nyxnb.testing.faults import PROVIDERS, Fault, Reply
+
+_GEMINI_PATH = re.compile(r"^/[^/]+/models/(?P<model>[^/:]+):generateContent$")
+
+
+_STOPS = {  # normalised stop -> wire value
+    "anthropic": {"end": "end_turn", "max_tokens": "max_tokens", "refusal": "refusal"},
+    "openai": {"end": "stop", "max_tokens": "length", "blocked": "content_filter"},
+    "google": {"end": "STOP", "max_tokens": "MAX_TOKENS", "refusal": "SAFETY"},
+}
+_TYPES = {  # status -> (Anthropic error.type, OpenAI error.type, Gemini error.status)
+    400: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    401: ("authentication_error", "invalid_request_error", "UNAUTHENTICATED"),
+    402: ("billing_error", "invalid_request_error", "FAILED_PRECONDITION"),
+    403: ("permission_error", "invalid_request_error", "PERMISSION_DENIED"),
+    404: ("not_found_error", "invalid_request_error", "NOT_FOUND"),
+    409: ("conflict_error", "invalid_request_error", "ABORTED"),
+    413: ("request_too_large", "invalid_request_error", "INVALID_ARGUMENT"),
+    429: ("rate_limit_error", "requests", "RESOURCE_EXHAUSTED"),
+    503: ("api_error", "server_error", "UNAVAILABLE"),
+    504: ("timeout_error", "server_error", "DEADLINE_EXCEEDED"),
+    529: ("overloaded_error", "server_error", "UNAVAILABLE"),
+}
+
+
+def _wire_type(provider: str, status: int) -> str:
+    server = ("api_error", "server_error", "INTERNAL")
+    default = server if status >= 500 else ("invalid_request_error", "invalid_request_error", "")
+    return _TYPES.get(status, default)[PROVIDERS.index(provider)] or "UNKNOWN"
+
+
+def fault_body(provider: str, fault: Fault) -> dict[str, Any]:
+    """The JSON error body ``provider`` sends for ``fault``."""
+    f = fault.for_provider(provider)
+    etype = f.type or _wire_type(provider, f.status)
+    if provider == "anthropic":
+        return {"type": "error", "error": {"type": etype, "message": f.message}}
+    if provider == "openai":
+        return {"error": {"message": f.message, "type": etype, "param": None, "code": f.code}}
+    details = list(f.details)
+    return {"error": {"code": f.status, "message": f.message, "status": etype, "details": details}}
+
+
+def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict[str, Any]:
+    """The JSON body ``provider`` sends for a successful reply ``r``."""
+    text = f"fake {provider} answer to: {prompt[:60]}" if r.text is None else r.text
+    tokens_in = len(prompt.split()) + r.cached_tokens if r.input_tokens is None else r.input_tokens
+    tokens_out = len(text.split()) if r.output_tokens is None else r.output_tokens
+    usage = (tokens_in, tokens_out, r.cached_tokens)
+    raw = r.raw_stop or _STOPS[provider].get(r.stop, _STOPS[provider].get("refusal", "stop"))
+    if provider == "anthropic":
+        return _anthropic_reply(text, raw, model, usage, n)
+    if provider == "openai":
+        return _openai_reply(text, raw, model, usage, n, refused=r.stop == "refusal")
+    return _gemini_reply(text, raw, model, usage, n, blocked=r.stop == "blocked")
+
+
+def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n: int) -> dict:
+    tokens_in, tokens_out, cached = usage
+    return {
+        "id": f"msg_fake_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": raw,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": tokens_in - cached,  # Anthropic counts cache reads separately
+            "output_tokens": tokens_out,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": 0,
+        },
+    }
+
+
+def _openai_reply(
+    text: str, raw: str, model: str, usage: tuple[int, ...], n: int, refused: bool
+) -> dict:
+    tokens_in, tokens_out, cached = usage
+    message = {"role": "assistant", "content": None if refused else text}
+    message["refusal"] = text if refused else None
+    return {
+        "id": f"chatcmpl-fake{n}",
+        "object": "chat.completion",
+        "created": 1_700_000_000 + n,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": raw, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        },
+    }
+
+
+def _gemini_reply(
+    text: str, raw: str, model: str, usage: tuple[int, ...], n: int, blocked: bool
+) -> dict:
+    tokens_in, tokens_out, cached = usage
+    meta = {"promptTokenCount": tokens_in, "candidatesTokenCount": tokens_out}
+    meta |= {"totalTokenCount": tokens_in + tokens_out, "cachedContentTokenCount": cached}
+    body: dict[str, Any] = {"usageMetadata": meta, "modelVersion": model, "responseId": f"r{n}"}
+    if blocked:
+        return body | {"promptFeedback": {"blockReason": "SAFETY"}}
+    candidate: dict[str, Any] = {"finishReason": raw, "index": 0}
+    if text:
+        candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    return body | {"candidates": [candidate]}
+
+
+def prompt_of(provider: str, body: Mapping[str, Any]) -> str:
+    """The text of the last user message of a request body."""
+    if provider == "google":
+        turns = [c for c in body.get("contents", []) if c.get("role", "user") == "user"]
+        parts = turns[-1].get("parts", []) if turns else []
+        return " ".join(str(p.get("text", "")) for p in parts)
+    turns = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    content = turns[-1].get("content", "") if turns else ""
+    if isinstance(content, list):
+        return " ".join(str(b.get("text", "")) for b in content if isinstance(b, Mapping))
+    return str(content)
+
+
+def route(path: str) -> tuple[str, str] | None:
+    """``(provider, model)`` for a request path, or None if no fake API serves it."""
+    path = path.split("?", 1)[0]
+    if path.endswith("/v1/messages"):
+        return "anthropic", ""
+    if path.endswith("/chat/completions"):
+        return "openai", ""
+    match = _GEMINI_PATH.search(path)
+    if match:
+        return "google", match.group("model")
+    return None
+
+
+def request_tokens(provider: str, body: Mapping[str, Any]) -> int:
+    """The input tokens the fake counts for a request: words of every message and the system."""
+    if provider == "google":
+        texts = [
+            str(p.get("text", "")) for c in body.get("contents", []) for p in c.get("parts", [])
+        ]
+        system = body.get("systemInstruction") or {}
+        texts += [str(p.get("text", "")) for p in system.get("parts", [])]
+    else:
+        texts = [str(m.get("content", "")) for m in body.get("messages", [])]
+        texts.append(str(body.get("system", "")))
+    return sum(len(t.split()) for t in texts)
