@@ -61,6 +61,8 @@ _LAZY = {
     "resume_iter": "engine.api",
     "run": "engine.api",
     "run_iter": "engine.api",
+    "submit": "engine.api",
+    "enable_tracing": "engine.telemetry",
     "RetryPolicy": "engine.chain",
     "clone_workflow": "tenants.clone",
     "MigrationPlan": "tenants.migrate",
@@ -128,6 +130,7 @@ __all__ = [
     "arun",
     "clone_workflow",
     "create_workflow",
+    "enable_tracing",
     "load_spec",
     "open_store",
     "pause",
@@ -137,4 +140,5 @@ __all__ = [
     "reverse_migration",
     "run",
     "run_iter",
+    "submit",
 ]
