@@ -15,6 +15,7 @@ from nyxnb.errors import (
     AnswerRejected,
     BudgetExceeded,
     ChainExhausted,
+    ClaimLost,
     ConfigError,
     LeaseHeld,
     LeaseLost,
@@ -38,8 +39,19 @@ from nyxnb.errors import (
 )
 
 if TYPE_CHECKING:
-    from nyxnb.engine.api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
+    from nyxnb.engine.api import (
+        RunResult,
+        aresume,
+        arun,
+        pause,
+        resume,
+        resume_iter,
+        run,
+        run_iter,
+        submit,
+    )
     from nyxnb.engine.chain import RetryPolicy
+    from nyxnb.engine.telemetry import enable_tracing
     from nyxnb.engine.workflows import RunOptions, create_workflow
     from nyxnb.spec import WorkflowSpec, load_spec
     from nyxnb.store import Store, open_store
@@ -98,6 +110,7 @@ __all__ = [
     "AnswerRejected",
     "BudgetExceeded",
     "ChainExhausted",
+    "ClaimLost",
     "ConfigError",
     "LeaseHeld",
     "LeaseLost",

@@ -166,7 +166,13 @@ def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
 
 def register_commands() -> None:
     """Attach the commands that live in other modules."""
-    for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, *cli_workers.COMMANDS, cli_migrate.clone, cli_migrate.migrate):
+    for command in (
+        *cli_run.COMMANDS,
+        *cli_batch.COMMANDS,
+        *cli_workers.COMMANDS,
+        cli_migrate.clone,
+        cli_migrate.migrate,
+    ):
         cli.add_command(command)
 
 

@@ -11,7 +11,7 @@ import click
 from nyxnb import events as ev
 from nyxnb.cli.common import emit, get_store, table, with_json
 from nyxnb.engine import queue
-from nyxnb.engine.worker import Worker, WorkerOptions, live_workers
+from nyxnb.engine.worker import Worker, WorkerOptions, WorkerStats, live_workers
 from nyxnb.engine.workflows import RunOptions
 
 
@@ -45,8 +45,13 @@ def _print_event(event: ev.Event) -> None:
 
 
 @click.command()
-@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Calls in flight in this worker.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Calls in flight in this worker.",
+)
 @click.option("--tenant", help="Only run this tenant's workflows.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit once nothing is queued or running.")
 @click.option("--max-workflows", type=click.IntRange(1), help="Exit after leading K workflows.")
@@ -75,7 +80,7 @@ def worker(
     )
 
 
-async def _work(w: Worker) -> object:
+async def _work(w: Worker) -> WorkerStats:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _drain_once, w, loop, sig)

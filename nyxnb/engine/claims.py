@@ -19,9 +19,9 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
 from nyxnb.engine.records import ITEMS, ItemRows, write_items
 from nyxnb.engine.rows import ItemRow
@@ -44,7 +44,7 @@ class Claim:
     generation: int
 
 
-def _claimable(step_id: str, now: object) -> object:
+def _claimable(step_id: str, now: datetime) -> ColumnElement[bool]:
     return and_(
         ITEMS.c.step_id == step_id,
         _OPEN,
@@ -248,4 +248,3 @@ class Source:
         """Give back what was claimed but not started (drain, pause)."""
         idxs, self._mine = list(self._mine), deque()
         self.claimer.release(self.step_id, idxs)
-

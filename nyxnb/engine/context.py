@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from nyxnb import events as ev
 from nyxnb.engine import cache as response_cache
 from nyxnb.engine import records, telemetry
-from nyxnb.engine.claims import ItemClaimer
 from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
+from nyxnb.engine.claims import ItemClaimer
 from nyxnb.engine.rows import StepRow
 from nyxnb.engine.writer import GroupWriter
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line

@@ -19,9 +19,7 @@ from typing import Any
 _state: dict[str, Any] = {"tracer": None, "prompts": False, "checked_env": False}
 
 
-def enable_tracing(
-    provider: Any | None = None, *, capture_prompts: bool = False
-) -> None:
+def enable_tracing(provider: Any | None = None, *, capture_prompts: bool = False) -> None:
     """Turn spans on: to ``provider`` (an SDK ``TracerProvider``) or the OTLP exporter."""
     from opentelemetry import trace
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from nyxnb import events as ev
 from nyxnb.engine import lease, queue, records
@@ -33,7 +33,7 @@ from nyxnb.store.models import Worker as WorkerRow
 
 HEARTBEAT_S = 1.5
 LIVE_S = 10.0  # a worker whose heartbeat is older than this is listed as gone
-WORKERS = WorkerRow.__table__
+WORKERS: Table = WorkerRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,11 @@ class Worker:
         self._current = runner
         try:
             runner.prepare()
-            step = next(s for s in records.load_steps(self.store, runner.workflow_id)
-                        if s.id == shared.step_id)
+            step = next(
+                s
+                for s in records.load_steps(self.store, runner.workflow_id)
+                if s.id == shared.step_id
+            )
             done = await help_fan_out(runner, step)
         except (NyxError, StopIteration):
             return 0
