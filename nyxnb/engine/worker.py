@@ -44,7 +44,7 @@ class WorkerOptions:
     tenant_id: str | None = None
     exit_when_idle: bool = False
     max_workflows: int | None = None
-    poll_s: float = 0.5
+    poll_s: float = 0.2
     claim_ttl_s: float = CLAIM_TTL_S
     retry: RetryPolicy | None = None
     provider_options: dict[str, dict[str, object]] | None = None
