@@ -77,8 +77,12 @@ def _drop_db(server: str, name: str) -> None:
 def _start(url: str, w: int, c: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     cmd = [sys.executable, "-m", "nyxnb", "worker", "--concurrency", str(c)]
     return [
-        subprocess.Popen(cmd, env={**os.environ, **env, "NYXNB_DB_URL": url},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.Popen(
+            cmd,
+            env={**os.environ, **env, "NYXNB_DB_URL": url},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         for _ in range(w)
     ]
 

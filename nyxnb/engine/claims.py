@@ -70,16 +70,15 @@ def claim_items(
         rows = conn.execute(query).all()
         if not rows:
             return []
-        conn.execute(
+        conn.execute(  # one statement: the rows are locked, so +1 is the generation we return
             update(ITEMS)
-            .where(ITEMS.c.id == bindparam("b_id"))
+            .where(ITEMS.c.id.in_([r.id for r in rows]))
             .values(
                 claimed_by=owner,
                 claim_expires_at=now + timedelta(seconds=ttl_s),
-                claim_generation=bindparam("b_gen"),
+                claim_generation=ITEMS.c.claim_generation + 1,
                 status=RUNNING,
-            ),
-            [{"b_id": r.id, "b_gen": (r.claim_generation or 0) + 1} for r in rows],
+            )
         )
     return [Claim(r.idx, (r.claim_generation or 0) + 1) for r in rows]
 
