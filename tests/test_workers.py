@@ -207,3 +207,20 @@ def test_workers_lists_live_workers(store, store_url, tmp_path):
     assert proc.returncode == 0, err
     assert len(listed) == 1 and listed[0].pid == proc.pid
     assert live_workers(store) == []
+
+
+def test_notebook_submits_then_attaches_to_watch_workers(sqlite_store, tmp_path):
+    import io
+
+    from nyxnb.notebook.widgets import WorkflowProgress
+
+    store = sqlite_store
+    seed(store)
+    workflow_id = nyxnb.submit(_spec(tmp_path, 12), tenant="nyx", project="BRbase", store=store)
+    proc = _worker(str(store.url), 30, "--exit-when-idle")
+    out = io.StringIO()
+    progress = WorkflowProgress.attach(store, workflow_id, widget=False, stream=out, wait=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert progress.state.status == "completed"
+    assert "12/12" in out.getvalue() or "completed" in out.getvalue()
