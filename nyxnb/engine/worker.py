@@ -181,7 +181,7 @@ class Worker:
                     host=host,
                     pid=pid,
                     concurrency=self.options.concurrency,
-                    tenant_id=self.options.tenant_id,
+                    tenant_filter=self.options.tenant_id,
                     started_at=now,
                     heartbeat_at=now,
                     claims=0,

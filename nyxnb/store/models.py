@@ -229,7 +229,7 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
-    tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # --tenant filter
+    tenant_filter: Mapped[str | None] = mapped_column(String(36), nullable=True)  # --tenant
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     claims: Mapped[int] = mapped_column(Integer, default=0)  # items it holds right now

@@ -23,7 +23,7 @@ def upgrade() -> None:
         sa.Column("host", sa.String(length=200), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("concurrency", sa.Integer(), nullable=False),
-        sa.Column("tenant_id", sa.String(length=36), nullable=True),
+        sa.Column("tenant_filter", sa.String(length=36), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("claims", sa.Integer(), nullable=False),
