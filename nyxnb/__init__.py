@@ -15,6 +15,7 @@ from nyxnb.errors import (
     AnswerRejected,
     BudgetExceeded,
     ChainExhausted,
+    ClaimLost,
     ConfigError,
     LeaseHeld,
     LeaseLost,
@@ -38,8 +39,19 @@ from nyxnb.errors import (
 )
 
 if TYPE_CHECKING:
-    from nyxnb.engine.api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
+    from nyxnb.engine.api import (
+        RunResult,
+        aresume,
+        arun,
+        pause,
+        resume,
+        resume_iter,
+        run,
+        run_iter,
+        submit,
+    )
     from nyxnb.engine.chain import RetryPolicy
+    from nyxnb.engine.telemetry import enable_tracing
     from nyxnb.engine.workflows import RunOptions, create_workflow
     from nyxnb.spec import WorkflowSpec, load_spec
     from nyxnb.store import Store, open_store
@@ -61,6 +73,8 @@ _LAZY = {
     "resume_iter": "engine.api",
     "run": "engine.api",
     "run_iter": "engine.api",
+    "submit": "engine.api",
+    "enable_tracing": "engine.telemetry",
     "RetryPolicy": "engine.chain",
     "clone_workflow": "tenants.clone",
     "MigrationPlan": "tenants.migrate",
@@ -96,6 +110,7 @@ __all__ = [
     "AnswerRejected",
     "BudgetExceeded",
     "ChainExhausted",
+    "ClaimLost",
     "ConfigError",
     "LeaseHeld",
     "LeaseLost",
@@ -128,6 +143,7 @@ __all__ = [
     "arun",
     "clone_workflow",
     "create_workflow",
+    "enable_tracing",
     "load_spec",
     "open_store",
     "pause",
@@ -137,4 +153,5 @@ __all__ = [
     "reverse_migration",
     "run",
     "run_iter",
+    "submit",
 ]

@@ -13,6 +13,7 @@
     ├── RunError                  a workflow run cannot proceed
     │   ├── LeaseHeld             another process is running this workflow
     │   ├── LeaseLost             this run's lease was taken over; its writes are refused
+    │   ├── ClaimLost             a fan-out item's claim expired; its write was refused
     │   ├── StepFailed            a step failed (workflow id, step, item)
     │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
     ├── ProviderError             one provider call failed; ``kind`` says why
@@ -161,6 +162,17 @@ class LeaseLost(RunError):
             f"workflow {workflow_id}: this run lost its lease to another run; "
             "its writes were refused",
             hint=f"`nyxnb show {workflow_id}` shows the state the other run left",
+        )
+
+
+class ClaimLost(RunError):
+    """A write from an expired (or taken-over) item claim was refused: another worker owns it."""
+
+    def __init__(self, step_id: str, idx: int, owner: str) -> None:
+        self.step_id, self.idx, self.owner = step_id, idx, owner
+        super().__init__(
+            f"item {idx + 1} of step {step_id}: claim of {owner} expired; write refused",
+            hint="another worker took the item over; nothing to do",
         )
 
 

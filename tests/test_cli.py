@@ -240,6 +240,14 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
     assert resumed[0]["workflow_id"] == wf and resumed[-1]["type"] == "workflow_completed"
     assert check("demo", stream=True)[-1]["type"] == "workflow_completed"
     assert check("clone", wf)
+    queued = check(
+        "submit", SPEC, "--tenant", "nyx", "--project", "BRbase", "--provider", "offline"
+    )
+    assert queued["status"] == "queued"
+    assert check("worker", "--exit-when-idle", "--max-workflows", "1")["led"] == [
+        queued["workflow_id"]
+    ]
+    assert check("workers") == []  # the worker unregistered when it exited
     assert check("migrate", "BRbase", "--from", "nyx", "--to", "clarait")
     covered.add("batch")  # runs papermill kernels: its --json is checked in tests/test_batch.py
     assert covered == leaf_commands(cli), "add the new command to this test"

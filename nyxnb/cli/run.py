@@ -116,6 +116,11 @@ def _show_text(data: dict[str, Any]) -> str:
     )
     if data.get("error"):
         head += f"\nerror: {data['error']}"
+    if data.get("lease_owner") and data["status"] == "running":
+        head += f"\nrun by: {data['lease_owner']}"
+    for s in data["steps"]:
+        for owner, n in (s.get("claims") or {}).items():
+            head += f"\n{s['name']}: {n} items held by worker {owner}"
     steps = table(
         rows,
         [

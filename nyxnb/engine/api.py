@@ -282,6 +282,24 @@ def resume(workflow_id: str, **kw: Any) -> RunResult:
     return _collect(resume_iter(workflow_id, **kw))
 
 
+def submit(
+    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+) -> str:
+    """Queue a workflow for ``nyxnb worker`` processes (no provider call); returns its id."""
+    from nyxnb.engine.queue import submit as queue_submit
+
+    options = RunOptions(provider, concurrency, cache, max_cost_usd)
+    return queue_submit(_store(store), spec, tenant=tenant, project=project, options=options)
+
+
 def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None) -> None:
     """Ask a running workflow to pause between items and steps (any process may ask)."""
     st = _store(store)

@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 
 from nyxnb import events as ev
 from nyxnb.engine import cache as response_cache
-from nyxnb.engine import records
+from nyxnb.engine import records, telemetry
 from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
+from nyxnb.engine.claims import ItemClaimer
 from nyxnb.engine.governor import Limits
 from nyxnb.engine.rows import StepRow
 from nyxnb.engine.writer import GroupWriter
@@ -68,6 +69,9 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
     writer: GroupWriter
+    # Set by a worker (nyxnb.engine.worker): fan-out items come through shared claims.
+    claimer: ItemClaimer | None = None
+    fan_out_limit: int | None = None
 
     def __init__(self, store: Store, workflow_id: str, *, emit: Emit) -> None:
         self.store, self.workflow_id, self._emit = store, workflow_id, emit
@@ -161,14 +165,27 @@ class RunContext:
             )
 
         self._step_limits(step)
-        result = await complete_with_fallback(
-            self.pool,
-            step.chain,
-            request,
-            cache=self._cache_lookup if self.spec.defaults.cache else None,
-            on_fallback=on_fallback,
-            on_rate_limited=on_rate_limited,
-        )
+        prompt = request.messages[0].content
+        with telemetry.call_span(
+            self.workflow_id, step.name, step.chain, step.model, item_idx, prompt
+        ) as span:
+            result = await complete_with_fallback(
+                self.pool,
+                step.chain,
+                request,
+                cache=self._cache_lookup if self.spec.defaults.cache else None,
+                on_fallback=on_fallback,
+                on_rate_limited=on_rate_limited,
+            )
+            answer = result.completion
+            telemetry.record(
+                span,
+                provider=answer.provider,
+                model=answer.model,
+                input_tokens=sum(a.input_tokens for a in result.attempts),
+                output_tokens=sum(a.output_tokens for a in result.attempts),
+                attempts=len(result.attempts),
+            )
         self.count(result.attempts)
         return result
 

@@ -14,7 +14,7 @@ from nyxnb.engine.chain import ChainResult
 from nyxnb.engine.context import RunContext, request_hash
 from nyxnb.engine.generated import parse_items
 from nyxnb.engine.rows import ItemRow, StepRow
-from nyxnb.errors import BudgetExceeded, ChainExhausted, StepFailed
+from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
@@ -85,13 +85,23 @@ class _FanOut:
         step: StepRow,
         rows: list[ItemRow],
         requests: list[CompletionRequest],
+        *,
+        lead: bool = True,
     ) -> None:
         self.runner, self.step, self.rows, self.requests = runner, step, rows, requests
         self.total = len(rows)
         self.completed = sum(1 for r in rows if r.status == COMPLETED)
         self.failures: list[tuple[int, ChainExhausted]] = []
-        self.limit = step.config.concurrency or runner.spec.defaults.concurrency
+        self.limit = (
+            runner.fan_out_limit or step.config.concurrency or runner.spec.defaults.concurrency
+        )
         self._pending = deque(r for r in rows if r.status != COMPLETED)
+        claimer = runner.claimer  # a worker: items come from claims shared with other workers
+        self._source = (
+            claimer.source(step.id, list(self._pending), min(self.limit, 8), lead=lead)
+            if claimer is not None
+            else None
+        )
         self._commits: list[asyncio.Task[None]] = []
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
@@ -108,14 +118,24 @@ class _FanOut:
         finally:
             for task in (*workers, *self._commits):
                 task.cancel()
+            if self._source is not None:
+                self._source.release_unstarted()
         return not self._stopped
 
+    async def _next(self) -> ItemRow | None:
+        if self._source is not None:
+            return await self._source.next()
+        return self._pending.popleft() if self._pending else None
+
     async def _worker(self) -> None:
-        while self._pending:
+        while True:
             if self.runner.pause_event.is_set():
                 self._stopped = True
                 return
-            await self._item(self._pending.popleft())
+            row = await self._next()
+            if row is None:
+                return
+            await self._item(row)
 
     async def _item(self, row: ItemRow) -> None:
         idx = row.idx
@@ -153,15 +173,18 @@ class _FanOut:
 
     async def _commit(self, row: ItemRow, result: ChainResult) -> None:
         idx = row.idx
-        await self.runner.writer.write(
-            records.item_rows(
-                self.step,
-                idx,
-                result.completion.text,
-                result,
-                self.runner.take_sent(self.step, idx),
+        try:
+            await self.runner.writer.write(
+                records.item_rows(
+                    self.step,
+                    idx,
+                    result.completion.text,
+                    result,
+                    self.runner.take_sent(self.step, idx),
+                )
             )
-        )
+        except ClaimLost:  # our claim expired and another worker owns the item now
+            return
         self.completed += 1
         who = (result.provider, result.completion.model)
         self.answered[who] = self.answered.get(who, 0) + 1
@@ -223,6 +246,12 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         done_items=fan.completed,
     )
     finished = await fan.run()
+    if not fan.failures and runner.claimer is not None:  # items other workers failed
+        fan.failures = [
+            (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
+            for r in records.load_items(runner.store, step.id)
+            if r.status == "failed"
+        ]
     if fan.failures:
         idx, exc = fan.failures[0]
         raise runner.fail(
@@ -255,3 +284,25 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
 def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:
     bodies = {i: it.body for i, it in enumerate(items)}
     return [ItemView(r.heading, bodies.get(r.idx, ""), r.idx, r.output) for r in rows]
+
+
+async def help_fan_out(runner: RunContext, step: StepRow) -> int:
+    """Run items of a fan-out another worker leads (a worker's spare capacity); returns how many.
+
+    The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
+    hash to its stored input hash is left to the lead.
+    """
+    rows = [r for r in records.load_items(runner.store, step.id) if r.status != COMPLETED]
+    requests: dict[int, CompletionRequest] = {}
+    for row in rows:
+        request = runner.request(step, row.input)
+        if request_hash("item", request) == row.input_hash:
+            requests[row.idx] = request
+    rows = [r for r in rows if r.idx in requests]
+    if not rows:
+        return 0
+    dense = [requests.get(i, requests[rows[0].idx]) for i in range(max(requests) + 1)]
+    fan = _FanOut(runner, step, rows, dense, lead=False)
+    before = fan.completed
+    await fan.run()
+    return fan.completed - before

@@ -55,6 +55,7 @@ def workflow_summary(
         "name": wf.name,
         "status": wf.status,
         "error": wf.error,
+        "lease_owner": wf.lease_owner,  # the worker (or process) running it now
         "tenant": tenant.slug,
         "project": project.name,
         "cloned_from_id": wf.cloned_from_id,
@@ -84,6 +85,7 @@ def _step_dict(
         "output": step.output,
         "items_total": len(items),
         "items_done": sum(i.status == "completed" for i in items),
+        "claims": _claims(items),
         "input_tokens": (totals or {}).get("input_tokens", 0),
         "output_tokens": (totals or {}).get("output_tokens", 0),
         "cost_usd": float((totals or {}).get("cost_usd", 0.0)),
@@ -101,6 +103,15 @@ def _step_dict(
             for i in items
         ]
     return out
+
+
+def _claims(items: list[StepItem]) -> dict[str, int]:
+    """Open item claims per worker (a shared fan-out: who holds what)."""
+    held: dict[str, int] = {}
+    for item in items:
+        if item.status == "running" and item.claimed_by:
+            held[item.claimed_by] = held.get(item.claimed_by, 0) + 1
+    return held
 
 
 def list_workflows(store: Store, *, tenant_id: str | None = None) -> list[dict[str, Any]]:

@@ -101,6 +101,8 @@ class ItemRow:
     status: str
     output: str | None
     input_hash: str | None
+    input: str = ""  # the rendered prompt (a worker helping a fan-out rebuilds the request)
+    error: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:

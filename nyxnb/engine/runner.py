@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
-from nyxnb.engine import lease, records
+from nyxnb.engine import lease, records, telemetry
 from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
@@ -60,11 +60,12 @@ class Runner(RunContext):
         retry: RetryPolicy | None = None,
         provider_options: dict[str, dict[str, object]] | None = None,
         tenant_id: str | None = None,
+        owner: str | None = None,
     ) -> None:
         super().__init__(store, workflow_id, emit=emit)
         self.pool = ProviderPool(retry, provider_options, shared=SharedBudget(store))
         self.tenant_id = tenant_id
-        self._owner = lease.new_owner()
+        self._owner = owner or lease.new_owner()  # a worker passes the lease it claimed
         self._plain = store  # lease bookkeeping; the run's own writes go through the fence
         self.current: StepRow | None = None
 
@@ -78,8 +79,9 @@ class Runner(RunContext):
         heartbeat = asyncio.create_task(self._heartbeat())
         started = time.perf_counter()
         try:
-            await self._started()
-            await self._run_all()
+            with telemetry.workflow_span(self.workflow_id, self.name, self.tenant_id):
+                await self._started()
+                await self._run_all()
         except Paused:
             self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
@@ -149,6 +151,10 @@ class Runner(RunContext):
         self.emit(
             ev.WorkflowFailed(self.workflow_id, name=self.name, error=error, failed_steps=failed)
         )
+
+    def prepare(self) -> None:
+        """Load the workflow without running it (a worker helping another's fan-out)."""
+        self._load()
 
     def _load(self) -> None:
         with self.store.session(self.tenant_id) as s:
@@ -240,6 +246,10 @@ class Runner(RunContext):
     async def _run_step(self, step: StepRow) -> None:
         self.check_pause()
         self.current = step
+        with telemetry.step_span(self.workflow_id, step.name, step.type, step.order):
+            await self._dispatch(step)
+
+    async def _dispatch(self, step: StepRow) -> None:
         if step.type == "fan-out":
             await run_fan_out(self, step)
         elif step.type == "pattern-check":

@@ -10,6 +10,9 @@ item; a writer thread fights the loop for the GIL and delays every timer wake-up
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection
 
 from nyxnb.engine.records import ItemRows, write_items
 from nyxnb.store.database import Store
@@ -18,8 +21,12 @@ from nyxnb.store.database import Store
 class GroupWriter:
     """Batches item writes made in one loop turn into one transaction; one per run."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(
+        self,
+        store: Store,
+        write: Callable[[Connection, Sequence[ItemRows]], None] = write_items,
+    ) -> None:
+        self.store, self._write = store, write  # write: fenced by item claims in a worker
         self._batch: list[tuple[ItemRows, asyncio.Future[None]]] = []
 
     async def write(self, rows: ItemRows) -> None:
@@ -40,7 +47,7 @@ class GroupWriter:
         batch, self._batch = self._batch, []
         try:
             with self.store.begin() as conn:
-                write_items(conn, [rows for rows, _ in batch])
+                self._write(conn, [rows for rows, _ in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the failing write, commit the others
             if len(batch) == 1:
                 _settle(batch[0][1], exc)

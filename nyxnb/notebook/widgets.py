@@ -46,7 +46,7 @@ from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 
 log = logging.getLogger(__name__)
 ENV_MODE = "NYXNB_PROGRESS"
-ACTIVE = ("pending", "running")
+ACTIVE = ("pending", "queued", "running")  # queued: submitted, a worker will run it
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 

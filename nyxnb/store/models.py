@@ -29,8 +29,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 # Status values are a contract shared with users' SQL.
 PENDING, RUNNING, COMPLETED, FAILED, PAUSED = "pending", "running", "completed", "failed", "paused"
+QUEUED = "queued"  # submitted, waiting for a worker (nyxnb.engine.queue)
 STEP_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
-WORKFLOW_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, PAUSED)
+WORKFLOW_STATUSES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, PAUSED)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -210,8 +211,29 @@ class StepItem(TenantOwned, Base):
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    # Item claims of a shared fan-out (nyxnb.engine.claims): holder, lease end, fencing token.
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    claim_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     step: Mapped[WorkflowStep] = relationship(back_populates="items")
+
+
+class Worker(Base):
+    """A live ``nyxnb worker`` process (its row goes when it exits; a stale heartbeat = dead)."""
+
+    __tablename__ = "workers"
+    owner: Mapped[str] = mapped_column(String(200), unique=True)  # its lease/claim token
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    tenant_filter: Mapped[str | None] = mapped_column(String(36), nullable=True)  # --tenant
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claims: Mapped[int] = mapped_column(Integer, default=0)  # items it holds right now
+    workflow_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # leading
 
 
 class LlmCall(TenantOwned, Base):

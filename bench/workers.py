@@ -1,0 +1,266 @@
+"""Workers sharing one fan-out on PostgreSQL: throughput with W = 1, 2, 4 and a kill -9 mid-run.
+
+    NYXNB_TEST_PG_URL=... .venv/bin/python -m bench.workers [--items 1000] [--latency-ms 200]
+
+Each run: W ``nyxnb worker --concurrency C`` processes start (and register) first, then one
+N-item fan-out is submitted; the clock runs from submit to ``completed``.  Throughput is set
+against W x the one-worker pace.  The kill run starts 2 workers against the loopback fake (so
+every provider call is counted, also those a killed worker never committed), kills the lead
+with SIGKILL at ~40% and reports items lost, calls repeated and the time until the items the
+dead worker held were taken over.  ``claims`` times claiming N items in batches of 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+
+from nyxnb.engine import queue
+from nyxnb.engine.claims import ItemClaimer
+from nyxnb.engine.records import load_steps, sync_items
+from nyxnb.engine.worker import live_workers
+from nyxnb.store import Store, open_store
+from nyxnb.store.models import StepItem, Workflow
+from nyxnb.testing import FakeProviderServer
+from nyxnb.testing.server import Reply, prompt_of
+from tests.helpers import minimal
+
+
+def _spec(n: int, provider: str, concurrency: int) -> dict[str, Any]:
+    return {
+        "name": "bench-workers",
+        "defaults": {
+            "provider": provider,
+            "fallback": [],
+            "concurrency": concurrency,
+            "cache": False,
+        },
+        "steps": [
+            {
+                "name": "features",
+                "type": "fan-out",
+                "persona": "Cael",
+                "items": [{"heading": f"Feature {i}"} for i in range(n)],
+                "prompt": "Design {{ item.heading }}",
+            }
+        ],
+    }
+
+
+def _fresh_db(server: str) -> tuple[str, str]:
+    name = "nyxbench_" + uuid.uuid4().hex[:10]
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name, name
+
+
+def _drop_db(server: str, name: str) -> None:
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _start(url: str, w: int, c: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    cmd = [sys.executable, "-m", "nyxnb", "worker", "--concurrency", str(c)]
+    return [
+        subprocess.Popen(
+            cmd,
+            env={**os.environ, **env, "NYXNB_DB_URL": url},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(w)
+    ]
+
+
+def _wait_registered(store: Store, w: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(live_workers(store)) < w:
+        if time.monotonic() > deadline:
+            raise SystemExit("workers did not start")
+        time.sleep(0.05)
+
+
+def _done(store: Store, workflow_id: str) -> int:
+    with store.reading() as conn:
+        return int(
+            conn.scalar(
+                select(func.count())
+                .select_from(StepItem)
+                .where(StepItem.status == "completed")
+                .where(StepItem.step_id == load_steps(store, workflow_id)[0].id)
+            )
+            or 0
+        )
+
+
+def _status(store: Store, workflow_id: str) -> str:
+    with store.reading() as conn:
+        return str(conn.scalar(select(Workflow.status).where(Workflow.id == workflow_id)))
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        p.wait(timeout=60)
+
+
+def _commit_span(store: Store, workflow_id: str) -> float:
+    """Seconds from the first item commit to the last (the fan-out itself, no setup)."""
+    step_id = load_steps(store, workflow_id)[0].id
+    with store.reading() as conn:
+        first, last = conn.execute(
+            select(func.min(StepItem.updated_at), func.max(StepItem.updated_at)).where(
+                StepItem.step_id == step_id
+            )
+        ).one()
+    return float((last - first).total_seconds())
+
+
+def throughput(server: str, w: int, n: int, latency_ms: int, c: int) -> tuple[float, float]:
+    """Seconds for W workers to finish an N-item fan-out: submit to done, first to last commit."""
+    url, name = _fresh_db(server)
+    store = minimal(open_store(url))
+    procs = _start(url, w, c, {"NYXNB_OFFLINE_LATENCY_MS": str(latency_ms)})
+    try:
+        _wait_registered(store, w)
+        started = time.perf_counter()
+        wf = queue.submit(store, _spec(n, "offline", c), tenant="nyx", project="BRbase")
+        while _status(store, wf) not in ("completed", "failed"):
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        assert _status(store, wf) == "completed" and _done(store, wf) == n
+        return seconds, _commit_span(store, wf)
+    finally:
+        _stop(procs)
+        store.dispose()
+        _drop_db(server, name)
+
+
+def kill_run(server: str, n: int, latency_ms: int, c: int) -> dict[str, Any]:
+    """2 workers, the lead killed -9 at ~40%: items lost, calls repeated, takeover time."""
+    url, name = _fresh_db(server)
+    store = minimal(open_store(url))
+    with FakeProviderServer() as fake:
+        fake.set_default("openai", Reply(latency_ms=latency_ms))
+        os.environ.update(fake.env())  # submit checks the key is there
+        procs = _start(url, 2, c, fake.env())
+        try:
+            _wait_registered(store, 2)
+            wf = queue.submit(store, _spec(n, "openai", c), tenant="nyx", project="BRbase")
+            while _done(store, wf) < n * 0.4:
+                time.sleep(0.01)
+            with store.reading() as conn:
+                owner = conn.scalar(select(Workflow.lease_owner).where(Workflow.id == wf))
+            victim = next(p for p in procs if f":{p.pid}:" in str(owner))
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.perf_counter()
+            held = _held_by(store, str(owner))
+            while _held_by(store, str(owner)) > 0:
+                time.sleep(0.02)
+            takeover = time.perf_counter() - killed_at
+            while _status(store, wf) not in ("completed", "failed"):
+                time.sleep(0.05)
+            counts = Counter(prompt_of(p, body) for p, _, body in list(fake.requests))
+            done = _done(store, wf)
+        finally:
+            _stop(procs)
+            store.dispose()
+            _drop_db(server, name)
+    repeats = sum(k - 1 for k in counts.values() if k > 1)
+    return {
+        "items": n,
+        "lost": n - done,
+        "repeated_calls": repeats,
+        "held_by_victim": held,
+        "in_flight_limit": c,
+        "takeover_s": round(takeover, 2),
+    }
+
+
+def _held_by(store: Store, owner: str) -> int:
+    with store.reading() as conn:
+        return int(
+            conn.scalar(
+                select(func.count())
+                .select_from(StepItem)
+                .where(StepItem.claimed_by == owner, StepItem.status == "running")
+            )
+            or 0
+        )
+
+
+def claim_cost(server: str, n: int) -> float:
+    """Milliseconds per item to claim N items in batches of 8 (PostgreSQL)."""
+    url, name = _fresh_db(server)
+    store = minimal(open_store(url))
+    try:
+        wf = queue.submit(store, _spec(n, "offline", 8), tenant="nyx", project="BRbase")
+        step = load_steps(store, wf)[0]
+        sync_items(store, step, [(f"h{i}", f"in{i}", f"x{i}") for i in range(n)])
+        claimer = ItemClaimer(store, "bench:1:x")
+        started = time.perf_counter()
+        while claimer.claim(step.id, 8):
+            pass
+        return (time.perf_counter() - started) * 1000 / n
+    finally:
+        store.dispose()
+        _drop_db(server, name)
+
+
+def main() -> None:
+    """Run the worker benchmark and print a JSON summary."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--latency-ms", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    server = os.environ.get("NYXNB_TEST_PG_URL")
+    if not server:
+        raise SystemExit("set NYXNB_TEST_PG_URL to a PostgreSQL server URL")
+    os.environ.setdefault("TMPDIR", tempfile.gettempdir())
+    n, lat, c = args.items, args.latency_ms, args.concurrency
+    limit1 = n / c * lat / 1000
+    out: dict[str, Any] = {"items": n, "latency_ms": lat, "concurrency": c, "runs": {}}
+    one, one_span = 0.0, 0.0
+    for w in (1, 2, 4):
+        seconds, span = throughput(server, w, n, lat, c)
+        one, one_span = one or seconds, one_span or span
+        out["runs"][w] = {
+            "seconds": round(seconds, 2),
+            "items_per_s": round(n / seconds, 1),
+            "speedup": round(one / seconds, 2),
+            "x_limit": round(seconds / (limit1 / w), 2),
+            "fan_out_s": round(span, 2),
+            "fan_out_speedup": round(one_span / span, 2),
+        }
+        print(
+            f"W={w}: {seconds:.2f}s ({one / seconds:.2f}x one); "
+            f"fan-out {span:.2f}s ({one_span / span:.2f}x one)",
+            flush=True,
+        )
+    out["kill"] = kill_run(server, max(n // 2, 100), lat, c)
+    print("kill -9:", out["kill"])
+    out["claim_ms_per_item"] = round(claim_cost(server, 2000), 3)
+    print(f"claims: {out['claim_ms_per_item']} ms per item")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Item claims: several workers share one fan-out, each item executed by one owner at a time.
+
+A claim is three columns of ``step_items``: ``claimed_by`` (the worker's lease token),
+``claim_expires_at`` and ``claim_generation`` (a fencing token, +1 on every claim).  A worker
+claims a small batch of pending items whose claim is free or expired in one short transaction --
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (concurrent claimers skip each other's rows
+instead of queueing behind them), ``BEGIN IMMEDIATE`` on SQLite (one writer at a time; the
+``FOR UPDATE`` clause is not rendered there).  The holder renews its claims with its heartbeat;
+a killed holder's claims expire after ``CLAIM_TTL_S`` and another worker takes the items.
+
+The commit of an item is fenced: it only updates the row while the claim is still this
+worker's, with the same generation, and not expired -- otherwise :class:`ClaimLost` and the whole
+write (item, ledger rows, cache) is rolled back.  A committed item is never claimed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
+
+from nyxnb.engine.records import ITEMS, ItemRows, write_items
+from nyxnb.engine.rows import ItemRow
+from nyxnb.engine.writer import GroupWriter
+from nyxnb.errors import ClaimLost
+from nyxnb.store.database import Store
+from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
+
+CLAIM_TTL_S = 6.0
+POLL_S = 0.2  # how often a fan-out's lead looks for items left by others (or expired)
+
+_OPEN = ITEMS.c.status.in_((PENDING, RUNNING))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed item: its index and the fencing generation of the claim."""
+
+    idx: int
+    generation: int
+
+
+def _claimable(step_id: str, now: datetime) -> ColumnElement[bool]:
+    return and_(
+        ITEMS.c.step_id == step_id,
+        _OPEN,
+        or_(ITEMS.c.claimed_by.is_(None), ITEMS.c.claim_expires_at < now),
+    )
+
+
+def claim_items(
+    store: Store, step_id: str, owner: str, limit: int, ttl_s: float = CLAIM_TTL_S
+) -> list[Claim]:
+    """Claim up to ``limit`` open items of a step whose claim is free or expired."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    query = (
+        select(ITEMS.c.id, ITEMS.c.idx, ITEMS.c.claim_generation)
+        .where(_claimable(step_id, now))
+        .order_by(ITEMS.c.idx)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with store.engine.begin() as conn:
+        rows = conn.execute(query).all()
+        if not rows:
+            return []
+        conn.execute(  # one statement: the rows are locked, so +1 is the generation we return
+            update(ITEMS)
+            .where(ITEMS.c.id.in_([r.id for r in rows]))
+            .values(
+                claimed_by=owner,
+                claim_expires_at=now + timedelta(seconds=ttl_s),
+                claim_generation=ITEMS.c.claim_generation + 1,
+                status=RUNNING,
+            )
+        )
+    return [Claim(r.idx, (r.claim_generation or 0) + 1) for r in rows]
+
+
+def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
+    """Extend every open claim ``owner`` holds; returns how many it holds."""
+    now = utcnow()
+    with store.engine.begin() as conn:
+        result = conn.execute(
+            update(ITEMS)
+            .where(
+                ITEMS.c.claimed_by == owner,
+                ITEMS.c.status == RUNNING,
+                ITEMS.c.claim_expires_at >= now,
+            )
+            .values(claim_expires_at=now + timedelta(seconds=ttl_s))
+        )
+        return int(result.rowcount)
+
+
+def release_claims(store: Store, owner: str, step_id: str, idxs: Sequence[int]) -> None:
+    """Hand unstarted items back (drain): pending again, free for any worker at once."""
+    if not idxs:
+        return
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(ITEMS)
+            .where(
+                ITEMS.c.step_id == step_id,
+                ITEMS.c.idx.in_(list(idxs)),
+                ITEMS.c.claimed_by == owner,
+                ITEMS.c.status == RUNNING,
+            )
+            .values(status=PENDING, claimed_by=None, claim_expires_at=None)
+        )
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where a shared fan-out stands: open items, of which claimable now, and failed ones."""
+
+    open: int
+    claimable: int
+    failed: int
+
+
+def step_progress(store: Store, step_id: str) -> StepProgress:
+    """Count a step's open, claimable and failed items (one read)."""
+    now = utcnow()
+    free = or_(ITEMS.c.claimed_by.is_(None), ITEMS.c.claim_expires_at < now)
+    query = select(
+        func.count().filter(_OPEN),
+        func.count().filter(and_(_OPEN, free)),
+        func.count().filter(ITEMS.c.status == FAILED),
+    ).where(ITEMS.c.step_id == step_id)
+    with store.reading() as conn:
+        row = conn.execute(query).one()
+    return StepProgress(int(row[0]), int(row[1]), int(row[2]))
+
+
+_FENCED_COMPLETE = (
+    update(ITEMS)
+    .where(
+        ITEMS.c.step_id == bindparam("b_step"),
+        ITEMS.c.idx == bindparam("b_idx"),
+        ITEMS.c.claimed_by == bindparam("b_owner"),
+        ITEMS.c.claim_generation == bindparam("b_gen"),
+        ITEMS.c.claim_expires_at >= bindparam("b_now"),
+        ITEMS.c.status == RUNNING,
+    )
+    .values(
+        status=bindparam("status"),
+        output=bindparam("output"),
+        error=bindparam("error"),
+        provider=bindparam("provider"),
+        updated_at=bindparam("updated_at"),
+        claim_expires_at=None,  # claimed_by stays: who committed the item (`nyxnb show`)
+    )
+)
+
+
+class ItemClaimer:
+    """One worker's claims: its token, and the generation of every item it holds."""
+
+    def __init__(self, store: Store, owner: str, *, ttl_s: float = CLAIM_TTL_S) -> None:
+        self.store, self.owner, self.ttl_s = store, owner, ttl_s
+        self.held: dict[tuple[str, int], int] = {}
+        self.refused = 0  # commits refused because the claim was lost
+
+    def claim(self, step_id: str, limit: int) -> list[Claim]:
+        """Claim up to ``limit`` items of a step and remember their generations."""
+        got = claim_items(self.store, step_id, self.owner, limit, self.ttl_s)
+        for c in got:
+            self.held[(step_id, c.idx)] = c.generation
+        return got
+
+    def release(self, step_id: str, idxs: Sequence[int]) -> None:
+        """Give unstarted items back."""
+        release_claims(self.store, self.owner, step_id, idxs)
+        for idx in idxs:
+            self.held.pop((step_id, idx), None)
+
+    def renew(self) -> int:
+        """Extend this worker's claims (called by its heartbeat)."""
+        return renew_claims(self.store, self.owner, self.ttl_s)
+
+    def write_batch(self, conn: Connection, batch: Sequence[ItemRows]) -> None:
+        """Commit items only where this worker's claim still stands (else :class:`ClaimLost`)."""
+        now = utcnow()
+        for rows in batch:
+            if rows.item is None:  # ledger rows only (a 'sent' attempt)
+                continue
+            key = (rows.item["b_step"], rows.item["b_idx"])
+            params = {**rows.item, "b_owner": self.owner, "b_gen": self.held.get(key, -1)}
+            if not conn.execute(_FENCED_COMPLETE, {**params, "b_now": now}).rowcount:
+                self.refused += 1
+                raise ClaimLost(key[0], key[1], self.owner)
+            self.held.pop(key, None)
+        write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
+
+    def writer(self) -> GroupWriter:
+        """A group writer whose item commits are fenced by these claims."""
+        return GroupWriter(self.store, write=self.write_batch)
+
+    def source(self, step_id: str, rows: Sequence[ItemRow], batch: int, *, lead: bool) -> Source:
+        """Where a fan-out takes its next item from (see :class:`Source`)."""
+        return Source(self, step_id, {r.idx: r for r in rows}, batch, lead=lead)
+
+
+class Source:
+    """Next item of a shared fan-out: from this worker's claimed batch, claiming more as needed.
+
+    The lead (the worker running the workflow) waits while other workers hold open items, and
+    takes over any whose claim expires; it returns None once every item is committed or failed.
+    A helper returns None as soon as nothing is claimable.
+    """
+
+    def __init__(
+        self,
+        claimer: ItemClaimer,
+        step_id: str,
+        rows: dict[int, ItemRow],
+        batch: int,
+        *,
+        lead: bool,
+    ) -> None:
+        self.claimer, self.step_id, self.rows = claimer, step_id, rows
+        self.batch, self.lead = max(1, batch), lead
+        self._mine: deque[int] = deque()
+        self._lock = asyncio.Lock()
+
+    async def next(self) -> ItemRow | None:
+        """The next item to run here, or None when there is nothing left for this worker."""
+        async with self._lock:
+            while not self._mine:
+                got = self.claimer.claim(self.step_id, self.batch)
+                self._mine.extend(c.idx for c in got if c.idx in self.rows)
+                if self._mine:
+                    break
+                if not self.lead or step_progress(self.claimer.store, self.step_id).open == 0:
+                    return None
+                await asyncio.sleep(POLL_S)
+            return self.rows[self._mine.popleft()]
+
+    def release_unstarted(self) -> None:
+        """Give back what was claimed but not started (drain, pause)."""
+        idxs, self._mine = list(self._mine), deque()
+        self.claimer.release(self.step_id, idxs)
