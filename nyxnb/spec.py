@@ -40,6 +40,15 @@ class ItemSpec(_Model):
     body: str = ""
 
 
+class BatchPoll(_Model):
+    """Batch polling: backoff from ``initial_s`` up to ``max_s``; cancelled after a deadline."""
+
+    initial_s: float = Field(default=5.0, gt=0)
+    max_s: float = Field(default=300.0, gt=0)
+    multiplier: float = Field(default=1.5, ge=1)
+    deadline_h: float = Field(default=24.0, gt=0)
+
+
 class Defaults(_Model):
     """Workflow-wide defaults; each step may override provider, fallback, model, concurrency."""
 
@@ -52,6 +61,9 @@ class Defaults(_Model):
     cache: bool = True
     #: the response cache is scoped by tenant; True shares answers across tenants (opt-in)
     share_cache: bool = False
+    batch: bool = False  # every fan-out through the provider's batch API (half price)
+    batch_fallback: Literal["live", "resubmit"] = "resubmit"  # for errored/expired batch items
+    batch_poll: BatchPoll = Field(default_factory=BatchPoll)
 
 
 class StepSpec(_Model):
@@ -71,9 +83,12 @@ class StepSpec(_Model):
     repository: str | None = None
     target: str | None = None
     fail_on_violation: bool = False
+    batch: bool | None = None  # fan-out only; None follows ``defaults.batch``
 
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
+        if self.batch is not None and self.type != "fan-out":
+            raise ValueError(f"`batch` only applies to fan-out steps, not {self.type}")
         if self.type == "fan-out":
             if (self.items is None) == (self.items_from is None):
                 raise ValueError("a fan-out step needs exactly one of `items` or `items_from`")

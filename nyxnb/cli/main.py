@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
+from nyxnb.cli import batchcmd as cli_batchcmd
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import run as cli_run
 from nyxnb.cli.common import emit, fail_line, get_store, json_option, table, with_json
@@ -165,7 +166,8 @@ def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
 
 def register_commands() -> None:
     """Attach the commands that live in other modules."""
-    for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, cli_migrate.clone, cli_migrate.migrate):
+    extra = (*cli_batchcmd.COMMANDS, cli_migrate.clone, cli_migrate.migrate)
+    for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, *extra):
         cli.add_command(command)
 
 

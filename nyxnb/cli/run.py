@@ -23,6 +23,7 @@ from nyxnb.engine.report import list_workflows, workflow_summary
     type=click.FloatRange(min=0, min_open=True),
     help="Budget in USD (> 0); stops before exceeding it.",
 )
+@click.option("--batch", is_flag=True, help="Fan-outs through the batch API (half price).")
 @with_json
 @click.pass_context
 def run(
@@ -34,6 +35,7 @@ def run(
     concurrency: int | None,
     no_cache: bool,
     max_cost: float | None,
+    batch: bool,
 ) -> None:
     """Create a workflow from SPEC and run it."""
     store = get_store(ctx)
@@ -46,6 +48,7 @@ def run(
         concurrency=concurrency,
         cache=False if no_cache else None,
         max_cost_usd=max_cost,
+        batch=True if batch else None,
     )
     stream_events(ctx, events)
 
