@@ -23,11 +23,11 @@ from nyxnb.store.models import (
     CodePattern,
     Consolidation,
     LlmCall,
-    ProviderBatch,
     Persona,
     Project,
     ProjectNote,
     ProjectSync,
+    ProviderBatch,
     Repository,
     StepItem,
     Tenant,
@@ -55,8 +55,8 @@ ORDER: list[type[Base]] = [
     WorkflowInsight,
 ]
 # Leaves: no other tenant's row can point at them, so deleting them cascades nowhere.
-LEAVES = [CodePattern, Persona, StepItem, LlmCall, ProviderBatch, ProjectNote, ProjectSync, Consolidation,
-          WorkflowInsight]  # fmt: skip
+LEAVES = [CodePattern, Persona, StepItem, LlmCall, ProviderBatch, ProjectNote, ProjectSync,
+          Consolidation, WorkflowInsight]  # fmt: skip
 _serial = itertools.count(100)
 
 
