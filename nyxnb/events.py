@@ -123,6 +123,35 @@ class RateLimited(StepEvent):
 
 
 @dataclass(frozen=True)
+class BatchSubmitted(StepEvent):
+    type: ClassVar[str] = "batch_submitted"
+    provider: str = ""
+    batch_id: str = ""
+    items: int = 0
+    adopted: bool = False  # an open batch of an earlier run, re-adopted on resume
+
+
+@dataclass(frozen=True)
+class BatchProgress(StepEvent):
+    type: ClassVar[str] = "batch_progress"
+    provider: str = ""
+    batch_id: str = ""
+    done: int = 0  # succeeded + errored + expired + canceled, as the provider counts them
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    poll_s: float = 0.0  # seconds until the next poll
+
+
+@dataclass(frozen=True)
+class BatchEnded(StepEvent):
+    type: ClassVar[str] = "batch_ended"
+    provider: str = ""
+    batch_id: str = ""
+    succeeded: int = 0
+    failed: int = 0  # errored, expired or canceled items (resubmitted or run live)
+
+
+@dataclass(frozen=True)
 class WorkflowPaused(Event):
     type: ClassVar[str] = "workflow_paused"
     name: str = ""
@@ -156,6 +185,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepFailed,
         ProviderFallback,
         RateLimited,
+        BatchSubmitted,
+        BatchProgress,
+        BatchEnded,
         WorkflowPaused,
         WorkflowCompleted,
         WorkflowFailed,

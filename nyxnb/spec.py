@@ -52,6 +52,15 @@ class LimitSpec(_Model):
     concurrency: int | None = Field(default=None, ge=1, le=256)
 
 
+class BatchPoll(_Model):
+    """Batch polling: backoff from ``initial_s`` up to ``max_s``; cancelled after a deadline."""
+
+    initial_s: float = Field(default=5.0, gt=0)
+    max_s: float = Field(default=300.0, gt=0)
+    multiplier: float = Field(default=1.5, ge=1)
+    deadline_h: float = Field(default=24.0, gt=0)
+
+
 class Defaults(_Model):
     """Workflow-wide defaults; each step may override provider, fallback, model, concurrency.
 
@@ -80,6 +89,10 @@ class Defaults(_Model):
                 raise ValueError(f"timeouts.{name} must be between 0 and 3600 seconds")
         return self
 
+    batch: bool = False  # every fan-out through the provider's batch API (half price)
+    batch_fallback: Literal["live", "resubmit"] = "resubmit"  # for errored/expired batch items
+    batch_poll: BatchPoll = Field(default_factory=BatchPoll)
+
 
 class StepSpec(_Model):
     """One user-defined step."""
@@ -99,9 +112,12 @@ class StepSpec(_Model):
     repository: str | None = None
     target: str | None = None
     fail_on_violation: bool = False
+    batch: bool | None = None  # fan-out only; None follows ``defaults.batch``
 
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
+        if self.batch is not None and self.type != "fan-out":
+            raise ValueError(f"`batch` only applies to fan-out steps, not {self.type}")
         if self.type == "fan-out":
             if (self.items is None) == (self.items_from is None):
                 raise ValueError("a fan-out step needs exactly one of `items` or `items_from`")

@@ -249,6 +249,7 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
     ]
     assert check("workers") == []  # the worker unregistered when it exited
     assert check("migrate", "BRbase", "--from", "nyx", "--to", "clarait")
+    assert check("cancel-batch", wf) == []  # an offline run has no provider batch
     covered.add("batch")  # runs papermill kernels: its --json is checked in tests/test_batch.py
     assert covered == leaf_commands(cli), "add the new command to this test"
 

@@ -27,6 +27,7 @@ from nyxnb.store.models import (
     Project,
     ProjectNote,
     ProjectSync,
+    ProviderBatch,
     Repository,
     StepItem,
     Tenant,
@@ -47,14 +48,15 @@ ORDER: list[type[Base]] = [
     WorkflowStep,
     StepItem,
     LlmCall,
+    ProviderBatch,
     ProjectNote,
     ProjectSync,
     Consolidation,
     WorkflowInsight,
 ]
 # Leaves: no other tenant's row can point at them, so deleting them cascades nowhere.
-LEAVES = [CodePattern, Persona, StepItem, LlmCall, ProjectNote, ProjectSync, Consolidation,
-          WorkflowInsight]  # fmt: skip
+LEAVES = [CodePattern, Persona, StepItem, LlmCall, ProviderBatch, ProjectNote, ProjectSync,
+          Consolidation, WorkflowInsight]  # fmt: skip
 _serial = itertools.count(100)
 
 
@@ -73,6 +75,8 @@ def row_kwargs(model: type[Base], parents: dict[type[Base], str], tag: str) -> d
         StepItem: {"step_id": parents.get(WorkflowStep), "idx": n, "heading": f"{tag} item"},
         LlmCall: {"workflow_id": workflow, "step_id": parents.get(WorkflowStep),
                   "provider": "offline", "outcome": "ok"},
+        ProviderBatch: {"workflow_id": workflow, "step_id": parents.get(WorkflowStep),
+                        "provider": "anthropic"},  # fmt: skip
         ProjectNote: {"project_id": project, "title": f"{tag} note {n}"},
         ProjectSync: {"project_id": project, "source": f"{tag} sync {n}"},
         Consolidation: {"project_id": project, "title": f"{tag} consolidation {n}"},

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
+from nyxnb.cli import batchcmd as cli_batchcmd
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import run as cli_run
 from nyxnb.cli import workers as cli_workers
@@ -170,6 +171,7 @@ def register_commands() -> None:
         *cli_run.COMMANDS,
         *cli_batch.COMMANDS,
         *cli_workers.COMMANDS,
+        *cli_batchcmd.COMMANDS,
         cli_migrate.clone,
         cli_migrate.migrate,
     ):

@@ -39,6 +39,7 @@ from nyxnb.engine.report import list_workflows, workflow_summary
 )
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min, all.")
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min, all.")
+@click.option("--batch", is_flag=True, help="Fan-outs through the batch API (half price).")
 @with_json
 @click.pass_context
 def run(
@@ -54,6 +55,7 @@ def run(
     limits: tuple[str, ...],
     rpm: float | None,
     tpm: float | None,
+    batch: bool,
 ) -> None:
     """Create a workflow from SPEC and run it."""
     from nyxnb.cli.limits import with_limits
@@ -68,6 +70,7 @@ def run(
         concurrency=concurrency,
         cache=False if no_cache else None,
         max_cost_usd=max_cost,
+        batch=True if batch else None,
     )
     stream_events(ctx, events)
 

@@ -156,11 +156,12 @@ def new_job(
     concurrency: int | None = None,
     cache: bool | None = None,
     max_cost_usd: float | None = None,
+    batch: bool | None = None,
     **kw: Any,
 ) -> Job:
     """Create the workflow for ``spec`` and return the job that runs it."""
     st = _store(store)
-    options = RunOptions(provider, concurrency, cache, max_cost_usd)
+    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
     workflow_id = create_workflow(st, spec, tenant=tenant, project=project, options=options)
     return Job(st, workflow_id, st.find_tenant(tenant).id, **kw)
 
@@ -183,13 +184,15 @@ async def arun(
     concurrency: int | None = None,
     cache: bool | None = None,
     max_cost_usd: float | None = None,
+    batch: bool | None = None,
     on_event: OnEvent | None = None,
     retry: RetryPolicy | None = None,
     provider_options: dict[str, dict[str, object]] | None = None,
 ) -> AsyncIterator[ev.Event]:
     """Create a workflow from ``spec`` and run it, yielding events (the first names its id).
 
-    ``provider`` runs every step on that one provider; ``on_event`` is called with each event
+    ``provider`` runs every step on that one provider; ``batch`` sends every fan-out through
+    the provider's batch API; ``on_event`` is called with each event
     (on the loop's thread); ``provider_options`` maps a provider name to its options.
     """
     job = new_job(
@@ -201,6 +204,7 @@ async def arun(
         concurrency=concurrency,
         cache=cache,
         max_cost_usd=max_cost_usd,
+        batch=batch,
         on_event=on_event,
         retry=retry,
         provider_options=provider_options,

@@ -74,9 +74,12 @@ class Attempt:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     cached: bool = False
+    batch_id: str | None = None
+    service_tier: str = "live"  # live | batch
 
 
 @dataclass
@@ -220,8 +223,19 @@ class ProviderPool:
 
 
 def _attempt_from(name: str, model: str, n: int, answer: Completion, ms: float) -> Attempt:
+    return attempt_from(name, model, n, answer, ms)
+
+
+def attempt_from(
+    name: str, model: str, n: int, answer: Completion, ms: float, batch_id: str | None = None
+) -> Attempt:
+    """The ledger attempt of an answer, priced live or (with ``batch_id``) at the batch tier."""
     cost = price_for(name, answer.model or model).cost(
-        answer.input_tokens, answer.output_tokens, answer.cached_input_tokens
+        answer.input_tokens,
+        answer.output_tokens,
+        answer.cached_input_tokens,
+        answer.cache_write_tokens,
+        batch=batch_id is not None,
     )
     return Attempt(
         provider=name,
@@ -231,8 +245,11 @@ def _attempt_from(name: str, model: str, n: int, answer: Completion, ms: float) 
         input_tokens=answer.input_tokens,
         output_tokens=answer.output_tokens,
         cached_input_tokens=answer.cached_input_tokens,
+        cache_write_tokens=answer.cache_write_tokens,
         cost_usd=cost,
         latency_ms=ms,
+        batch_id=batch_id,
+        service_tier="live" if batch_id is None else "batch",
     )
 
 

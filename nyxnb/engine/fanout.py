@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import os
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
 from nyxnb import events as ev
 from nyxnb.engine import records
+from nyxnb.engine.batch import BatchRun, batch_enabled
 from nyxnb.engine.chain import ChainResult
 from nyxnb.engine.context import RunContext, request_hash
 from nyxnb.engine.generated import parse_items
@@ -185,6 +188,11 @@ class _FanOut:
             )
         except ClaimLost:  # our claim expired and another worker owns the item now
             return
+        self.progress(row, result)
+
+    def progress(self, row: ItemRow, result: ChainResult) -> None:
+        """Count a committed item and emit its progress event."""
+        idx = row.idx
         self.completed += 1
         who = (result.provider, result.completion.model)
         self.answered[who] = self.answered.get(who, 0) + 1
@@ -221,6 +229,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
         requests.append(request)
         wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
+    requests = _mark_shared_prefix(requests)
     digest = hashlib.sha256("".join(w[2] for w in wanted).encode()).hexdigest()
     done_view = (
         StepView(
@@ -245,7 +254,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         total_items=fan.total,
         done_items=fan.completed,
     )
-    finished = await fan.run()
+    finished = await _execute(runner, step, fan)
     if not fan.failures and runner.claimer is not None:  # items other workers failed
         fan.failures = [
             (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
@@ -279,6 +288,31 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         cached=bool(fan.answered) and fan.cached == sum(fan.answered.values()),
         cached_items=fan.cached,
     )
+
+
+#: A common prefix of the items' prompts shorter than this is not worth a cache breakpoint.
+MIN_SHARED_PREFIX_CHARS = 1024
+
+
+def _mark_shared_prefix(requests: list[CompletionRequest]) -> list[CompletionRequest]:
+    """Mark the prompt prefix every item shares (cut at a whitespace) for prompt caching."""
+    if len(requests) < 2:
+        return requests
+    common = os.path.commonprefix([r.messages[0].content for r in requests])
+    cut = max(common.rfind(" "), common.rfind("\n")) + 1
+    if cut < MIN_SHARED_PREFIX_CHARS:
+        return requests
+    return [dataclasses.replace(r, shared_prefix=cut) for r in requests]
+
+
+async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:
+    """Run the pending items: through the batch API when the step says so, else live."""
+    if batch_enabled(runner, step):
+        finished, live = await BatchRun(runner, step, fan.rows, fan.requests, fan.progress).run()
+        if not finished:
+            return False
+        fan._pending = deque(r for r in fan.rows if r.idx in set(live))
+    return await fan.run()
 
 
 def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
@@ -13,11 +14,14 @@ from nyxnb.engine.chain import Attempt, ChainResult
 from nyxnb.engine.rows import ItemRow, StepRow
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
+    BATCH_LIVE_STATES,
+    BATCH_SUBMITTING,
     COMPLETED,
     FAILED,
     PENDING,
     RUNNING,
     LlmCall,
+    ProviderBatch,
     StepItem,
     Workflow,
     WorkflowStep,
@@ -352,3 +356,79 @@ def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[
         )
         if rows:
             conn.execute(insert(STEPS), list(rows))
+
+
+BATCHES: Table = ProviderBatch.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One ``provider_batches`` row, as the batch executor reads it."""
+
+    id: str
+    provider: str
+    model: str
+    batch_id: str | None
+    custom_ids: tuple[str, ...]
+    state: str
+    submitted_at: datetime | None
+
+
+def open_batches(store: Store, step_id: str) -> list[BatchRow]:
+    """The step's live batches (submitting or open), oldest first."""
+    query = (
+        select(BATCHES)
+        .where(BATCHES.c.step_id == step_id, BATCHES.c.state.in_(BATCH_LIVE_STATES))
+        .order_by(BATCHES.c.created_at)
+    )
+    with store.reading() as conn:
+        return [
+            BatchRow(
+                r["id"],
+                r["provider"],
+                r["model"],
+                r["batch_id"],
+                tuple(r["custom_ids"] or ()),
+                r["state"],
+                r["submitted_at"],
+            )
+            for r in conn.execute(query).mappings()
+        ]
+
+
+def insert_batch(
+    store: Store, step: StepRow, provider: str, model: str, custom_ids: Sequence[str]
+) -> str:
+    """Commit a ``submitting`` batch row before the provider is asked; returns its row id."""
+    now, row_id = utcnow(), new_id()
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(BATCHES).values(
+                id=row_id,
+                tenant_id=step.tenant_id,
+                workflow_id=step.workflow_id,
+                step_id=step.id,
+                provider=provider,
+                model=model,
+                custom_ids=list(custom_ids),
+                state=BATCH_SUBMITTING,
+                counts={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return row_id
+
+
+def update_batch(store: Store, row_id: str, **values: Any) -> None:
+    """Set columns of one ``provider_batches`` row."""
+    with store.engine.begin() as conn:
+        conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
+
+
+def record_calls(
+    store: Store, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
+) -> None:
+    """Insert ledger rows on their own (a batch item that errored or expired)."""
+    with store.engine.begin() as conn:
+        record_attempts(conn, step, attempts, item_idx)

@@ -27,6 +27,7 @@ class StepConfig:
     source: str | None = None  # implementation-prompt: the fan-out it reads (JSON key ``from``)
     item_idx: int | None = None  # implementation-prompt: which item of ``source``
     heading: str | None = None
+    batch: bool | None = None  # fan-out: through the batch API (None: the spec default)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> StepConfig:

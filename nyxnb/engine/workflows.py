@@ -23,6 +23,7 @@ class RunOptions:
     concurrency: int | None = None
     cache: bool | None = None
     max_cost_usd: float | None = None
+    batch: bool | None = None
 
 
 def step_chain(step: StepSpec, spec: WorkflowSpec) -> list[str]:
@@ -48,6 +49,8 @@ def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
         defaults["concurrency"] = options.concurrency
     if options.cache is not None:
         defaults["cache"] = options.cache
+    if options.batch is not None:
+        defaults["batch"] = options.batch
     if options.max_cost_usd is not None:
         data["max_cost_usd"] = options.max_cost_usd
     return WorkflowSpec.model_validate(data)
@@ -144,6 +147,7 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "repository",
             "target",
             "fail_on_violation",
+            "batch",
         },
     )
     return {

@@ -201,9 +201,13 @@ def calls_df(
             LlmCall.error_kind,
             LlmCall.input_tokens,
             LlmCall.output_tokens,
+            LlmCall.cached_input_tokens,
+            LlmCall.cache_write_tokens,
             LlmCall.cost_usd,
             LlmCall.latency_ms,
             LlmCall.cached,
+            LlmCall.service_tier,
+            LlmCall.batch_id,
         )
         .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
         .outerjoin(Workflow, Workflow.id == LlmCall.workflow_id)

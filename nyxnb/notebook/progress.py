@@ -120,6 +120,18 @@ class TextProgress:
     def _on_rate_limited(self, e: ev.RateLimited) -> None:
         self._line(f"      {e.summary} ({e.wait_s:.1f}s)")
 
+    def _on_batch_submitted(self, e: ev.BatchSubmitted) -> None:
+        verb = "re-adopted" if e.adopted else "submitted"
+        self._line(f"      {e.provider} batch {e.batch_id}: {verb}, {e.items} items")
+
+    def _on_batch_progress(self, e: ev.BatchProgress) -> None:
+        polling = f", polling every {e.poll_s:.0f} s" if e.poll_s else ""
+        self._line(f"      {e.provider} batch {e.batch_id}: {e.done}/{e.total} done{polling}")
+
+    def _on_batch_ended(self, e: ev.BatchEnded) -> None:
+        failed = f", {e.failed} errored/expired" if e.failed else ""
+        self._line(f"      {e.provider} batch {e.batch_id}: ended, {e.succeeded} ok{failed}")
+
     def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")
 

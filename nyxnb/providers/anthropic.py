@@ -20,6 +20,7 @@ from nyxnb.providers.base import (
     Completion,
     CompletionRequest,
     Provider,
+    ProviderOptions,
 )
 from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
 
@@ -30,12 +31,24 @@ _STOPS = {
 }
 
 
+class AnthropicOptions(ProviderOptions):
+    """``prompt_cache`` marks the persona's system prompt and a fan-out's shared prefix."""
+
+    prompt_cache: bool = True
+
+
 class AnthropicProvider(Provider):
     """Claude models over ``AsyncAnthropic``."""
 
     name = "anthropic"
     key_env = ("ANTHROPIC_API_KEY",)
     default_model = "claude-haiku-4-5"
+    Options = AnthropicOptions
+
+    def params(self, request: CompletionRequest) -> dict[str, Any]:
+        """Messages API parameters of a request, cache marks as the options say."""
+        opts: AnthropicOptions = self.options  # type: ignore[assignment]
+        return params_for(request, self.model_for(request), cache=opts.prompt_cache)
 
     def make_client(self) -> anthropic.AsyncAnthropic:
         """The SDK client; its own retries are off (the fallback chain owns retries)."""
@@ -50,11 +63,11 @@ class AnthropicProvider(Provider):
         client = self.client()
         model = self.model_for(request)
         try:
-            raw = await client.messages.with_raw_response.create(**_params(request, model))
+            raw = await client.messages.with_raw_response.create(**self.params(request))
         except anthropic.AnthropicError as exc:
             raise self._error(exc, client.api_key) from exc
         try:
-            answer = _completion(await _parsed(raw), model, self.name)
+            answer = completion_of(await _parsed(raw), model, self.name)
         except Exception as exc:  # noqa: BLE001 - a 200 that is not a message
             raise malformed_answer(self.name, exc, client.api_key) from exc
         answer.extra["rate"] = rate_info(raw.headers)
@@ -62,24 +75,46 @@ class AnthropicProvider(Provider):
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK exception."""
-        failure = _failure(exc) if isinstance(exc, anthropic.APIStatusError) else None
+        failure = failure_of(exc) if isinstance(exc, anthropic.APIStatusError) else None
         return sdk_error(self.name, anthropic, exc, failure, key)
 
 
-def _params(request: CompletionRequest, model: str) -> dict[str, Any]:
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def _content(
+    request: CompletionRequest, i: int, text: str, cache: bool
+) -> str | list[dict[str, Any]]:
+    """A message's content; the fan-out's shared prefix is its own block, marked cacheable."""
+    cut = request.shared_prefix if i == 0 and cache else 0
+    if not 0 < cut < len(text):
+        return text
+    return [
+        {"type": "text", "text": text[:cut], "cache_control": _EPHEMERAL},
+        {"type": "text", "text": text[cut:]},
+    ]
+
+
+def params_for(request: CompletionRequest, model: str, cache: bool = True) -> dict[str, Any]:
+    """Messages API parameters; the persona's system prompt and shared prefix are cacheable."""
     params: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_tokens,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [
+            {"role": m.role, "content": _content(request, i, m.content, cache)}
+            for i, m in enumerate(request.messages)
+        ],
     }
     if request.system:
-        params["system"] = request.system
+        block: dict[str, Any] = {"type": "text", "text": request.system}
+        params["system"] = [block | {"cache_control": _EPHEMERAL}] if cache else [block]
     if request.temperature is not None:
         params["extra_body"] = {"temperature": request.temperature}
     return params
 
 
-def _failure(exc: anthropic.APIStatusError) -> HttpFailure:
+def failure_of(exc: anthropic.APIStatusError) -> HttpFailure:
+    """The classification input of an SDK status error."""
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error")
     error = error if isinstance(error, dict) else {}
@@ -93,7 +128,8 @@ def _failure(exc: anthropic.APIStatusError) -> HttpFailure:
     )
 
 
-def _completion(message: SdkMessage, model: str, provider: str) -> Completion:
+def completion_of(message: SdkMessage, model: str, provider: str) -> Completion:
+    """The normalised answer of a Messages API message (live or from a batch)."""
     text = "".join(getattr(b, "text", "") for b in message.content if b.type == "text")
     usage = message.usage
     cached = usage.cache_read_input_tokens or 0
@@ -107,6 +143,7 @@ def _completion(message: SdkMessage, model: str, provider: str) -> Completion:
         model=model,
         provider=provider,
         cached_input_tokens=cached,
+        cache_write_tokens=written,
         raw_stop_reason=raw,
         extra={
             "id": message.id,

@@ -43,6 +43,9 @@ class CompletionRequest:
     model: str | None = None
     max_tokens: int = 2048
     temperature: float | None = None
+    #: Leading characters of the first user message shared by every item of a fan-out: a
+    #: prompt-cache prefix (Anthropic marks it with ``cache_control``; others cache implicitly).
+    shared_prefix: int = 0
 
     @classmethod
     def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:
@@ -60,7 +63,8 @@ class Completion:
     output_tokens: int
     model: str
     provider: str
-    cached_input_tokens: int = 0
+    cached_input_tokens: int = 0  # prompt-cache reads (included in input_tokens)
+    cache_write_tokens: int = 0  # prompt-cache writes (included in input_tokens)
     raw_stop_reason: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 

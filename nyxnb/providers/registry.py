@@ -6,6 +6,7 @@ from importlib import import_module
 
 from nyxnb.errors import UnknownProvider
 from nyxnb.providers.base import Provider, ProviderOptions
+from nyxnb.providers.batch_base import BatchApi
 
 _REGISTRY: dict[str, str | type[Provider]] = {
     "offline": "nyxnb.providers.offline:OfflineProvider",
@@ -46,3 +47,19 @@ def create_provider(
     if isinstance(options, dict):
         options = cls.Options.model_validate(options)
     return cls(options)
+
+
+_BATCH_APIS = {
+    "offline": "nyxnb.providers.batch_offline:OfflineBatches",
+    "anthropic": "nyxnb.providers.batch_anthropic:AnthropicBatches",
+}
+
+
+def batch_api(provider: Provider) -> BatchApi | None:
+    """The batch API of a provider instance, or None if nyxnb has none for it."""
+    entry = _BATCH_APIS.get(provider.name)
+    if entry is None:
+        return None
+    module, _, attr = entry.partition(":")
+    cls: type[BatchApi] = getattr(import_module(module), attr)
+    return cls(provider)

@@ -256,10 +256,39 @@ class LlmCall(TenantOwned, Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    cached_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_input_tokens: Mapped[int] = mapped_column(Integer, default=0)  # prompt-cache reads
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    batch_id: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
+    service_tier: Mapped[str] = mapped_column(String(16), default="live")  # live | batch
+
+
+#: ``provider_batches.state`` values; ``submitting`` and ``open`` are live batches.
+BATCH_SUBMITTING, BATCH_OPEN = "submitting", "open"
+BATCH_ENDED, BATCH_CANCELED = "ended", "canceled"
+BATCH_LIVE_STATES = (BATCH_SUBMITTING, BATCH_OPEN)
+
+
+class ProviderBatch(TenantOwned, Base):
+    """One batch submitted to a provider's batch API; committed before its results are awaited."""
+
+    __tablename__ = "provider_batches"
+    workflow_id: Mapped[str] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), index=True
+    )
+    step_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflow_steps.id", ondelete="SET NULL"), index=True, nullable=True
+    )
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100), default="")
+    batch_id: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
+    custom_ids: Mapped[list[Any]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(16), default=BATCH_SUBMITTING)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class LlmCache(Base):

@@ -1,0 +1,262 @@
+"""Batch fan-out: pending items go to the provider's batch API at half price, durably.
+
+A ``provider_batches`` row (with the custom ids) is committed before the provider is asked and
+updated with the batch id before any wait, so a resume after a pause, Ctrl-C, kill -9 or a
+kernel restart re-adopts the open batch and polls it; an item in a live batch is never
+submitted again.  Results are ingested item by item (a committed item is skipped when a batch's
+results are read again); errored or expired items go into a new batch or, with
+``batch_fallback: live``, back to the live fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, timedelta
+
+from sqlalchemy import select
+
+from nyxnb import events as ev
+from nyxnb.engine import records
+from nyxnb.engine.chain import Attempt, ChainResult, attempt_from, parse_entry
+from nyxnb.engine.context import RunContext
+from nyxnb.engine.records import BATCHES
+from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.providers.base import STOP_END, CompletionRequest
+from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
+from nyxnb.providers.registry import batch_api, create_provider
+from nyxnb.store import Store
+from nyxnb.store.models import (
+    BATCH_CANCELED,
+    BATCH_ENDED,
+    BATCH_LIVE_STATES,
+    BATCH_OPEN,
+    COMPLETED,
+    utcnow,
+)
+
+#: New batches a step may submit in one run before its leftovers run live.
+MAX_ROUNDS = 3
+#: Called with each ingested item's row and chain result (the fan-out's progress event).
+OnItem = Callable[[ItemRow, ChainResult], None]
+
+
+def batch_enabled(runner: RunContext, step: StepRow) -> bool:
+    """Whether a fan-out step goes through the batch API."""
+    flag = step.config.batch
+    return runner.spec.defaults.batch if flag is None else flag
+
+
+def custom_id(step: StepRow, idx: int, input_hash: str | None) -> str:
+    """The item's id inside a batch: step, item and input hash (``^[A-Za-z0-9_-]{1,64}$``)."""
+    return f"s{step.order}-i{idx}-{(input_hash or '')[:16]}"
+
+
+class BatchRun:
+    """The batch execution of one fan-out step's pending items."""
+
+    def __init__(
+        self,
+        runner: RunContext,
+        step: StepRow,
+        rows: list[ItemRow],
+        requests: list[CompletionRequest],
+        on_item: OnItem,
+    ) -> None:
+        self.runner, self.step, self.on_item = runner, step, on_item
+        self.name, model = parse_entry(step.chain[0])
+        self.model = model or step.model
+        self.rows = {custom_id(step, r.idx, r.input_hash): r for r in rows}
+        self.requests = {
+            cid: _with_model(requests[r.idx], self.model) for cid, r in self.rows.items()
+        }
+        self.done = {r.idx for r in rows if r.status == COMPLETED}
+        self.failed: set[int] = set()
+        self._submitted: set[str] = set()  # batch rows this run submitted (not adopted)
+        self.poll = runner.spec.defaults.batch_poll
+
+    def api(self) -> BatchApi | None:
+        """The provider's batch API (None: it has none, or it is down this run)."""
+        if self.name in self.runner.pool.down:
+            return None
+        return batch_api(self.runner.pool.provider(self.name))
+
+    async def run(self) -> tuple[bool, list[int]]:
+        """Drain open batches, submit what is left; (False, []) if paused, else items for live."""
+        api = self.api()
+        if api is None:
+            return True, self._pending()
+        for round_ in range(MAX_ROUNDS + 1):
+            for row in records.open_batches(self.runner.store, self.step.id):
+                adopted = row.id not in self._submitted
+                if not await self._drain(api, row, adopted):
+                    return False, []
+            pending = self._pending()
+            live_now = self.failed and self.runner.spec.defaults.batch_fallback == "live"
+            if not pending or live_now or round_ == MAX_ROUNDS:
+                return True, pending
+            await self._submit(api, pending)
+        return True, self._pending()
+
+    def _pending(self) -> list[int]:
+        return sorted(r.idx for r in self.rows.values() if r.idx not in self.done)
+
+    async def _submit(self, api: BatchApi, pending: list[int]) -> None:
+        by_idx = {r.idx: cid for cid, r in self.rows.items()}
+        cids = [by_idx[i] for i in pending]
+        store = self.runner.store
+        row_id = records.insert_batch(store, self.step, self.name, self.model or "", cids)
+        try:
+            batch_id = await api.submit([(cid, self.requests[cid]) for cid in cids])
+        except Exception:
+            records.update_batch(store, row_id, state=BATCH_CANCELED, ended_at=utcnow())
+            raise
+        records.update_batch(
+            store, row_id, batch_id=batch_id, state=BATCH_OPEN, submitted_at=utcnow()
+        )
+        self.failed.clear()
+        self._submitted.add(row_id)
+        self.runner.step_event(
+            ev.BatchSubmitted, self.step, provider=self.name, batch_id=batch_id, items=len(cids)
+        )
+
+    async def _drain(self, api: BatchApi, row: records.BatchRow, adopted: bool) -> bool:
+        """Poll one batch until it ends and ingest it; False if a pause came first."""
+        if row.batch_id is None:  # killed between commit and create: nothing was submitted
+            records.update_batch(self.runner.store, row.id, state=BATCH_CANCELED)
+            return True
+        if adopted:
+            self.runner.step_event(
+                ev.BatchSubmitted,
+                self.step,
+                provider=row.provider,
+                batch_id=row.batch_id,
+                items=len(row.custom_ids),
+                adopted=True,
+            )
+        if not await self._wait_ended(api, row):
+            return False
+        ok = failed = 0
+        async for result in api.results(row.batch_id, self._requests_of(row)):
+            good = self._ingest(result, row.batch_id)
+            ok, failed = ok + good, failed + (not good)
+        records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
+        self.runner.step_event(
+            ev.BatchEnded,
+            self.step,
+            provider=row.provider,
+            batch_id=row.batch_id,
+            succeeded=ok,
+            failed=failed,
+        )
+        return True
+
+    def _requests_of(self, row: records.BatchRow) -> dict[str, CompletionRequest]:
+        return {cid: self.requests[cid] for cid in row.custom_ids if cid in self.requests}
+
+    async def _wait_ended(self, api: BatchApi, row: records.BatchRow) -> bool:
+        assert row.batch_id is not None
+        delay, canceled = self.poll.initial_s, False
+        submitted = row.submitted_at or utcnow()
+        submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=UTC)
+        deadline = submitted + timedelta(hours=self.poll.deadline_h)
+        while True:
+            status = await api.status(row.batch_id)
+            records.update_batch(self.runner.store, row.id, counts=status.counts)
+            self.runner.step_event(
+                ev.BatchProgress,
+                self.step,
+                provider=row.provider,
+                batch_id=row.batch_id,
+                done=status.done,
+                total=len(row.custom_ids),
+                counts=status.counts,
+                poll_s=0.0 if status.ended else delay,
+            )
+            if status.ended:
+                return True
+            if not canceled and utcnow() > deadline:
+                await api.cancel(row.batch_id)
+                canceled = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.runner.pause_event.wait(), delay)
+            if self.runner.pause_event.is_set():
+                return False
+            delay = min(delay * self.poll.multiplier, self.poll.max_s)
+
+    def _ingest(self, result: BatchItemResult, batch_id: str) -> bool:
+        """Commit one result (skipping stale or already committed items); True if it succeeded."""
+        row = self.rows.get(result.custom_id)
+        if row is None or row.idx in self.done:
+            return result.outcome == SUCCEEDED
+        completion = result.completion
+        model = self.model or self.runner.pool.provider(self.name).default_model
+        if result.outcome == SUCCEEDED and completion is not None:
+            attempt = attempt_from(self.name, model, 1, completion, 0.0, batch_id=batch_id)
+            if completion.stop_reason == STOP_END and completion.text.strip():
+                chain = ChainResult(completion, [attempt])
+                records.complete_item(self.runner.store, self.step, row.idx, completion.text, chain)
+                self.runner.count(chain.attempts)
+                self.done.add(row.idx)
+                self.on_item(row, chain)
+                return True
+            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempts = [attempt]
+        else:
+            attempts = [_failed_attempt(self.name, model, result, batch_id)]
+        records.record_calls(self.runner.store, self.step, attempts, row.idx)
+        self.failed.add(row.idx)
+        return False
+
+
+def _with_model(request: CompletionRequest, model: str | None) -> CompletionRequest:
+    if model is None or request.model == model:
+        return request
+    return CompletionRequest(
+        request.system,
+        request.messages,
+        model,
+        request.max_tokens,
+        request.temperature,
+        request.shared_prefix,
+    )
+
+
+def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: str) -> Attempt:
+    return Attempt(
+        name,
+        model,
+        1,
+        "error",
+        error_kind=result.outcome,
+        error=result.error[:500] or f"batch item {result.outcome}",
+        batch_id=batch_id,
+        service_tier="batch",
+    )
+
+
+async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]]:
+    """Ask the providers to cancel a workflow's live batches; (provider, batch id) of each.
+
+    The rows stay open: the next resume ingests what finished and treats canceled items by
+    ``batch_fallback``.
+    """
+    query = select(BATCHES.c.provider, BATCHES.c.batch_id).where(
+        BATCHES.c.workflow_id == workflow_id,
+        BATCHES.c.state.in_(BATCH_LIVE_STATES),
+        BATCHES.c.batch_id.is_not(None),
+    )
+    with store.reading() as conn:
+        rows = [(str(p), str(b)) for p, b in conn.execute(query)]
+    done = []
+    for provider_name, batch_id in rows:
+        provider = create_provider(provider_name)
+        api = batch_api(provider)
+        try:
+            if api is not None:
+                await api.cancel(batch_id)
+                done.append((provider_name, batch_id))
+        finally:
+            await provider.aclose()
+    return done

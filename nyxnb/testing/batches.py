@@ -1,0 +1,221 @@
+"""The fake's batch APIs (Anthropic Message Batches) and prompt-cache accounting.
+
+:class:`FakeBatches` is a state machine independent of the HTTP transport: ``handle(method,
+path, headers, body)`` returns ``(status, headers, body bytes)`` or None when the path is not
+its.  Batches end ``delay_s`` after creation; :meth:`FakeBatches.plan` makes chosen lines of
+the next batch ``errored`` or ``expired``.  Requests marked with ``cache_control`` are counted
+as cache writes the first time their prefix is seen and cache reads after (1 token per word,
+like the rest of the fake; a prefix under ``min_cache_tokens`` is not cached, as Anthropic
+does).  :class:`FakeBatchServer` mounts it on the loopback fake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nyxnb.testing.server import (
+    FakeProviderServer,
+    FakeRequest,
+    FakeResponse,
+    Reply,
+    prompt_of,
+    reply_body,
+)
+
+Response = tuple[int, dict[str, str], bytes]
+_BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class FakeBatch:
+    """One batch held by the fake."""
+
+    id: str
+    requests: list[dict[str, Any]]
+    created: float
+    outcomes: dict[int, str] = field(default_factory=dict)
+    canceled: bool = False
+    retrieved: int = 0
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(str(b.get("text", "")) for b in content or [] if isinstance(b, Mapping))
+
+
+def _cached_prefix(params: Mapping[str, Any]) -> str:
+    """The text up to the last ``cache_control`` mark (system first, then the messages)."""
+    blocks: list[dict[str, Any]] = []
+    system = params.get("system")
+    blocks += system if isinstance(system, list) else [{"text": system or ""}]
+    for m in params.get("messages", []):
+        content = m.get("content")
+        blocks += content if isinstance(content, list) else [{"text": content or ""}]
+    marked = [i for i, b in enumerate(blocks) if isinstance(b, Mapping) and b.get("cache_control")]
+    return "" if not marked else " ".join(str(b.get("text", "")) for b in blocks[: marked[-1] + 1])
+
+
+class FakeBatches:
+    """Anthropic Message Batches and prompt caching, transport-free."""
+
+    def __init__(self, delay_s: float = 0.0, min_cache_tokens: int = 1024) -> None:
+        self.delay_s, self.min_cache_tokens = delay_s, min_cache_tokens
+        self.batches: dict[str, FakeBatch] = {}
+        self.calls: list[tuple[str, str]] = []
+        self._plans: deque[dict[int, str]] = deque()
+        self._prefixes: set[str] = set()
+        self._lock = threading.Lock()
+
+    def plan(self, outcomes: Mapping[int, str]) -> FakeBatches:
+        """Lines of the next created batch (0-based) that end ``errored`` or ``expired``."""
+        self._plans.append(dict(outcomes))
+        return self
+
+    def submitted_ids(self) -> list[str]:
+        """Every custom id submitted, in order, across all batches."""
+        return [r["custom_id"] for b in self.batches.values() for r in b.requests]
+
+    def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Response | None:
+        """Answer a batch request, or None if ``path`` is not a batch endpoint."""
+        match = _BATCH.match(path.split("?")[0])
+        if match is None:
+            return None
+        with self._lock:
+            self.calls.append((method, path))
+            batch_id, op = match["id"], match["op"]
+            if batch_id is None and method == "POST":
+                return self._create(json.loads(body or b"{}"))
+            batch = self.batches.get(batch_id or "")
+            if batch is None:
+                return _error(404, "not_found_error", f"no batch {batch_id}")
+            if op == "cancel":
+                batch.canceled = True
+            if op == "results":
+                return self._results(batch)
+            batch.retrieved += 1
+            return 200, _JSON, json.dumps(self._view(batch, headers)).encode()
+
+    def usage(self, params: Mapping[str, Any]) -> tuple[Reply, int]:
+        """A reply counting prompt-cache reads, and the tokens written to the cache."""
+        total = _words(_text(params.get("system"))) + sum(
+            _words(_text(m.get("content"))) for m in params.get("messages", [])
+        )
+        prefix = _cached_prefix(params)
+        prefix = prefix if _words(prefix) >= self.min_cache_tokens else ""  # as Anthropic does
+        key = hashlib.sha256(prefix.encode()).hexdigest()
+        hit = bool(prefix) and key in self._prefixes
+        if prefix:
+            self._prefixes.add(key)
+        written = 0 if hit or not prefix else _words(prefix)
+        return Reply(input_tokens=total, cached_tokens=_words(prefix) if hit else 0), written
+
+    def message(self, params: Mapping[str, Any], n: int) -> dict[str, Any]:
+        """A Messages API answer for ``params`` with cache accounting."""
+        reply, written = self.usage(params)
+        model = str(params.get("model", ""))
+        body = reply_body("anthropic", reply, model, prompt_of("anthropic", params), n)
+        body["usage"]["input_tokens"] -= written
+        body["usage"]["cache_creation_input_tokens"] = written
+        return body
+
+    def _create(self, body: Mapping[str, Any]) -> Response:
+        n = len(self.batches) + 1
+        batch = FakeBatch(f"msgbatch_fake{n:04d}", list(body.get("requests", [])), time.time())
+        batch.outcomes = self._plans.popleft() if self._plans else {}
+        self.batches[batch.id] = batch
+        return 200, _JSON, json.dumps(self._view(batch, {})).encode()
+
+    def _ended(self, batch: FakeBatch) -> bool:
+        return batch.canceled or time.time() >= batch.created + self.delay_s
+
+    def _view(self, batch: FakeBatch, headers: Mapping[str, str]) -> dict[str, Any]:
+        ended, n = self._ended(batch), len(batch.requests)
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        if not ended:
+            counts["processing"] = n
+        else:
+            for i in range(n):
+                counts[self._outcome(batch, i)] += 1
+        stamp = "2026-12-01T00:00:00Z"
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": counts,
+            "created_at": stamp,
+            "expires_at": "2026-12-02T00:00:00Z",
+            "ended_at": stamp if ended else None,
+            "cancel_initiated_at": stamp if batch.canceled else None,
+            "archived_at": None,
+            "results_url": f"/v1/messages/batches/{batch.id}/results" if ended else None,
+        }
+
+    def _outcome(self, batch: FakeBatch, i: int) -> str:
+        planned = batch.outcomes.get(i)
+        return planned or ("canceled" if batch.canceled and i % 2 else "succeeded")
+
+    def _results(self, batch: FakeBatch) -> Response:
+        lines = []
+        for i, req in enumerate(batch.requests):
+            outcome = self._outcome(batch, i)
+            result: dict[str, Any] = {"type": outcome}
+            if outcome == "succeeded":
+                result["message"] = self.message(req["params"], i)
+            elif outcome == "errored":
+                err = {"type": "api_error", "message": "fake batch line error"}
+                result["error"] = {"type": "error", "error": err}
+            lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}))
+        return 200, {"Content-Type": "application/x-jsonl"}, "\n".join(lines).encode()
+
+
+def _error(status: int, kind: str, message: str) -> Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return status, _JSON, json.dumps(body).encode()
+
+
+class FakeBatchServer(FakeProviderServer):
+    """The loopback fake with the batch APIs mounted (and, opt-in, live prompt caching)."""
+
+    def __init__(self, delay_s: float = 0.0, live_caching: bool = False) -> None:
+        super().__init__()
+        self.batches = FakeBatches(delay_s)
+        self.live_caching = live_caching
+        for method in ("GET", "POST"):
+            self.add_route(method, _BATCH.pattern, self._batch_route)
+        if live_caching:
+            self.add_route("POST", r"^/v1/messages$", self._cached_message)
+
+    async def _batch_route(self, request: FakeRequest) -> FakeResponse:
+        answer = self.batches.handle(request.method, request.path, request.headers, request.body)
+        assert answer is not None  # the route's pattern is the batch endpoints'
+        return _response(answer)
+
+    async def _cached_message(self, request: FakeRequest) -> FakeResponse:
+        params = request.json()
+        self._next("anthropic", request.path, params)
+        with self.batches._lock:
+            n = len(self.requests)
+            body = json.dumps(self.batches.message(params, n)).encode()
+        return _response((200, _JSON, body))
+
+
+def _response(answer: Response) -> FakeResponse:
+    status, headers, body = answer
+    kind = dict(headers).get("Content-Type", "application/json")
+    return FakeResponse(status, body, content_type=kind)
