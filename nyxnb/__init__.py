@@ -40,6 +40,8 @@ from nyxnb.errors import (
 if TYPE_CHECKING:
     from nyxnb.engine.api import RunResult, aresume, arun, pause, resume, resume_iter, run, run_iter
     from nyxnb.engine.chain import RetryPolicy
+    from nyxnb.engine.compare import compare
+    from nyxnb.engine.revisions import rerun
     from nyxnb.engine.workflows import RunOptions, create_workflow
     from nyxnb.spec import WorkflowSpec, load_spec
     from nyxnb.store import Store, open_store
@@ -62,6 +64,8 @@ _LAZY = {
     "run": "engine.api",
     "run_iter": "engine.api",
     "RetryPolicy": "engine.chain",
+    "compare": "engine.compare",
+    "rerun": "engine.revisions",
     "clone_workflow": "tenants.clone",
     "MigrationPlan": "tenants.migrate",
     "apply_migration": "tenants.migrate",
@@ -127,6 +131,7 @@ __all__ = [
     "aresume",
     "arun",
     "clone_workflow",
+    "compare",
     "create_workflow",
     "load_spec",
     "open_store",
@@ -134,6 +139,7 @@ __all__ = [
     "plan_migration",
     "resume",
     "resume_iter",
+    "rerun",
     "reverse_migration",
     "run",
     "run_iter",

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
+from nyxnb.cli import iterate as cli_iterate
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import run as cli_run
 from nyxnb.cli.common import emit, fail_line, get_store, json_option, table, with_json
@@ -166,6 +167,8 @@ def project_list(ctx: click.Context, tenant_slug: str | None) -> None:
 def register_commands() -> None:
     """Attach the commands that live in other modules."""
     for command in (*cli_run.COMMANDS, *cli_batch.COMMANDS, cli_migrate.clone, cli_migrate.migrate):
+        cli.add_command(command)
+    for command in cli_iterate.COMMANDS:
         cli.add_command(command)
 
 
