@@ -182,7 +182,7 @@ def create_revision(
     tenant: str | None = None,
     options: RunOptions | None = None,
 ) -> str:
-    """Write the revision of ``workflow_id`` for ``spec`` (default: its own spec); returns its id."""
+    """Write the revision of ``workflow_id`` for ``spec`` (default: its own); returns its id."""
     old = _old_workflow(store, workflow_id, store.tenant_id(tenant))
     parsed = load_spec(spec) if spec is not None else WorkflowSpec.model_validate(old.spec)
     with store.session(old.tenant_id, read_only=True) as s:

@@ -1,0 +1,69 @@
+"""Compare runs step by step from Python, the CLI and the notebook view."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import nyxnb
+from nyxnb.cli.main import cli
+from nyxnb.errors import NotFound
+from nyxnb.notebook.compare import compare as nb_compare
+from tests.helpers import minimal
+from tests.test_revisions import spec
+
+
+@pytest.fixture
+def two_runs(store, fake_server):
+    minimal(store)
+    first = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=store)
+    second = nyxnb.rerun(first.workflow_id, spec("Analyse {{ project.name }} twice"), store=store)
+    assert first.ok and second.ok
+    return first.workflow_id, second.workflow_id
+
+
+def test_compare_lines_runs_up_by_step_with_diffs(store, two_runs):
+    a, b = two_runs
+    result = nyxnb.compare([a, b], store=store)
+    rows = {r.step: r for r in result.rows}
+    assert list(rows) == ["analysis", "features", "synthesis", "notes"]
+    first, second = rows["analysis"].cells
+    assert first is not None and second is not None
+    assert first.prompt_diff == "" and "+Analyse {{ project.name }} twice" in second.prompt_diff
+    assert second.output_diff.startswith("--- first")
+    assert second.calls == 1 and second.cost_usd >= 0 and second.input_tokens > 0
+    assert second.provider == "openai" and not second.reused
+    notes = rows["notes"].cells[1]
+    assert notes is not None and notes.reused and notes.calls == 0 and notes.prompt_diff == ""
+    assert not rows["notes"].changed and rows["synthesis"].changed
+
+
+def test_compare_cli_json_is_one_document(store, two_runs):
+    url = store.url.render_as_string(hide_password=False)
+    out = CliRunner().invoke(cli, ["--db", url, "compare", *two_runs, "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert [w["id"] for w in doc["workflows"]] == list(two_runs)
+    assert doc["steps"][0]["step"] == "analysis" and doc["steps"][0]["changed"] is True
+    text = CliRunner().invoke(cli, ["--db", url, "compare", *two_runs])
+    assert text.exit_code == 0 and "## analysis (llm)  [changed]" in text.output
+    assert "prompt diff" in text.output and "(reused)" in text.output
+    bad = CliRunner().invoke(cli, ["--db", url, "compare", "nope"])
+    assert bad.exit_code == 1 and "nope" in bad.output
+
+
+def test_notebook_view_renders_html_and_a_dataframe(store, two_runs):
+    view = nb_compare(list(two_runs), store=store)
+    page = view._repr_html_()
+    assert page.count("<details>") >= 2 and "prompt diff" in page and "<table" in page
+    assert "<script" not in page
+    df = view.df
+    assert len(df) == 8 and {"step", "prompt", "output", "cost_usd", "score"} <= set(df.columns)
+    assert "changed steps: analysis, synthesis" in repr(view)
+
+
+def test_unknown_id_is_a_clear_error(store, two_runs):
+    with pytest.raises(NotFound, match="workflow or experiment"):
+        nyxnb.compare(["missing"], store=store)
