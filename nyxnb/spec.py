@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from nyxnb.errors import SpecError
 from nyxnb.templates import check_template
 
-USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check")
+USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check", "judge")
 GENERATED_STEP_TYPES = ("consistency-check", "implementation-prompt")
-LLM_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", *GENERATED_STEP_TYPES)
+LLM_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "judge", *GENERATED_STEP_TYPES)
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -85,7 +85,7 @@ class StepSpec(_Model):
     """One user-defined step."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check"] = "llm"
+    type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check", "judge"] = "llm"
     persona: str | None = None
     prompt: str = ""
     provider: str | list[str] | None = None
@@ -99,6 +99,8 @@ class StepSpec(_Model):
     repository: str | None = None
     target: str | None = None
     fail_on_violation: bool = False
+    rubric: str | None = None  # judge: what a good answer does
+    scale: int | None = Field(default=None, ge=1, le=1000)  # judge: 0..scale (default 10)
 
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
@@ -112,6 +114,9 @@ class StepSpec(_Model):
         if self.type == "pattern-check":
             if not self.repository or "/" not in self.repository:
                 raise ValueError("a pattern-check step needs `repository: OWNER/REPO`")
+        elif self.type == "judge":
+            if not self.target or not (self.rubric or "").strip():
+                raise ValueError("a judge step needs `target: STEP` and a `rubric`")
         elif not self.prompt.strip():
             raise ValueError("`prompt` is required for this step type")
         return self
@@ -180,7 +185,7 @@ def _check_references(spec: WorkflowSpec) -> None:
                 field=f"{where}.target",
                 hint=f"earlier steps: {seen or 'none'}",
             )
-        if step.type != "pattern-check":
+        if step.type != "pattern-check" and step.prompt:
             allowed = {"project", "steps", "loop", "range"} | (
                 {"item"} if step.type == "fan-out" else set()
             )

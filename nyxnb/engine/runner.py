@@ -24,6 +24,7 @@ from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
 from nyxnb.engine.governor import Limits
+from nyxnb.engine.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import frozen_personas, personas_for
@@ -244,6 +245,8 @@ class Runner(RunContext):
             await run_fan_out(self, step)
         elif step.type == "pattern-check":
             self._pattern_check(step)
+        elif step.type == "judge":
+            await run_judge(self, step)
         else:
             await self._single(step)
 
@@ -312,6 +315,7 @@ class Runner(RunContext):
             raise self.fail(step, err)
         output = report.to_markdown()
         records.complete_step(self.store, step, output, digest)
+        records.update_step(self.store, step.id, score=report.score)
         self.ctx[step.name] = StepView(step.name, output)
         self.step_event(ev.StepCompleted, step)
 

@@ -144,6 +144,8 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "repository",
             "target",
             "fail_on_violation",
+            "rubric",
+            "scale",
         },
     )
     return {

@@ -1,9 +1,9 @@
 """Runs side by side in a notebook: an HTML table with collapsible diffs, and a DataFrame.
 
-    from nyxnb.notebook.compare import compare
-    view = compare([first.workflow_id, second.workflow_id], store=store)
-    view              # renders the HTML table in Jupyter
-    view.df           # one row per (step, run) for pandas work
+from nyxnb.notebook.compare import compare
+view = compare([first.workflow_id, second.workflow_id], store=store)
+view              # renders the HTML table in Jupyter
+view.df           # one row per (step, run) for pandas work
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _cell_html(c: RunCell | None) -> str:
         meta += f" · {c.violations} violations"
     body = f"<pre>{html.escape(out[:PREVIEW])}</pre>"
     if len(out) > PREVIEW:
-        body = _details(f"<pre>{html.escape(out[:PREVIEW])}…</pre>", f"<pre>{html.escape(out)}</pre>")
+        body = _details(
+            f"<pre>{html.escape(out[:PREVIEW])}…</pre>", f"<pre>{html.escape(out)}</pre>"
+        )
     if c.prompt_diff:
         body += _details("prompt diff", _diff_html(c.prompt_diff))
     if c.output_diff:
