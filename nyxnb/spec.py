@@ -153,6 +153,8 @@ class WorkflowSpec(_Model):
     max_cost_usd: float | None = Field(default=None, gt=0)
     steps: list[StepSpec] = Field(min_length=1)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    # named overrides of `defaults`, run side by side by `nyxnb run --matrix` / run_matrix
+    variants: dict[str, dict[str, Any]] | None = None
 
     def step(self, name: str) -> StepSpec:
         """The user step called ``name``."""

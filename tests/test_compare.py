@@ -67,3 +67,37 @@ def test_notebook_view_renders_html_and_a_dataframe(store, two_runs):
 def test_unknown_id_is_a_clear_error(store, two_runs):
     with pytest.raises(NotFound, match="workflow or experiment"):
         nyxnb.compare(["missing"], store=store)
+
+
+def test_matrix_runs_variants_as_one_experiment_and_compare_takes_its_id(store, tmp_path):
+    minimal(store)
+    path = tmp_path / "spec.json"
+    body = spec()
+    path.write_text(json.dumps(body))
+    url = store.url.render_as_string(hide_password=False)
+    out = CliRunner().invoke(
+        cli,
+        ["--db", url, "run", str(path), "--tenant", "nyx", "--project", "BRbase",
+         "--matrix", "provider=offline,offline:b", "--matrix", "max_tokens=100,200", "--json"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output.splitlines()[-1])
+    assert len(summary["variants"]) == 4
+    assert {v["status"] for v in summary["variants"]} == {"completed"}
+    result = nyxnb.compare(summary["experiment_id"], store=store)
+    assert result.labels == tuple(v["variant"] for v in summary["variants"])
+    assert result.labels[0] == "provider=offline,max_tokens=100"
+    cell = result.rows[0].cells[1]
+    assert cell is not None and cell.provider == "offline"
+
+
+def test_variants_block_and_bad_matrix(store):
+    from nyxnb.engine.variants import parse_matrix, run_matrix
+
+    minimal(store)
+    body = spec(provider="offline")
+    body["variants"] = {"cold": {"temperature": 0}, "warm": {"temperature": 1}}
+    exp = run_matrix(body, tenant="nyx", project="BRbase", store=store)
+    assert exp.ok and exp.variants == ("cold", "warm")
+    with pytest.raises(nyxnb.SpecError, match="not a defaults key"):
+        parse_matrix(["colour=red"])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from nyxnb.cli.common import emit, get_store, stream_events, table, with_json
+from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
 from nyxnb.engine import api
 from nyxnb.engine.compare import Comparison, compare
 from nyxnb.engine.revisions import lineage, rerun_job
+from nyxnb.engine.variants import parse_matrix, run_matrix
+from nyxnb.spec import WorkflowSpec
 
 
 @click.command()
@@ -106,6 +111,39 @@ def compare_cmd(ctx: click.Context, ids: tuple[str, ...], tenant: str | None) ->
     """Line runs up step by step: prompts, outputs and diffs, tokens, cost, latency, scores."""
     result = compare(list(ids), store=get_store(ctx), tenant=tenant)
     emit(ctx, result.to_dict(), lambda: _compare_text(result))
+
+
+def run_variants(
+    ctx: click.Context,
+    spec: str | Path | WorkflowSpec,
+    tenant: str,
+    project: str,
+    matrix: tuple[str, ...],
+    *,
+    cache: bool | None,
+) -> None:
+    """`nyxnb run --matrix`: every variant at once; exit 0 only if all completed."""
+    as_json = wants_json(ctx)
+    show = (lambda e: click.echo(e.to_json())) if as_json else None
+    result = run_matrix(
+        spec,
+        tenant=tenant,
+        project=project,
+        matrix=parse_matrix(matrix) if matrix else None,
+        store=get_store(ctx),
+        cache=cache,
+        on_event=show,
+    )
+    rows = [
+        {"variant": v, "workflow_id": r.workflow_id, "status": r.status}
+        for v, r in zip(result.variants, result.results, strict=True)
+    ]
+    if as_json:
+        click.echo(json.dumps({"experiment_id": result.id, "variants": rows}))
+    else:
+        click.echo(table(rows, ["variant", "workflow_id", "status"]))
+        click.echo(f"experiment {result.id}: compare with `nyxnb compare {result.id}`")
+    sys.exit(0 if result.ok else 1)
 
 
 COMMANDS = [rerun, revisions, compare_cmd]

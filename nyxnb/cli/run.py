@@ -39,6 +39,13 @@ from nyxnb.engine.report import list_workflows, workflow_summary
 )
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min, all.")
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min, all.")
+@click.option(
+    "--matrix",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Run variants (any defaults key) concurrently as one experiment.",
+)
+@click.option("--variants", "use_variants", is_flag=True, help="Run the spec's `variants:`.")
 @with_json
 @click.pass_context
 def run(
@@ -54,11 +61,18 @@ def run(
     limits: tuple[str, ...],
     rpm: float | None,
     tpm: float | None,
+    matrix: tuple[str, ...],
+    use_variants: bool,
 ) -> None:
-    """Create a workflow from SPEC and run it."""
+    """Create a workflow from SPEC and run it (or its variants, as one experiment)."""
     from nyxnb.cli.limits import with_limits
 
     store = get_store(ctx)
+    if matrix or use_variants:
+        from nyxnb.cli.iterate import run_variants
+
+        limited = with_limits(spec, timeouts, limits, rpm, tpm)
+        run_variants(ctx, limited, tenant, project, matrix, cache=False if no_cache else None)
     events = api.run_iter(
         with_limits(spec, timeouts, limits, rpm, tpm),
         store=store,
