@@ -12,6 +12,7 @@ import click
 from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
 from nyxnb.engine import api
 from nyxnb.engine.compare import Comparison, compare
+from nyxnb.engine.digest import digest as write_digest
 from nyxnb.engine.revisions import lineage, rerun_job
 from nyxnb.engine.variants import parse_matrix, run_matrix
 from nyxnb.spec import WorkflowSpec
@@ -146,4 +147,33 @@ def run_variants(
     sys.exit(0 if result.ok else 1)
 
 
-COMMANDS = [rerun, revisions, compare_cmd]
+@click.command()
+@click.argument("workflow_id", metavar="WF")
+@click.option("--persona", default="Athena", show_default=True, help="Who writes the digest.")
+@click.option("--provider", help="Provider for the digest (default: the run's chain).")
+@click.option("--facts-only", is_flag=True, help="Only the deterministic facts, no LLM call.")
+@click.option("--tenant", help="Only if WF belongs to this tenant.")
+@with_json
+@click.pass_context
+def digest(
+    ctx: click.Context,
+    workflow_id: str,
+    persona: str,
+    provider: str | None,
+    facts_only: bool,
+    tenant: str | None,
+) -> None:
+    """Write WF's insights (facts and an LLM digest) to workflow_insights and print them."""
+    found = write_digest(
+        workflow_id,
+        store=get_store(ctx),
+        tenant=tenant,
+        persona=persona,
+        provider=provider,
+        llm=not facts_only,
+    )
+    rows = [vars(i) for i in found]
+    emit(ctx, rows, lambda: "\n".join(f"[{i.kind}] {i.content}" for i in found))
+
+
+COMMANDS = [rerun, revisions, compare_cmd, digest]
