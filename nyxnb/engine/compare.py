@@ -149,6 +149,7 @@ def _ledger(store: Store, workflow_id: str) -> dict[str, tuple[int, int, float, 
         return {
             r[0]: (int(r[1] or 0), int(r[2] or 0), float(r[3] or 0), float(r[4] or 0), r[5], r[6])
             for r in conn.execute(query)
+            if r[0] is not None
         }
 
 

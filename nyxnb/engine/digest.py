@@ -11,7 +11,7 @@ import asyncio
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 
 from nyxnb.engine import api, records
 from nyxnb.engine.chain import ProviderPool, complete_with_fallback
@@ -21,7 +21,7 @@ from nyxnb.providers.base import CompletionRequest
 from nyxnb.store.database import Store
 from nyxnb.store.models import LlmCall, Workflow, WorkflowInsight, WorkflowStep, new_id, utcnow
 
-INSIGHTS = WorkflowInsight.__table__
+INSIGHTS: Table = WorkflowInsight.__table__  # type: ignore[assignment]
 DIGEST_PROMPT = """\
 Write a short digest (at most 8 bullet points) of this workflow run for the researcher who ran it:
 what it produced, what went wrong, what cost the most, and what to try next.
@@ -49,7 +49,7 @@ def _calls(store: Store, workflow_id: str) -> list[tuple[str | None, LlmCall]]:
         .order_by(LlmCall.created_at)
     )
     with store.session(read_only=True) as s:
-        rows = [(name, call) for name, call in s.execute(query)]
+        rows: list[tuple[str | None, LlmCall]] = [(n, c) for n, c in s.execute(query)]
         for _, call in rows:
             s.expunge(call)
     return rows
@@ -59,8 +59,8 @@ def _call_facts(calls: list[tuple[str | None, LlmCall]]) -> list[Insight]:
     out = []
     failed = [(n, c) for n, c in calls if c.outcome == "error"]
     kinds = Counter(f"{c.provider}/{c.error_kind}" for _, c in failed)
-    out.append(Insight("fact:calls", f"{len(calls)} calls, {len(failed)} failed"
-                       + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())})" if kinds else "")))  # fmt: skip
+    detail = f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())})" if kinds else ""
+    out.append(Insight("fact:calls", f"{len(calls)} calls, {len(failed)} failed{detail}"))
     per_unit: dict[tuple[str | None, int | None], list[LlmCall]] = defaultdict(list)
     for name, c in calls:
         per_unit[(name, c.item_idx)].append(c)

@@ -207,10 +207,8 @@ def create_revision(
 
 def _stored_spec(store: Store, workflow_id: str) -> dict[str, Any]:
     with store.reading() as conn:
-        spec: dict[str, Any] = conn.scalar(
-            select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id)
-        )
-    return spec
+        spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
+    return dict(spec or {})
 
 
 def _generated_names(store: Store, workflow_id: str) -> set[str]:
