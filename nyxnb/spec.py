@@ -144,6 +144,13 @@ class GenerateSpec(_Model):
     implementation_prompts: ImplementationPromptsSpec | None = None
 
 
+class DigestSpec(_Model):
+    """Write the run's insights when it completes (``nyxnb digest`` runs the same)."""
+
+    persona: str = "Athena"
+    provider: str | list[str] | None = None  # default: the workflow's chain
+
+
 class WorkflowSpec(_Model):
     """A whole workflow definition."""
 
@@ -155,6 +162,7 @@ class WorkflowSpec(_Model):
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     # named overrides of `defaults`, run side by side by `nyxnb run --matrix` / run_matrix
     variants: dict[str, dict[str, Any]] | None = None
+    digest: DigestSpec | None = None
 
     def step(self, name: str) -> StepSpec:
         """The user step called ``name``."""

@@ -55,3 +55,30 @@ def test_cli_digest_json_and_unknown_workflow(store, fake_server):
     assert json.loads(out.output)[-1]["kind"] == "digest"
     with pytest.raises(NotFound):
         digest("missing", store=store)
+
+
+def test_a_digest_block_writes_insights_when_the_run_completes(store):
+    minimal(store)
+    body = spec(provider="offline")
+    body["digest"] = {"persona": "Cael"}
+    run = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
+    assert run.ok, run.error
+    with store.session() as s:
+        rows = s.scalars(
+            select(WorkflowInsight).where(WorkflowInsight.workflow_id == run.workflow_id)
+        ).all()
+        digest_rows = [r.content for r in rows if r.kind == "digest"]
+    assert len(digest_rows) == 1 and digest_rows[0].startswith("[offline] You are Cael")
+
+
+def test_a_failed_digest_leaves_the_run_completed_with_the_reason(store):
+    minimal(store)
+    body = spec(provider="offline")
+    body["digest"] = {"persona": "Nobody"}
+    run = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
+    assert run.ok
+    with store.session() as s:
+        from nyxnb.store.models import Workflow
+
+        wf = s.get_one(Workflow, run.workflow_id)
+        assert wf.status == "completed" and "digest: persona 'Nobody' not found" in (wf.error or "")

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, insert, select
 
-from nyxnb.engine import api, records
+from nyxnb.engine import records
 from nyxnb.engine.chain import ProviderPool, complete_with_fallback
 from nyxnb.engine.workflows import personas_for
 from nyxnb.errors import NotFound, RunError
 from nyxnb.providers.base import CompletionRequest
-from nyxnb.store.database import Store
+from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Workflow, WorkflowInsight, WorkflowStep, new_id, utcnow
 
 INSIGHTS: Table = WorkflowInsight.__table__  # type: ignore[assignment]
@@ -137,18 +138,25 @@ async def _write_digest(
     return result.completion.text
 
 
-def digest(
+def _chain(wf: Workflow, provider: str | list[str] | None) -> list[str]:
+    defaults = (wf.spec or {}).get("defaults", {})
+    if isinstance(provider, str):
+        return [provider]
+    chain = provider or [defaults.get("provider", "offline"), *defaults.get("fallback", [])]
+    return list(dict.fromkeys(chain))
+
+
+async def adigest(
+    store: Store,
     workflow_id: str,
     *,
-    store: api.StoreArg = None,
-    tenant: str | None = None,
+    tenant_id: str | None = None,
     persona: str = "Athena",
     provider: str | list[str] | None = None,
     llm: bool = True,
 ) -> list[Insight]:
-    """Write the insights of a finished run (facts, then an LLM digest unless ``llm=False``)."""
-    st = api._store(store)
-    with st.session(st.tenant_id(tenant), read_only=True) as s:
+    """Write the insights of a finished run (the async form; the runner awaits it)."""
+    with store.session(tenant_id, read_only=True) as s:
         wf = s.get(Workflow, workflow_id)
         if wf is None:
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
@@ -156,21 +164,12 @@ def digest(
     if wf.status not in ("completed", "failed"):
         raise RunError(f"workflow {workflow_id} is {wf.status}: digest a finished run",
                        hint=f"finish it first: `nyxnb resume {workflow_id}`")  # fmt: skip
-    found = facts(st, workflow_id)
+    found = facts(store, workflow_id)
     if llm:
-        defaults = (wf.spec or {}).get("defaults", {})
-        chain = (
-            [provider]
-            if isinstance(provider, str)
-            else provider or [defaults.get("provider", "offline"), *defaults.get("fallback", [])]
-        )
-        future = asyncio.run_coroutine_threadsafe(
-            _write_digest(st, wf, found, persona, list(dict.fromkeys(chain))),
-            api._LoopThread.loop(),
-        )
-        found.append(Insight("digest", future.result()))
+        text = await _write_digest(store, wf, found, persona, _chain(wf, provider))
+        found.append(Insight("digest", text))
     now = utcnow()
-    with st.engine.begin() as conn:
+    with store.engine.begin() as conn:
         conn.execute(delete(INSIGHTS).where(INSIGHTS.c.workflow_id == workflow_id))
         conn.execute(insert(INSIGHTS), [
             {"id": new_id(), "tenant_id": wf.tenant_id, "project_id": wf.project_id,
@@ -179,3 +178,24 @@ def digest(
             for i in found
         ])  # fmt: skip
     return found
+
+
+def digest(
+    workflow_id: str,
+    *,
+    store: Store | str | None = None,
+    tenant: str | None = None,
+    persona: str = "Athena",
+    provider: str | list[str] | None = None,
+    llm: bool = True,
+) -> list[Insight]:
+    """Write the insights of a finished run (facts, then an LLM digest unless ``llm=False``).
+
+    Sync, and safe inside a notebook's running loop: the work runs on a thread of its own.
+    """
+    st = store if isinstance(store, Store) else open_store(store)
+    coro = adigest(
+        st, workflow_id, tenant_id=st.tenant_id(tenant), persona=persona, provider=provider, llm=llm
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="nyxnb-digest") as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -21,6 +21,7 @@ from nyxnb.engine import lease, records
 from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
+from nyxnb.engine.digest import adigest
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
 from nyxnb.engine.governor import Limits
@@ -96,6 +97,7 @@ class Runner(RunContext):
             self._fail_run(exc)
         else:
             self._finish(COMPLETED, None)
+            await self._digest()
             self.emit(
                 ev.WorkflowCompleted(
                     self.workflow_id,
@@ -189,6 +191,22 @@ class Runner(RunContext):
                 total_steps=max(len(steps), self._expected_steps()),
             )
         )
+
+    async def _digest(self) -> None:
+        """The spec's ``digest:`` block: insights written once the run completed."""
+        wanted = self.spec.digest
+        if wanted is None:
+            return
+        try:
+            await adigest(
+                self.store,
+                self.workflow_id,
+                tenant_id=self.tenant_id,
+                persona=wanted.persona,
+                provider=wanted.provider,
+            )
+        except NyxError as exc:  # the run's outputs stand; say why there is no digest
+            records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
 
     def _expected_steps(self) -> int:
         """User steps plus the generated ones, when the spec lets us count them up front."""
