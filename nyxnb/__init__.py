@@ -51,6 +51,8 @@ if TYPE_CHECKING:
         submit,
     )
     from nyxnb.engine.chain import RetryPolicy
+    from nyxnb.engine.compare import compare
+    from nyxnb.engine.revisions import rerun
     from nyxnb.engine.telemetry import enable_tracing
     from nyxnb.engine.workflows import RunOptions, create_workflow
     from nyxnb.spec import WorkflowSpec, load_spec
@@ -76,6 +78,8 @@ _LAZY = {
     "submit": "engine.api",
     "enable_tracing": "engine.telemetry",
     "RetryPolicy": "engine.chain",
+    "compare": "engine.compare",
+    "rerun": "engine.revisions",
     "clone_workflow": "tenants.clone",
     "MigrationPlan": "tenants.migrate",
     "apply_migration": "tenants.migrate",
@@ -142,12 +146,14 @@ __all__ = [
     "aresume",
     "arun",
     "clone_workflow",
+    "compare",
     "create_workflow",
     "enable_tracing",
     "load_spec",
     "open_store",
     "pause",
     "plan_migration",
+    "rerun",
     "resume",
     "resume_iter",
     "reverse_migration",

@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from nyxnb.errors import SpecError
 from nyxnb.templates import check_template
 
-USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check")
+USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check", "judge")
 GENERATED_STEP_TYPES = ("consistency-check", "implementation-prompt")
-LLM_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", *GENERATED_STEP_TYPES)
+LLM_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "judge", *GENERATED_STEP_TYPES)
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -98,7 +98,7 @@ class StepSpec(_Model):
     """One user-defined step."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check"] = "llm"
+    type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check", "judge"] = "llm"
     persona: str | None = None
     prompt: str = ""
     provider: str | list[str] | None = None
@@ -113,6 +113,8 @@ class StepSpec(_Model):
     target: str | None = None
     fail_on_violation: bool = False
     batch: bool | None = None  # fan-out only; None follows ``defaults.batch``
+    rubric: str | None = None  # judge: what a good answer does
+    scale: int | None = Field(default=None, ge=1, le=1000)  # judge: 0..scale (default 10)
 
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
@@ -128,6 +130,9 @@ class StepSpec(_Model):
         if self.type == "pattern-check":
             if not self.repository or "/" not in self.repository:
                 raise ValueError("a pattern-check step needs `repository: OWNER/REPO`")
+        elif self.type == "judge":
+            if not self.target or not (self.rubric or "").strip():
+                raise ValueError("a judge step needs `target: STEP` and a `rubric`")
         elif not self.prompt.strip():
             raise ValueError("`prompt` is required for this step type")
         return self
@@ -155,6 +160,13 @@ class GenerateSpec(_Model):
     implementation_prompts: ImplementationPromptsSpec | None = None
 
 
+class DigestSpec(_Model):
+    """Write the run's insights when it completes (``nyxnb digest`` runs the same)."""
+
+    persona: str = "Athena"
+    provider: str | list[str] | None = None  # default: the workflow's chain
+
+
 class WorkflowSpec(_Model):
     """A whole workflow definition."""
 
@@ -164,6 +176,9 @@ class WorkflowSpec(_Model):
     max_cost_usd: float | None = Field(default=None, gt=0)
     steps: list[StepSpec] = Field(min_length=1)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    # named overrides of `defaults`, run side by side by `nyxnb run --matrix` / run_matrix
+    variants: dict[str, dict[str, Any]] | None = None
+    digest: DigestSpec | None = None
 
     def step(self, name: str) -> StepSpec:
         """The user step called ``name``."""
@@ -196,7 +211,7 @@ def _check_references(spec: WorkflowSpec) -> None:
                 field=f"{where}.target",
                 hint=f"earlier steps: {seen or 'none'}",
             )
-        if step.type != "pattern-check":
+        if step.type != "pattern-check" and step.prompt:
             allowed = {"project", "steps", "loop", "range"} | (
                 {"item"} if step.type == "fan-out" else set()
             )

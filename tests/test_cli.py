@@ -248,6 +248,12 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
         queued["workflow_id"]
     ]
     assert check("workers") == []  # the worker unregistered when it exited
+    revision = check("rerun", wf, "--provider", "offline", stream=True)
+    again = revision[0]["workflow_id"]
+    assert again != wf and revision[-1]["type"] == "workflow_completed"
+    assert [r["id"] for r in check("revisions", again)] == [wf, again]
+    assert [w["id"] for w in check("compare", wf, again)["workflows"]] == [wf, again]
+    assert check("digest", again, "--facts-only")[0]["kind"] == "fact:calls"
     assert check("migrate", "BRbase", "--from", "nyx", "--to", "clarait")
     assert check("cancel-batch", wf) == []  # an offline run has no provider batch
     covered.add("batch")  # runs papermill kernels: its --json is checked in tests/test_batch.py

@@ -20,7 +20,7 @@ from nyxnb.testing import FAKE_KEYS
 
 NOTEBOOKS = Path(nyxnb.__file__).resolve().parent.parent / "notebooks"
 NAMES = ["01_run_workflow", "02_inspect_outputs", "03_clone_workflow", "04_migration_runbook",
-         "05_resume_and_recover"]  # fmt: skip
+         "05_resume_and_recover", "06_iterate_and_compare"]  # fmt: skip
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
 
@@ -36,7 +36,7 @@ def parameters(nb: nbformat.NotebookNode) -> dict[str, object]:
             for t in n.targets if isinstance(t, ast.Name)}  # fmt: skip
 
 
-def test_the_five_notebooks_are_there() -> None:
+def test_the_curated_notebooks_are_there() -> None:
     assert sorted(p.stem for p in NOTEBOOKS.glob("[0-9]*.ipynb")) == NAMES
 
 

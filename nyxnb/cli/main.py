@@ -11,6 +11,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
 from nyxnb.cli import batchcmd as cli_batchcmd
+from nyxnb.cli import iterate as cli_iterate
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import run as cli_run
 from nyxnb.cli import workers as cli_workers
@@ -175,6 +176,8 @@ def register_commands() -> None:
         cli_migrate.clone,
         cli_migrate.migrate,
     ):
+        cli.add_command(command)
+    for command in cli_iterate.COMMANDS:
         cli.add_command(command)
 
 

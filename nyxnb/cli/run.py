@@ -40,6 +40,13 @@ from nyxnb.engine.report import list_workflows, workflow_summary
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min, all.")
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min, all.")
 @click.option("--batch", is_flag=True, help="Fan-outs through the batch API (half price).")
+@click.option(
+    "--matrix",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Run variants (any defaults key) concurrently as one experiment.",
+)
+@click.option("--variants", "use_variants", is_flag=True, help="Run the spec's `variants:`.")
 @with_json
 @click.pass_context
 def run(
@@ -56,11 +63,18 @@ def run(
     rpm: float | None,
     tpm: float | None,
     batch: bool,
+    matrix: tuple[str, ...],
+    use_variants: bool,
 ) -> None:
-    """Create a workflow from SPEC and run it."""
+    """Create a workflow from SPEC and run it (or its variants, as one experiment)."""
     from nyxnb.cli.limits import with_limits
 
     store = get_store(ctx)
+    if matrix or use_variants:
+        from nyxnb.cli.iterate import run_variants
+
+        limited = with_limits(spec, timeouts, limits, rpm, tpm)
+        run_variants(ctx, limited, tenant, project, matrix, cache=False if no_cache else None)
     events = api.run_iter(
         with_limits(spec, timeouts, limits, rpm, tpm),
         store=store,
@@ -159,18 +173,37 @@ def _show_text(data: dict[str, Any]) -> str:
     return f"{head}\n\n{steps}\n\nprovider calls:\n{ledger}\n{total}"
 
 
+def _clip(text: str | None, width: int) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= width else text[:width].rstrip() + f"\n… ({len(text)} chars)"
+
+
+def _outputs_text(data: dict[str, Any], width: int = 600) -> str:
+    """Each step's prompt template and output (truncated), for `show --outputs`."""
+    parts = []
+    for s in data["steps"]:
+        note = " (reused from the previous revision)" if s.get("reused_from") else ""
+        score = f"  score: {s['score']:g}" if s.get("score") is not None else ""
+        parts.append(f"── {s['order']} {s['name']} [{s['status']}]{note}{score}")
+        if s.get("prompt"):
+            parts.append("prompt:\n" + _clip(s["prompt"], width // 2))
+        parts.append("output:\n" + (_clip(s["output"], width) or "(none)"))
+    return "\n".join(parts)
+
+
 @click.command()
 @click.argument("workflow_id", metavar="WF")
 @click.option("--tenant", help="Only show WF if it belongs to this tenant.")
+@click.option("--outputs", is_flag=True, help="Also print each step's prompt and output.")
 @with_json
 @click.pass_context
-def show(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
-    """Show WF: steps, items, tokens and cost by provider."""
+def show(ctx: click.Context, workflow_id: str, tenant: str | None, outputs: bool) -> None:
+    """Show WF: steps, items, tokens and cost by provider (--outputs: prompts and outputs)."""
     store = get_store(ctx)
     data = workflow_summary(
         store, workflow_id, tenant_id=store.tenant_id(tenant), with_items=wants_json(ctx)
     )
-    emit(ctx, data, lambda: _show_text(data))
+    emit(ctx, data, lambda: _show_text(data) + ("\n\n" + _outputs_text(data) if outputs else ""))
 
 
 @click.command("list")
@@ -181,7 +214,12 @@ def list_(ctx: click.Context, tenant: str | None) -> None:
     """List workflows, newest first."""
     store = get_store(ctx)
     rows = list_workflows(store, tenant_id=store.tenant_id(tenant))
-    emit(ctx, rows, lambda: table(rows, ["id", "tenant", "project", "name", "status"]))
+    cols = ["id", "tenant", "project", "name", "status", "created_at", "finished_at"]
+    for r in rows:
+        r["created_at"] = f"{r['created_at']:%Y-%m-%d %H:%M}" if r["created_at"] else ""
+        r["finished_at"] = f"{r['finished_at']:%Y-%m-%d %H:%M}" if r["finished_at"] else ""
+        r["revision_of"] = r["revision_of"] or ""
+    emit(ctx, rows, lambda: table(rows, [*cols, "revision_of"]))
 
 
 @click.command()

@@ -37,6 +37,11 @@ class CheckReport:
     code_blocks: int
     violations: tuple[Violation, ...]
 
+    @property
+    def score(self) -> float:
+        """The share of rules kept, 0..1 (1.0 with no rules): the check as a score."""
+        return 1.0 - len(self.violations) / self.rules if self.rules else 1.0
+
     def to_markdown(self) -> str:
         """The report stored as the step's output."""
         head = (

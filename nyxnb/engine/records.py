@@ -59,10 +59,10 @@ def attempt_rows(
     *,
     tenant_id: str,
     workflow_id: str,
-    step_id: str,
+    step_id: str | None,
     item_idx: int | None,
 ) -> list[dict[str, Any]]:
-    """One ``llm_calls`` row per attempt."""
+    """One ``llm_calls`` row per attempt (``step_id`` None: a call of no step, e.g. a digest)."""
     now = utcnow()
     # vars() not asdict(): this runs once per call on the hot path and needs no deep copy
     return [
@@ -165,6 +165,7 @@ def complete_step(
                         "output": output,
                         "input_hash": input_hash,
                         "error": None,
+                        "reused_from": None,  # executed in this run, not taken over
                         "completed_at": utcnow(),
                     }
                 )

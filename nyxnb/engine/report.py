@@ -59,6 +59,9 @@ def workflow_summary(
         "tenant": tenant.slug,
         "project": project.name,
         "cloned_from_id": wf.cloned_from_id,
+        "revision_of": wf.revision_of,
+        "experiment_id": wf.experiment_id,
+        "variant": wf.variant,
         "created_at": wf.created_at,
         "finished_at": wf.finished_at,
         "steps": [
@@ -82,7 +85,10 @@ def _step_dict(
         "status": step.status,
         "auto_generated": step.auto_generated,
         "error": step.error,
+        "prompt": step.prompt,
         "output": step.output,
+        "score": step.score,
+        "reused_from": step.reused_from,
         "items_total": len(items),
         "items_done": sum(i.status == "completed" for i in items),
         "claims": _claims(items),
@@ -124,6 +130,9 @@ def list_workflows(store: Store, *, tenant_id: str | None = None) -> list[dict[s
             Tenant.slug.label("tenant"),
             Project.name.label("project"),
             Workflow.created_at,
+            Workflow.finished_at,
+            Workflow.revision_of,
+            Workflow.variant,
         )
         .join(Project, Project.id == Workflow.project_id)
         .join(Tenant, Tenant.id == Workflow.tenant_id)

@@ -24,6 +24,8 @@ class StepConfig:
     repository: str | None = None  # pattern-check
     target: str | None = None  # pattern-check: the step whose output is checked
     fail_on_violation: bool = False
+    rubric: str | None = None  # judge
+    scale: int | None = None  # judge
     source: str | None = None  # implementation-prompt: the fan-out it reads (JSON key ``from``)
     item_idx: int | None = None  # implementation-prompt: which item of ``source``
     heading: str | None = None

@@ -21,9 +21,11 @@ from nyxnb.engine import lease, records, telemetry
 from nyxnb.engine.buckets import SharedBudget
 from nyxnb.engine.chain import ProviderPool, RetryPolicy
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
+from nyxnb.engine.digest import adigest
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import desired_generated, generated_rows
 from nyxnb.engine.governor import Limits
+from nyxnb.engine.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import frozen_personas, personas_for
@@ -97,6 +99,7 @@ class Runner(RunContext):
             self._fail_run(exc)
         else:
             self._finish(COMPLETED, None)
+            await self._digest()
             self.emit(
                 ev.WorkflowCompleted(
                     self.workflow_id,
@@ -195,6 +198,22 @@ class Runner(RunContext):
             )
         )
 
+    async def _digest(self) -> None:
+        """The spec's ``digest:`` block: insights written once the run completed."""
+        wanted = self.spec.digest
+        if wanted is None:
+            return
+        try:
+            await adigest(
+                self.store,
+                self.workflow_id,
+                tenant_id=self.tenant_id,
+                persona=wanted.persona,
+                provider=wanted.provider,
+            )
+        except NyxError as exc:  # the run's outputs stand; say why there is no digest
+            records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
+
     def _expected_steps(self) -> int:
         """User steps plus the generated ones, when the spec lets us count them up front."""
         generate = self.spec.generate
@@ -254,6 +273,8 @@ class Runner(RunContext):
             await run_fan_out(self, step)
         elif step.type == "pattern-check":
             self._pattern_check(step)
+        elif step.type == "judge":
+            await run_judge(self, step)
         else:
             await self._single(step)
 
@@ -322,6 +343,7 @@ class Runner(RunContext):
             raise self.fail(step, err)
         output = report.to_markdown()
         records.complete_step(self.store, step, output, digest)
+        records.update_step(self.store, step.id, score=report.score)
         self.ctx[step.name] = StepView(step.name, output)
         self.step_event(ev.StepCompleted, step)
 

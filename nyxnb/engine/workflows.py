@@ -148,6 +148,8 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "target",
             "fail_on_violation",
             "batch",
+            "rubric",
+            "scale",
         },
     )
     return {

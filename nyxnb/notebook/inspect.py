@@ -136,7 +136,8 @@ def export_parquet(store: StoreArg, folder: str | Path) -> list[Path]:
 
 
 def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) -> pd.DataFrame:
-    """One row per step: order, name, type, persona, provider, status, items, tokens, cost."""
+    """One row per step: order, name, type, persona, provider, status, items, tokens, cost,
+    score, prompt (the template), output and error."""
     import pandas as pd
 
     st = _store(store)
@@ -154,6 +155,8 @@ def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) ->
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "score",
+        "prompt",
         "output",
         "error",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 
 from nyxnb.providers.base import STOP_END, Completion, CompletionRequest, Provider, ProviderOptions
 
@@ -16,6 +17,9 @@ _WORDS = (
     "boundary contract module router schema test fixture migration tenant cache latency "
     "invariant handler persona review rollback index query feature folder import auth"
 ).split()
+
+
+_GRADE = re.compile(r"SCORE: <number from 0 to (\d+)>")
 
 
 class OfflineOptions(ProviderOptions):
@@ -35,7 +39,11 @@ def offline_answer(system: str, prompt: str, words: int) -> str:
     digest = hashlib.sha256(f"{system}\x00{prompt}".encode()).digest()
     body = " ".join(_WORDS[b % len(_WORDS)] for b in digest[: max(1, min(words, 32))])
     persona = _first_line(system).split(".")[0][:60] or "assistant"
-    return f"[offline] {persona} on: {_first_line(prompt)}\n\n{body}."
+    answer = f"[offline] {persona} on: {_first_line(prompt)}\n\n{body}."
+    asked = _GRADE.search(prompt)  # a judge step: a deterministic grade in the asked format
+    if asked:
+        answer = f"SCORE: {digest[0] % (int(asked.group(1)) + 1)}\n{answer}"
+    return answer
 
 
 class OfflineProvider(Provider):

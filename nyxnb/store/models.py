@@ -142,6 +142,12 @@ class Workflow(TenantOwned, Base):
     cloned_from_id: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
     )
+    # a revision: the workflow this one re-ran with a changed spec (nyxnb.engine.revisions)
+    revision_of: Mapped[str | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
+    )
+    experiment_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
+    variant: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -182,6 +188,8 @@ class WorkflowStep(TenantOwned, Base):
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     auto_generated: Mapped[bool] = mapped_column(Boolean, default=False)
     input_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reused_from: Mapped[str | None] = mapped_column(String(36), nullable=True)  # old step id
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # judge / pattern-check
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
