@@ -102,11 +102,11 @@ async def run_judge(ctx: RunContext, step: StepRow) -> None:
         text = result.completion.text
         score = parse_score(text, scale)
         if score is None:
-            records.fail_step(
-                ctx.store, step, "unparseable grade", _malformed(result.attempts, text)
-            )
+            attempts = _malformed(result.attempts, text)
+            sent = ctx.take_sent(step)
+            records.fail_step(ctx.store, step, "unparseable grade", attempts, sent_id=sent)
             continue
-        records.complete_step(ctx.store, step, text, digest, result)
+        records.complete_step(ctx.store, step, text, digest, result, ctx.take_sent(step))
         records.update_step(ctx.store, step.id, score=score)
         ctx.ctx[step.name] = StepView(step.name, text)
         ctx.step_event(ev.StepCompleted, step, provider=result.provider)
