@@ -206,9 +206,11 @@ class RunContext:
 
     def _step_limits(self, step: StepRow) -> None:
         """A step's own ``limits:`` apply from its first call on."""
+        if step.name in self._limited_steps:  # looked up once per step, not once per call
+            return
+        self._limited_steps.add(step.name)
         spec = next((s for s in self.spec.steps if s.name == step.name), None)
-        if spec is not None and spec.limits and step.name not in self._limited_steps:
-            self._limited_steps.add(step.name)
+        if spec is not None and spec.limits:
             self.pool.governors.configure({k: Limits.of(v) for k, v in spec.limits.items()})
 
     def count(self, attempts: list[Attempt]) -> None:
