@@ -413,3 +413,20 @@ def test_python_m_nyxnb_exit_codes_and_one_line_errors(db: str) -> None:
             assert "s3cret" not in stderr
     assert time.monotonic() - started < 30
     assert counts(db)["tenants"] == 2  # the duplicate wrote nothing
+
+
+def test_submit_takes_the_same_run_flags_as_run(db: str) -> None:
+    """`nyxnb submit` records --batch, --max-cost, --rpm and --timeout with the queued workflow."""
+    queued = as_json(nyx(db, "submit", SPEC, "--tenant", "nyx", "--project", "BRbase",
+                         "--provider", "offline", "--batch", "--max-cost", "2.5", "--rpm", "30",
+                         "--timeout", "12", "--no-cache", "--json"))  # fmt: skip
+    store = open_store(db)
+    try:
+        with store.session() as session:
+            spec = session.get_one(Workflow, queued["workflow_id"]).spec
+    finally:
+        store.dispose()
+    defaults = spec["defaults"]
+    assert defaults["batch"] is True and defaults["cache"] is False
+    assert spec["max_cost_usd"] == 2.5 and defaults["timeouts"]["default"] == 12
+    assert all(defaults["limits"][p]["rpm"] == 30 for p in ("anthropic", "google", "openai"))

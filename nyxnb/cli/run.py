@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import click
 
 from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
+from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import api
 from nyxnb.engine.report import list_workflows, workflow_summary
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--tenant", required=True, help="Tenant slug.")
-@click.option("--project", required=True, help="Project name (in that tenant).")
-@click.option("--provider", help="Run every step on this provider only (e.g. offline).")
-@click.option("--concurrency", type=click.IntRange(1, 256), help="Fan-out items in flight.")
-@click.option("--no-cache", is_flag=True, help="Do not use the response cache.")
-@click.option(
-    "--max-cost",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Budget in USD (> 0); stops before exceeding it.",
-)
-@click.option(
-    "--timeout",
-    "timeouts",
-    multiple=True,
-    metavar="[PROVIDER=]SECONDS",
-    help="Seconds a call may wait for its first byte (all providers, or one); repeatable.",
-)
-@click.option(
-    "--limit",
-    "limits",
-    multiple=True,
-    metavar="PROVIDER:rpm=N,tpm=N,concurrency=N",
-    help="Rate limits of a provider (or provider:model), instead of learning them; repeatable.",
-)
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min, all.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min, all.")
-@click.option("--batch", is_flag=True, help="Fan-outs through the batch API (half price).")
+@run_flags
 @click.option(
     "--matrix",
     multiple=True,
@@ -52,39 +28,21 @@ from nyxnb.engine.report import list_workflows, workflow_summary
 def run(
     ctx: click.Context,
     spec: str,
-    tenant: str,
-    project: str,
-    provider: str | None,
-    concurrency: int | None,
-    no_cache: bool,
-    max_cost: float | None,
-    timeouts: tuple[str, ...],
-    limits: tuple[str, ...],
-    rpm: float | None,
-    tpm: float | None,
-    batch: bool,
+    flags: RunFlags,
     matrix: tuple[str, ...],
     use_variants: bool,
 ) -> None:
     """Create a workflow from SPEC and run it (or its variants, as one experiment)."""
-    from nyxnb.cli.limits import with_limits
-
-    store = get_store(ctx)
     if matrix or use_variants:
         from nyxnb.cli.iterate import run_variants
 
-        limited = with_limits(spec, timeouts, limits, rpm, tpm)
-        run_variants(ctx, limited, tenant, project, matrix, cache=False if no_cache else None)
+        run_variants(ctx, flags.spec(spec), flags.tenant, flags.project, matrix, cache=flags.cache)
     events = api.run_iter(
-        with_limits(spec, timeouts, limits, rpm, tpm),
-        store=store,
-        tenant=tenant,
-        project=project,
-        provider=provider,
-        concurrency=concurrency,
-        cache=False if no_cache else None,
-        max_cost_usd=max_cost,
-        batch=True if batch else None,
+        flags.spec(spec),
+        store=get_store(ctx),
+        tenant=flags.tenant,
+        project=flags.project,
+        **asdict(flags.options),
     )
     stream_events(ctx, events)
 

@@ -10,31 +10,24 @@ import click
 
 from nyxnb import events as ev
 from nyxnb.cli.common import emit, get_store, table, with_json
+from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import queue
 from nyxnb.engine.worker import Worker, WorkerOptions, WorkerStats, live_workers
-from nyxnb.engine.workflows import RunOptions
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--tenant", required=True, help="Tenant slug.")
-@click.option("--project", required=True, help="Project name (in that tenant).")
-@click.option("--provider", help="Run every step on this provider only (e.g. offline).")
-@click.option("--concurrency", type=click.IntRange(1, 256), help="Fan-out items in flight.")
+@run_flags
 @with_json
 @click.pass_context
-def submit(
-    ctx: click.Context,
-    spec: str,
-    tenant: str,
-    project: str,
-    provider: str | None,
-    concurrency: int | None,
-) -> None:
+def submit(ctx: click.Context, spec: str, flags: RunFlags) -> None:
     """Queue a workflow from SPEC for `nyxnb worker` processes (no provider call)."""
-    options = RunOptions(provider, concurrency, None, None)
     workflow_id = queue.submit(
-        get_store(ctx), spec, tenant=tenant, project=project, options=options
+        get_store(ctx),
+        flags.spec(spec),
+        tenant=flags.tenant,
+        project=flags.project,
+        options=flags.options,
     )
     emit(ctx, {"workflow_id": workflow_id, "status": "queued"}, workflow_id)
 

@@ -296,11 +296,12 @@ def submit(
     concurrency: int | None = None,
     cache: bool | None = None,
     max_cost_usd: float | None = None,
+    batch: bool | None = None,
 ) -> str:
     """Queue a workflow for ``nyxnb worker`` processes (no provider call); returns its id."""
     from nyxnb.engine.queue import submit as queue_submit
 
-    options = RunOptions(provider, concurrency, cache, max_cost_usd)
+    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
     return queue_submit(_store(store), spec, tenant=tenant, project=project, options=options)
 
 
