@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, timedelta
 
@@ -108,7 +109,7 @@ class BatchRun:
         store = self.runner.store
         row_id = records.insert_batch(store, self.step, self.name, self.model or "", cids)
         try:
-            batch_id = await api.submit([(cid, self.requests[cid]) for cid in cids])
+            batch_id = await api.submit([(cid, self.requests[cid]) for cid in cids], tag=row_id)
         except Exception:
             records.update_batch(store, row_id, state=BATCH_CANCELED, ended_at=utcnow())
             raise
@@ -123,8 +124,9 @@ class BatchRun:
 
     async def _drain(self, api: BatchApi, row: records.BatchRow, adopted: bool) -> bool:
         """Poll one batch until it ends and ingest it; False if a pause came first."""
-        if row.batch_id is None:  # killed between commit and create: nothing was submitted
-            records.update_batch(self.runner.store, row.id, state=BATCH_CANCELED)
+        if row.batch_id is None:
+            row = await self._orphan(api, row)
+        if row.batch_id is None:
             return True
         if adopted:
             self.runner.step_event(
@@ -151,6 +153,16 @@ class BatchRun:
             failed=failed,
         )
         return True
+
+    async def _orphan(self, api: BatchApi, row: records.BatchRow) -> records.BatchRow:
+        """A row killed between its commit and the batch id's: adopt a batch labelled with it."""
+        found = await api.find(row.id)
+        if found is None:  # nothing was submitted (or the API cannot label batches)
+            records.update_batch(self.runner.store, row.id, state=BATCH_CANCELED)
+            return row
+        now, store = utcnow(), self.runner.store
+        records.update_batch(store, row.id, batch_id=found, state=BATCH_OPEN, submitted_at=now)
+        return dataclasses.replace(row, batch_id=found, submitted_at=now)
 
     def _requests_of(self, row: records.BatchRow) -> dict[str, CompletionRequest]:
         return {cid: self.requests[cid] for cid in row.custom_ids if cid in self.requests}

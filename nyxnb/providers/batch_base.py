@@ -1,7 +1,10 @@
 """The batch-API interface: submit many requests at half price, poll, read results, cancel.
 
 One implementation per SDK (``batch_anthropic``, ``batch_openai``, ``batch_offline``); the
-engine (:mod:`nyxnb.engine.batch`) owns durability, polling and ingestion.
+engine (:mod:`nyxnb.engine.batch`) owns durability, polling and ingestion.  ``submit`` gets the
+engine's ``provider_batches`` row id as ``tag``; an API that can label a batch with it (OpenAI's
+``metadata``) implements :meth:`BatchApi.find`, so a batch created just before a kill -9, whose
+id never reached the store, is re-adopted instead of billed twice.
 """
 
 from __future__ import annotations
@@ -52,8 +55,17 @@ class BatchApi(ABC):
         return self.provider.name
 
     @abstractmethod
-    async def submit(self, requests: Sequence[tuple[str, CompletionRequest]]) -> str:
-        """Create a batch of ``(custom_id, request)`` and return the provider's batch id."""
+    async def submit(self, requests: Sequence[tuple[str, CompletionRequest]], tag: str = "") -> str:
+        """Create a batch of ``(custom_id, request)`` and return the provider's batch id.
+
+        Args:
+            requests: the items, each with its custom id (unique within the batch).
+            tag: the engine's row id for the batch; label the batch with it where the API can.
+        """
+
+    async def find(self, tag: str) -> str | None:
+        """The id of a batch submitted with ``tag``, or None (also: the API cannot label)."""
+        return None
 
     @abstractmethod
     async def status(self, batch_id: str) -> BatchStatus:

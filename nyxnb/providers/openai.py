@@ -42,6 +42,11 @@ class OpenAIProvider(Provider):
     default_model = "gpt-4o-mini"
     Options = OpenAIOptions
 
+    def params(self, request: CompletionRequest) -> dict[str, Any]:
+        """Chat Completions parameters of a request (live, or a batch line's ``body``)."""
+        opts: OpenAIOptions = self.options  # type: ignore[assignment]
+        return _params(request, self.model_for(request), opts.max_tokens_param)
+
     def make_client(self) -> openai.AsyncOpenAI:
         """The SDK client; its own retries are off (the fallback chain owns retries)."""
         return openai.AsyncOpenAI(
@@ -52,16 +57,13 @@ class OpenAIProvider(Provider):
         """Send one Chat Completions request and normalise the answer."""
         client = self.client()
         model = self.model_for(request)
-        opts: OpenAIOptions = self.options  # type: ignore[assignment]
         try:
-            raw = await client.chat.completions.with_raw_response.create(
-                **_params(request, model, opts.max_tokens_param)
-            )
+            raw = await client.chat.completions.with_raw_response.create(**self.params(request))
         except openai.OpenAIError as exc:
             raise self._error(exc, client.api_key) from exc
         try:
             response = await _parsed(raw)
-            answer = _completion(response, model, self.name)
+            answer = completion_of(response, model, self.name)
         except Exception as exc:  # noqa: BLE001 - a 200 that is not a chat completion
             raise malformed_answer(self.name, exc, client.api_key) from exc
         answer.extra["rate"] = rate_info(raw.headers)
@@ -98,7 +100,8 @@ def _failure(exc: openai.APIStatusError) -> HttpFailure:
     )
 
 
-def _completion(response: ChatCompletion, model: str, provider: str) -> Completion:
+def completion_of(response: ChatCompletion, model: str, provider: str) -> Completion:
+    """The normalised answer of a chat completion (live or from a batch's output line)."""
     choice = response.choices[0] if response.choices else None
     message = choice.message if choice else None
     raw = (choice.finish_reason if choice else None) or ""

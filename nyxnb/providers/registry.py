@@ -52,6 +52,7 @@ def create_provider(
 _BATCH_APIS = {
     "offline": "nyxnb.providers.batch_offline:OfflineBatches",
     "anthropic": "nyxnb.providers.batch_anthropic:AnthropicBatches",
+    "openai": "nyxnb.providers.batch_openai:OpenAIBatches",
 }
 
 

@@ -1,4 +1,4 @@
-"""The fake's batch APIs (Anthropic Message Batches) and prompt-cache accounting.
+"""The fake's batch APIs (Anthropic Message Batches here, OpenAI's in ``batches_openai``).
 
 :class:`FakeBatches` is a state machine independent of the HTTP transport: ``handle(method,
 path, headers, body)`` returns ``(status, headers, body bytes)`` or None when the path is not
@@ -6,7 +6,8 @@ its.  Batches end ``delay_s`` after creation; :meth:`FakeBatches.plan` makes cho
 the next batch ``errored`` or ``expired``.  Requests marked with ``cache_control`` are counted
 as cache writes the first time their prefix is seen and cache reads after (1 token per word,
 like the rest of the fake; a prefix under ``min_cache_tokens`` is not cached, as Anthropic
-does).  :class:`FakeBatchServer` mounts it on the loopback fake.
+does).  :class:`FakeBatchServer` mounts it and the OpenAI Files + Batches fake on the loopback
+fake.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from nyxnb.testing.batchbook import BatchBook, FakeBatch, Response, text_of, words
+from nyxnb.testing.batches_openai import BATCHES as OPENAI_BATCHES
+from nyxnb.testing.batches_openai import FILES, FakeOpenAIBatches
 from nyxnb.testing.server import (
     FakeProviderServer,
     FakeRequest,
@@ -30,31 +30,8 @@ from nyxnb.testing.server import (
     reply_body,
 )
 
-Response = tuple[int, dict[str, str], bytes]
 _BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
 _JSON = {"Content-Type": "application/json"}
-
-
-@dataclass
-class FakeBatch:
-    """One batch held by the fake."""
-
-    id: str
-    requests: list[dict[str, Any]]
-    created: float
-    outcomes: dict[int, str] = field(default_factory=dict)
-    canceled: bool = False
-    retrieved: int = 0
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return " ".join(str(b.get("text", "")) for b in content or [] if isinstance(b, Mapping))
 
 
 def _cached_prefix(params: Mapping[str, Any]) -> str:
@@ -69,25 +46,14 @@ def _cached_prefix(params: Mapping[str, Any]) -> str:
     return "" if not marked else " ".join(str(b.get("text", "")) for b in blocks[: marked[-1] + 1])
 
 
-class FakeBatches:
+class FakeBatches(BatchBook):
     """Anthropic Message Batches and prompt caching, transport-free."""
 
+    id_prefix = "msgbatch_fake"
+
     def __init__(self, delay_s: float = 0.0, min_cache_tokens: int = 1024) -> None:
-        self.delay_s, self.min_cache_tokens = delay_s, min_cache_tokens
-        self.batches: dict[str, FakeBatch] = {}
-        self.calls: list[tuple[str, str]] = []
-        self._plans: deque[dict[int, str]] = deque()
+        super().__init__(delay_s, min_cache_tokens)
         self._prefixes: set[str] = set()
-        self._lock = threading.Lock()
-
-    def plan(self, outcomes: Mapping[int, str]) -> FakeBatches:
-        """Lines of the next created batch (0-based) that end ``errored`` or ``expired``."""
-        self._plans.append(dict(outcomes))
-        return self
-
-    def submitted_ids(self) -> list[str]:
-        """Every custom id submitted, in order, across all batches."""
-        return [r["custom_id"] for b in self.batches.values() for r in b.requests]
 
     def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -113,17 +79,17 @@ class FakeBatches:
 
     def usage(self, params: Mapping[str, Any]) -> tuple[Reply, int]:
         """A reply counting prompt-cache reads, and the tokens written to the cache."""
-        total = _words(_text(params.get("system"))) + sum(
-            _words(_text(m.get("content"))) for m in params.get("messages", [])
+        total = words(text_of(params.get("system"))) + sum(
+            words(text_of(m.get("content"))) for m in params.get("messages", [])
         )
         prefix = _cached_prefix(params)
-        prefix = prefix if _words(prefix) >= self.min_cache_tokens else ""  # as Anthropic does
+        prefix = prefix if words(prefix) >= self.min_cache_tokens else ""  # as Anthropic does
         key = hashlib.sha256(prefix.encode()).hexdigest()
         hit = bool(prefix) and key in self._prefixes
         if prefix:
             self._prefixes.add(key)
-        written = 0 if hit or not prefix else _words(prefix)
-        return Reply(input_tokens=total, cached_tokens=_words(prefix) if hit else 0), written
+        written = 0 if hit or not prefix else words(prefix)
+        return Reply(input_tokens=total, cached_tokens=words(prefix) if hit else 0), written
 
     def message(self, params: Mapping[str, Any], n: int) -> dict[str, Any]:
         """A Messages API answer for ``params`` with cache accounting."""
@@ -135,14 +101,8 @@ class FakeBatches:
         return body
 
     def _create(self, body: Mapping[str, Any]) -> Response:
-        n = len(self.batches) + 1
-        batch = FakeBatch(f"msgbatch_fake{n:04d}", list(body.get("requests", [])), time.time())
-        batch.outcomes = self._plans.popleft() if self._plans else {}
-        self.batches[batch.id] = batch
+        batch = self._new(list(body.get("requests", [])))
         return 200, _JSON, json.dumps(self._view(batch, {})).encode()
-
-    def _ended(self, batch: FakeBatch) -> bool:
-        return batch.canceled or time.time() >= batch.created + self.delay_s
 
     def _view(self, batch: FakeBatch, headers: Mapping[str, str]) -> dict[str, Any]:
         ended, n = self._ended(batch), len(batch.requests)
@@ -166,10 +126,6 @@ class FakeBatches:
             "results_url": f"/v1/messages/batches/{batch.id}/results" if ended else None,
         }
 
-    def _outcome(self, batch: FakeBatch, i: int) -> str:
-        planned = batch.outcomes.get(i)
-        return planned or ("canceled" if batch.canceled and i % 2 else "succeeded")
-
     def _results(self, batch: FakeBatch) -> Response:
         lines = []
         for i, req in enumerate(batch.requests):
@@ -190,20 +146,39 @@ def _error(status: int, kind: str, message: str) -> Response:
 
 
 class FakeBatchServer(FakeProviderServer):
-    """The loopback fake with the batch APIs mounted (and, opt-in, live prompt caching)."""
+    """The loopback fake with both batch APIs mounted (and, opt-in, live prompt caching).
+
+    ``batches`` is the Anthropic Message Batches fake, ``openai_batches`` the OpenAI Files +
+    Batches fake; :meth:`book` picks one by provider name.
+    """
 
     def __init__(self, delay_s: float = 0.0, live_caching: bool = False) -> None:
         super().__init__()
         self.batches = FakeBatches(delay_s)
+        self.openai_batches = FakeOpenAIBatches(delay_s)
         self.live_caching = live_caching
         for method in ("GET", "POST"):
             self.add_route(method, _BATCH.pattern, self._batch_route)
+            self.add_route(method, FILES.pattern, self._openai_route)
+            self.add_route(method, OPENAI_BATCHES.pattern, self._openai_route)
         if live_caching:
             self.add_route("POST", r"^/v1/messages$", self._cached_message)
+            self.add_route("POST", r"^/v1/chat/completions$", self._cached_completion)
+
+    def book(self, provider: str) -> BatchBook:
+        """The batch fake of ``provider`` (``anthropic`` or ``openai``)."""
+        books: dict[str, BatchBook] = {"anthropic": self.batches, "openai": self.openai_batches}
+        return books[provider]
 
     async def _batch_route(self, request: FakeRequest) -> FakeResponse:
         answer = self.batches.handle(request.method, request.path, request.headers, request.body)
         assert answer is not None  # the route's pattern is the batch endpoints'
+        return _response(answer)
+
+    async def _openai_route(self, request: FakeRequest) -> FakeResponse:
+        fake = self.openai_batches
+        answer = fake.handle(request.method, request.path, request.headers, request.body)
+        assert answer is not None  # the routes' patterns are the Files and Batches endpoints'
         return _response(answer)
 
     async def _cached_message(self, request: FakeRequest) -> FakeResponse:
@@ -213,6 +188,13 @@ class FakeBatchServer(FakeProviderServer):
             n = len(self.requests)
             body = json.dumps(self.batches.message(params, n)).encode()
         return _response((200, _JSON, body))
+
+    async def _cached_completion(self, request: FakeRequest) -> FakeResponse:
+        params = request.json()
+        self._next("openai", request.path, params)
+        with self.openai_batches._lock:
+            body = json.dumps(self.openai_batches.completion(params, len(self.requests)))
+        return _response((200, _JSON, body.encode()))
 
 
 def _response(answer: Response) -> FakeResponse:
