@@ -58,3 +58,25 @@ def test_yaml_row_overrides_genai_prices(tmp_path, monkeypatch):
         "nyxnb.providers.pricing.load_prices", lambda path=None: load_prices.__wrapped__(table)
     )
     assert price_for("openai", "gpt-4o-mini").input == 9
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini"])
+def test_openai_batch_rates_come_from_genai_prices(model):
+    price = price_for("openai", model)
+    batch = price.batch_rates
+    assert price.source == "genai-prices" and batch is not None
+    assert batch.input == pytest.approx(BATCH_DISCOUNT * price.input)
+    assert batch.output == pytest.approx(BATCH_DISCOUNT * price.output)
+    assert 0 < batch.cached_input <= price.cached_input < price.input
+
+
+def test_batch_cached_input_priced_as_the_provider_bills_it():
+    # gpt-4o-mini: a cached token in a batch costs the cached rate, not half of it
+    mini = price_for("openai", "gpt-4o-mini")
+    assert mini.batch_rates is not None and mini.batch_rates.cached_input == mini.cached_input
+    assert mini.cost(2_000_000, 0, 1_000_000, batch=True) == pytest.approx(0.075 + 0.075)
+    # gpt-5-mini and Claude: the batch discount stacks with the cache discount
+    for provider, model in (("openai", "gpt-5-mini"), ("anthropic", "claude-haiku-4-5")):
+        price = price_for(provider, model)
+        tokens = (3_000_000, 1_000_000, 1_000_000, 1_000_000 if provider == "anthropic" else 0)
+        assert price.cost(*tokens, batch=True) == pytest.approx(0.5 * price.cost(*tokens))

@@ -24,9 +24,7 @@ class AnthropicBatches(BatchApi):
 
     provider: AnthropicProvider
 
-    async def submit(
-        self, requests: Sequence[tuple[str, CompletionRequest]], tag: str = ""
-    ) -> str:
+    async def submit(self, requests: Sequence[tuple[str, CompletionRequest]], tag: str = "") -> str:
         """Create a Message Batch; prompts keep their ``cache_control`` marks."""
         client = self.provider.client()
         body = [{"custom_id": cid, "params": self.provider.params(r)} for cid, r in requests]

@@ -21,9 +21,7 @@ DELAY_ENV = "NYXNB_OFFLINE_BATCH_S"
 class OfflineBatches(BatchApi):
     """Deterministic local batches."""
 
-    async def submit(
-        self, requests: Sequence[tuple[str, CompletionRequest]], tag: str = ""
-    ) -> str:
+    async def submit(self, requests: Sequence[tuple[str, CompletionRequest]], tag: str = "") -> str:
         """A batch id ``offbatch_<submitted ms>_<n>_<digest>``."""
         digest = hashlib.sha256("".join(cid for cid, _ in requests).encode()).hexdigest()[:12]
         return f"offbatch_{int(time.time() * 1000)}_{len(requests)}_{digest}"

@@ -3,14 +3,17 @@ models it lacks, and cost arithmetic with prompt-cache reads/writes and the batc
 
 Lookup order for ``(provider, model)``: an explicit row of ``data/pricing.yaml`` (an override),
 then ``genai-prices``, then the yaml's ``default`` row of that provider, then free.  The batch
-APIs of Anthropic, OpenAI and Gemini bill 50% of the live price, and the discount stacks with
-prompt-cache prices (Anthropic documents it; OpenAI and Gemini bill cached batch input at the
-cached rate halved), so :meth:`Price.cost` applies ``batch`` to every token class.
+APIs of Anthropic, OpenAI and Gemini bill 50% of the live price for input and output, but how
+the batch discount meets the prompt-cache price differs by provider and model: Anthropic halves
+cache reads and writes too, while for OpenAI's gpt-4o / gpt-4.1 families and Gemini 2.5 a cached
+batch token costs the live cached rate (or the batch input rate), not half of it.  So a model
+``genai-prices`` knows carries its own batch rates (its ``processing: batch`` price variants) in
+:attr:`Price.batch_rates`; any other price applies the ``batch`` share to every token class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -36,6 +39,8 @@ class Price:
     cache_write: float | None = None  # None: same as ``input`` (OpenAI/Gemini caching is implicit)
     batch: float = BATCH_DISCOUNT
     source: str = "pricing.yaml"
+    #: The provider's own batch prices (genai-prices); None: ``batch`` times these rates.
+    batch_rates: Price | None = None
 
     def cost(
         self,
@@ -47,6 +52,9 @@ class Price:
         batch: bool = False,
     ) -> float:
         """Cost in USD; ``input_tokens`` includes the cache reads and writes."""
+        if batch and self.batch_rates is not None:
+            tokens = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
+            return self.batch_rates.cost(*tokens)
         uncached = max(input_tokens - cached_input_tokens - cache_write_tokens, 0)
         write = self.input if self.cache_write is None else self.cache_write
         usd = (
@@ -89,19 +97,36 @@ def genai_price(provider: str, model: str) -> Price | None:
     provider_id = _GENAI_PROVIDERS.get(provider)
     if provider_id is None or not model:
         return None
+    try:
+        live = _genai_rates(provider_id, model, None)
+    except LookupError:
+        return None
+    batch = _genai_rates(provider_id, model, _BATCH_CONTEXT)
+    return replace(live, batch_rates=None if batch == live else batch)
+
+
+#: genai-prices' price context of a batch-API call.
+_BATCH_CONTEXT = (("processing", "batch"),)
+
+
+def _genai_rates(
+    provider_id: str, model: str, context: tuple[tuple[str, str], ...] | None
+) -> Price:
+    """Per-token-class rates of ``model`` from genai-prices (live, or in ``context``)."""
     from genai_prices import Usage, calc_price  # imported on first use: its table is large
 
     def rate(**tokens: int) -> float:
         usage = Usage(**tokens)  # type: ignore[arg-type]
-        usd = calc_price(usage, model_ref=model, provider_id=provider_id).total_price
-        return round(float(usd) * _MTOK / _SAMPLE, 6)
+        found = calc_price(
+            usage,
+            model_ref=model,
+            provider_id=provider_id,
+            price_context=dict(context) if context else None,
+        )
+        return round(float(found.total_price) * _MTOK / _SAMPLE, 6)
 
-    try:
-        base = rate(input_tokens=_SAMPLE)
-    except LookupError:
-        return None
     return Price(
-        input=base,
+        input=rate(input_tokens=_SAMPLE),
         output=rate(output_tokens=_SAMPLE),
         cached_input=rate(input_tokens=_SAMPLE, cache_read_tokens=_SAMPLE),
         cache_write=rate(input_tokens=_SAMPLE, cache_write_tokens=_SAMPLE),
