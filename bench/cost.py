@@ -2,11 +2,12 @@
 
 Workloads: the 13-item sample workflow (``data/workflows/brbase-plan.yaml``, every step) and a
 1,000-item fan-out whose items share a 2,000-token context.  Every call goes through the real
-``anthropic`` SDK to the loopback fake (``nyxnb.testing.batches``: Message Batches and prompt-cache
-accounting, 1 token per word, prefixes under 1,024 tokens not cached), and the figures are the
-sums of ``llm_calls`` (tokens and USD at genai-prices' claude-haiku-4-5 rates).
+``anthropic`` (or ``openai``) SDK to the loopback fake (``nyxnb.testing.batches``: Message Batches
+and OpenAI Files + Batches, prompt-cache accounting, 1 token per word, prefixes under 1,024 tokens
+not cached), and the figures are the sums of ``llm_calls`` (tokens and USD at genai-prices'
+claude-haiku-4-5 or gpt-4o-mini rates).  OpenAI caches by itself, so its modes are live and batch.
 
-    .venv/bin/python -m bench.cost [--items 1000]
+    .venv/bin/python -m bench.cost [--items 1000] [--provider anthropic|openai]
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "workflows" / "brbase-pl
 SHARED = " ".join(f"context{i % 97}" for i in range(2000))
 MODES = {"live": (False, False), "batch": (True, False), "live+cache": (False, True),
          "batch+cache": (True, True)}  # fmt: skip
+#: OpenAI's prompt caching is automatic: it cannot be turned off.
+AUTO_CACHE_MODES = {"live (auto cache)": (False, True), "batch (auto cache)": (True, True)}
 POLL = {"initial_s": 0.05, "max_s": 0.2}
 
 
-def _fan_out(n: int) -> dict[str, Any]:
+def _fan_out(n: int, provider: str) -> dict[str, Any]:
     return {
         "name": f"fanout-{n}",
-        "defaults": {"provider": "anthropic", "fallback": [], "concurrency": 16},
+        "defaults": {"provider": provider, "fallback": [], "concurrency": 16},
         "steps": [
             {
                 "name": "features",
@@ -48,9 +51,9 @@ def _fan_out(n: int) -> dict[str, Any]:
     }
 
 
-def _sample() -> dict[str, Any]:
+def _sample(provider: str) -> dict[str, Any]:
     spec = load_spec(SAMPLE).to_dict()
-    spec["defaults"] |= {"provider": "anthropic", "fallback": []}
+    spec["defaults"] |= {"provider": provider, "fallback": []}
     return spec
 
 
@@ -91,16 +94,21 @@ def measure(spec: dict[str, Any], store: nyxnb.Store, batch: bool, cache: bool) 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__)
     parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--provider", choices=["anthropic", "openai"], default="anthropic")
+    parser.add_argument("--model", default=None, help="default: the provider's default model")
     args = parser.parse_args(argv)
+    modes = MODES if args.provider == "anthropic" else AUTO_CACHE_MODES
     lines = ["| workload | mode | calls | input tok | cache read | cache write | output tok "
              "| USD | vs live |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         store = nyxnb.open_store(f"sqlite:///{tmp}/cost.db")
         seed(store)
-        for name, spec in (("sample (13 items)", _sample()), (f"fan-out {args.items}",
-                                                              _fan_out(args.items))):  # fmt: skip
+        workloads = (("sample (13 items)", _sample(args.provider)),
+                     (f"fan-out {args.items}", _fan_out(args.items, args.provider)))  # fmt: skip
+        for name, spec in workloads:
+            spec["defaults"]["model"] = args.model
             live = None
-            for mode, (batch, cache) in MODES.items():
+            for mode, (batch, cache) in modes.items():
                 row = measure(spec, store, batch, cache)
                 live = live or row["usd"]
                 lines.append(
