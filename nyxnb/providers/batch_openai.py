@@ -37,6 +37,11 @@ ENDPOINT = "/v1/chat/completions"
 TAG_KEY = "nyxnb_row"
 #: Recent batches (newest first) :meth:`OpenAIBatches.find` looks through for a tag.
 FIND_SCAN = 1000
+#: The hint of a 404 from ``/v1/files`` or ``/v1/batches``: the server has no Batch API.
+NO_BATCH_API = (
+    "the endpoint (OPENAI_BASE_URL) has no Files + Batches API (OpenAI-compatible local servers "
+    "have none): run this fan-out without `batch: true` / `--batch`"
+)
 _ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Error codes of the lines OpenAI writes for requests a batch never ran.
 _LINE_CODES = {"batch_expired": EXPIRED, "batch_cancelled": CANCELED}
@@ -76,7 +81,10 @@ class OpenAIBatches(BatchApi):
                 metadata=metadata,
             )
         except openai.OpenAIError as exc:
-            raise self.provider._error(exc, client.api_key) from exc
+            error = self.provider._error(exc, client.api_key)
+            if isinstance(exc, openai.NotFoundError):
+                error.hint = NO_BATCH_API
+            raise error from exc
         return batch.id
 
     async def find(self, tag: str) -> str | None:
