@@ -184,7 +184,7 @@ def test_sdk_errors_map_to_provider_errors(monkeypatch):
         with pytest.raises(ProviderError) as raised:
             _with_api(lambda api: api.submit([("c0", _request("hi"))]))
     assert raised.value.provider == "openai" and raised.value.kind == "not_found"
-    assert "without `batch: true` / `--batch`" in raised.value.hint  # an OpenAI-compatible server without a Batch API
+    assert "without `batch: true` / `--batch`" in raised.value.hint  # no Batch API there
     assert FAKE_KEYS["OPENAI_API_KEY"] not in str(raised.value)
 
 
