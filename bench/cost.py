@@ -2,12 +2,14 @@
 
 Workloads: the 13-item sample workflow (``data/workflows/brbase-plan.yaml``, every step) and a
 1,000-item fan-out whose items share a 2,000-token context.  Every call goes through the real
-``anthropic`` (or ``openai``) SDK to the loopback fake (``nyxnb.testing.batches``: Message Batches
-and OpenAI Files + Batches, prompt-cache accounting, 1 token per word, prefixes under 1,024 tokens
-not cached), and the figures are the sums of ``llm_calls`` (tokens and USD at genai-prices'
-claude-haiku-4-5 or gpt-4o-mini rates).  OpenAI caches by itself, so its modes are live and batch.
+``anthropic`` (or ``openai``, or ``google-genai``) SDK to the loopback fake
+(``nyxnb.testing.batches``: Message Batches, OpenAI Files + Batches and Gemini batch mode,
+prompt-cache accounting, 1 token per word, prefixes under 1,024 tokens not cached), and the
+figures are the sums of ``llm_calls`` (tokens and USD at genai-prices' claude-haiku-4-5,
+gpt-4o-mini or gemini-2.5-flash rates).  OpenAI and Gemini cache by themselves, so their modes
+are live and batch.
 
-    .venv/bin/python -m bench.cost [--items 1000] [--provider anthropic|openai]
+    .venv/bin/python -m bench.cost [--items 1000] [--provider anthropic|openai|google]
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def measure(spec: dict[str, Any], store: nyxnb.Store, batch: bool, cache: bool) 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__)
     parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--provider", choices=["anthropic", "openai"], default="anthropic")
+    providers = ["anthropic", "openai", "google"]
+    parser.add_argument("--provider", choices=providers, default="anthropic")
     parser.add_argument("--model", default=None, help="default: the provider's default model")
     args = parser.parse_args(argv)
     modes = MODES if args.provider == "anthropic" else AUTO_CACHE_MODES

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from collections.abc import Iterator
 
 import pytest
@@ -25,9 +23,8 @@ from nyxnb.providers.batch_base import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Ba
 from nyxnb.providers.batch_openai import TAG_KEY, OpenAIBatches
 from nyxnb.providers.registry import create_provider
 from nyxnb.testing import FAKE_KEYS, FakeProviderServer
-from nyxnb.testing.batchbook import FakeBatch
 from nyxnb.testing.batches import FakeBatchServer
-from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items, spawn_run
+from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
 
 SHARED = " ".join(f"context{i % 97}" for i in range(2000))  # a 2,000-token shared prefix
 
@@ -57,50 +54,6 @@ def _with_api(coro_fn):
 
 
 # --- the orphan window: killed between batch create and the commit of its id -----------------
-
-
-@pytest.mark.parametrize("created", [True, False], ids=["batch-created", "create-lost"])
-def test_kill_9_between_create_and_commit(sqlite_url, tmp_path, monkeypatch, created):
-    """The batch carries its row id; a resume finds it by ``metadata`` instead of paying twice."""
-    store = nyxnb.open_store(sqlite_url)
-    seed(store)
-    with FakeBatchServer(delay_s=0.5) as srv:
-        srv.patch_env(monkeypatch)
-        book, pids = srv.openai_batches, []
-
-        def kill_client(batch: FakeBatch) -> None:  # runs before the answer is sent
-            os.kill(pids[0], signal.SIGKILL)
-            if not created:  # as if the create never reached OpenAI
-                del book.batches[batch.id]
-
-        book.on_create = kill_client
-        proc = spawn_run(batch_spec("openai"), tmp_path, sqlite_url)
-        pids.append(proc.pid)
-        assert proc.stdout is not None
-        workflow_id = json.loads(proc.stdout.readline())["workflow_id"]
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
-        _, _, rows = fan_out(store, workflow_id)
-        assert [(r.state, r.batch_id) for r in rows] == [("submitting", None)]
-        assert len(book.batches) == int(created)
-        book.on_create = None
-
-        result = nyxnb.resume(workflow_id, store=store)
-        assert result.ok, result.error
-        assert len(book.batches) == 1  # adopted, or submitted once since none existed
-        ids = book.submitted_ids()
-        assert len(ids) == len(set(ids)) == N_ITEMS
-        items, calls, rows = fan_out(store, workflow_id)
-        assert {i.status for i in items} == {"completed"}
-        assert ok_items(calls) == list(range(N_ITEMS))
-        expected = ["ended"] if created else ["canceled", "ended"]
-        assert [r.state for r in rows] == expected
-        assert rows[-1].batch_id == "batch_fake0001" and {c.batch_id for c in calls} == {
-            "batch_fake0001"
-        }
-        adopted = [e.adopted for e in result.events if e.type == "batch_submitted"]
-        assert adopted == ([True] if created else [False])
-    store.engine.dispose()
 
 
 def test_find_looks_through_every_page_of_batches(srv):

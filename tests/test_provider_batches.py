@@ -1,11 +1,14 @@
-"""Batch fan-out through the real anthropic and openai SDKs against the fake's batch APIs.
+"""Batch fan-out through the real anthropic, openai and google-genai SDKs against the fake's
+batch APIs.
 
-Every test runs once per provider: Anthropic Message Batches, OpenAI Files + Batches.
+Every test runs once per provider: Anthropic Message Batches, OpenAI Files + Batches, Gemini
+batch mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Iterator
 
@@ -13,10 +16,11 @@ import pytest
 
 import nyxnb
 from nyxnb.engine.seed import seed
+from nyxnb.testing.batchbook import FakeBatch
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items, spawn_run
 
-PROVIDERS = ["anthropic", "openai"]
+PROVIDERS = ["anthropic", "openai", "google"]
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -169,6 +173,51 @@ def test_cancel_batch_then_resume_resubmits_canceled_items(
         _, calls, _ = fan_out(store, workflow_id)
         assert ok_items(calls) == list(range(N_ITEMS))
         assert sorted(c.error_kind for c in calls if c.outcome == "error") == ["canceled"] * 6
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("labelled", ["openai", "google"])
+@pytest.mark.parametrize("created", [True, False], ids=["batch-created", "create-lost"])
+def test_kill_9_between_create_and_commit(sqlite_url, tmp_path, monkeypatch, created, labelled):
+    """The batch carries its row id (OpenAI ``metadata``, Gemini ``displayName``); a resume
+    finds it by that instead of paying twice."""
+    store = nyxnb.open_store(sqlite_url)
+    seed(store)
+    with FakeBatchServer(delay_s=0.5) as srv:
+        srv.patch_env(monkeypatch)
+        book, pids = srv.book(labelled), []
+
+        def kill_client(batch: FakeBatch) -> None:  # runs before the answer is sent
+            os.kill(pids[0], signal.SIGKILL)
+            if not created:  # as if the create never reached the provider
+                del book.batches[batch.id]
+
+        book.on_create = kill_client
+        proc = spawn_run(batch_spec(labelled), tmp_path, sqlite_url)
+        pids.append(proc.pid)
+        assert proc.stdout is not None
+        workflow_id = json.loads(proc.stdout.readline())["workflow_id"]
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+        _, _, rows = fan_out(store, workflow_id)
+        assert [(r.state, r.batch_id) for r in rows] == [("submitting", None)]
+        assert len(book.batches) == int(created)
+        book.on_create = None
+
+        result = nyxnb.resume(workflow_id, store=store)
+        assert result.ok, result.error
+        assert len(book.batches) == 1  # adopted, or submitted once since none existed
+        ids = book.submitted_ids()
+        assert len(ids) == len(set(ids)) == N_ITEMS
+        items, calls, rows = fan_out(store, workflow_id)
+        assert {i.status for i in items} == {"completed"}
+        assert ok_items(calls) == list(range(N_ITEMS))
+        expected = ["ended"] if created else ["canceled", "ended"]
+        assert [r.state for r in rows] == expected
+        first = _first_id(srv, labelled)
+        assert rows[-1].batch_id == first and {c.batch_id for c in calls} == {first}
+        adopted = [e.adopted for e in result.events if e.type == "batch_submitted"]
+        assert adopted == ([True] if created else [False])
     store.engine.dispose()
 
 

@@ -1,10 +1,11 @@
 """The batch-API interface: submit many requests at half price, poll, read results, cancel.
 
-One implementation per SDK (``batch_anthropic``, ``batch_openai``, ``batch_offline``); the
-engine (:mod:`nyxnb.engine.batch`) owns durability, polling and ingestion.  ``submit`` gets the
-engine's ``provider_batches`` row id as ``tag``; an API that can label a batch with it (OpenAI's
-``metadata``) implements :meth:`BatchApi.find`, so a batch created just before a kill -9, whose
-id never reached the store, is re-adopted instead of billed twice.
+One implementation per SDK (``batch_anthropic``, ``batch_google``, ``batch_openai``,
+``batch_offline``); the engine (:mod:`nyxnb.engine.batch`) owns durability, polling and
+ingestion.  ``submit`` gets the engine's ``provider_batches`` row id as ``tag``; an API that can
+label a batch with it (OpenAI's ``metadata``, Gemini's ``displayName``) implements
+:meth:`BatchApi.find`, so a batch created just before a kill -9, whose id never reached the
+store, is re-adopted instead of billed twice.
 """
 
 from __future__ import annotations

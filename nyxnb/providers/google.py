@@ -9,9 +9,9 @@ chain owns retries.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -49,6 +49,7 @@ _REFUSALS = frozenset(
     }
 )
 _NORMAL = frozenset({"", "STOP", "FINISH_REASON_UNSPECIFIED"})
+T = TypeVar("T")
 
 
 class GoogleProvider(Provider):
@@ -68,18 +69,24 @@ class GoogleProvider(Provider):
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one generateContent request and normalise the answer."""
-        client: genai.Client = self.client()
         model = self.model_for(request)
-        try:
-            response = await client.aio.models.generate_content(
-                model=model, contents=_contents(request), config=_config(request)
+        response = await self.sdk_call(
+            lambda client: client.aio.models.generate_content(
+                model=model, contents=contents_of(request), config=config_of(request)
             )
+        )
+        return completion_of(response, model, self.name)
+
+    async def sdk_call(self, call: Callable[[genai.Client], Awaitable[T]]) -> T:
+        """Await one SDK call on the client, its failures as nyxnb errors (live and batch)."""
+        client: genai.Client = self.client()
+        try:
+            return await call(client)
         except Exception as exc:
             error = self._error(exc, self._key)
             if error is None:
                 raise
             raise error from exc
-        return _completion(response, model, self.name)
 
     def _error(self, exc: BaseException, key: str) -> ProviderError | None:
         """The nyxnb error for an SDK or transport exception (None: not a provider failure)."""
@@ -102,7 +109,8 @@ class GoogleProvider(Provider):
         client.close()
 
 
-def _contents(request: CompletionRequest) -> list[types.Content]:
+def contents_of(request: CompletionRequest) -> list[types.Content]:
+    """The ``contents`` of a request (live or in a batch)."""
     return [
         types.Content(
             role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]
@@ -111,7 +119,8 @@ def _contents(request: CompletionRequest) -> list[types.Content]:
     ]
 
 
-def _config(request: CompletionRequest) -> types.GenerateContentConfig:
+def config_of(request: CompletionRequest) -> types.GenerateContentConfig:
+    """The generation config of a request: system prompt, token limit, temperature."""
     return types.GenerateContentConfig(
         system_instruction=request.system or None,
         max_output_tokens=request.max_tokens,
@@ -181,7 +190,8 @@ def _enum(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-def _completion(response: types.GenerateContentResponse, model: str, provider: str) -> Completion:
+def completion_of(response: types.GenerateContentResponse, model: str, provider: str) -> Completion:
+    """The normalised answer of a generateContent response (live or from a batch)."""
     text, stop, raw = _finish(response)
     usage = response.usage_metadata
     output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0) if usage else 0

@@ -53,6 +53,7 @@ _BATCH_APIS = {
     "offline": "nyxnb.providers.batch_offline:OfflineBatches",
     "anthropic": "nyxnb.providers.batch_anthropic:AnthropicBatches",
     "openai": "nyxnb.providers.batch_openai:OpenAIBatches",
+    "google": "nyxnb.providers.batch_google:GoogleBatches",
 }
 
 

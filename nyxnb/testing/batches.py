@@ -1,4 +1,5 @@
-"""The fake's batch APIs (Anthropic Message Batches here, OpenAI's in ``batches_openai``).
+"""The fake's batch APIs (Anthropic's here; OpenAI's and Gemini's in ``batches_openai`` and
+``batches_google``).
 
 :class:`FakeBatches` is a state machine independent of the HTTP transport: ``handle(method,
 path, headers, body)`` returns ``(status, headers, body bytes)`` or None when the path is not
@@ -6,8 +7,8 @@ its.  Batches end ``delay_s`` after creation; :meth:`FakeBatches.plan` makes cho
 the next batch ``errored`` or ``expired``.  Requests marked with ``cache_control`` are counted
 as cache writes the first time their prefix is seen and cache reads after (1 token per word,
 like the rest of the fake; a prefix under ``min_cache_tokens`` is not cached, as Anthropic
-does).  :class:`FakeBatchServer` mounts it and the OpenAI Files + Batches fake on the loopback
-fake.
+does).  :class:`FakeBatchServer` mounts it, the OpenAI Files + Batches fake and the Gemini
+batch fake on the loopback fake.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from nyxnb.testing.batchbook import BatchBook, FakeBatch, Response, text_of, words
+from nyxnb.testing.batches_google import ROUTES as GEMINI_ROUTES
+from nyxnb.testing.batches_google import FakeGeminiBatches
 from nyxnb.testing.batches_openai import BATCHES as OPENAI_BATCHES
 from nyxnb.testing.batches_openai import FILES, FakeOpenAIBatches
 from nyxnb.testing.server import (
@@ -31,6 +34,7 @@ from nyxnb.testing.server import (
 )
 
 _BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
+_GENERATE = r"^/[^/]+/models/[^/:]+:generateContent$"
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -146,28 +150,38 @@ def _error(status: int, kind: str, message: str) -> Response:
 
 
 class FakeBatchServer(FakeProviderServer):
-    """The loopback fake with both batch APIs mounted (and, opt-in, live prompt caching).
+    """The loopback fake with the three batch APIs mounted (and, opt-in, live prompt caching).
 
     ``batches`` is the Anthropic Message Batches fake, ``openai_batches`` the OpenAI Files +
-    Batches fake; :meth:`book` picks one by provider name.
+    Batches fake, ``gemini_batches`` the Gemini batch-mode fake; :meth:`book` picks one by
+    provider name.  ``live_caching`` makes live Messages, chat completions and generateContent
+    calls count cache reads as the batches do.
     """
 
     def __init__(self, delay_s: float = 0.0, live_caching: bool = False) -> None:
         super().__init__()
         self.batches = FakeBatches(delay_s)
         self.openai_batches = FakeOpenAIBatches(delay_s)
+        self.gemini_batches = FakeGeminiBatches(delay_s)
         self.live_caching = live_caching
         for method in ("GET", "POST"):
             self.add_route(method, _BATCH.pattern, self._batch_route)
             self.add_route(method, FILES.pattern, self._openai_route)
             self.add_route(method, OPENAI_BATCHES.pattern, self._openai_route)
+        for method, pattern in GEMINI_ROUTES:  # under /v1beta: no clash with OpenAI's /v1
+            self.add_route(method, pattern.pattern, self._gemini_route)
         if live_caching:
             self.add_route("POST", r"^/v1/messages$", self._cached_message)
             self.add_route("POST", r"^/v1/chat/completions$", self._cached_completion)
+            self.add_route("POST", _GENERATE, self._cached_generate)
 
     def book(self, provider: str) -> BatchBook:
-        """The batch fake of ``provider`` (``anthropic`` or ``openai``)."""
-        books: dict[str, BatchBook] = {"anthropic": self.batches, "openai": self.openai_batches}
+        """The batch fake of ``provider`` (``anthropic``, ``openai`` or ``google``)."""
+        books: dict[str, BatchBook] = {
+            "anthropic": self.batches,
+            "openai": self.openai_batches,
+            "google": self.gemini_batches,
+        }
         return books[provider]
 
     async def _batch_route(self, request: FakeRequest) -> FakeResponse:
@@ -180,6 +194,15 @@ class FakeBatchServer(FakeProviderServer):
         answer = fake.handle(request.method, request.path, request.headers, request.body)
         assert answer is not None  # the routes' patterns are the Files and Batches endpoints'
         return _response(answer)
+
+    async def _gemini_route(self, request: FakeRequest) -> FakeResponse:
+        fake = self.gemini_batches
+        answer = fake.handle(request.method, request.path, request.headers, request.body)
+        assert answer is not None  # the routes' patterns are the batch and file endpoints'
+        status, headers, body = answer  # upload answers carry x-goog-upload-* headers
+        kind = headers.get("Content-Type", "application/json")
+        extra = {k: v for k, v in headers.items() if k != "Content-Type"}
+        return FakeResponse(status, body, extra, content_type=kind)
 
     async def _cached_message(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
@@ -195,6 +218,14 @@ class FakeBatchServer(FakeProviderServer):
         with self.openai_batches._lock:
             body = json.dumps(self.openai_batches.completion(params, len(self.requests)))
         return _response((200, _JSON, body.encode()))
+
+    async def _cached_generate(self, request: FakeRequest) -> FakeResponse:
+        params = request.json()
+        self._next("google", request.path, params)
+        model = request.path.split("/models/", 1)[1].split(":", 1)[0]
+        with self.gemini_batches._lock:
+            answer = self.gemini_batches.response({"model": model, **params}, len(self.requests))
+        return _response((200, _JSON, json.dumps(answer).encode()))
 
 
 def _response(answer: Response) -> FakeResponse:
