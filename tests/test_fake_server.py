@@ -44,7 +44,7 @@ async def _ask_openai(client: openai.AsyncOpenAI, prompt: str = "hi") -> object:
 
 
 def test_many_concurrent_hanging_requests_cost_no_threads_and_stop_drops_them(srv) -> None:
-    srv.set_default("openai", hang(30))
+    srv.set_default("openai", hang(300))
 
     async def go() -> list[BaseException | object]:
         client = _openai()
@@ -56,7 +56,7 @@ def test_many_concurrent_hanging_requests_cost_no_threads_and_stop_drops_them(sr
 
     started = time.perf_counter()
     results = asyncio.run(go())
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # dropped by stop(), not answered by the 300 s hang
     assert all(isinstance(r, openai.APIConnectionError) for r in results)
     assert srv.hits["openai"] == 50
 
