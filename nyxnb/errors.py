@@ -118,6 +118,18 @@ class NotFound(StoreError):
         super().__init__(f"{kind} {key!r} not found", hint=hint or f"check the {kind} id/name")
 
 
+class CrossTenantWrite(NotFound):
+    """A write that would attach a row to another tenant's parent row (refused; no row moves)."""
+
+    def __init__(self, detail: str) -> None:
+        NyxError.__init__(
+            self,
+            f"refused a write across tenants: {detail}",
+            hint="attach rows to your own tenant's rows",
+        )
+        self.kind, self.key = "parent row", detail
+
+
 class AlreadyExists(StoreError):
     """A unique name or slug is already taken."""
 

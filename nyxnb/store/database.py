@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from nyxnb.errors import NotFound, StoreError, StoreUnavailable, redact
+from nyxnb.errors import CrossTenantWrite, NotFound, StoreError, StoreUnavailable, redact
 from nyxnb.paths import PACKAGE_ROOT, find_project_root
 from nyxnb.store import models
 from nyxnb.store.schema import upgrade_schema
@@ -219,7 +219,20 @@ def _make_engine(url: str) -> Engine:
         ) from None
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    event.listen(engine, "handle_error", _tenancy_refusal)
     return engine
+
+
+#: The text the tenancy triggers (revision 0008) raise with.
+TENANCY_MARK = "nyxnb-tenancy: "
+
+
+def _tenancy_refusal(context: Any) -> None:
+    """A tenancy trigger's refusal, as :class:`CrossTenantWrite` (every engine, every write)."""
+    text_ = str(context.original_exception)
+    if TENANCY_MARK in text_:
+        detail = text_.split(TENANCY_MARK, 1)[1].splitlines()[0].strip()
+        raise CrossTenantWrite(detail) from None
 
 
 def _sqlite_file_problem(engine: Engine, reason: str) -> StoreError | None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from sqlalchemy import Join, Select, Table, event, inspect, select
+from sqlalchemy import Alias, Delete, Insert, Join, Select, Table, Update, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, Executable, FromClause, visitors
+from sqlalchemy.sql.base import ExecutableOption
 
-from nyxnb.errors import ConfigError, NotFound
+from nyxnb.errors import ConfigError, CrossTenantWrite, NotFound
 from nyxnb.store import models
 
 T = TypeVar("T")
@@ -68,11 +69,15 @@ def _persona_criteria(tenant_id: str, *, shared: bool) -> Any:
     )
 
 
-def _owned_mapper(state: ORMExecuteState) -> Any:
+def _owned_table(state: ORMExecuteState) -> Table | None:
+    """The tenant-owned table an insert/update/delete writes (ORM entity or Core table)."""
     mapper = state.bind_mapper
-    if mapper is None or "tenant_id" not in mapper.columns or mapper.class_ is models.TenantMove:
+    table: Any = mapper.local_table if mapper is not None else None
+    if table is None:
+        table = getattr(state.statement, "table", None)
+    if not isinstance(table, Table) or "tenant_id" not in table.c or table.name == "tenant_moves":
         return None
-    return mapper
+    return table
 
 
 def _rows(state: ORMExecuteState) -> list[dict[str, Any]]:
@@ -84,45 +89,100 @@ def _rows(state: ORMExecuteState) -> list[dict[str, Any]]:
 
 def _check_bulk_rows(state: ORMExecuteState, tenant_id: str) -> list[dict[str, Any]]:
     """Refuse rows naming another tenant, or (bulk update) another tenant's primary key."""
-    mapper = _owned_mapper(state)
-    rows = _rows(state) if mapper is not None else []
+    table = _owned_table(state)
+    rows = _rows(state) if table is not None else []
     for row in rows:
         if row.get("tenant_id", tenant_id) != tenant_id:
             raise NotFound("tenant", row["tenant_id"], hint="write rows in your own tenant")
-    if state.is_update and rows:
-        table = mapper.local_table
+    if table is not None and rows and state.is_update:
         ids = [row["id"] for row in rows if "id" in row]
         query = select(table.c.id).where(table.c.id.in_(ids), table.c.tenant_id == tenant_id)
         found = set(state.session.execute(query).scalars())
         for missing in ids:
             if missing not in found:
                 raise NotFound(table.name, missing)
+        _check_parent_values(state.session, table, rows, tenant_id)
     return rows
 
 
-def _core_tables(statement: Select[Any]) -> list[Table]:
-    """The tenant-owned Core tables a select reads from directly (joins included)."""
-    found: list[Table] = []
+def _check_parent_values(
+    session: Session, table: Table, rows: list[dict[str, Any]], tenant_id: str
+) -> None:
+    """Refuse updated foreign keys naming another tenant's parent: one query per key column.
+
+    Inserts are checked by the database itself (revision 0008's triggers, every writer).
+    """
+    for column in table.c:
+        values = {row[column.key] for row in rows if row.get(column.key) is not None}
+        for fk in column.foreign_keys if values and column.name != "tenant_id" else ():
+            parent = fk.column.table
+            if "tenant_id" not in parent.c or parent.name == "personas":
+                continue
+            # on the connection: unscoped, so another tenant's parent is seen (and refused)
+            query = select(fk.column).where(fk.column.in_(values), parent.c.tenant_id != tenant_id)
+            foreign = session.connection().execute(query.limit(1)).scalar()
+            if foreign is not None:
+                where = f"{table.name}.{column.name} {foreign!r}"
+                raise CrossTenantWrite(f"{where} points at a {parent.name} row of another tenant")
+
+
+def _owned_froms(statement: Select[Any]) -> list[FromClause]:
+    """The tenant-owned tables (or aliases of them) a select reads from directly, joins too."""
+    found: list[FromClause] = []
     stack = list(statement.get_final_froms())
     while stack:
         item = stack.pop()
         if isinstance(item, Join):
             stack += [item.left, item.right]
-        elif isinstance(item, Table) and "tenant_id" in item.c and item.name != "tenant_moves":
+            continue
+        table = item.element if isinstance(item, Alias) else item
+        if isinstance(table, Table) and "tenant_id" in table.c and table.name != "tenant_moves":
             found.append(item)
     return found
 
 
-def _scope_core_select(state: ORMExecuteState, tenant_id: str) -> None:
+def _own_rows(item: FromClause, tenant_id: str, *, reading: bool) -> Any:
+    own = item.c.tenant_id == tenant_id
+    if reading and _base_name(item) == "personas":  # global personas are readable everywhere
+        own = own | item.c.tenant_id.is_(None)
+    return own
+
+
+def _base_name(item: FromClause) -> str:
+    return str(getattr(item.element if isinstance(item, Alias) else item, "name", ""))
+
+
+def _scope_selects(statement: Executable, tenant_id: str) -> Executable:
+    """Add the tenant criterion to every select in ``statement``: subqueries, EXISTS, unions.
+
+    ORM entities also get :func:`with_loader_criteria`; this covers Core tables (and their
+    aliases) wherever they appear, so a subquery cannot reach another tenant's rows.
+    """
+    busy: set[int] = set()
+
+    def replace(element: Any) -> Any:
+        if isinstance(element, ExecutableOption):
+            return element  # loader options (with_loader_criteria...) are not copied
+        if not isinstance(element, Select) or id(element) in busy:
+            return None
+        busy.add(id(element))  # the nested traversal clones this select, then its children
+        inner: Any = visitors.replacement_traverse(element, {}, replace)  # type: ignore[call-overload]
+        return inner.where(*(_own_rows(f, tenant_id, reading=True) for f in _owned_froms(inner)))
+
+    scoped: Any = visitors.replacement_traverse(statement, {}, replace)  # type: ignore[call-overload]
+    return scoped
+
+
+def _scope_core_statement(state: ORMExecuteState, tenant_id: str) -> None:
     statement = state.statement
-    if not isinstance(statement, Select):
-        return
-    for table in _core_tables(statement):
-        own = table.c.tenant_id == tenant_id
-        if table.name == "personas":  # global personas are readable everywhere
-            own = own | table.c.tenant_id.is_(None)
-        statement = statement.where(own)
-    state.statement = statement
+    if not isinstance(statement, (Select, Insert, Update, Delete)):
+        return  # lambda statements: the ORM's own loads, covered by with_loader_criteria
+    scoped = _scope_selects(statement, tenant_id)
+    if isinstance(scoped, (Update, Delete)):
+        table = _owned_table(state)
+        if table is not None and state.bind_mapper is None:  # a Core table: scope it here
+            scoped = scoped.where(_own_rows(table, tenant_id, reading=False))
+    state.statement = scoped
 
 
 def _check_updated_tenant(state: ORMExecuteState, tenant_id: str) -> None:
@@ -132,6 +192,9 @@ def _check_updated_tenant(state: ORMExecuteState, tenant_id: str) -> None:
     params = statement.compile().params
     if params.get("tenant_id", tenant_id) not in (tenant_id, None):
         raise NotFound("tenant", params["tenant_id"], hint="write rows in your own tenant")
+    table = _owned_table(state)
+    if table is not None:
+        _check_parent_values(state.session, table, [params], tenant_id)
 
 
 @event.listens_for(NyxSession, "do_orm_execute")
@@ -139,20 +202,33 @@ def _scope_to_tenant(state: ORMExecuteState) -> Any:
     tenant_id = getattr(state.session, "tenant_id", None)
     if tenant_id is None or state.is_column_load:
         return None
-    if state.is_select:
-        _scope_core_select(state, tenant_id)
     if state.is_update and not state.is_executemany:
         _check_updated_tenant(state, tenant_id)
+    _scope_core_statement(state, tenant_id)
     if state.is_insert or (state.is_update and state.is_executemany):
         rows = _check_bulk_rows(state, tenant_id)
         if state.is_insert and rows and any("tenant_id" not in r for r in rows):
             return state.invoke_statement(params=[{**r, "tenant_id": tenant_id} for r in rows])
+        if state.is_insert and not rows and _owned_table(state) is not None:
+            _stamp_inline_insert(state, tenant_id)
         return None
     if state.is_select or state.is_update or state.is_delete:
         state.statement = state.statement.options(
             _tenant_criteria(tenant_id), _persona_criteria(tenant_id, shared=state.is_select)
         )
     return None
+
+
+def _stamp_inline_insert(state: ORMExecuteState, tenant_id: str) -> None:
+    """``insert(t).values(...)``: refuse another tenant's id, stamp a missing one."""
+    statement = state.statement
+    if not isinstance(statement, Insert):
+        return
+    named = statement.compile().params.get("tenant_id")
+    if named is None:
+        state.statement = statement.values(tenant_id=tenant_id)
+    elif named != tenant_id:
+        raise NotFound("tenant", named, hint="write rows in your own tenant")
 
 
 @event.listens_for(NyxSession, "before_flush")
@@ -169,6 +245,7 @@ def _stamp_tenant(session: Session, _ctx: Any, _instances: Any) -> None:
     for obj in (*session.new, *session.dirty):
         if isinstance(obj, models.TenantOwned) and obj.tenant_id != tenant_id:
             raise NotFound("tenant", obj.tenant_id, hint="write rows in your own tenant")
+    for obj in session.dirty:  # new rows' parents: checked by the database (revision 0008)
         if isinstance(obj, models.TenantOwned):
             _check_parents(session, obj, tenant_id)
     for obj in (*session.dirty, *session.deleted):
@@ -180,21 +257,12 @@ def _stamp_tenant(session: Session, _ctx: Any, _instances: Any) -> None:
 
 
 def _check_parents(session: Session, obj: Any, tenant_id: str) -> None:
-    """Refuse a row that points (by foreign key) at another tenant's parent row."""
+    """Refuse a changed row that points (by foreign key) at another tenant's parent row."""
     table = inspect(obj).mapper.local_table
-    for column in table.c:
-        value = getattr(obj, column.key, None)
-        if value is None or column.name == "tenant_id":
-            continue
-        for fk in column.foreign_keys:
-            parent = fk.column.table
-            if "tenant_id" not in parent.c or parent.name == "personas":
-                continue
-            # on the connection: unscoped, so another tenant's parent is seen (and refused)
-            owner = (
-                session.connection()
-                .execute(select(parent.c.tenant_id).where(fk.column == value))
-                .scalar()
-            )
-            if owner is not None and owner != tenant_id:
-                raise NotFound(parent.name, value, hint="attach rows to your own tenant's rows")
+    changed = {
+        attr.key: attr.value
+        for attr in inspect(obj).attrs
+        if attr.history.added and attr.key in table.c
+    }
+    if changed:
+        _check_parent_values(session, table, [changed], tenant_id)
