@@ -282,3 +282,48 @@ def test_ledger_never_counts_less_than_was_paid_after_kill_9(
         counted = s.scalar(select(func.count()).select_from(LlmCall).where(
             LlmCall.workflow_id == workflow_id, LlmCall.outcome.in_(["ok", "sent"])))  # fmt: skip
     assert counted >= fake_server.hits["openai"]  # still never below the truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["kill-9", "stopped"])
+def test_an_expired_lease_does_not_block_a_tenant_move(
+    store, store_url, tmp_path, monkeypatch, sig
+):
+    """A run killed (or stopped) mid fan-out: its live lease blocks moving the project; once
+    the lease is past its TTL the move succeeds, a stopped run that wakes up is fenced off, and
+    the resumed run finishes in the new tenant with nothing left behind in the old one."""
+    from nyxnb.errors import MigrationError
+    from nyxnb.tenants.migrate import apply_migration, plan_migration
+
+    monkeypatch.setenv("NYXNB_LEASE_TTL_S", "3")  # the killed run's lease: 3 s after renewal
+    seed(store)
+    proc, workflow_id, _ = _run_and_signal(store_url, _spec(tmp_path), 6, sig, 100)
+    try:
+        if sig == signal.SIGKILL:
+            proc.wait(timeout=30)
+        with pytest.raises(MigrationError, match="is running"):  # the lease is still live
+            apply_migration(store, plan_migration(store, "BRbase", "nyx", "clarait"), "rename")
+        time.sleep(3.5)  # past the TTL: nobody renewed it
+        plan = plan_migration(store, "BRbase", "nyx", "clarait")
+        assert dict(apply_migration(store, plan, "rename").counts)["workflows"] >= 1
+    finally:
+        if sig == signal.SIGSTOP:
+            proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    if sig == signal.SIGSTOP:  # woke up after the move: refused, wrote nothing
+        assert proc.returncode == 1 and "lost its lease" in out and "Traceback" not in err, err
+    clarait = store.find_tenant("clarait").id
+    result = nyxnb.resume(workflow_id, store=store)
+    assert result.ok, result.error
+    done, _, _ = _fan_out_state(store, workflow_id)
+    assert done == set(range(N_ITEMS))
+    with store.session() as s:
+        for model in (Workflow, WorkflowStep, LlmCall):
+            key = model.id if model is Workflow else model.workflow_id
+            tenants = set(s.scalars(select(model.tenant_id).where(key == workflow_id)))
+            assert tenants == {clarait}, model.__name__
+        steps = select(WorkflowStep.id).where(WorkflowStep.workflow_id == workflow_id)
+        item_tenants = set(s.scalars(select(StepItem.tenant_id).where(StepItem.step_id.in_(steps))))
+        assert item_tenants == {clarait}
+    with store.tenant("nyx") as s:  # the old tenant sees nothing of it
+        assert s.get(Workflow, workflow_id) is None

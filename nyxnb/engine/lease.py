@@ -28,8 +28,9 @@ from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
 from nyxnb.store.database import Store
 from nyxnb.store.models import Workflow, utcnow
 
-TTL_S = 6.0
-HEARTBEAT_S = 1.5
+#: How long a lease outlives its last renewal: 6 s, or ``NYXNB_LEASE_TTL_S`` (tests shorten it).
+TTL_S = float(os.environ.get("NYXNB_LEASE_TTL_S") or 6.0)
+HEARTBEAT_S = min(1.5, TTL_S / 4)
 _HOST = socket.gethostname()
 
 

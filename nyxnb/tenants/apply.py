@@ -104,26 +104,42 @@ def _refusals(what: str) -> Iterator[None]:
 
 
 def _refuse_running(conn: Connection, plan: MigrationPlan) -> None:
-    """Refuse to move a project while one of its workflows holds a run lease.
+    """Refuse to move a project while one of its workflows holds a live run lease.
 
-    A live run would go on writing rows under the old tenant.  A lease that expired without
-    being released belongs to a run that was killed -- or only stopped (SIGSTOP, a suspended
-    laptop) and may wake up -- so it is refused too until a resume ends it cleanly.
+    A live run would go on writing rows under the old tenant.  A lease past its expiry belongs
+    to a run that was killed -- or only stopped (SIGSTOP, a suspended laptop) and may wake up:
+    the move ends it (clears it in the move's own transaction), and since every write of a run
+    re-checks its lease (fencing), a run that wakes up afterwards is refused (``LeaseLost``)
+    instead of writing under the old tenant.  ``nyxnb resume`` then continues in the new one.
     """
     wf: Table = Workflow.__table__  # type: ignore[assignment]
-    held = conn.execute(
+    leased = conn.execute(
         select(wf.c.id, wf.c.name, wf.c.lease_expires_at).where(
             wf.c.project_id == plan.project_id,
             wf.c.tenant_id == plan.source_id,
             wf.c.lease_owner.is_not(None),
         )
-    ).first()
-    if held is not None:
+    ).all()
+    now, expired = utcnow(), []
+    for held in leased:
+        expires = held.lease_expires_at
+        if expires is not None and expires.tzinfo is None:  # SQLite returns naive datetimes
+            expires = expires.replace(tzinfo=now.tzinfo)
+        if expires is None or expires < now:
+            expired.append(held.id)
+            continue
         raise MigrationError(
             f"workflow {held.name!r} ({held.id}) of project {plan.project!r} is running "
-            "(it holds a run lease); nothing was changed",
-            hint=f"pause it (`nyxnb pause {held.id}`) or let it finish; a killed run: "
-            f"`nyxnb resume {held.id}` then Ctrl-C, then apply again",
+            f"(it holds a run lease for {(expires - now).total_seconds():.0f} s more); "
+            "nothing was changed",
+            hint=f"pause it (`nyxnb pause {held.id}`) or let it finish; a killed run's lease "
+            "expires within seconds, then apply again",
+        )
+    if expired:  # fenced off: a stopped holder that wakes up can no longer write
+        conn.execute(
+            sa.update(wf)
+            .where(wf.c.id.in_(expired))
+            .values(lease_owner=None, lease_expires_at=None)
         )
 
 

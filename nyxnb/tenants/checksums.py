@@ -19,12 +19,14 @@ from sqlalchemy.sql.elements import ColumnElement
 from nyxnb.tenants.schema import TENANT
 from nyxnb.tenants.values import Digest
 
-NOT_HASHED = frozenset({TENANT, "updated_at"})
+#: Not content: the tenant (what a move changes), edit times and a run's lease (run state that a
+#: heartbeat renews every few seconds and a move clears when it has expired).
+NOT_HASHED = frozenset({TENANT, "updated_at", "lease_owner", "lease_expires_at"})
 _BATCH = 5000
 
 
 def hashed_columns(table: Table, everything: bool = False) -> list[Any]:
-    """The columns a checksum covers, by name: all but ``tenant_id``/``updated_at``."""
+    """The columns a checksum covers, by name: all but :data:`NOT_HASHED`."""
     cols = [c for c in table.c if everything or c.name not in NOT_HASHED]
     return sorted(cols, key=lambda c: c.name)
 
