@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from nyxnb.engine import seed as seed_mod
 from nyxnb.engine.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
 from nyxnb.store import Store, open_store
 from nyxnb.store import models as m
+from nyxnb.store.tenancy import NyxSession
 
 SEEDED = [f.name for f in dataclasses.fields(SeedReport) if f.name != "created"]
 TABLES = {name: m.Base.metadata.tables[name] for name in SEEDED}
@@ -160,10 +160,44 @@ def test_failure_leaves_nothing_written(store, monkeypatch):
     assert set(table_counts(store).values()) == {0}
 
 
-def test_bulk_seed_is_fast(sqlite_store):
-    started = time.perf_counter()
-    seed(sqlite_store)
-    assert time.perf_counter() - started < 1.0
+def test_bulk_seed_writes_each_table_in_one_executemany(sqlite_store, monkeypatch):
+    """Seeding is bulk: one executemany per table and no statement per row (not timed: speed
+    is for benchmarks; a per-row INSERT or SELECT shows up here as statements >= rows)."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, _params, _context, _many):  # noqa: ANN001
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(sqlite_store.engine, "before_cursor_execute", count)
+    executes: list[str] = []
+    real_execute = NyxSession.execute
+
+    def execute(self, statement, params=None, **kw):  # noqa: ANN001, ANN202
+        if self.info.get("seeding"):
+            executes.append(statement.table.name)
+        return real_execute(self, statement, params, **kw)
+
+    real_write = seed_mod._Batch.write
+
+    def write(self, s):  # noqa: ANN001, ANN202
+        s.info["seeding"] = True
+        try:
+            real_write(self, s)
+        finally:
+            s.info["seeding"] = False
+
+    monkeypatch.setattr(NyxSession, "execute", execute)
+    monkeypatch.setattr(seed_mod._Batch, "write", write)
+    report = seed(sqlite_store)
+    event.remove(sqlite_store.engine, "before_cursor_execute", count)
+    counts = {k: v for k, v in dataclasses.asdict(report).items() if k != "created"}
+    rows = sum(counts.values())
+    assert rows > 600
+    assert sorted(executes) == sorted(t for t, n in counts.items() if n)  # one call per table
+    assert len(statements) * 5 < rows, (len(statements), rows)  # far from one per row
+    assert statements.count("SELECT") < 30  # lookups per tenant/persona/project, not per row
 
 
 def test_code_patterns_are_checkable_rules(seeded):
