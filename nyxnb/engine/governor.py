@@ -11,10 +11,11 @@ decrease).
 
 The buckets are ``aiolimiter.AsyncLimiter`` leaky buckets.  aiolimiter was chosen over
 pyrate-limiter because it is asyncio-native and tiny (one class, no dependencies): waiters are
-woken in order by a timer, with no polling loop, and a bucket may be re-tuned in place when the
-provider tells us its limit.  pyrate-limiter's strengths (sync and async, Redis/SQL backends)
-are not needed here: processes sharing a store share budgets through :mod:`nyxnb.engine.buckets`
-(leases of a store row, cheaper than a backend round trip per call).
+woken in order by a timer, with no polling loop.  A limiter's rate is fixed when it is made, so
+:class:`Bucket` builds a new one when the provider tells us its limit, carrying the level over
+(only aiolimiter's public API is used).  pyrate-limiter's strengths (sync and async, Redis/SQL
+backends) are not needed here: processes sharing a store share budgets through
+:mod:`nyxnb.engine.buckets` (leases of a store row, cheaper than a backend round trip per call).
 A bucket holds one second of budget, so a per-minute limit is spent at its pace, never in a
 burst at the start of the minute (providers enforce at that grain too).
 """
@@ -74,33 +75,102 @@ class Ticket:
     tokens: float
 
 
-def _bucket(per_min: float) -> AsyncLimiter:
+def _shape(per_min: float) -> tuple[float, float]:
+    """``(max_rate, time_period)`` of a bucket holding one second of a per-minute budget."""
     per_s = per_min / 60
-    return AsyncLimiter(max(1.0, per_s), max(1.0, per_s) / per_s)
+    return max(1.0, per_s), max(1.0, per_s) / per_s
 
 
-def _retune(limiter: AsyncLimiter, per_min: float) -> None:
-    """Give a bucket a new rate in place (its waiters keep their places)."""
-    fresh = _bucket(per_min)
-    limiter.max_rate, limiter.time_period = fresh.max_rate, fresh.time_period
-    limiter._rate_per_sec = fresh._rate_per_sec  # noqa: SLF001 - aiolimiter derives it once
-    limiter._level = min(limiter._level, limiter.max_rate)  # noqa: SLF001
+class Bucket:
+    """One budget: an ``aiolimiter.AsyncLimiter`` used through its public API only.
 
-
-def _spend_to(limiter: AsyncLimiter, remaining: int | None, age_s: float = 0.0) -> None:
-    """Lower a bucket's free budget to what the provider says remains (never raise it).
-
-    The provider counted ``remaining`` when it admitted the call, up to ``age_s`` ago; it has
-    refilled since, and calls sent meanwhile are charged here already, so the figure is
-    aged by the refill before it is compared.
+    aiolimiter fixes a limiter's rate when it is made and keeps its level to itself, so a bucket
+    keeps its own account of the level (the same leak, on the same monotonic clock).  A new
+    rate builds a new limiter, charged with the level carried over, and wakes every waiter of
+    the old one to queue at the new one; a waiter the old limiter admitted meanwhile queues
+    again (never more than the new rate passes).  Budget the provider says is spent already
+    is charged to the limiter on the next :meth:`acquire`.
     """
-    if remaining is None:
-        return
-    limiter.has_capacity(0)  # leak first
-    free = limiter.max_rate - limiter._level  # noqa: SLF001
-    aged = min(remaining + age_s * limiter._rate_per_sec, limiter.max_rate)  # noqa: SLF001
-    if aged < free:
-        limiter._level = limiter.max_rate - max(aged, 0.0)  # noqa: SLF001
+
+    def __init__(self, per_min: float) -> None:
+        self.per_min = per_min
+        self.max_rate, period = _shape(per_min)
+        self._per_s = self.max_rate / period
+        self._limiter = AsyncLimiter(self.max_rate, period)
+        self._moved = asyncio.Event()  # set when the limiter is replaced
+        self._level, self._at = 0.0, time.monotonic()
+        self._owed = 0.0  # in the level, not yet charged to the limiter
+
+    def level(self) -> float:
+        """How full the bucket is now (``max_rate`` is full)."""
+        now = time.monotonic()
+        self._level = max(0.0, self._level - (now - self._at) * self._per_s)
+        self._at = now
+        return self._level
+
+    def retune(self, per_min: float) -> None:
+        """Adopt a new rate: a new limiter, charged with the level carried over."""
+        if per_min == self.per_min:
+            return
+        carried = self.level()
+        self.per_min = per_min
+        self.max_rate, period = _shape(per_min)
+        self._per_s = self.max_rate / period
+        self._limiter = AsyncLimiter(self.max_rate, period)
+        self._level = self._owed = min(carried, self.max_rate)
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()  # the old limiter's waiters queue again at the new one
+
+    def spend_to(self, remaining: float | None, age_s: float = 0.0) -> None:
+        """Lower the free budget to what the provider says remains (never raise it).
+
+        The provider counted ``remaining`` when it admitted the call, up to ``age_s`` ago; it
+        has refilled since, and calls sent meanwhile are charged here already, so the figure
+        is aged by the refill before it is compared.
+        """
+        if remaining is None:
+            return
+        free = self.max_rate - self.level()
+        aged = max(min(remaining + age_s * self._per_s, self.max_rate), 0.0)
+        if aged < free:
+            self._level += free - aged
+            self._owed += free - aged
+
+    async def acquire(self, amount: float) -> None:
+        """Wait until ``amount`` (at most ``max_rate``) fits the budget, then spend it."""
+        while True:
+            limiter, moved = self._limiter, self._moved
+            if self._owed:
+                owed, self._owed = min(self._owed, limiter.max_rate), 0.0
+                await limiter.acquire(owed)  # fits at once unless spent elsewhere meanwhile
+                if limiter is not self._limiter:
+                    continue  # replaced meanwhile: the new one carries the level
+            spend = min(amount, limiter.max_rate)
+            if limiter.has_capacity(spend):
+                await limiter.acquire(spend)  # has room: returns without waiting
+            elif not await _wait(limiter, moved, spend):
+                continue  # the rate changed while waiting: queue at the new limiter
+            if limiter is not self._limiter:
+                continue  # admitted by a replaced limiter: the new rate decides
+            self.level()
+            self._level += spend
+            return
+
+
+async def _wait(limiter: AsyncLimiter, moved: asyncio.Event, amount: float) -> bool:
+    """Spend ``amount`` at ``limiter`` once it fits (True), or stop when it is replaced."""
+    waiting = asyncio.ensure_future(limiter.acquire(amount))
+    replaced = asyncio.ensure_future(moved.wait())
+    try:
+        await asyncio.wait({waiting, replaced}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        replaced.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    if waiting.done() and not waiting.cancelled():
+        waiting.result()  # re-raise what the limiter raised, if anything
+        return True
+    return False
 
 
 class Governor:
@@ -116,8 +186,8 @@ class Governor:
         self.provider, self.model, self.shared = provider, model, shared
         self.configured = configured or Limits()
         self.rpm, self.tpm = self.configured.rpm, self.configured.tpm
-        self._requests = _bucket(self.rpm) if self.rpm else None
-        self._tokens = _bucket(self.tpm) if self.tpm else None
+        self._requests = Bucket(self.rpm) if self.rpm else None
+        self._tokens = Bucket(self.tpm) if self.tpm else None
         self._ceiling = self.configured.concurrency or MAX_IN_FLIGHT
         self.limit = float(min(SLOW_START, self._ceiling))
         self._slow_start = True
@@ -234,16 +304,16 @@ class Governor:
             self._tokens = self._adopt(self._tokens, self.tpm, rate.tokens_limit)
             self.tpm = rate.tokens_limit
         if self._requests is not None:
-            _spend_to(self._requests, rate.requests_remaining, age_s)
+            self._requests.spend_to(rate.requests_remaining, age_s)
         if self._tokens is not None:
-            _spend_to(self._tokens, rate.tokens_remaining, age_s)
+            self._tokens.spend_to(rate.tokens_remaining, age_s)
 
     @staticmethod
-    def _adopt(bucket: AsyncLimiter | None, old: float | None, new: float) -> AsyncLimiter:
+    def _adopt(bucket: Bucket | None, old: float | None, new: float) -> Bucket:
         if bucket is None:
-            return _bucket(new)
+            return Bucket(new)
         if old != new:
-            _retune(bucket, new)
+            bucket.retune(new)
         return bucket
 
     def current(self) -> Limits:
