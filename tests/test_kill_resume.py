@@ -220,6 +220,10 @@ def test_ctrl_c_keeps_the_answers_already_in_flight(sqlite_store, sqlite_url, tm
     assert proc.returncode == 130, err
     done, calls, _ = _fan_out_state(sqlite_store, workflow_id)
     assert len(done) >= seen + 8, (len(done), seen)  # every call in flight was kept
+    with sqlite_store.session() as s:  # 'sent' rows reserved for calls never made: taken back
+        left = s.scalar(select(func.count()).where(
+            LlmCall.workflow_id == workflow_id, LlmCall.outcome == "sent"))  # fmt: skip
+    assert left == 0
     result = nyxnb.resume(workflow_id, store=sqlite_store)
     assert result.ok
     resumed = [e for e in result.events if e.type == "fan_out_progress"]

@@ -149,7 +149,8 @@ class RunContext:
                 item_index=item_idx,
             )
 
-        await self._record_sent(step, request, item_idx)
+        if (step.id, item_idx) not in self._sent:  # not reserved ahead (fan-out)
+            await self._record_sent(step, request, item_idx)
 
         def on_rate_limited(provider: str, model: str, wait_s: float, limits: Limits) -> None:
             self.step_event(
@@ -199,6 +200,14 @@ class RunContext:
         row = records.sent_row(step, item_idx, name, model, usd)
         await self.writer.write(records.ItemRows([row], None, None))
         self._sent[(step.id, item_idx)] = row["id"]
+
+    async def reserve_sent(self, step: StepRow, request: CompletionRequest, item_idx: int) -> None:
+        """Commit the 'sent' row of a fan-out item's call ahead of it (while another call runs).
+
+        :meth:`call` then starts at once; the database stays off the calls' critical path.  A
+        reservation never used (a pause) is taken back with :meth:`take_sent`.
+        """
+        await self._record_sent(step, request, item_idx)
 
     def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
         """The id of the 'sent' row of a call that has now finished (its rows complete it)."""

@@ -106,6 +106,8 @@ class _FanOut:
             else None
         )
         self._commits: list[asyncio.Task[None]] = []
+        self._reserved: list[asyncio.Future[None]] = []  # 'sent' rows committed ahead
+        self._unused: list[int] = []  # items reserved but never called (a pause)
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
         self.cached = 0
@@ -121,6 +123,8 @@ class _FanOut:
         finally:
             for task in (*workers, *self._commits):
                 task.cancel()
+            await asyncio.gather(*self._reserved, return_exceptions=True)
+            self._take_back()
             if self._source is not None:
                 self._source.release_unstarted()
         return not self._stopped
@@ -131,14 +135,50 @@ class _FanOut:
         return self._pending.popleft() if self._pending else None
 
     async def _worker(self) -> None:
-        while True:
-            if self.runner.pause_event.is_set():
-                self._stopped = True
-                return
-            row = await self._next()
-            if row is None:
-                return
-            await self._item(row)
+        if self._source is not None:  # shared claims: take an item only when it starts
+            while not self._paused() and (row := await self._next()) is not None:
+                await self._item(row)
+            return
+        row = None if self._paused() else await self._next()
+        while row is not None:
+            # The next item's 'sent' row is committed while this call runs, so the next call
+            # starts without waiting for the database (the same flush as this item's rows).
+            ahead = await self._next()
+            reserve = self._reserve(ahead) if ahead is not None else None
+            try:
+                await self._item(row)
+            except BaseException:
+                if ahead is not None:
+                    self._unused.append(ahead.idx)
+                raise
+            if reserve is not None:
+                await reserve
+            row = ahead if ahead is not None and not self._paused() else None
+            if ahead is not None and row is None:
+                self._unused.append(ahead.idx)  # paused: never called, its row is taken back
+
+    def _reserve(self, row: ItemRow) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(
+            self.runner.reserve_sent(self.step, self.requests[row.idx], row.idx)
+        )
+        self._reserved.append(task)
+        return task
+
+    def _paused(self) -> bool:
+        if self.runner.pause_event.is_set():
+            self._stopped = True
+        return self._stopped
+
+    def _take_back(self) -> None:
+        """Delete the 'sent' rows reserved for calls that were never made (a pause)."""
+        sent = tuple(filter(None, (self.runner.take_sent(self.step, i) for i in self._unused)))
+        if not sent:
+            return
+        try:
+            with self.runner.store.begin() as conn:
+                records.write_items(conn, [records.ItemRows([], None, None, sent)])
+        except Exception:  # noqa: BLE001 - cleanup on the way out: the ledger then over-counts
+            pass  # by these estimates, never under (the side 'sent' rows are meant to err on)
 
     async def _item(self, row: ItemRow) -> None:
         idx = row.idx

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, select, update
 
 from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
 from nyxnb.store.database import Store
@@ -134,9 +134,16 @@ class FencedStore(Store):
             yield conn
 
 
+_WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
+# Built once, on the table (not the ORM entity): it runs in every write transaction of a run.
+_FENCE = (
+    select(_WORKFLOWS.c.lease_owner)
+    .where(_WORKFLOWS.c.id == bindparam("workflow_id"))
+    .with_for_update(read=True)
+)
+
+
 def check_fence(conn: Connection, workflow_id: str, owner: str) -> None:
     """Raise :class:`LeaseLost` unless ``owner`` still holds the lease (inside a write)."""
-    query = select(Workflow.lease_owner).where(Workflow.id == workflow_id)
-    holder = conn.scalar(query.with_for_update(read=True))
-    if holder != owner:
+    if conn.execute(_FENCE, {"workflow_id": workflow_id}).scalar() != owner:
         raise LeaseLost(workflow_id)

@@ -48,6 +48,7 @@ _COMPLETE_ITEM = (
     )
 )
 _INSERT_CALLS = insert(CALLS)
+_SETTLE = delete(CALLS).where(CALLS.c.id.in_(bindparam("sent_ids", expanding=True)))
 
 
 def _stamp(values: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def sent_row(
 
 def _settle(conn: Connection, sent_ids: Sequence[str]) -> None:
     if sent_ids:
-        conn.execute(delete(CALLS).where(CALLS.c.id.in_(list(sent_ids))))
+        conn.execute(_SETTLE, {"sent_ids": list(sent_ids)})
 
 
 def _remember(conn: Connection, result: ChainResult) -> None:
