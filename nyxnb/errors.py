@@ -8,6 +8,7 @@
     │   ├── StoreUnavailable      cannot connect / malformed URL
     │   ├── StoreVersionError     the store was written by a newer nyxnb
     │   ├── NotFound              no such row (or it belongs to another tenant)
+    │   │   └── CrossTenantWrite  a row attached to another tenant's parent: refused
     │   └── AlreadyExists         a unique name/slug is taken
     ├── SpecError                 a workflow spec is invalid (names the field and line)
     ├── RunError                  a workflow run cannot proceed
