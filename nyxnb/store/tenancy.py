@@ -262,7 +262,7 @@ def _check_parents(session: Session, obj: Any, tenant_id: str) -> None:
     changed = {
         attr.key: attr.value
         for attr in inspect(obj).attrs
-        if attr.history.added and attr.key in table.c
+        if attr.key in table.c and attr.history.added
     }
     if changed:
         _check_parent_values(session, table, [changed], tenant_id)
