@@ -143,7 +143,8 @@ class _FanOut:
         while row is not None:
             # The next item's 'sent' row is committed while this call runs, so the next call
             # starts without waiting for the database (the same flush as this item's rows).
-            ahead = await self._next()
+            # Only while there is more than every worker can take: concurrency never drops.
+            ahead = await self._next() if len(self._pending) >= self.limit else None
             reserve = self._reserve(ahead) if ahead is not None else None
             try:
                 await self._item(row)
