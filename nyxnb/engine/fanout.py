@@ -154,9 +154,11 @@ class _FanOut:
                 raise
             if reserve is not None:
                 await reserve
-            row = ahead if ahead is not None and not self._paused() else None
-            if ahead is not None and row is None:
-                self._unused.append(ahead.idx)  # paused: never called, its row is taken back
+            if self._paused():
+                if ahead is not None:  # never called: its 'sent' row is taken back
+                    self._unused.append(ahead.idx)
+                return
+            row = ahead if ahead is not None else await self._next()
 
     def _reserve(self, row: ItemRow) -> asyncio.Task[None]:
         task = asyncio.ensure_future(
