@@ -12,6 +12,12 @@ engine's thread and awaits it, which leaves the kernel's loop free to deliver cl
 returns at once. With the plain ``nyxnb.run(..., on_event=progress)`` the click arrives after
 the cell ends, when the button is already disabled: nothing runs, nothing to pause.
 
+A fan-out waiting on a provider batch (``batch: true``) shows the status ``batch`` and one line
+per batch under the steps (``anthropic batch msgbatch_…: 120/300 done, polling every 30 s``);
+*Cancel batch* (or :meth:`WorkflowProgress.cancel_batches`) cancels the workflow's live batches
+whether the run is in this kernel, in another process, or paused: a running engine sees it
+within a second and ingests what finished, the canceled items follow ``batch_fallback``.
+
 The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and
 nbval with ``False``), else :class:`~nyxnb.notebook.progress.TextProgress`;
