@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
-from test_provider_batches import N_ITEMS, _fan_out, _ok_calls, _spec
 
 import nyxnb
 from nyxnb.engine.batchpoll import Backoff
@@ -16,10 +15,11 @@ from nyxnb.spec import BatchPoll, load_spec
 from nyxnb.store.models import WorkflowStep
 from nyxnb.testing import rate_limited, reset, server_error
 from nyxnb.testing.batches import FakeBatchServer
+from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
 
 
 def _poll_spec(fallback: str = "resubmit", **poll: float) -> dict:
-    spec = _spec(fallback=fallback)
+    spec = batch_spec(fallback=fallback)
     spec["defaults"]["batch_poll"] = {"initial_s": 0.05, "max_s": 0.2, "multiplier": 2.0, **poll}
     return spec
 
@@ -97,9 +97,9 @@ def test_transient_poll_failures_are_retried_and_the_step_completes(sqlite_store
     assert "server" in failed[0].error and "rate_limited" in failed[1].error
     assert "connection" in failed[2].error
     assert failed[1].poll_s >= 0.3  # no sooner than the provider's retry-after
-    items, calls, batches = _fan_out(sqlite_store, result.workflow_id)
+    items, calls, batches = fan_out(sqlite_store, result.workflow_id)
     assert {i.status for i in items} == {"completed"} and [b.state for b in batches] == ["ended"]
-    assert _ok_calls(calls) == list(range(N_ITEMS))
+    assert ok_items(calls) == list(range(N_ITEMS))
 
 
 def test_a_long_outage_pauses_with_the_batch_open_and_resume_polls_it_again(
@@ -115,7 +115,7 @@ def test_a_long_outage_pauses_with_the_batch_open_and_resume_polls_it_again(
         last = _polls(result)[-1]
         assert "pausing, the batch stays open" in last.error
         assert f"nyxnb resume {result.workflow_id}" in last.error
-        items, _, batches = _fan_out(sqlite_store, result.workflow_id)
+        items, _, batches = fan_out(sqlite_store, result.workflow_id)
         assert [b.state for b in batches] == ["open"]  # not lost, not failed
         with sqlite_store.session() as s:
             query = select(WorkflowStep).where(WorkflowStep.workflow_id == result.workflow_id)
@@ -126,8 +126,8 @@ def test_a_long_outage_pauses_with_the_batch_open_and_resume_polls_it_again(
         again = nyxnb.resume(result.workflow_id, store=sqlite_store)
         assert again.ok, again.error
         assert len(srv.batches.batches) == 1  # re-adopted, never submitted twice
-    items, calls, batches = _fan_out(sqlite_store, result.workflow_id)
-    assert [b.state for b in batches] == ["ended"] and _ok_calls(calls) == list(range(N_ITEMS))
+    items, calls, batches = fan_out(sqlite_store, result.workflow_id)
+    assert [b.state for b in batches] == ["ended"] and ok_items(calls) == list(range(N_ITEMS))
 
 
 # --- the deadline -----------------------------------------------------------------------------
@@ -141,9 +141,9 @@ def test_past_its_deadline_a_batch_is_canceled_and_the_rest_runs_live(sqlite_sto
     assert _cancels(slow_batches) == ["/v1/messages/batches/msgbatch_fake0001/cancel"]
     assert len(slow_batches.batches.batches) == 1
     assert any(e.canceling for e in _polls(result))
-    _, calls, batches = _fan_out(sqlite_store, result.workflow_id)
+    _, calls, batches = fan_out(sqlite_store, result.workflow_id)
     ok = [c for c in calls if c.outcome == "ok"]
-    assert _ok_calls(calls) == list(range(N_ITEMS))  # nothing lost, nothing bought twice
+    assert ok_items(calls) == list(range(N_ITEMS))  # nothing lost, nothing bought twice
     assert sorted(c.item_idx for c in ok if c.service_tier == "batch") == list(range(0, 12, 2))
     assert sorted(c.item_idx for c in ok if c.service_tier == "live") == list(range(1, 12, 2))
     assert sorted(c.error_kind for c in calls if c.outcome == "error") == ["canceled"] * 6
@@ -158,9 +158,9 @@ def test_deadline_cancel_with_resubmit_ends_in_rounds_then_live(sqlite_store, sl
     assert result.ok, result.error
     sizes = [len(b.requests) for b in slow_batches.batches.batches.values()]
     assert sizes == [12, 6, 3] and len(_cancels(slow_batches)) == 3
-    _, calls, batches = _fan_out(sqlite_store, result.workflow_id)
+    _, calls, batches = fan_out(sqlite_store, result.workflow_id)
     ok = [c for c in calls if c.outcome == "ok"]
-    assert _ok_calls(calls) == list(range(N_ITEMS))  # every item exactly once
+    assert ok_items(calls) == list(range(N_ITEMS))  # every item exactly once
     assert sum(c.service_tier == "batch" for c in ok) == 6 + 3 + 2
     assert [c.item_idx for c in ok if c.service_tier == "live"] == [7]  # the last leftover
     assert {b.state for b in batches} == {"ended"}

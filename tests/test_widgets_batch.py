@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
-from test_provider_batches import N_ITEMS, _fan_out, _ok_calls, _spec
 
 import nyxnb
 from nyxnb import events as ev
@@ -23,13 +22,14 @@ from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.state import ProgressState
 from nyxnb.notebook.widgets import WorkflowProgress
 from nyxnb.testing.batches import FakeBatchServer
+from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
 
 #: A first poll at once, then 30 s: a run that ends quickly after a cancel saw it in the store.
 SLOW_POLL = {"initial_s": 30.0, "max_s": 60.0}
 
 
 def _batch_spec(fallback: str = "live") -> dict:
-    spec = _spec(fallback=fallback)
+    spec = batch_spec(fallback=fallback)
     spec["defaults"]["batch_poll"] = SLOW_POLL
     return spec
 
@@ -56,9 +56,9 @@ def _assert_canceled_then_live(store, srv: FakeBatchServer, workflow_id: str) ->
     """The fake's batch was canceled; its even items came from it, the odd ones live, once."""
     assert _cancels(srv) == ["/v1/messages/batches/msgbatch_fake0001/cancel"]
     assert len(srv.batches.batches) == 1 and srv.batches.batches["msgbatch_fake0001"].canceled
-    _, calls, batches = _fan_out(store, workflow_id)
+    _, calls, batches = fan_out(store, workflow_id)
     ok = [c for c in calls if c.outcome == "ok"]
-    assert _ok_calls(calls) == list(range(N_ITEMS))  # nothing lost, nothing bought twice
+    assert ok_items(calls) == list(range(N_ITEMS))  # nothing lost, nothing bought twice
     assert sorted(c.item_idx for c in ok if c.service_tier == "batch") == list(range(0, 12, 2))
     assert sorted(c.item_idx for c in ok if c.service_tier == "live") == list(range(1, 12, 2))
     assert [b.state for b in batches] == ["ended"]
