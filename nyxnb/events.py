@@ -140,6 +140,8 @@ class BatchProgress(StepEvent):
     total: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     poll_s: float = 0.0  # seconds until the next poll
+    canceling: bool = False  # a cancel was asked (deadline, `nyxnb cancel-batch`, the widget)
+    error: str = ""  # this poll failed (429, 5xx, connection): retried after ``poll_s``
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,30 @@ class LimitSpec(_Model):
 
 
 class BatchPoll(_Model):
-    """Batch polling: backoff from ``initial_s`` up to ``max_s``; cancelled after a deadline."""
+    """Batch polling: backoff from ``initial_s`` up to ``max_s``; cancelled after a deadline.
+
+    The wait between two polls of a batch's status grows from ``initial_s`` by ``multiplier``
+    up to ``max_s`` (5 s to 5 min: about 300 polls a day). A poll that fails transiently (429,
+    5xx, a timeout, a dropped connection) is retried on the same schedule; after
+    ``max_outage_s`` of failed polls the workflow pauses with the batch open (``nyxnb resume``
+    polls it again). ``deadline_h`` after submission the batch is cancelled: what finished is
+    kept, the rest follows ``batch_fallback``. Both take fractions (``deadline_h: 0.5``).
+    """
 
     initial_s: float = Field(default=5.0, gt=0)
     max_s: float = Field(default=300.0, gt=0)
     multiplier: float = Field(default=1.5, ge=1)
     deadline_h: float = Field(default=24.0, gt=0)
+    max_outage_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> BatchPoll:
+        if self.max_s < self.initial_s:
+            raise ValueError(
+                f"batch_poll.max_s ({self.max_s:g}) must be at least initial_s "
+                f"({self.initial_s:g}): polls back off from initial_s up to max_s"
+            )
+        return self
 
 
 class Defaults(_Model):

@@ -128,7 +128,26 @@ def _show_text(data: dict[str, Any]) -> str:
         f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
         f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}"
     )
-    return f"{head}\n\n{steps}\n\nprovider calls:\n{ledger}\n{total}"
+    return f"{head}\n\n{steps}{_batches_text(data)}\n\nprovider calls:\n{ledger}\n{total}"
+
+
+def _batches_text(data: dict[str, Any]) -> str:
+    """The workflow's provider batches: state, the provider's counts, age (open ones first)."""
+    from nyxnb.notebook.progress import duration
+
+    batches = sorted(data.get("batches") or [], key=lambda b: not b["live"])
+    rows = [
+        {
+            **b,
+            "batch_id": b["batch_id"] or "(not submitted)",
+            "done": f"{b['done']}/{b['items']}",
+            "age": duration(b["age_s"]) if b["age_s"] is not None and b["live"] else "",
+            "ended": f"{b['ended_at']:%Y-%m-%d %H:%M}" if b["ended_at"] else "",
+        }
+        for b in batches
+    ]
+    cols = ["step", "provider", "batch_id", "state", "done", "age", "ended"]
+    return f"\n\nprovider batches:\n{table(rows, cols)}" if rows else ""
 
 
 def _clip(text: str | None, width: int) -> str:

@@ -325,3 +325,20 @@ def _not_running_hint(workflow_id: str, status: str) -> str:
     if status == "paused":
         return f"it is already paused; `nyxnb resume {workflow_id}` continues it"
     return f"`nyxnb resume {workflow_id}` runs it (every step not completed)"
+
+
+def cancel_batches(
+    workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
+) -> list[tuple[str, str]]:
+    """Cancel a workflow's live provider batches (any process may ask); (provider, batch id).
+
+    A run polling them, here or elsewhere, sees the cancel within a second and ingests what
+    finished; the canceled items follow ``batch_fallback``. Not running: the next resume does.
+    """
+    from nyxnb.engine.batch import cancel_batches as acancel
+
+    st = _store(store)
+    with st.session(st.tenant_id(tenant), read_only=True) as s:
+        s.get_one(Workflow, workflow_id)  # NotFound (or another tenant's): a clear error
+    future = asyncio.run_coroutine_threadsafe(acancel(st, workflow_id), _LoopThread.loop())
+    return future.result()

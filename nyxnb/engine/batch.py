@@ -10,16 +10,14 @@ results are read again); errored or expired items go into a new batch or, with
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC, timedelta
 
 from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine import records
+from nyxnb.engine.batchpoll import BatchWait
 from nyxnb.engine.chain import Attempt, ChainResult, attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
 from nyxnb.engine.records import BATCHES
@@ -168,34 +166,7 @@ class BatchRun:
         return {cid: self.requests[cid] for cid in row.custom_ids if cid in self.requests}
 
     async def _wait_ended(self, api: BatchApi, row: records.BatchRow) -> bool:
-        assert row.batch_id is not None
-        delay, canceled = self.poll.initial_s, False
-        submitted = row.submitted_at or utcnow()
-        submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=UTC)
-        deadline = submitted + timedelta(hours=self.poll.deadline_h)
-        while True:
-            status = await api.status(row.batch_id)
-            records.update_batch(self.runner.store, row.id, counts=status.counts)
-            self.runner.step_event(
-                ev.BatchProgress,
-                self.step,
-                provider=row.provider,
-                batch_id=row.batch_id,
-                done=status.done,
-                total=len(row.custom_ids),
-                counts=status.counts,
-                poll_s=0.0 if status.ended else delay,
-            )
-            if status.ended:
-                return True
-            if not canceled and utcnow() > deadline:
-                await api.cancel(row.batch_id)
-                canceled = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.runner.pause_event.wait(), delay)
-            if self.runner.pause_event.is_set():
-                return False
-            delay = min(delay * self.poll.multiplier, self.poll.max_s)
+        return await BatchWait(self.runner, self.step, api, row).run()
 
     def _ingest(self, result: BatchItemResult, batch_id: str) -> bool:
         """Commit one result (skipping stale or already committed items); True if it succeeded."""
@@ -251,8 +222,10 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
 async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]]:
     """Ask the providers to cancel a workflow's live batches; (provider, batch id) of each.
 
-    The rows stay open: the next resume ingests what finished and treats canceled items by
-    ``batch_fallback``.
+    Each row then says ``canceling`` and stays live: a run polling it (in this process or
+    another) sees that within a second and polls at once; otherwise the next resume does. The
+    finished items are ingested, the canceled ones follow ``batch_fallback`` (``live``: run
+    live now; ``resubmit``: a new batch).
     """
     query = select(BATCHES.c.provider, BATCHES.c.batch_id).where(
         BATCHES.c.workflow_id == workflow_id,
@@ -268,6 +241,7 @@ async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]
         try:
             if api is not None:
                 await api.cancel(batch_id)
+                records.mark_canceling(store, workflow_id, batch_id)
                 done.append((provider_name, batch_id))
         finally:
             await provider.aclose()

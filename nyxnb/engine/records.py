@@ -14,6 +14,7 @@ from nyxnb.engine.chain import Attempt, ChainResult
 from nyxnb.engine.rows import ItemRow, StepRow
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
+    BATCH_CANCELING,
     BATCH_LIVE_STATES,
     BATCH_SUBMITTING,
     COMPLETED,
@@ -426,6 +427,24 @@ def update_batch(store: Store, row_id: str, **values: Any) -> None:
     """Set columns of one ``provider_batches`` row."""
     with store.engine.begin() as conn:
         conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
+
+
+def batch_state(store: Store, row_id: str) -> str | None:
+    """The ``state`` of one ``provider_batches`` row (None if it is gone)."""
+    with store.reading() as conn:
+        state = conn.scalar(select(BATCHES.c.state).where(BATCHES.c.id == row_id))
+    return None if state is None else str(state)
+
+
+def mark_canceling(store: Store, workflow_id: str, batch_id: str) -> None:
+    """A cancel was asked for a live batch: its row says ``canceling`` until it is ingested."""
+    query = update(BATCHES).where(
+        BATCHES.c.workflow_id == workflow_id,
+        BATCHES.c.batch_id == batch_id,
+        BATCHES.c.state.in_(BATCH_LIVE_STATES),
+    )
+    with store.engine.begin() as conn:
+        conn.execute(query.values(_stamp({"state": BATCH_CANCELING})))
 
 
 def record_calls(

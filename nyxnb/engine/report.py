@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import case, func, select
 
 from nyxnb.store.database import Store
-from nyxnb.store.models import LlmCall, Project, StepItem, Tenant, Workflow, WorkflowStep
+from nyxnb.store.models import (
+    BATCH_LIVE_STATES,
+    LlmCall,
+    Project,
+    ProviderBatch,
+    StepItem,
+    Tenant,
+    Workflow,
+    WorkflowStep,
+    utcnow,
+)
 
 
 def _totals(store: Store, workflow_id: str, by: Any) -> list[dict[str, Any]]:
@@ -46,6 +57,11 @@ def workflow_summary(
             .where(WorkflowStep.workflow_id == wf.id)
             .order_by(WorkflowStep.order, StepItem.idx)
         ).all()
+        batches = s.scalars(
+            select(ProviderBatch)
+            .where(ProviderBatch.workflow_id == wf.id)
+            .order_by(ProviderBatch.created_at)
+        ).all()
     per_step = {r["step_id"]: r for r in _totals(store, workflow_id, [LlmCall.step_id])}
     by_step: dict[str, list[StepItem]] = {}
     for item in items:
@@ -67,6 +83,7 @@ def workflow_summary(
         "steps": [
             _step_dict(st, by_step.get(st.id, []), per_step.get(st.id), with_items) for st in steps
         ],
+        "batches": [_batch_dict(b, {st.id: st for st in steps}) for b in batches],
         "totals": (_totals(store, workflow_id, []) or [{}])[0],
         "by_provider": _totals(store, workflow_id, [LlmCall.provider]),
     }
@@ -109,6 +126,34 @@ def _step_dict(
             for i in items
         ]
     return out
+
+
+def _batch_dict(batch: ProviderBatch, steps: dict[str, WorkflowStep]) -> dict[str, Any]:
+    """A provider batch as shown: provider, id, state, provider counts, age."""
+    step = steps.get(batch.step_id or "")
+    counts = {str(k): int(v) for k, v in (batch.counts or {}).items()}
+    submitted = _aware(batch.submitted_at)
+    ended = _aware(batch.ended_at)
+    return {
+        "step": step.name if step is not None else None,
+        "order": step.order if step is not None else None,
+        "provider": batch.provider,
+        "model": batch.model,
+        "batch_id": batch.batch_id,
+        "state": batch.state,
+        "live": batch.state in BATCH_LIVE_STATES,
+        "items": len(batch.custom_ids or []),
+        "done": sum(v for k, v in counts.items() if k != "processing"),
+        "counts": counts,
+        "submitted_at": submitted,
+        "ended_at": ended,
+        "age_s": (utcnow() - submitted).total_seconds() if submitted else None,
+    }
+
+
+def _aware(stamp: Any) -> Any:
+    """A stored timestamp as UTC-aware (SQLite returns naive ones)."""
+    return stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp
 
 
 def _claims(items: list[StepItem]) -> dict[str, int]:

@@ -19,6 +19,48 @@ def answered_by(provider: str | None, model: str | None, cached: bool = False) -
     return f"{who}, cached" if cached and who else ("cached" if cached else who)
 
 
+def duration(seconds: float) -> str:
+    """Seconds as read at a glance: ``0.2 s``, ``30 s``, ``5 min``, ``3.5 h``."""
+    if seconds < 1:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{round(seconds / 60, 1):g} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def batch_text(
+    provider: str,
+    batch_id: str,
+    done: int,
+    total: int,
+    *,
+    poll_s: float = 0.0,
+    canceling: bool = False,
+    error: str = "",
+    age_s: float | None = None,
+) -> str:
+    """A live batch in one line: ``anthropic batch msgbatch_…: 120/300 done, polling every 30 s``.
+
+    ``poll_s``: the wait before the next poll (0: not polled by this process); ``error``: the
+    last poll failed; ``age_s``: seconds since submission (shown from the store).
+    """
+    line = f"{provider} batch {batch_id}: {done}/{total} done"
+    line += ", canceling" if canceling else ""
+    if error and poll_s:
+        line += f", poll failed ({error}), retrying in {duration(poll_s)}"
+    elif error:
+        line += f", {error}"
+    elif poll_s:
+        line += f", polling every {duration(poll_s)}"
+    return line + (f", submitted {duration(age_s)} ago" if age_s is not None else "")
+
+
+def batch_ended_text(provider: str, batch_id: str, succeeded: int, failed: int) -> str:
+    """An ended batch in one line: ``anthropic batch msgbatch_…: ended, 290 ok, 10 failed``."""
+    failures = f", {failed} errored/expired/canceled" if failed else ""
+    return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}"
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / total) if total else width
     return "#" * filled + "." * (width - filled)
@@ -125,12 +167,19 @@ class TextProgress:
         self._line(f"      {e.provider} batch {e.batch_id}: {verb}, {e.items} items")
 
     def _on_batch_progress(self, e: ev.BatchProgress) -> None:
-        polling = f", polling every {e.poll_s:.0f} s" if e.poll_s else ""
-        self._line(f"      {e.provider} batch {e.batch_id}: {e.done}/{e.total} done{polling}")
+        line = batch_text(
+            e.provider,
+            e.batch_id,
+            e.done,
+            e.total,
+            poll_s=e.poll_s,
+            canceling=e.canceling,
+            error=e.error,
+        )
+        self._line(f"      {line}")
 
     def _on_batch_ended(self, e: ev.BatchEnded) -> None:
-        failed = f", {e.failed} errored/expired" if e.failed else ""
-        self._line(f"      {e.provider} batch {e.batch_id}: ended, {e.succeeded} ok{failed}")
+        self._line(f"      {batch_ended_text(e.provider, e.batch_id, e.succeeded, e.failed)}")
 
     def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nyxnb import events as ev
-from nyxnb.notebook.progress import answered_by
+from nyxnb.notebook.progress import answered_by, batch_ended_text, batch_text
 
 _HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "current")
 
@@ -48,6 +48,63 @@ class StepRow:
 
 
 _ROW_FIELDS = {f.name for f in fields(StepRow)}
+#: A step whose items wait in a provider batch shows this status (a state of its own).
+BATCH = "batch"
+
+
+@dataclass
+class BatchLine:
+    """One provider batch of the workflow, from batch events or the store's row."""
+
+    provider: str
+    batch_id: str
+    order: int | None = None  # the step's
+    total: int = 0
+    done: int = 0
+    poll_s: float = 0.0  # the wait before the next poll, when this process polls it
+    state: str = "open"  # open | canceling | ended
+    succeeded: int = 0
+    failed: int = 0
+    error: str = ""  # the last poll failed
+    age_s: float | None = None  # seconds since submission (from the store)
+
+    @property
+    def live(self) -> bool:
+        """Not ended: the provider may still be working on it, and it can be canceled."""
+        return self.state != "ended"
+
+    def text(self) -> str:
+        """``anthropic batch msgbatch_…: 120/300 done, polling every 30 s`` (as text progress)."""
+        if not self.live:
+            return batch_ended_text(self.provider, self.batch_id, self.succeeded, self.failed)
+        return batch_text(
+            self.provider,
+            self.batch_id,
+            self.done,
+            self.total,
+            poll_s=self.poll_s,
+            canceling=self.state == "canceling",
+            error=self.error,
+            age_s=None if self.poll_s or self.error else self.age_s,
+        )
+
+    @classmethod
+    def of_store(cls, row: dict[str, Any]) -> BatchLine:
+        """A ``provider_batches`` row as :func:`~nyxnb.engine.report.workflow_summary` has it."""
+        counts = row.get("counts") or {}
+        state = "canceling" if row["state"] == "canceling" else "open"
+        state = state if row["live"] else "ended"
+        return cls(
+            row["provider"],
+            row["batch_id"] or "(submitting)",
+            row["order"],
+            row["items"],
+            row["done"],
+            state=state,
+            succeeded=int(counts.get("succeeded", 0)),
+            failed=row["done"] - int(counts.get("succeeded", 0)),
+            age_s=row.get("age_s"),
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +128,7 @@ class ProgressState:
     total_steps: int = 0  # known when the run starts (generated steps included)
     steps: dict[int, StepRow] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
+    batches: dict[str, BatchLine] = field(default_factory=dict)  # by batch id, oldest first
     unattributed: list[float] = field(default_factory=lambda: [0, 0, 0.0])
     run_totals: list[float] = field(default_factory=lambda: [0, 0, 0.0])  # from this run's events
 
@@ -106,7 +164,9 @@ class ProgressState:
         elif isinstance(e, ev.StepEvent):
             return self._apply_step(e)
         for row in self.steps.values():  # the run ended
-            row.status = "pending" if row.status == "running" else row.status
+            row.status = "pending" if row.status in ("running", BATCH) else row.status
+        for line in self.batches.values():  # nobody here polls them now
+            line.poll_s, line.error = 0.0, ""
         return None
 
     def _apply_step(self, e: ev.StepEvent) -> StepRow:
@@ -142,7 +202,37 @@ class ProgressState:
             row.provider = e.to_provider or row.provider
         elif isinstance(e, ev.RateLimited):
             row.heading = e.summary  # "waiting for openai: 600 rpm" until the next item lands
+        elif isinstance(e, ev.BatchSubmitted | ev.BatchProgress | ev.BatchEnded):
+            self._apply_batch(row, e)
         return row
+
+    def _apply_batch(
+        self, row: StepRow, e: ev.BatchSubmitted | ev.BatchProgress | ev.BatchEnded
+    ) -> None:
+        line = self.batches.get(e.batch_id)
+        if line is None:
+            line = self.batches[e.batch_id] = BatchLine(e.provider, e.batch_id, e.order)
+        if isinstance(e, ev.BatchSubmitted):
+            line.total, line.state = e.items, "open"
+        elif isinstance(e, ev.BatchProgress):
+            line.done, line.total, line.poll_s, line.error = e.done, e.total, e.poll_s, e.error
+            line.state = "canceling" if e.canceling or line.state == "canceling" else "open"
+        else:
+            line.state, line.succeeded, line.failed = "ended", e.succeeded, e.failed
+            line.done, line.poll_s, line.error = e.succeeded + e.failed, 0.0, ""
+        row.status = BATCH if line.live else "running"
+        row.provider = e.provider or row.provider
+        row.heading = f"batch {line.done}/{line.total}" if line.live else row.heading
+
+    def live_batches(self) -> list[BatchLine]:
+        """The batches not ended yet (what *Cancel batch* cancels)."""
+        return [b for b in self.batches.values() if b.live]
+
+    def mark_canceling(self, batch_ids: list[str]) -> None:
+        """A cancel was asked for these batches."""
+        for batch_id in batch_ids:
+            if (line := self.batches.get(batch_id)) is not None and line.live:
+                line.state = "canceling"
 
     def load(
         self,
@@ -174,11 +264,24 @@ class ProgressState:
                 self.steps[row.order] = row
             else:
                 old.heading = old.heading or row.heading
+        self._load_batches(summary.get("batches") or [], merge)
         if merge:
             return
         totals = summary.get("totals") or {}
         for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
             self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
+
+    def _load_batches(self, rows: list[dict[str, Any]], merge: bool) -> None:
+        """The store's batches; mid-run (``merge``) the events' lines are newer and stay."""
+        lines = [BatchLine.of_store(r) for r in rows]
+        if not merge:
+            self.batches = {}
+        for line in lines:
+            self.batches.setdefault(line.batch_id, line)
+        for line in self.live_batches():  # a step waiting on a batch shows it
+            step = self.steps.get(line.order) if line.order is not None else None
+            if step is not None and step.status == "running":
+                step.status, step.heading = BATCH, f"batch {line.done}/{line.total}"
 
     def headline(self) -> str:
         """One line: name, status, steps done, tokens and cost (and the error, if any)."""
@@ -194,7 +297,13 @@ class ProgressState:
         rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
         widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
         lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
-        return "\n".join([self.headline(), *lines, *(f"fallback {f}" for f in self.fallbacks)])
+        fallbacks = [f"fallback {f}" for f in self.fallbacks]
+        return "\n".join([self.headline(), *lines, *self.batch_lines(), *fallbacks])
+
+    def batch_lines(self, ended: int = 3) -> list[str]:
+        """The live batches, then the last ``ended`` ones that ended, as text lines."""
+        done = [b for b in self.batches.values() if not b.live][-ended:] if ended else []
+        return [b.text() for b in [*self.live_batches(), *done]]
 
 
-__all__ = ["Answered", "ProgressState", "StepRow"]
+__all__ = ["BATCH", "Answered", "BatchLine", "ProgressState", "StepRow"]

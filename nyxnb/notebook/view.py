@@ -3,7 +3,9 @@
 The buttons follow the workflow, not the clicks: Pause while it runs, Pausing once asked (the
 engine stops between items), then Resume when the store says paused, and Pause again once the
 resumed run starts. When nothing runs (finished, failed, not yet started) Pause is disabled, so
-a late click has nothing to do and raises nothing.
+a late click has nothing to do and raises nothing. *Cancel batch* shows while the workflow has a
+live provider batch (listed under the steps, one line each, as the text progress words it) and
+says *Canceling* once the cancel was asked, until the batches end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from typing import Any
 
 from nyxnb.notebook.state import _HEAD, ProgressState
 
-_COLORS = {"completed": "green", "running": "royalblue", "failed": "crimson", "paused": "orange"}
+_COLORS = {
+    "completed": "green",
+    "running": "royalblue",
+    "batch": "darkviolet",
+    "failed": "crimson",
+    "paused": "orange",
+}
 STALE_NOTE = "static copy of the progress widget (kernel restarted: re-run the attach cell)"
 
 
@@ -32,21 +40,36 @@ class WidgetView:
 
     WIDTHS = ("2.5em", "11em", "13.5em", "8em", "9em", "11em", "6.5em", "4.5em", "16em")
 
-    def __init__(self, on_pause: Callable[[Any], None], on_resume: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        on_pause: Callable[[Any], None],
+        on_resume: Callable[[Any], None],
+        on_cancel: Callable[[Any], None] | None = None,
+    ) -> None:
         import ipywidgets as w
 
         self.w = w
         self.header, self.fallbacks, self.note = w.HTML(), w.HTML(), w.HTML()
+        self.batches = w.HTML()
         self.pause = w.Button(description="Pause", icon="pause", tooltip="pause between items")
         self.resume = w.Button(description="Resume", icon="play", tooltip="resume the workflow")
+        self.cancel = w.Button(
+            description="Cancel batch",
+            icon="stop",
+            tooltip="cancel the live provider batches: finished items are kept, "
+            "the rest follows batch_fallback",
+        )
         self.pause.on_click(on_pause)
         self.resume.on_click(on_resume)
+        if on_cancel is not None:
+            self.cancel.on_click(on_cancel)
         self.pause.add_class("nyxnb-pause")
         self.resume.add_class("nyxnb-resume")
-        self.pausing = self.resuming = False
+        self.cancel.add_class("nyxnb-cancel-batch")
+        self.pausing = self.resuming = self.canceling = False
         self.grid = w.VBox([self._line([f"<b>{h}</b>" for h in _HEAD], bar=None)])
-        controls = w.HBox([self.header, self.pause, self.resume, self.note])
-        self.box = w.VBox([controls, self.grid, self.fallbacks])
+        controls = w.HBox([self.header, self.pause, self.resume, self.cancel, self.note])
+        self.box = w.VBox([controls, self.grid, self.batches, self.fallbacks])
         self.box.add_class("nyxnb-progress")
         self.rows: dict[int, tuple[list[Any], Any]] = {}
         self.controls("pending")
@@ -78,7 +101,19 @@ class WidgetView:
         self.header.value = "<b>" + html.escape(state.headline()).replace("\n", "<br>") + "</b>"
         recent = [html.escape(f"fallback {f}") for f in state.fallbacks[-5:]]
         self.fallbacks.value = "<br>".join(recent)
+        lines = [html.escape(line) for line in state.batch_lines()]
+        self.batches.value = "<br>".join(lines)
         self.controls(state.status)
+        self.batch_controls(state)
+
+    def batch_controls(self, state: ProgressState) -> None:
+        """Cancel batch while a batch is live; Canceling once asked (or the store says so)."""
+        live = state.live_batches()
+        self.canceling = self.canceling and bool(live)  # asked, the answer is on its way
+        asked = self.canceling or (bool(live) and all(b.state == "canceling" for b in live))
+        self.cancel.description = "Canceling" if asked else "Cancel batch"
+        self.cancel.disabled = not live or asked
+        self.cancel.layout.display = None if live else "none"
 
     def controls(self, status: str) -> None:
         """Pause -> Pausing -> (paused) Resume -> Resuming -> (running) Pause."""

@@ -12,6 +12,12 @@ engine's thread and awaits it, which leaves the kernel's loop free to deliver cl
 returns at once. With the plain ``nyxnb.run(..., on_event=progress)`` the click arrives after
 the cell ends, when the button is already disabled: nothing runs, nothing to pause.
 
+A fan-out waiting on a provider batch (``batch: true``) shows the status ``batch`` and one line
+per batch under the steps (``anthropic batch msgbatch_…: 120/300 done, polling every 30 s``);
+*Cancel batch* (or :meth:`WorkflowProgress.cancel_batches`) cancels the workflow's live batches
+whether the run is in this kernel, in another process, or paused: a running engine sees it
+within a second and ingests what finished, the canceled items follow ``batch_fallback``.
+
 The view is chosen at construction: widgets when the running cell came from a live frontend
 (JupyterLab, Notebook and VS Code execute with ``allow_stdin=True``; papermill, nbconvert and
 nbval with ``False``), else :class:`~nyxnb.notebook.progress.TextProgress`;
@@ -97,7 +103,9 @@ class WorkflowProgress:
         self._failed, self._store_ok, self._printed = False, self.widget or bool(store), False
         self._reader: Store | None = None
         self._text = None if self.widget else TextProgress(stream)
-        self._view = WidgetView(self._on_pause, self._on_resume) if self.widget else None
+        self._view = (
+            WidgetView(self._on_pause, self._on_resume, self._on_cancel) if self.widget else None
+        )
         self._shown_status = ""
         self._run_kw: dict[str, Any] = {}  # what a Resume click passes on (provider options)
         if display and self._view is not None:
@@ -340,6 +348,48 @@ class WorkflowProgress:
             view.pausing = asked
             view.say("" if asked else f"nothing to pause: the workflow is {self.state.status}")
             view.controls(self.state.status)
+
+    def cancel_batches(self) -> list[tuple[str, str]]:
+        """Cancel the workflow's live provider batches (what *Cancel batch* does).
+
+        Works whether the run is in this kernel (its engine sees the cancel within a second),
+        in another process, or not running (the next resume ingests). Finished items are kept;
+        the canceled ones follow ``batch_fallback``. Returns (provider, batch id) of each.
+        """
+        if not self.state.workflow_id:
+            raise RuntimeError("no workflow yet: the run has not started")
+        canceled = api.cancel_batches(self.state.workflow_id, store=self.store, tenant=self.tenant)
+        with self._lock:
+            self.state.mark_canceling([batch_id for _, batch_id in canceled])
+        return canceled
+
+    def _on_cancel(self, button: Any) -> None:
+        """Cancel off the kernel's thread (provider calls), then say what was asked."""
+        view = self._view
+        if view is None:
+            return
+        with self._lock:
+            if not self.state.live_batches():
+                view.say("no live batch to cancel")
+                view.batch_controls(self.state)
+                return
+            view.canceling = True
+            view.say("")
+            view.batch_controls(self.state)
+        threading.Thread(target=self._cancel_now, name="nyxnb-cancel-batch", daemon=True).start()
+
+    def _cancel_now(self) -> None:
+        view = self._view
+        assert view is not None
+        try:
+            canceled = self.cancel_batches()
+            note = "; ".join(f"cancel requested: {p} batch {b}" for p, b in canceled)
+        except Exception as exc:  # noqa: BLE001 - a click reports, it never raises
+            canceled, note = [], f"cancel failed: {str(exc).splitlines()[0]}"
+        with self._lock:
+            view.canceling = False
+            view.say(note or "no live batch to cancel")
+        self._flush()
 
     def _on_resume(self, button: Any) -> None:
         """Resume the paused workflow in the background (the kernel stays free)."""

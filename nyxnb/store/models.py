@@ -273,10 +273,11 @@ class LlmCall(TenantOwned, Base):
     service_tier: Mapped[str] = mapped_column(String(16), default="live")  # live | batch
 
 
-#: ``provider_batches.state`` values; ``submitting`` and ``open`` are live batches.
-BATCH_SUBMITTING, BATCH_OPEN = "submitting", "open"
+#: ``provider_batches.state`` values; ``submitting``, ``open`` and ``canceling`` (a cancel was
+#: asked, the results are not read yet) are live batches.
+BATCH_SUBMITTING, BATCH_OPEN, BATCH_CANCELING = "submitting", "open", "canceling"
 BATCH_ENDED, BATCH_CANCELED = "ended", "canceled"
-BATCH_LIVE_STATES = (BATCH_SUBMITTING, BATCH_OPEN)
+BATCH_LIVE_STATES = (BATCH_SUBMITTING, BATCH_OPEN, BATCH_CANCELING)
 
 
 class ProviderBatch(TenantOwned, Base):

@@ -8,7 +8,8 @@ the next batch ``errored`` or ``expired``.  Requests marked with ``cache_control
 as cache writes the first time their prefix is seen and cache reads after (1 token per word,
 like the rest of the fake; a prefix under ``min_cache_tokens`` is not cached, as Anthropic
 does).  :class:`FakeBatchServer` mounts it, the OpenAI Files + Batches fake and the Gemini
-batch fake on the loopback fake.
+batch fake on the loopback fake; its :meth:`~FakeBatchServer.fail_polls` answers Anthropic status
+polls with HTTP faults or a dropped connection (outages while a batch waits).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,11 +26,13 @@ from nyxnb.testing.batches_google import ROUTES as GEMINI_ROUTES
 from nyxnb.testing.batches_google import FakeGeminiBatches
 from nyxnb.testing.batches_openai import BATCHES as OPENAI_BATCHES
 from nyxnb.testing.batches_openai import FILES, FakeOpenAIBatches
+from nyxnb.testing.faults import Fault, Reset
 from nyxnb.testing.server import (
     FakeProviderServer,
     FakeRequest,
     FakeResponse,
     Reply,
+    _fault_response,
     prompt_of,
     reply_body,
 )
@@ -164,6 +168,8 @@ class FakeBatchServer(FakeProviderServer):
         self.openai_batches = FakeOpenAIBatches(delay_s)
         self.gemini_batches = FakeGeminiBatches(delay_s)
         self.live_caching = live_caching
+        #: faults answering the next status polls (retrieve) instead of the batch, in order
+        self.poll_faults: deque[Fault | Reset] = deque()
         for method in ("GET", "POST"):
             self.add_route(method, _BATCH.pattern, self._batch_route)
             self.add_route(method, FILES.pattern, self._openai_route)
@@ -184,7 +190,20 @@ class FakeBatchServer(FakeProviderServer):
         }
         return books[provider]
 
+    def fail_polls(self, *faults: Fault | Reset) -> FakeBatchServer:
+        """Answer the next status polls with these faults (``server_error()``, ``reset()``...)."""
+        self.poll_faults.extend(faults)
+        return self
+
     async def _batch_route(self, request: FakeRequest) -> FakeResponse:
+        match = request.match
+        if request.method == "GET" and match is not None and match["id"] and not match["op"]:
+            fault = self.poll_faults.popleft() if self.poll_faults else None
+            if isinstance(fault, Reset):  # the server drops the connection without an answer
+                raise ConnectionResetError("fake: connection reset during a batch poll")
+            if fault is not None:
+                self.batches.calls.append(("GET", request.path + " (fault)"))
+                return _fault_response("anthropic", fault, {})
         answer = self.batches.handle(request.method, request.path, request.headers, request.body)
         assert answer is not None  # the route's pattern is the batch endpoints'
         return _response(answer)

@@ -1,0 +1,161 @@
+"""Wait for one provider batch to end: backoff, transient errors, the deadline, a cancel.
+
+The wait between polls of a batch's status grows from ``batch_poll.initial_s`` by ``multiplier``
+up to ``max_s`` (:class:`Backoff`; by default 5 s to 5 min, about 300 polls a day). A poll that
+fails transiently (:class:`~nyxnb.errors.ProviderUnavailable`: 429, 5xx, a timeout, a dropped
+connection) is retried on the same schedule (no sooner than the provider's retry-after); after
+``max_outage_s`` of nothing but failed polls the workflow pauses with the batch row open, so
+``nyxnb resume`` polls the same batch again. ``deadline_h`` after its submission the batch is
+cancelled. A cancel asked elsewhere (:func:`nyxnb.engine.batch.cancel_batches`: ``nyxnb
+cancel-batch``, the widget's *Cancel batch*) marks the row ``canceling``; the wait looks at the
+row every :data:`WAKE_S`, so it polls at once and the batch's finished items are ingested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from nyxnb import events as ev
+from nyxnb.engine import records
+from nyxnb.engine.context import RunContext
+from nyxnb.engine.rows import StepRow
+from nyxnb.errors import ProviderUnavailable, one_line
+from nyxnb.providers.batch_base import BatchApi, BatchStatus
+from nyxnb.spec import BatchPoll
+from nyxnb.store.models import BATCH_CANCELING, utcnow
+
+#: Seconds between two looks at the batch's row (for a cancel) while a wait lasts.
+WAKE_S = 1.0
+
+
+class Backoff:
+    """Poll delays: ``initial_s``, then times ``multiplier`` each poll, capped at ``max_s``."""
+
+    def __init__(self, poll: BatchPoll) -> None:
+        self.poll, self.delay = poll, poll.initial_s
+
+    def next(self) -> float:
+        """The delay before the next poll (and grow the one after)."""
+        current = self.delay
+        self.delay = min(self.delay * self.poll.multiplier, self.poll.max_s)
+        return current
+
+    def peek(self) -> float:
+        """The delay the next :meth:`next` returns."""
+        return self.delay
+
+    def reset(self) -> None:
+        """Back to ``initial_s`` (a cancel was asked: the batch should end soon)."""
+        self.delay = self.poll.initial_s
+
+
+class BatchWait:
+    """Poll one open batch (a ``provider_batches`` row with a batch id) until it ends."""
+
+    def __init__(
+        self, runner: RunContext, step: StepRow, api: BatchApi, row: records.BatchRow
+    ) -> None:
+        assert row.batch_id is not None
+        self.runner, self.step, self.api, self.row = runner, step, api, row
+        self.batch_id: str = row.batch_id
+        self.poll = runner.spec.defaults.batch_poll
+        self.backoff = Backoff(self.poll)
+        self.canceling = row.state == BATCH_CANCELING
+        self.last = BatchStatus(False, {})
+        self.failing_since: float | None = None
+
+    async def run(self) -> bool:
+        """True once the provider says the batch ended; False if the workflow pauses first."""
+        while True:
+            try:
+                status = await self.api.status(self.batch_id)
+            except ProviderUnavailable as exc:
+                wait = self._failed_poll(exc)
+                if wait is None:
+                    self.runner.pause_event.set()  # the workflow pauses, the batch stays open
+                    return False
+            else:
+                self.failing_since = None
+                if self._polled(status):
+                    return True
+                await self._past_deadline()
+                wait = self.backoff.next()
+            if not await self._sleep(wait):
+                return False
+
+    def _polled(self, status: BatchStatus) -> bool:
+        """Record a poll's counts and say so; True if the batch ended."""
+        self.last = status
+        records.update_batch(self.runner.store, self.row.id, counts=status.counts)
+        self._progress(0.0 if status.ended else self.backoff.peek())
+        return status.ended
+
+    def _progress(self, poll_s: float, error: str = "") -> None:
+        self.runner.step_event(
+            ev.BatchProgress,
+            self.step,
+            provider=self.row.provider,
+            batch_id=self.batch_id,
+            done=self.last.done,
+            total=len(self.row.custom_ids),
+            counts=self.last.counts,
+            poll_s=poll_s,
+            canceling=self.canceling,
+            error=error,
+        )
+
+    def _failed_poll(self, exc: ProviderUnavailable) -> float | None:
+        """The wait before polling again after ``exc``; None when the outage lasted too long."""
+        now = time.monotonic()
+        self.failing_since = self.failing_since or now
+        error = one_line(exc, 300)
+        if now - self.failing_since >= self.poll.max_outage_s:
+            minutes = (now - self.failing_since) / 60
+            resume = f"`nyxnb resume {self.runner.workflow_id}`"
+            note = f"polls failed for {minutes:.1f} min: pausing, the batch stays open ({resume})"
+            self._progress(0.0, f"{error}; {note}")
+            return None
+        wait = max(self.backoff.next(), exc.retry_after or 0.0)
+        self._progress(wait, error)
+        return wait
+
+    async def _past_deadline(self) -> None:
+        """Cancel the batch once ``deadline_h`` passed since its submission (once)."""
+        if self.canceling:
+            return
+        submitted = self.row.submitted_at or utcnow()
+        submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=UTC)
+        if utcnow() <= submitted + timedelta(hours=self.poll.deadline_h):
+            return
+        try:
+            await self.api.cancel(self.batch_id)
+        except ProviderUnavailable:
+            return  # asked again after the next poll
+        records.mark_canceling(self.runner.store, self.step.workflow_id, self.batch_id)
+        self.canceling = True
+        self.backoff.reset()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``, less if a cancel is asked; False if a pause came first."""
+        pause, end = self.runner.pause_event, time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pause.wait(), min(left, WAKE_S))
+            if pause.is_set():
+                return False
+            if not self.canceling and self._cancel_asked():
+                self.canceling = True
+                self.backoff.reset()
+                return True
+        return True
+
+    def _cancel_asked(self) -> bool:
+        try:
+            return records.batch_state(self.runner.store, self.row.id) == BATCH_CANCELING
+        except SQLAlchemyError:  # the store blinked: look again in a second
+            return False
