@@ -6,7 +6,14 @@ claims a small batch of pending items whose claim is free or expired in one shor
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (concurrent claimers skip each other's rows
 instead of queueing behind them), ``BEGIN IMMEDIATE`` on SQLite (one writer at a time; the
 ``FOR UPDATE`` clause is not rendered there).  The holder renews its claims with its heartbeat;
-a killed holder's claims expire after ``CLAIM_TTL_S`` and another worker takes the items.
+a killed holder's claims expire after the claim TTL (:func:`claim_ttl_s`: ``NYXNB_CLAIM_TTL_S``
+or ``nyxnb worker --claim-ttl``, 6 s by default) and another worker takes the items.
+
+A worker claims the next batch *before* its current one runs dry: when its last claimed item
+starts, the refill is scheduled for the next loop turn, after the calls just started are on
+their way, so a free slot finds an item waiting instead of a claim round-trip.  A refill that
+comes back short means the step is nearly done: from then on it claims only on demand, so no
+worker sits on unstarted items while another has idle slots.
 
 The commit of an item is fenced: it only updates the row while the claim is still this
 worker's, with the same generation, and not expired -- otherwise :class:`ClaimLost` and the whole
@@ -16,6 +23,7 @@ write (item, ledger rows, cache) is rolled back.  A committed item is never clai
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,12 +34,38 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, se
 from nyxnb.engine.records import ITEMS, ItemRows, write_items
 from nyxnb.engine.rows import ItemRow
 from nyxnb.engine.writer import GroupWriter
-from nyxnb.errors import ClaimLost
+from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
 
 CLAIM_TTL_S = 6.0
-POLL_S = 0.2  # how often a fan-out's lead looks for items left by others (or expired)
+MIN_CLAIM_TTL_S = 1.0
+TTL_ENV = "NYXNB_CLAIM_TTL_S"
+POLL_S = 0.05  # how often a fan-out's lead looks for items left by others (or expired)
+
+
+def claim_ttl_s(value: float | None = None) -> float:
+    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (at least 1 s)."""
+    if value is None:
+        text = os.environ.get(TTL_ENV, "").strip()
+        try:
+            value = float(text) if text else CLAIM_TTL_S
+        except ValueError:
+            raise ConfigError(
+                f"{TTL_ENV}={text!r} is not a number", hint="set it to seconds, e.g. 6"
+            ) from None
+    if not value >= MIN_CLAIM_TTL_S:
+        raise ConfigError(
+            f"claim TTL {value} s is too short",
+            hint=f"use at least {MIN_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
+        )
+    return float(value)
+
+
+def heartbeat_s(ttl_s: float) -> float:
+    """How often a holder renews claims of ``ttl_s``: a quarter of it, at most 1.5 s."""
+    return min(1.5, ttl_s / 4)
+
 
 _OPEN = ITEMS.c.status.in_((PENDING, RUNNING))
 
@@ -213,7 +247,8 @@ class Source:
 
     The lead (the worker running the workflow) waits while other workers hold open items, and
     takes over any whose claim expires; it returns None once every item is committed or failed.
-    A helper returns None as soon as nothing is claimable.
+    A helper returns None as soon as nothing is claimable.  See the module docstring for the
+    refill ahead of need.
     """
 
     def __init__(
@@ -229,21 +264,53 @@ class Source:
         self.batch, self.lead = max(1, batch), lead
         self._mine: deque[int] = deque()
         self._lock = asyncio.Lock()
+        self._ahead = True  # refill before running dry, until a refill comes back short
+        self._refill: asyncio.Handle | None = None
+        self._closed = False
 
     async def next(self) -> ItemRow | None:
         """The next item to run here, or None when there is nothing left for this worker."""
         async with self._lock:
             while not self._mine:
-                got = self.claimer.claim(self.step_id, self.batch)
-                self._mine.extend(c.idx for c in got if c.idx in self.rows)
+                self._cancel_refill()
+                self._take(self.claimer.claim(self.step_id, self.batch))
                 if self._mine:
                     break
                 if not self.lead or step_progress(self.claimer.store, self.step_id).open == 0:
                     return None
                 await asyncio.sleep(POLL_S)
-            return self.rows[self._mine.popleft()]
+            row = self.rows[self._mine.popleft()]
+            if not self._mine and self._ahead and self._refill is None:
+                self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
+            return row
+
+    def _take(self, got: Sequence[Claim]) -> None:
+        self._mine.extend(c.idx for c in got if c.idx in self.rows)
+        foreign = [c.idx for c in got if c.idx not in self.rows]  # not runnable here: hand back
+        if foreign:
+            self.claimer.release(self.step_id, foreign)
+
+    def _refill_now(self) -> None:
+        """Claim the next batch (a loop turn after the last claimed item started)."""
+        self._refill = None
+        if self._closed or self._mine:
+            return
+        try:
+            got = self.claimer.claim(self.step_id, self.batch)
+        except Exception:  # noqa: BLE001 - a store hiccup: the next item claims on demand
+            return
+        if len(got) < self.batch:
+            self._ahead = False  # nearly done: claim only what a free slot needs
+        self._take(got)
+
+    def _cancel_refill(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
 
     def release_unstarted(self) -> None:
-        """Give back what was claimed but not started (drain, pause)."""
+        """Give back what was claimed but not started (drain, pause, end of the fan-out)."""
+        self._closed = True
+        self._cancel_refill()
         idxs, self._mine = list(self._mine), deque()
         self.claimer.release(self.step_id, idxs)
