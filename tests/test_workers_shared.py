@@ -96,12 +96,14 @@ def test_workers_together_keep_to_one_provider_rate_budget(store, store_url, tmp
     committers = {i.claimed_by for i in _items(store, workflow_id)}
     assert len(committers) >= 2  # the fan-out really was shared
     times = sorted(t for p, t in fake_server.arrivals if p == "openai")  # 429s included
-    per_s = rpm / 60  # the fake's bucket: 1 s of budget, refilled at rpm/60
+    per_s = burst = rpm / 60  # the fake's bucket: 1 s of budget (burst), refilled at rpm/60
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    retried = fake_server.throttled["openai"]  # a 429 comes back as one more arrival
+    assert busiest <= burst + per_s + retried, busiest  # no 1 s window over what the key allows
+    pace = (len(times) - burst) / (times[-1] - times[0])
+    assert pace <= per_s * 1.15, pace  # alone, each of the 3 would take the whole limit
     steady = [t for t in times if t >= times[0] + 1.0]  # after the first second's burst
-    busiest = max(sum(1 for u in steady if t <= u < t + 1.0) for t in steady)
-    assert busiest <= per_s + 2, busiest  # no 1 s window over the limit (+ edge slack)
-    pace = len(steady) / (steady[-1] - steady[0] + 1 / per_s)
-    assert pace <= per_s * 1.1, pace  # alone, each of the 3 would take the whole limit
+    assert len(steady) / (steady[-1] - steady[0] + 1 / per_s) <= per_s * 1.1
     assert fake_server.throttled["openai"] <= 0.15 * len(times)  # the budget, not 429s, paced it
     with store.session() as s:
         failed = s.scalar(

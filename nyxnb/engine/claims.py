@@ -70,7 +70,7 @@ def heartbeat_s(ttl_s: float) -> float:
 _OPEN = ITEMS.c.status.in_((PENDING, RUNNING))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Claim:
     """One claimed item: its index and the fencing generation of the claim."""
 
@@ -93,28 +93,28 @@ def claim_items(
     if limit <= 0:
         return []
     now = utcnow()
-    query = (
-        select(ITEMS.c.id, ITEMS.c.idx, ITEMS.c.claim_generation)
+    pick = (
+        select(ITEMS.c.id)
         .where(_claimable(step_id, now))
         .order_by(ITEMS.c.idx)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claim = (  # one statement: the picked rows are locked, so +1 is the generation we return
+        update(ITEMS)
+        .where(ITEMS.c.id.in_(pick))
+        .values(
+            claimed_by=owner,
+            claim_expires_at=now + timedelta(seconds=ttl_s),
+            claim_generation=func.coalesce(ITEMS.c.claim_generation, 0) + 1,
+            status=RUNNING,
+        )
+        .returning(ITEMS.c.idx, ITEMS.c.claim_generation)
     )
     with store.engine.begin() as conn:
-        rows = conn.execute(query).all()
-        if not rows:
-            return []
-        conn.execute(  # one statement: the rows are locked, so +1 is the generation we return
-            update(ITEMS)
-            .where(ITEMS.c.id.in_([r.id for r in rows]))
-            .values(
-                claimed_by=owner,
-                claim_expires_at=now + timedelta(seconds=ttl_s),
-                claim_generation=ITEMS.c.claim_generation + 1,
-                status=RUNNING,
-            )
-        )
-    return [Claim(r.idx, (r.claim_generation or 0) + 1) for r in rows]
+        rows = conn.execute(claim).all()
+    return sorted(Claim(r.idx, r.claim_generation) for r in rows)
 
 
 def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
@@ -220,18 +220,57 @@ class ItemClaimer:
         return renew_claims(self.store, self.owner, self.ttl_s)
 
     def write_batch(self, conn: Connection, batch: Sequence[ItemRows]) -> None:
-        """Commit items only where this worker's claim still stands (else :class:`ClaimLost`)."""
-        now = utcnow()
-        for rows in batch:
-            if rows.item is None:  # ledger rows only (a 'sent' attempt)
-                continue
-            key = (rows.item["b_step"], rows.item["b_idx"])
-            params = {**rows.item, "b_owner": self.owner, "b_gen": self.held.get(key, -1)}
-            if not conn.execute(_FENCED_COMPLETE, {**params, "b_now": now}).rowcount:
-                self.refused += 1
-                raise ClaimLost(key[0], key[1], self.owner)
-            self.held.pop(key, None)
+        """Commit items only where this worker's claim still stands (else :class:`ClaimLost`).
+
+        One locking read checks every claim of the batch, then one executemany commits them
+        (still fenced in its WHERE): two statements per group commit, not one per item.
+        """
+        items = [rows.item for rows in batch if rows.item is not None]  # None: a 'sent' row
+        if items:
+            now = utcnow()
+            self._check(conn, items, now)
+            conn.execute(
+                _FENCED_COMPLETE,
+                [
+                    {
+                        **i,
+                        "b_owner": self.owner,
+                        "b_gen": self.held[(i["b_step"], i["b_idx"])],
+                        "b_now": now,
+                    }
+                    for i in items
+                ],  # fmt: skip
+            )
+            for i in items:
+                self.held.pop((i["b_step"], i["b_idx"]), None)
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
+
+    def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
+        """Lock the batch's rows and raise :class:`ClaimLost` for the first claim not ours."""
+        by_step: dict[str, list[int]] = {}
+        for i in items:
+            by_step.setdefault(str(i["b_step"]), []).append(int(str(i["b_idx"])))
+        live: set[tuple[str, int]] = set()
+        for step_id, idxs in by_step.items():
+            query = (
+                select(ITEMS.c.idx, ITEMS.c.claim_generation)
+                .where(
+                    ITEMS.c.step_id == step_id,
+                    ITEMS.c.idx.in_(idxs),
+                    ITEMS.c.claimed_by == self.owner,
+                    ITEMS.c.claim_expires_at >= now,
+                    ITEMS.c.status == RUNNING,
+                )
+                .with_for_update()
+            )
+            for idx, gen in conn.execute(query):
+                if self.held.get((step_id, idx)) == gen:
+                    live.add((step_id, idx))
+        for step_id, idxs in by_step.items():
+            for idx in idxs:
+                if (step_id, idx) not in live:
+                    self.refused += 1
+                    raise ClaimLost(step_id, idx, self.owner)
 
     def writer(self) -> GroupWriter:
         """A group writer whose item commits are fenced by these claims."""
