@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from sqlalchemy import func, select
 import nyxnb
 from nyxnb.engine.seed import seed
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
+from tests._launch import nyxnb_proc
 
 N_ITEMS = 40
 
@@ -53,11 +52,8 @@ def _run_and_signal(
 
     Returns the process (not yet waited for), the workflow id and the items seen completed.
     """
-    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": str(latency_ms), "NYXNB_DB_URL": url}
-    cmd = [sys.executable, "-m", "nyxnb", "run", spec, "--tenant", "nyx", "--project", "BRbase",
-           "--json"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
+    args = ("run", spec, "--tenant", "nyx", "--project", "BRbase", "--json")
+    proc = nyxnb_proc(url, *args, latency_ms=latency_ms)
     workflow_id, seen = "", 0
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -131,12 +127,7 @@ def test_two_processes_racing_to_resume_one_workflow(store, store_url, tmp_path)
     spec = _spec(tmp_path)
     workflow_id = nyxnb.create_workflow(store, spec, tenant="nyx", project="BRbase")
     # 100 ms a call: the run lasts over a second, so the two starts always overlap it
-    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": "100", "NYXNB_DB_URL": store_url}
-    cmd = [sys.executable, "-m", "nyxnb", "resume", workflow_id]
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
-    ]
+    procs = [nyxnb_proc(store_url, "resume", workflow_id, latency_ms=100) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], outs

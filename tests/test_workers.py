@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -20,6 +17,7 @@ from nyxnb.engine.records import item_rows, load_items, load_steps
 from nyxnb.engine.seed import seed
 from nyxnb.errors import ClaimLost
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
+from tests._launch import stop_all, wait_for_workers, worker_proc
 
 N_ITEMS = 40
 
@@ -49,11 +47,7 @@ def _spec(tmp_path, n: int = N_ITEMS) -> str:
     return str(path)
 
 
-def _worker(url: str, latency_ms: int, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "NYXNB_OFFLINE_LATENCY_MS": str(latency_ms), "NYXNB_DB_URL": url}
-    cmd = [sys.executable, "-m", "nyxnb", "--json", "worker", "--concurrency", "4", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
+_worker = worker_proc
 
 
 def _ok_calls_per_item(store, workflow_id: str) -> dict[int, int]:
@@ -94,21 +88,16 @@ def test_submit_queues_without_a_call(store, tmp_path):
 
 
 def test_two_worker_processes_share_one_fan_out(store, store_url, tmp_path):
-    from nyxnb.engine.worker import live_workers
-
     seed(store)
     procs = [_worker(store_url, 100) for _ in range(2)]
+    wait_for_workers(store, 2)  # both up, then submit
     deadline = time.monotonic() + 60
-    while len(live_workers(store)) < 2 and time.monotonic() < deadline:  # both up, then submit
-        time.sleep(0.05)
     workflow_id = nyxnb.submit(_spec(tmp_path), tenant="nyx", project="BRbase", store=store)
     while _status(store, workflow_id) not in ("completed", "failed"):
         assert time.monotonic() < deadline + 60
         time.sleep(0.1)
-    for p in procs:
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
+    outs = stop_all(procs)
+    assert [p.returncode for p in procs] == [0, 0], outs
     assert _status(store, workflow_id) == "completed"
     calls = _ok_calls_per_item(store, workflow_id)
     assert calls == {i: 1 for i in range(N_ITEMS)}  # every item once, none twice
@@ -198,12 +187,9 @@ def test_workers_lists_live_workers(store, store_url, tmp_path):
 
     seed(store)
     proc = _worker(store_url, 10)
-    deadline = time.monotonic() + 30
-    while not live_workers(store) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_workers(store, 1, timeout=30)
     listed = live_workers(store)
-    proc.send_signal(signal.SIGINT)  # drains and unregisters
-    _, err = proc.communicate(timeout=30)
+    ((_, err),) = stop_all([proc], timeout=30)  # Ctrl-C drains and unregisters
     assert proc.returncode == 0, err
     assert len(listed) == 1 and listed[0].pid == proc.pid
     assert live_workers(store) == []

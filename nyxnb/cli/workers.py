@@ -48,6 +48,12 @@ def _print_event(event: ev.Event) -> None:
 @click.option("--tenant", help="Only run this tenant's workflows.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit once nothing is queued or running.")
 @click.option("--max-workflows", type=click.IntRange(1), help="Exit after leading K workflows.")
+@click.option(
+    "--claim-ttl",
+    type=click.FloatRange(1.0),
+    help="Seconds before a dead worker's claims and leases are taken over "
+    "(default NYXNB_CLAIM_TTL_S, else 6).",
+)
 @with_json
 @click.pass_context
 def worker(
@@ -56,6 +62,7 @@ def worker(
     tenant: str | None,
     exit_when_idle: bool,
     max_workflows: int | None,
+    claim_ttl: float | None,
 ) -> None:
     """Run queued (and crashed) workflows; share running fan-outs with other workers."""
     store = get_store(ctx)
@@ -64,6 +71,7 @@ def worker(
         tenant_id=store.tenant_id(tenant),
         exit_when_idle=exit_when_idle,
         max_workflows=max_workflows,
+        claim_ttl_s=claim_ttl,
     )
     stats = asyncio.run(_work(Worker(store, options, on_event=_print_event)))
     emit(

@@ -6,7 +6,14 @@ claims a small batch of pending items whose claim is free or expired in one shor
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (concurrent claimers skip each other's rows
 instead of queueing behind them), ``BEGIN IMMEDIATE`` on SQLite (one writer at a time; the
 ``FOR UPDATE`` clause is not rendered there).  The holder renews its claims with its heartbeat;
-a killed holder's claims expire after ``CLAIM_TTL_S`` and another worker takes the items.
+a killed holder's claims expire after the claim TTL (:func:`claim_ttl_s`: ``NYXNB_CLAIM_TTL_S``
+or ``nyxnb worker --claim-ttl``, 6 s by default) and another worker takes the items.
+
+A worker claims the next batch *before* its current one runs dry: when its last claimed item
+starts, the refill is scheduled for the next loop turn, after the calls just started are on
+their way, so a free slot finds an item waiting instead of a claim round-trip.  A refill that
+comes back short means the step is nearly done: from then on it claims only on demand, so no
+worker sits on unstarted items while another has idle slots.
 
 The commit of an item is fenced: it only updates the row while the claim is still this
 worker's, with the same generation, and not expired -- otherwise :class:`ClaimLost` and the whole
@@ -16,6 +23,7 @@ write (item, ledger rows, cache) is rolled back.  A committed item is never clai
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,17 +34,43 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, se
 from nyxnb.engine.records import ITEMS, ItemRows, write_items
 from nyxnb.engine.rows import ItemRow
 from nyxnb.engine.writer import GroupWriter
-from nyxnb.errors import ClaimLost
+from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
 
 CLAIM_TTL_S = 6.0
-POLL_S = 0.2  # how often a fan-out's lead looks for items left by others (or expired)
+MIN_CLAIM_TTL_S = 1.0
+TTL_ENV = "NYXNB_CLAIM_TTL_S"
+POLL_S = 0.05  # how often a fan-out's lead looks for items left by others (or expired)
+
+
+def claim_ttl_s(value: float | None = None) -> float:
+    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (at least 1 s)."""
+    if value is None:
+        text = os.environ.get(TTL_ENV, "").strip()
+        try:
+            value = float(text) if text else CLAIM_TTL_S
+        except ValueError:
+            raise ConfigError(
+                f"{TTL_ENV}={text!r} is not a number", hint="set it to seconds, e.g. 6"
+            ) from None
+    if not value >= MIN_CLAIM_TTL_S:
+        raise ConfigError(
+            f"claim TTL {value} s is too short",
+            hint=f"use at least {MIN_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
+        )
+    return float(value)
+
+
+def heartbeat_s(ttl_s: float) -> float:
+    """How often a holder renews claims of ``ttl_s``: a quarter of it, at most 1.5 s."""
+    return min(1.5, ttl_s / 4)
+
 
 _OPEN = ITEMS.c.status.in_((PENDING, RUNNING))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Claim:
     """One claimed item: its index and the fencing generation of the claim."""
 
@@ -59,28 +93,28 @@ def claim_items(
     if limit <= 0:
         return []
     now = utcnow()
-    query = (
-        select(ITEMS.c.id, ITEMS.c.idx, ITEMS.c.claim_generation)
+    pick = (
+        select(ITEMS.c.id)
         .where(_claimable(step_id, now))
         .order_by(ITEMS.c.idx)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claim = (  # one statement: the picked rows are locked, so +1 is the generation we return
+        update(ITEMS)
+        .where(ITEMS.c.id.in_(pick))
+        .values(
+            claimed_by=owner,
+            claim_expires_at=now + timedelta(seconds=ttl_s),
+            claim_generation=func.coalesce(ITEMS.c.claim_generation, 0) + 1,
+            status=RUNNING,
+        )
+        .returning(ITEMS.c.idx, ITEMS.c.claim_generation)
     )
     with store.engine.begin() as conn:
-        rows = conn.execute(query).all()
-        if not rows:
-            return []
-        conn.execute(  # one statement: the rows are locked, so +1 is the generation we return
-            update(ITEMS)
-            .where(ITEMS.c.id.in_([r.id for r in rows]))
-            .values(
-                claimed_by=owner,
-                claim_expires_at=now + timedelta(seconds=ttl_s),
-                claim_generation=ITEMS.c.claim_generation + 1,
-                status=RUNNING,
-            )
-        )
-    return [Claim(r.idx, (r.claim_generation or 0) + 1) for r in rows]
+        rows = conn.execute(claim).all()
+    return sorted(Claim(r.idx, r.claim_generation) for r in rows)
 
 
 def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
@@ -186,18 +220,57 @@ class ItemClaimer:
         return renew_claims(self.store, self.owner, self.ttl_s)
 
     def write_batch(self, conn: Connection, batch: Sequence[ItemRows]) -> None:
-        """Commit items only where this worker's claim still stands (else :class:`ClaimLost`)."""
-        now = utcnow()
-        for rows in batch:
-            if rows.item is None:  # ledger rows only (a 'sent' attempt)
-                continue
-            key = (rows.item["b_step"], rows.item["b_idx"])
-            params = {**rows.item, "b_owner": self.owner, "b_gen": self.held.get(key, -1)}
-            if not conn.execute(_FENCED_COMPLETE, {**params, "b_now": now}).rowcount:
-                self.refused += 1
-                raise ClaimLost(key[0], key[1], self.owner)
-            self.held.pop(key, None)
+        """Commit items only where this worker's claim still stands (else :class:`ClaimLost`).
+
+        One locking read checks every claim of the batch, then one executemany commits them
+        (still fenced in its WHERE): two statements per group commit, not one per item.
+        """
+        items = [rows.item for rows in batch if rows.item is not None]  # None: a 'sent' row
+        if items:
+            now = utcnow()
+            self._check(conn, items, now)
+            conn.execute(
+                _FENCED_COMPLETE,
+                [
+                    {
+                        **i,
+                        "b_owner": self.owner,
+                        "b_gen": self.held[(i["b_step"], i["b_idx"])],
+                        "b_now": now,
+                    }
+                    for i in items
+                ],  # fmt: skip
+            )
+            for i in items:
+                self.held.pop((i["b_step"], i["b_idx"]), None)
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
+
+    def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
+        """Lock the batch's rows and raise :class:`ClaimLost` for the first claim not ours."""
+        by_step: dict[str, list[int]] = {}
+        for i in items:
+            by_step.setdefault(str(i["b_step"]), []).append(int(str(i["b_idx"])))
+        live: set[tuple[str, int]] = set()
+        for step_id, idxs in by_step.items():
+            query = (
+                select(ITEMS.c.idx, ITEMS.c.claim_generation)
+                .where(
+                    ITEMS.c.step_id == step_id,
+                    ITEMS.c.idx.in_(idxs),
+                    ITEMS.c.claimed_by == self.owner,
+                    ITEMS.c.claim_expires_at >= now,
+                    ITEMS.c.status == RUNNING,
+                )
+                .with_for_update()
+            )
+            for idx, gen in conn.execute(query):
+                if self.held.get((step_id, idx)) == gen:
+                    live.add((step_id, idx))
+        for step_id, idxs in by_step.items():
+            for idx in idxs:
+                if (step_id, idx) not in live:
+                    self.refused += 1
+                    raise ClaimLost(step_id, idx, self.owner)
 
     def writer(self) -> GroupWriter:
         """A group writer whose item commits are fenced by these claims."""
@@ -213,7 +286,8 @@ class Source:
 
     The lead (the worker running the workflow) waits while other workers hold open items, and
     takes over any whose claim expires; it returns None once every item is committed or failed.
-    A helper returns None as soon as nothing is claimable.
+    A helper returns None as soon as nothing is claimable.  See the module docstring for the
+    refill ahead of need.
     """
 
     def __init__(
@@ -229,21 +303,53 @@ class Source:
         self.batch, self.lead = max(1, batch), lead
         self._mine: deque[int] = deque()
         self._lock = asyncio.Lock()
+        self._ahead = True  # refill before running dry, until a refill comes back short
+        self._refill: asyncio.Handle | None = None
+        self._closed = False
 
     async def next(self) -> ItemRow | None:
         """The next item to run here, or None when there is nothing left for this worker."""
         async with self._lock:
             while not self._mine:
-                got = self.claimer.claim(self.step_id, self.batch)
-                self._mine.extend(c.idx for c in got if c.idx in self.rows)
+                self._cancel_refill()
+                self._take(self.claimer.claim(self.step_id, self.batch))
                 if self._mine:
                     break
                 if not self.lead or step_progress(self.claimer.store, self.step_id).open == 0:
                     return None
                 await asyncio.sleep(POLL_S)
-            return self.rows[self._mine.popleft()]
+            row = self.rows[self._mine.popleft()]
+            if not self._mine and self._ahead and self._refill is None:
+                self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
+            return row
+
+    def _take(self, got: Sequence[Claim]) -> None:
+        self._mine.extend(c.idx for c in got if c.idx in self.rows)
+        foreign = [c.idx for c in got if c.idx not in self.rows]  # not runnable here: hand back
+        if foreign:
+            self.claimer.release(self.step_id, foreign)
+
+    def _refill_now(self) -> None:
+        """Claim the next batch (a loop turn after the last claimed item started)."""
+        self._refill = None
+        if self._closed or self._mine:
+            return
+        try:
+            got = self.claimer.claim(self.step_id, self.batch)
+        except Exception:  # noqa: BLE001 - a store hiccup: the next item claims on demand
+            return
+        if len(got) < self.batch:
+            self._ahead = False  # nearly done: claim only what a free slot needs
+        self._take(got)
+
+    def _cancel_refill(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
 
     def release_unstarted(self) -> None:
-        """Give back what was claimed but not started (drain, pause)."""
+        """Give back what was claimed but not started (drain, pause, end of the fan-out)."""
+        self._closed = True
+        self._cancel_refill()
         idxs, self._mine = list(self._mine), deque()
         self.claimer.release(self.step_id, idxs)

@@ -72,8 +72,15 @@ def _aware(ts: datetime | None) -> datetime | None:
     return ts
 
 
-def acquire(store: Store, workflow_id: str, owner: str, *, tenant_id: str | None = None) -> None:
-    """Take the lease or raise :class:`LeaseHeld` (or :class:`NotFound`)."""
+def acquire(
+    store: Store,
+    workflow_id: str,
+    owner: str,
+    *,
+    tenant_id: str | None = None,
+    ttl_s: float = TTL_S,
+) -> None:
+    """Take the lease for ``ttl_s`` or raise :class:`LeaseHeld` (or :class:`NotFound`)."""
     now = utcnow()
     with store.session(tenant_id) as s:
         row = s.execute(
@@ -91,18 +98,18 @@ def acquire(store: Store, workflow_id: str, owner: str, *, tenant_id: str | None
         s.execute(
             update(Workflow)
             .where(Workflow.id == workflow_id)
-            .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=TTL_S))
+            .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s))
         )
 
 
-def renew(store: Store, workflow_id: str, owner: str) -> bool:
-    """Extend the lease; False if it was lost."""
+def renew(store: Store, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> bool:
+    """Extend the lease by ``ttl_s``; False if it was lost."""
     now = utcnow()
     with store.session() as s:
         result = s.execute(
             update(Workflow)
             .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
-            .values(lease_expires_at=now + timedelta(seconds=TTL_S))
+            .values(lease_expires_at=now + timedelta(seconds=ttl_s))
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]

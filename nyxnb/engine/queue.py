@@ -50,8 +50,10 @@ def _runnable(now: Any, tenant_id: str | None) -> Any:
     return and_(where, WORKFLOWS.c.tenant_id == tenant_id) if tenant_id else where
 
 
-def claim_next(store: Store, owner: str, *, tenant_id: str | None = None) -> str | None:
-    """Take the run lease of the oldest queued (or crashed-and-expired) workflow; its id."""
+def claim_next(
+    store: Store, owner: str, *, tenant_id: str | None = None, ttl_s: float = lease.TTL_S
+) -> str | None:
+    """Take the run lease (for ``ttl_s``) of the oldest queued or crashed-and-expired workflow."""
     now = utcnow()
     query = (
         select(WORKFLOWS.c.id)
@@ -70,7 +72,7 @@ def claim_next(store: Store, owner: str, *, tenant_id: str | None = None) -> str
             .values(
                 status=RUNNING,
                 lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease.TTL_S),
+                lease_expires_at=now + timedelta(seconds=ttl_s),
             )
         )
     return str(workflow_id)

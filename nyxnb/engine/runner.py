@@ -69,13 +69,20 @@ class Runner(RunContext):
         self.tenant_id = tenant_id
         self._owner = owner or lease.new_owner()  # a worker passes the lease it claimed
         self._plain = store  # lease bookkeeping; the run's own writes go through the fence
+        self.lease_ttl_s = lease.TTL_S  # a worker sets its claim TTL (faster takeover)
         self.current: StepRow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def execute(self) -> None:
         """Run the workflow to completion, pause or failure; never leaves the lease behind."""
         self._load()
-        lease.acquire(self._plain, self.workflow_id, self._owner, tenant_id=self.tenant_id)
+        lease.acquire(
+            self._plain,
+            self.workflow_id,
+            self._owner,
+            tenant_id=self.tenant_id,
+            ttl_s=self.lease_ttl_s,
+        )
         self.store = lease.FencedStore(self._plain, self.workflow_id, self._owner)
         self.writer.store = self.store
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -234,15 +241,17 @@ class Runner(RunContext):
         )
 
     async def _heartbeat(self) -> None:
-        """Renew the lease every HEARTBEAT_S; look for a pause request every PAUSE_POLL_S."""
-        renewed = time.monotonic()
+        """Renew the lease every HEARTBEAT_S (or a quarter of a shorter TTL); look for a pause
+        request every PAUSE_POLL_S."""
+        renewed, every = time.monotonic(), min(lease.HEARTBEAT_S, self.lease_ttl_s / 4)
         query = select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
         while True:
             await asyncio.sleep(PAUSE_POLL_S)
             try:
-                if time.monotonic() - renewed >= lease.HEARTBEAT_S:
+                if time.monotonic() - renewed >= every:
                     renewed = time.monotonic()
-                    if not lease.renew(self._plain, self.workflow_id, self._owner):
+                    ttl = self.lease_ttl_s
+                    if not lease.renew(self._plain, self.workflow_id, self._owner, ttl):
                         self.pause_event.set()  # lost the lease: stop launching work
                         return
                 with self._plain.reading() as conn:

@@ -1,7 +1,11 @@
 """The worker loop: lead queued workflows, lend spare capacity to fan-outs others lead.
 
-A worker registers itself in ``workers`` and heartbeats every ``HEARTBEAT_S`` (renewing its item
-claims on the way).  Each turn it either claims the next queued or crashed-and-expired workflow
+A worker registers itself in ``workers`` and heartbeats every quarter of its claim TTL (at most
+``HEARTBEAT_S``), renewing its item claims on the way.  The TTL (``--claim-ttl``,
+``NYXNB_CLAIM_TTL_S``, 6 s by default) bounds how soon other workers take over after a kill -9:
+it is both the item claims' TTL and the run lease's of the workflows this worker leads.
+
+Each turn it either claims the next queued or crashed-and-expired workflow
 and runs it as the *lead* (its steps run once, here; its fan-outs are shared through item claims),
 or helps a fan-out another worker leads, claiming items in small batches while it has nothing of
 its own.  :meth:`Worker.drain` (Ctrl-C) stops claiming, lets calls in flight finish and commit,
@@ -23,7 +27,7 @@ from sqlalchemy import Table, delete, func, insert, select, update
 from nyxnb import events as ev
 from nyxnb.engine import lease, queue, records
 from nyxnb.engine.chain import RetryPolicy
-from nyxnb.engine.claims import CLAIM_TTL_S, ItemClaimer
+from nyxnb.engine.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.engine.fanout import help_fan_out
 from nyxnb.engine.runner import Runner
 from nyxnb.errors import NyxError
@@ -45,7 +49,7 @@ class WorkerOptions:
     exit_when_idle: bool = False
     max_workflows: int | None = None
     poll_s: float = 0.2
-    claim_ttl_s: float = CLAIM_TTL_S
+    claim_ttl_s: float | None = None  # None: NYXNB_CLAIM_TTL_S, else 6 s
     retry: RetryPolicy | None = None
     provider_options: dict[str, dict[str, object]] | None = None
 
@@ -71,7 +75,8 @@ class Worker:
     ) -> None:
         self.store, self.options = store, options or WorkerOptions()
         self.owner = lease.new_owner()
-        self.claimer = ItemClaimer(store, self.owner, ttl_s=self.options.claim_ttl_s)
+        self.ttl_s = claim_ttl_s(self.options.claim_ttl_s)
+        self.claimer = ItemClaimer(store, self.owner, ttl_s=self.ttl_s)
         self.stats = WorkerStats()
         self._on_event = on_event or (lambda _e: None)
         self._draining = asyncio.Event()
@@ -111,7 +116,9 @@ class Worker:
     async def _turn(self) -> bool:
         """Lead one workflow or help one fan-out; False when there was nothing to do."""
         tenant_id = self.options.tenant_id
-        workflow_id = queue.claim_next(self.store, self.owner, tenant_id=tenant_id)
+        workflow_id = queue.claim_next(
+            self.store, self.owner, tenant_id=tenant_id, ttl_s=self.ttl_s
+        )
         if workflow_id is not None:
             await self._lead(workflow_id)
             return True
@@ -130,6 +137,7 @@ class Worker:
             provider_options=self.options.provider_options,
             owner=self.owner,
         )
+        runner.lease_ttl_s = self.ttl_s
         runner.claimer = self.claimer
         runner.writer = self.claimer.writer()
         runner.fan_out_limit = self.options.concurrency
@@ -204,7 +212,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(min(HEARTBEAT_S, heartbeat_s(self.ttl_s)))
             try:
                 self._set_row(claims=self.claimer.renew())
                 self._watch_helped()

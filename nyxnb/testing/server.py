@@ -44,6 +44,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class FakeProviderServer:
         self.hits: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
         self.throttled: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.arrivals: list[tuple[str, float]] = []  # (provider, time.time()) of every request
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> FakeProviderServer:
@@ -240,6 +242,7 @@ class FakeProviderServer:
                 self._queues[p].clear()
                 self._defaults[p], self.hits[p], self.throttled[p] = Reply(), 0, 0
             self.requests.clear()
+            self.arrivals.clear()
             self._latency.clear()
             self._flaky.clear()
         self.limits.clear()
@@ -310,6 +313,8 @@ class FakeProviderServer:
         provider, model = target
         body = req.json()
         model = model or str(body.get("model", ""))
+        with self._lock:
+            self.arrivals.append((provider, time.time()))  # admitted or throttled
         verdict = self._admit(provider, model, body)
         if verdict.fault is not None:
             with self._lock:
