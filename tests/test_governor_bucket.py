@@ -5,8 +5,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import select
 
 from nyxnb.engine import governor
 from nyxnb.engine.governor import Bucket
@@ -78,3 +82,27 @@ def test_cancelled_waiters_leave_the_bucket_usable() -> None:
             await bucket.acquire(1)
 
     asyncio.run(scenario())
+
+
+def test_processes_first_using_a_bucket_at_once_share_one_row(store) -> None:
+    """Eight budgets (as eight processes would) lease a fresh key at the same instant: one row
+    is created, none fails on the race, and together they are granted at most its one-second
+    burst (10 at 600 rpm)."""
+    from nyxnb.engine.buckets import SharedBudget
+    from nyxnb.store.models import RateBucket
+
+    budgets = [SharedBudget(store) for _ in range(8)]
+    start = threading.Barrier(len(budgets))
+
+    def lease(budget: SharedBudget) -> float:
+        start.wait()
+        return budget._lease("openai:gpt-4o-mini:requests", 2.0, 1.0, 600.0)[0]
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(len(budgets)) as pool:
+        granted = list(pool.map(lease, budgets))
+    refill = (time.monotonic() - began) * 600 / 60
+    with store.session() as s:
+        rows = s.scalars(select(RateBucket)).all()
+    assert len(rows) == 1
+    assert 10.0 - 1e-6 <= sum(granted) <= 10.0 + refill + 2.0  # the burst, and what refilled

@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
 from nyxnb.store import Store
 from nyxnb.store.models import RateBucket
 
@@ -48,10 +52,8 @@ class SharedBudget:
         now = time.time()
         capacity = max(1.0, per_min / 60 * BURST_S)
         with self.store.session() as s:
-            row = s.get(RateBucket, key, with_for_update=True)
-            if row is None:
-                row = RateBucket(id=key, per_min=per_min, level=capacity, refilled_at=now)
-                s.add(row)
+            _create_once(s, key, per_min, capacity, now)
+            row = s.get_one(RateBucket, key, with_for_update=True)
             rate = per_min / 60
             level = min(capacity, row.level + max(now - row.refilled_at, 0.0) * rate)
             need = min(need, capacity)
@@ -59,3 +61,10 @@ class SharedBudget:
             row.level, row.refilled_at, row.per_min = level - granted, now, per_min
         wait_s = 0.0 if granted else (need - level) / rate
         return granted, max(wait_s, 0.005)
+
+
+def _create_once(s: Session, key: str, per_min: float, capacity: float, now: float) -> None:
+    """Create ``key``'s bucket, full, unless a process already did (no race on first use)."""
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = {"id": key, "per_min": per_min, "level": capacity, "refilled_at": now}
+    s.execute(insert(RateBucket).values(**values).on_conflict_do_nothing(index_elements=["id"]))
