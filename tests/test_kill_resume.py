@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -62,9 +63,36 @@ def _run_and_signal(
         if event["type"] == "fan_out_progress":
             seen = event["completed"]
             if seen >= after:
-                proc.send_signal(sig)
+                if sig == signal.SIGSTOP and url.startswith("sqlite"):
+                    _stop_between_transactions(proc, url)
+                else:
+                    proc.send_signal(sig)
                 break
     return proc, workflow_id, seen
+
+
+def _stop_between_transactions(proc: subprocess.Popen[str], url: str) -> None:
+    """SIGSTOP a run on SQLite at a moment it holds no write lock.
+
+    SQLite has one writer lock per file and no way to take it from a stopped process: a run
+    stalled inside a write transaction blocks every other writer until it wakes (PostgreSQL
+    only blocks the rows it touched). The stall these tests model is the common one, between
+    two short transactions, so the process is stopped again until no lock is held.
+    """
+    path = url.split("///", 1)[1]
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # stopped mid-transaction: let it finish it
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("the run never left its write transaction")
 
 
 def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:

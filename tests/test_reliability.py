@@ -16,10 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import DBAPIError
 
 import nyxnb
 from nyxnb import events as ev
+from nyxnb.engine.seed import seed
 from nyxnb.store import open_store
 from nyxnb.store.models import LlmCall, Project, Workflow, WorkflowStep
 from tests.helpers import minimal, three_steps
@@ -292,3 +294,23 @@ def test_malformed_or_html_200_falls_back_and_is_in_the_ledger(
     failed = [r for r in rows if r.provider == provider]
     assert failed and all(r.outcome == "error" and "malformed" in (r.error or "") for r in failed)
     assert {r.provider for r in rows if r.outcome == "ok"} == {"offline"}
+
+
+@pytest.mark.postgres
+def test_a_session_stalled_inside_a_transaction_frees_its_locks_on_postgres(pg_url, monkeypatch):
+    """A process stalled mid-transaction (SIGSTOP, a frozen VM) holds row locks; the server
+    ends the idle transaction (``NYXNB_PG_IDLE_TX_S``) and another writer gets the row."""
+    monkeypatch.setenv("NYXNB_PG_IDLE_TX_S", "1")
+    stalled, other = open_store(pg_url), open_store(pg_url)
+    seed(stalled)
+    with stalled.engine.connect() as conn:
+        conn.begin()
+        conn.execute(text("UPDATE tenants SET name = name"))  # row locks, then nothing
+        with other.engine.connect() as second:
+            with second.begin():
+                second.execute(text("SET LOCAL lock_timeout = '20s'"))
+                second.execute(text("UPDATE tenants SET name = name"))  # waits ~1 s, not 20
+        with pytest.raises(DBAPIError, match="idle-in-transaction"):  # ended by the server
+            conn.execute(text("SELECT 1"))
+    stalled.dispose()
+    other.dispose()

@@ -84,6 +84,17 @@ def _busy_timeout_ms() -> int:
     return int(float(os.environ.get("NYXNB_SQLITE_BUSY_TIMEOUT_S") or 30) * 1000)
 
 
+def _idle_transaction_ms() -> int:
+    """PostgreSQL's ``idle_in_transaction_session_timeout`` for nyxnb's connections.
+
+    A process stalled inside a transaction (SIGSTOP, a frozen VM) would hold its row locks and
+    block every other worker on those rows forever; the server ends such a session after 300 s
+    (``NYXNB_PG_IDLE_TX_S``), and the stalled process's next write fails and is fenced off.
+    nyxnb never waits on a provider inside a transaction, so a healthy run never hits it.
+    """
+    return int(float(os.environ.get("NYXNB_PG_IDLE_TX_S") or 300) * 1000)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     busy_ms = _busy_timeout_ms()
 
@@ -211,6 +222,10 @@ def _make_engine(url: str) -> Engine:
             }
         else:
             kwargs["pool_pre_ping"] = True
+            idle_ms = _idle_transaction_ms()
+            kwargs["connect_args"] = {
+                "options": f"-c idle_in_transaction_session_timeout={idle_ms}"
+            }
         engine = create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         raise StoreUnavailable(
