@@ -43,3 +43,17 @@ def three_steps(
             "implementation_prompts": {"from": "features", "persona": "Aristaeus"},
         }
     return body
+
+
+def claimed_fan_out_step(store: Store, spec_path: str, n: int) -> Any:
+    """Seed, queue the fan-out spec at ``spec_path`` and write its ``n`` pending item rows:
+    the step a worker's item claims work on (for claim and fencing tests)."""
+    import nyxnb
+    from nyxnb.engine.records import load_steps, sync_items
+    from nyxnb.engine.seed import seed
+
+    seed(store)
+    workflow_id = nyxnb.submit(spec_path, tenant="nyx", project="BRbase", store=store)
+    step = load_steps(store, workflow_id)[0]
+    sync_items(store, step, [(f"h{i}", f"in{i}", f"x{i}") for i in range(n)])
+    return step

@@ -18,6 +18,7 @@ from nyxnb.engine.seed import seed
 from nyxnb.errors import ClaimLost
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
 from tests._launch import stop_all, wait_for_workers, worker_proc
+from tests.helpers import claimed_fan_out_step
 
 N_ITEMS = 40
 
@@ -137,18 +138,8 @@ def test_kill_9_of_a_worker_is_taken_over(store, store_url, tmp_path):
     assert calls == {i: 1 for i in range(N_ITEMS)}, (before, calls)  # none lost, none twice
 
 
-def _claim_setup(store, tmp_path):
-    seed(store)
-    workflow_id = nyxnb.submit(_spec(tmp_path, 10), tenant="nyx", project="BRbase", store=store)
-    from nyxnb.engine.records import sync_items
-
-    step = load_steps(store, workflow_id)[0]
-    sync_items(store, step, [(f"h{i}", f"in{i}", f"x{i}") for i in range(10)])
-    return step
-
-
 def test_one_owner_per_item_and_fenced_writes(store, tmp_path):
-    step = _claim_setup(store, tmp_path)
+    step = claimed_fan_out_step(store, _spec(tmp_path, 10), 10)
     a, b = ItemClaimer(store, "a:1:a"), ItemClaimer(store, "b:2:b")
     got_a, got_b = a.claim(step.id, 4), b.claim(step.id, 4)
     assert {c.idx for c in got_a}.isdisjoint({c.idx for c in got_b})

@@ -17,12 +17,13 @@ from sqlalchemy import func, or_, select, update
 import nyxnb
 from nyxnb.cli.main import cli
 from nyxnb.engine.claims import ItemClaimer, claim_ttl_s, heartbeat_s
-from nyxnb.engine.records import item_rows, load_steps, sync_items
+from nyxnb.engine.records import item_rows, load_steps
 from nyxnb.engine.seed import seed
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
 from nyxnb.testing import Reply
 from tests._launch import stop_all, wait_for_workers, worker_proc
+from tests.helpers import claimed_fan_out_step
 
 
 def _spec(tmp_path, n: int, provider: str = "offline", **defaults: object) -> str:
@@ -144,21 +145,13 @@ def test_kill_9_takeover_is_bound_by_the_claim_ttl(store, store_url, tmp_path):
     assert _ok_calls(store, workflow_id) == {i: 1 for i in range(n)}  # none lost, none twice
 
 
-def _claimed_step(store, tmp_path):
-    seed(store)
-    workflow_id = nyxnb.submit(_spec(tmp_path, 4), tenant="nyx", project="BRbase", store=store)
-    step = load_steps(store, workflow_id)[0]
-    sync_items(store, step, [(f"h{i}", f"in{i}", f"x{i}") for i in range(4)])
-    return step
-
-
 def test_a_write_from_an_expired_claim_is_refused(store, tmp_path):
     """Fencing with a short TTL: a holder that missed its renewals cannot commit, even when no
     other worker has taken the item yet; a renewed claim commits."""
     from nyxnb.engine.chain import ChainResult
     from nyxnb.providers.base import Completion
 
-    step = _claimed_step(store, tmp_path)
+    step = claimed_fan_out_step(store, _spec(tmp_path, 4), 4)
     late, live = ItemClaimer(store, "late:1:a", ttl_s=1.0), ItemClaimer(store, "live:2:b")
     (first,) = late.claim(step.id, 1)
     (second,) = live.claim(step.id, 1)
