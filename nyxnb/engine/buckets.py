@@ -52,8 +52,10 @@ class SharedBudget:
         now = time.time()
         capacity = max(1.0, per_min / 60 * BURST_S)
         with self.store.session() as s:
-            _create_once(s, key, per_min, capacity, now)
-            row = s.get_one(RateBucket, key, with_for_update=True)
+            row = s.get(RateBucket, key, with_for_update=True)
+            if row is None:  # first use on this store: create it, unless a process just did
+                _create_once(s, key, per_min, capacity, now)
+                row = s.get_one(RateBucket, key, with_for_update=True)
             rate = per_min / 60
             level = min(capacity, row.level + max(now - row.refilled_at, 0.0) * rate)
             need = min(need, capacity)
