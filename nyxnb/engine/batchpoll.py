@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -27,7 +27,7 @@ from nyxnb.engine.rows import StepRow
 from nyxnb.errors import ProviderUnavailable, one_line
 from nyxnb.providers.batch_base import BatchApi, BatchStatus
 from nyxnb.spec import BatchPoll
-from nyxnb.store.models import BATCH_CANCELING, utcnow
+from nyxnb.store.models import BATCH_CANCELING, aware, utcnow
 
 #: Seconds between two looks at the batch's row (for a cancel) while a wait lasts.
 WAKE_S = 1.0
@@ -128,8 +128,7 @@ class BatchWait:
         """Cancel the batch once ``deadline_h`` passed since its submission (once)."""
         if self.canceling:
             return
-        submitted = self.row.submitted_at or utcnow()
-        submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=UTC)
+        submitted = aware(self.row.submitted_at) or utcnow()
         if utcnow() <= submitted + timedelta(hours=self.poll.deadline_h):
             return
         try:

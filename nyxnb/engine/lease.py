@@ -20,13 +20,13 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import Connection, Table, and_, bindparam, select, update
 
 from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
 from nyxnb.store.database import Store
-from nyxnb.store.models import Workflow, utcnow
+from nyxnb.store.models import Workflow, aware, utcnow
 
 #: How long a lease outlives its last renewal: 6 s, or ``NYXNB_LEASE_TTL_S`` (tests shorten it).
 TTL_S = float(os.environ.get("NYXNB_LEASE_TTL_S") or 6.0)
@@ -66,12 +66,6 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    if ts is not None and ts.tzinfo is None:  # SQLite returns naive datetimes
-        return ts.replace(tzinfo=utcnow().tzinfo)
-    return ts
-
-
 def acquire(
     store: Store,
     workflow_id: str,
@@ -90,7 +84,7 @@ def acquire(
         ).first()
         if row is None:
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
-        holder, expires = row[0], _aware(row[1])
+        holder, expires = row[0], aware(row[1])
         free = holder in (None, owner) or expires is None or expires < now
         if not free and not _holder_is_dead(holder):
             left = (expires - now).total_seconds() if expires else 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -17,6 +16,7 @@ from nyxnb.store.models import (
     Tenant,
     Workflow,
     WorkflowStep,
+    aware,
     utcnow,
 )
 
@@ -132,8 +132,8 @@ def _batch_dict(batch: ProviderBatch, steps: dict[str, WorkflowStep]) -> dict[st
     """A provider batch as shown: provider, id, state, provider counts, age."""
     step = steps.get(batch.step_id or "")
     counts = {str(k): int(v) for k, v in (batch.counts or {}).items()}
-    submitted = _aware(batch.submitted_at)
-    ended = _aware(batch.ended_at)
+    submitted = aware(batch.submitted_at)
+    ended = aware(batch.ended_at)
     return {
         "step": step.name if step is not None else None,
         "order": step.order if step is not None else None,
@@ -149,11 +149,6 @@ def _batch_dict(batch: ProviderBatch, steps: dict[str, WorkflowStep]) -> dict[st
         "ended_at": ended,
         "age_s": (utcnow() - submitted).total_seconds() if submitted else None,
     }
-
-
-def _aware(stamp: Any) -> Any:
-    """A stored timestamp as UTC-aware (SQLite returns naive ones)."""
-    return stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp
 
 
 def _claims(items: list[StepItem]) -> dict[str, int]:

@@ -32,7 +32,7 @@ from nyxnb.engine.fanout import help_fan_out
 from nyxnb.engine.runner import Runner
 from nyxnb.errors import NyxError
 from nyxnb.store.database import Store
-from nyxnb.store.models import PAUSED, RUNNING, StepItem, Workflow, utcnow
+from nyxnb.store.models import PAUSED, RUNNING, StepItem, Workflow, aware, utcnow
 from nyxnb.store.models import Worker as WorkerRow
 
 HEARTBEAT_S = 1.5
@@ -269,7 +269,7 @@ def live_workers(store: Store) -> list[LiveWorker]:
         rows = s.execute(query).all()
     out = []
     for w, claims in rows:
-        beat = lease._aware(w.heartbeat_at) or now
+        beat = aware(w.heartbeat_at) or now
         out.append(
             LiveWorker(
                 w.owner,

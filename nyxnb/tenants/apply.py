@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from nyxnb.errors import MigrationError, NotFound, StalePlan, VerificationFailed
 from nyxnb.store.database import Store
-from nyxnb.store.models import Base, Workflow, new_id, utcnow
+from nyxnb.store.models import Base, Workflow, aware, new_id, utcnow
 from nyxnb.tenants.checksums import Override, Scan, digest, scan, text_of, utc
 from nyxnb.tenants.plan import Members, survey
 from nyxnb.tenants.schema import TENANT, Edge, Schema, discover_schema
@@ -122,9 +122,7 @@ def _refuse_running(conn: Connection, plan: MigrationPlan) -> None:
     ).all()
     now, expired = utcnow(), []
     for held in leased:
-        expires = held.lease_expires_at
-        if expires is not None and expires.tzinfo is None:  # SQLite returns naive datetimes
-            expires = expires.replace(tzinfo=now.tzinfo)
+        expires = aware(held.lease_expires_at)
         if expires is None or expires < now:
             expired.append(held.id)
             continue
