@@ -19,7 +19,7 @@ from nyxnb.cli.main import cli
 from nyxnb.engine.seed import seed
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.notebook.progress import TextProgress
-from nyxnb.notebook.state import ProgressState
+from nyxnb.notebook.state import SUBMITTING, ProgressState
 from nyxnb.notebook.widgets import WorkflowProgress
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
@@ -171,7 +171,12 @@ def test_cancel_batch_from_a_widget_attached_to_a_run_in_another_process(
         )
         view = progress._view
         assert view is not None
-        _until(lambda: progress.state.live_batches() and not view.cancel.disabled)
+        _until(
+            lambda: (
+                [b for b in progress.state.live_batches() if b.batch_id != SUBMITTING]
+                and not view.cancel.disabled
+            )
+        )
         line = progress.state.live_batches()[0].text()
         assert line.startswith("anthropic batch msgbatch_fake0001: 0/12 done, submitted ")
         row = next(r for r in progress.state.steps.values() if r.name == "features")

@@ -52,6 +52,10 @@ _ROW_FIELDS = {f.name for f in fields(StepRow)}
 BATCH = "batch"
 
 
+#: The batch id shown for a batch whose row is committed but not yet created at the provider.
+SUBMITTING = "(submitting)"
+
+
 @dataclass
 class BatchLine:
     """One provider batch of the workflow, from batch events or the store's row."""
@@ -96,7 +100,7 @@ class BatchLine:
         state = state if row["live"] else "ended"
         return cls(
             row["provider"],
-            row["batch_id"] or "(submitting)",
+            row["batch_id"] or SUBMITTING,
             row["order"],
             row["items"],
             row["done"],
@@ -276,6 +280,7 @@ class ProgressState:
         lines = [BatchLine.of_store(r) for r in rows]
         if not merge:
             self.batches = {}
+        self.batches.pop(SUBMITTING, None)  # the store says what became of it
         for line in lines:
             self.batches.setdefault(line.batch_id, line)
         for line in self.live_batches():  # a step waiting on a batch shows it
