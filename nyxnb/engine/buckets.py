@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from nyxnb.engine.cache import insert_ignoring_duplicates
 from nyxnb.store import Store
 from nyxnb.store.models import RateBucket
 
 #: Seconds of budget leased at a time.
 SLICE_S = 0.2
 BURST_S = 1.0
+_BUCKETS: Table = RateBucket.__table__  # type: ignore[assignment]
 
 
 class SharedBudget:
@@ -67,6 +68,5 @@ class SharedBudget:
 
 def _create_once(s: Session, key: str, per_min: float, capacity: float, now: float) -> None:
     """Create ``key``'s bucket, full, unless a process already did (no race on first use)."""
-    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
     values = {"id": key, "per_min": per_min, "level": capacity, "refilled_at": now}
-    s.execute(insert(RateBucket).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+    s.execute(insert_ignoring_duplicates(s.connection(), _BUCKETS).values(**values))

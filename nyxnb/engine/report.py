@@ -63,6 +63,7 @@ def workflow_summary(
             .order_by(ProviderBatch.created_at)
         ).all()
     per_step = {r["step_id"]: r for r in _totals(store, workflow_id, [LlmCall.step_id])}
+    by_id = {st.id: st for st in steps}
     by_step: dict[str, list[StepItem]] = {}
     for item in items:
         by_step.setdefault(item.step_id, []).append(item)
@@ -83,7 +84,7 @@ def workflow_summary(
         "steps": [
             _step_dict(st, by_step.get(st.id, []), per_step.get(st.id), with_items) for st in steps
         ],
-        "batches": [_batch_dict(b, {st.id: st for st in steps}) for b in batches],
+        "batches": [_batch_dict(b, by_id) for b in batches],
         "totals": (_totals(store, workflow_id, []) or [{}])[0],
         "by_provider": _totals(store, workflow_id, [LlmCall.provider]),
     }
