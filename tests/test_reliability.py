@@ -314,3 +314,13 @@ def test_a_session_stalled_inside_a_transaction_frees_its_locks_on_postgres(pg_u
             conn.execute(text("SELECT 1"))
     stalled.dispose()
     other.dispose()
+
+
+@pytest.mark.postgres
+def test_a_urls_own_postgres_options_are_kept_beside_the_idle_timeout(pg_url, monkeypatch):
+    monkeypatch.setenv("NYXNB_PG_IDLE_TX_S", "7")
+    store = open_store(f"{pg_url}?options=-c%20application_name%3Dnyx-own")
+    with store.engine.connect() as conn:
+        assert conn.scalar(text("SHOW application_name")) == "nyx-own"
+        assert conn.scalar(text("SHOW idle_in_transaction_session_timeout")) == "7s"
+    store.dispose()

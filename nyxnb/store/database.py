@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, select, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
@@ -93,6 +93,13 @@ def _idle_transaction_ms() -> int:
     nyxnb never waits on a provider inside a transaction, so a healthy run never hits it.
     """
     return int(float(os.environ.get("NYXNB_PG_IDLE_TX_S") or 300) * 1000)
+
+
+def _pg_options(url: str) -> str:
+    """libpq ``options`` for a PostgreSQL URL: its own (``?options=...``) and the idle timeout."""
+    given = make_url(url).query.get("options") or ()
+    own = " ".join([given] if isinstance(given, str) else given)
+    return f"{own} -c idle_in_transaction_session_timeout={_idle_transaction_ms()}".strip()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -222,10 +229,7 @@ def _make_engine(url: str) -> Engine:
             }
         else:
             kwargs["pool_pre_ping"] = True
-            idle_ms = _idle_transaction_ms()
-            kwargs["connect_args"] = {
-                "options": f"-c idle_in_transaction_session_timeout={idle_ms}"
-            }
+            kwargs["connect_args"] = {"options": _pg_options(url)}
         engine = create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         raise StoreUnavailable(
