@@ -19,7 +19,7 @@ from nyxnb.cli.main import cli
 from nyxnb.engine.seed import seed
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.notebook.progress import TextProgress
-from nyxnb.notebook.state import SUBMITTING, ProgressState
+from nyxnb.notebook.state import SUBMITTING, BatchLine, ProgressState
 from nyxnb.notebook.widgets import WorkflowProgress
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
@@ -237,3 +237,16 @@ def test_show_and_attach_show_an_open_batch_and_cancel_works_while_paused(
     assert result.ok, result.error
     _assert_canceled_then_live(store, slow_batches, workflow_id)
     store.engine.dispose()
+
+
+def test_a_batchs_age_alone_is_not_a_change_worth_a_new_text_line() -> None:
+    """An attached text view compares ``table(ages=False)``: a batch read from the store shows
+    "submitted N s ago", which changes on every poll while nothing else does."""
+    state = ProgressState()
+    state.batches = {"b1": BatchLine("anthropic", "b1", 0, 12, 3, age_s=5.0)}
+    before = (state.table(), state.table(ages=False))
+    state.batches["b1"].age_s = 9.0
+    assert state.table() != before[0]  # what is shown says the new age
+    assert state.table(ages=False) == before[1]  # what the change check compares does not
+    state.batches["b1"].done = 4
+    assert state.table(ages=False) != before[1]  # progress still is a change

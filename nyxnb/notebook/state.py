@@ -77,8 +77,11 @@ class BatchLine:
         """Not ended: the provider may still be working on it, and it can be canceled."""
         return self.state != "ended"
 
-    def text(self) -> str:
-        """``anthropic batch msgbatch_…: 120/300 done, polling every 30 s`` (as text progress)."""
+    def text(self, age: bool = True) -> str:
+        """``anthropic batch msgbatch_…: 120/300 done, polling every 30 s`` (as text progress).
+
+        ``age=False`` leaves out "submitted N s ago" (it changes while nothing else does).
+        """
         if not self.live:
             return batch_ended_text(self.provider, self.batch_id, self.succeeded, self.failed)
         return batch_text(
@@ -89,7 +92,7 @@ class BatchLine:
             poll_s=self.poll_s,
             canceling=self.state == "canceling",
             error=self.error,
-            age_s=None if self.poll_s or self.error else self.age_s,
+            age_s=None if not age or self.poll_s or self.error else self.age_s,
         )
 
     @classmethod
@@ -297,18 +300,22 @@ class ProgressState:
         line += f"{tokens_in}+{tokens_out} tokens, ${cost:.4f}"
         return line + (f"\nerror: {self.error}" if self.error else "")
 
-    def table(self) -> str:
-        """The headline and the step table as aligned text (the view's text form)."""
+    def table(self, ages: bool = True) -> str:
+        """The headline and the step table as aligned text (the view's text form).
+
+        ``ages=False`` leaves the batches' ages out: what a change check compares.
+        """
         rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
         widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
         lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
         fallbacks = [f"fallback {f}" for f in self.fallbacks]
-        return "\n".join([self.headline(), *lines, *self.batch_lines(), *fallbacks])
+        batches = self.batch_lines(ages=ages)
+        return "\n".join([self.headline(), *lines, *batches, *fallbacks])
 
-    def batch_lines(self, ended: int = 3) -> list[str]:
+    def batch_lines(self, ended: int = 3, ages: bool = True) -> list[str]:
         """The live batches, then the last ``ended`` ones that ended, as text lines."""
         done = [b for b in self.batches.values() if not b.live][-ended:] if ended else []
-        return [b.text() for b in [*self.live_batches(), *done]]
+        return [b.text(ages) for b in [*self.live_batches(), *done]]
 
 
 __all__ = ["BATCH", "Answered", "BatchLine", "ProgressState", "StepRow"]

@@ -206,9 +206,9 @@ class WorkflowProgress:
         summary = workflow_summary(st, workflow_id, tenant_id=tenant_id, with_items=False)
         extras, answers = step_context(st, workflow_id), answered(st, workflow_id)
         with self._lock:
-            before = self.state.table()
+            before = self.state.table(ages=False)  # an age alone is no change worth a line
             self.state.load(summary, extras, merge, answers)
-            changed = before != self.state.table()
+            changed = before != self.state.table(ages=False)
             self._dirty.update(self.state.steps)
         now, full = time.monotonic(), not self._printed or self.state.status not in ACTIVE
         if show and self._text is not None and changed and (full or now - self._last_flush > 2):
