@@ -176,6 +176,21 @@ def test_cancel_batch_then_resume_resubmits_canceled_items(
     store.engine.dispose()
 
 
+def _find_fails_once(monkeypatch, provider: str) -> None:
+    from nyxnb.errors import ProviderUnavailable
+    from nyxnb.providers.batch_google import GoogleBatches
+    from nyxnb.providers.batch_openai import OpenAIBatches
+
+    api = {"openai": OpenAIBatches, "google": GoogleBatches}[provider]
+    find = api.find
+
+    async def down_once(self, tag: str) -> str | None:
+        monkeypatch.setattr(api, "find", find)
+        raise ProviderUnavailable("503 Service Unavailable", provider=provider, kind="overloaded")
+
+    monkeypatch.setattr(api, "find", down_once)
+
+
 @pytest.mark.parametrize("labelled", ["openai", "google"])
 @pytest.mark.parametrize("created", [True, False], ids=["batch-created", "create-lost"])
 def test_kill_9_between_create_and_commit(sqlite_url, tmp_path, monkeypatch, created, labelled):
@@ -204,6 +219,11 @@ def test_kill_9_between_create_and_commit(sqlite_url, tmp_path, monkeypatch, cre
         assert len(book.batches) == int(created)
         book.on_create = None
 
+        if created:  # the lookup fails once: the resume pauses, buys nothing, and looks again
+            _find_fails_once(monkeypatch, labelled)
+            assert nyxnb.resume(workflow_id, store=store).status == "paused"
+            assert len(book.batches) == 1
+            assert [r.state for r in fan_out(store, workflow_id)[2]] == ["submitting"]
         result = nyxnb.resume(workflow_id, store=store)
         assert result.ok, result.error
         assert len(book.batches) == 1  # adopted, or submitted once since none existed

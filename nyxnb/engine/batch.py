@@ -22,6 +22,7 @@ from nyxnb.engine.chain import Attempt, ChainResult, attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
 from nyxnb.engine.records import BATCHES
 from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.errors import ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.registry import batch_api, create_provider
@@ -73,7 +74,6 @@ class BatchRun:
         self.done = {r.idx for r in rows if r.status == COMPLETED}
         self.failed: set[int] = set()
         self._submitted: set[str] = set()  # batch rows this run submitted (not adopted)
-        self.poll = runner.spec.defaults.batch_poll
 
     def api(self) -> BatchApi | None:
         """The provider's batch API (None: it has none, or it is down this run)."""
@@ -123,7 +123,11 @@ class BatchRun:
     async def _drain(self, api: BatchApi, row: records.BatchRow, adopted: bool) -> bool:
         """Poll one batch until it ends and ingest it; False if a pause came first."""
         if row.batch_id is None:
-            row = await self._orphan(api, row)
+            try:
+                row = await self._orphan(api, row)
+            except ProviderUnavailable:  # the lookup failed (a 503): pause, a resume looks again
+                self.runner.pause_event.set()
+                return False
         if row.batch_id is None:
             return True
         if adopted:
@@ -135,7 +139,7 @@ class BatchRun:
                 items=len(row.custom_ids),
                 adopted=True,
             )
-        if not await self._wait_ended(api, row):
+        if not await BatchWait(self.runner, self.step, api, row).run():
             return False
         ok = failed = 0
         async for result in api.results(row.batch_id, self._requests_of(row)):
@@ -164,9 +168,6 @@ class BatchRun:
 
     def _requests_of(self, row: records.BatchRow) -> dict[str, CompletionRequest]:
         return {cid: self.requests[cid] for cid in row.custom_ids if cid in self.requests}
-
-    async def _wait_ended(self, api: BatchApi, row: records.BatchRow) -> bool:
-        return await BatchWait(self.runner, self.step, api, row).run()
 
     def _ingest(self, result: BatchItemResult, batch_id: str) -> bool:
         """Commit one result (skipping stale or already committed items); True if it succeeded."""
