@@ -89,6 +89,13 @@ def test_matrix_runs_variants_as_one_experiment_and_compare_takes_its_id(store, 
     assert result.labels[0] == "provider=offline,max_tokens=100"
     cell = result.rows[0].cells[1]
     assert cell is not None and cell.provider == "offline"
+    ignored = CliRunner().invoke(
+        cli,
+        ["--db", url, "run", str(path), "--tenant", "nyx", "--project", "BRbase",
+         "--matrix", "max_tokens=100,200", "--provider", "offline", "--batch"],
+    )  # fmt: skip
+    assert ignored.exit_code == 2  # a flag the variants would not use is refused, not dropped
+    assert "--provider, --batch cannot be used with --matrix" in ignored.output
 
 
 def test_variants_block_and_bad_matrix(store):

@@ -36,6 +36,7 @@ def run(
     if matrix or use_variants:
         from nyxnb.cli.iterate import run_variants
 
+        _refuse_unused_with_variants(flags)
         run_variants(ctx, flags.spec(spec), flags.tenant, flags.project, matrix, cache=flags.cache)
     events = api.run_iter(
         flags.spec(spec),
@@ -129,6 +130,18 @@ def _show_text(data: dict[str, Any]) -> str:
         f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}"
     )
     return f"{head}\n\n{steps}{_batches_text(data)}\n\nprovider calls:\n{ledger}\n{total}"
+
+
+def _refuse_unused_with_variants(flags: RunFlags) -> None:
+    """Variants take their overrides from the matrix or the spec; say so, rather than drop one."""
+    given = {"--provider": flags.provider, "--concurrency": flags.concurrency,
+             "--max-cost": flags.max_cost, "--batch": flags.batch or None}  # fmt: skip
+    unused = [name for name, value in given.items() if value is not None]
+    if unused:
+        raise click.UsageError(
+            f"{', '.join(unused)} cannot be used with --matrix/--variants: give them as matrix "
+            "keys (e.g. --matrix provider=offline) or in the spec"
+        )
 
 
 def _batches_text(data: dict[str, Any]) -> str:
