@@ -315,13 +315,23 @@ class Source:
                 self._take(self.claimer.claim(self.step_id, self.batch))
                 if self._mine:
                     break
-                if not self.lead or step_progress(self.claimer.store, self.step_id).open == 0:
+                if not self.lead or not await self._wait_claimable():
                     return None
-                await asyncio.sleep(POLL_S)
             row = self.rows[self._mine.popleft()]
             if not self._mine and self._ahead and self._refill is None:
                 self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
             return row
+
+    async def _wait_claimable(self) -> bool:
+        """The lead waits (reading, not claiming) for an item others left or let expire;
+        False once every item is committed.  At most one claim per ``POLL_S`` still."""
+        progress = step_progress(self.claimer.store, self.step_id)
+        while progress.open:
+            await asyncio.sleep(POLL_S)
+            progress = step_progress(self.claimer.store, self.step_id)
+            if progress.claimable:
+                return True
+        return False
 
     def _take(self, got: Sequence[Claim]) -> None:
         self._mine.extend(c.idx for c in got if c.idx in self.rows)
