@@ -23,9 +23,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 import nyxnb
-from nyxnb.engine.seed import seed
 from nyxnb.spec import load_spec
 from nyxnb.store.models import LlmCall
+from nyxnb.store.seed import seed
 from nyxnb.testing.batches import FakeBatchServer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "workflows" / "brbase-plan.yaml"

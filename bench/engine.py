@@ -25,8 +25,8 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
     Flat means O(1) per item: committing item k never rewrites the k-1 before it.
     """
     import nyxnb
-    from nyxnb.engine import records
-    from nyxnb.engine.chain import Attempt, ChainResult
+    from nyxnb.engine.durable import records
+    from nyxnb.engine.outcomes import Attempt, ChainResult
     from nyxnb.providers.base import Completion
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +131,7 @@ def resume_after_kill(n: int = 1000, latency_ms: float = 5.0) -> dict[str, Any]:
 def cached_rerun(latency_ms: float = 20.0) -> dict[str, Any]:
     """The 13-item sample workflow run twice: the re-run makes zero provider calls."""
     import nyxnb
-    from nyxnb.engine.seed import load_spec_path
+    from nyxnb.store.seed import load_spec_path
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,7 +42,7 @@ def _spec(n: int) -> dict[str, Any]:
 
 def _fresh_store(folder: Path) -> Any:
     from nyxnb import open_store
-    from nyxnb.engine.seed import seed
+    from nyxnb.store.seed import seed
 
     store = open_store(f"sqlite:///{folder / f'nyx-{time.perf_counter_ns()}.db'}")
     seed(store)

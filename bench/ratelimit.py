@@ -152,9 +152,9 @@ class _Cookbook:
 
 def _nyxnb(n: int, c: int, folder: Path) -> tuple[int, float]:
     import nyxnb
-    from nyxnb.engine.seed import seed
     from nyxnb.store import open_store
     from nyxnb.store.models import StepItem
+    from nyxnb.store.seed import seed
 
     store = open_store(f"sqlite:///{folder / f'rl-{time.perf_counter_ns()}.db'}")
     seed(store)

@@ -33,11 +33,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, text
 
-from nyxnb.engine import queue
-from nyxnb.engine.claims import ItemClaimer
-from nyxnb.engine.records import load_steps, sync_items
+from nyxnb.engine.durable.records import load_steps, sync_items
 from nyxnb.engine.runner import Runner
-from nyxnb.engine.worker import Worker, WorkerOptions, live_workers
+from nyxnb.engine.workers import queue
+from nyxnb.engine.workers.claims import ItemClaimer
+from nyxnb.engine.workers.worker import Worker, WorkerOptions, live_workers
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.store import Store, open_store
 from nyxnb.store.models import LlmCall, StepItem, Workflow

@@ -52,11 +52,11 @@ if TYPE_CHECKING:
         run_iter,
         submit,
     )
-    from nyxnb.engine.chain import RetryPolicy
-    from nyxnb.engine.compare import compare
-    from nyxnb.engine.revisions import rerun
+    from nyxnb.engine.calls.chain import RetryPolicy
+    from nyxnb.engine.iterate.revisions import rerun
     from nyxnb.engine.telemetry import enable_tracing
     from nyxnb.engine.workflows import RunOptions, create_workflow
+    from nyxnb.reports.compare import compare
     from nyxnb.spec import WorkflowSpec, load_spec
     from nyxnb.store import Store, open_store
     from nyxnb.tenants.clone import clone_workflow
@@ -80,9 +80,9 @@ _LAZY = {
     "run_iter": "engine.api",
     "submit": "engine.api",
     "enable_tracing": "engine.telemetry",
-    "RetryPolicy": "engine.chain",
-    "compare": "engine.compare",
-    "rerun": "engine.revisions",
+    "RetryPolicy": "engine.calls.chain",
+    "compare": "reports.compare",
+    "rerun": "engine.iterate.revisions",
     "clone_workflow": "tenants.clone",
     "MigrationPlan": "tenants.migrate",
     "apply_migration": "tenants.migrate",

@@ -248,7 +248,7 @@ class ChainExhausted(ProviderError):
         self, reasons: Sequence[tuple[str, str, str]], attempts: Sequence[object] = ()
     ) -> None:
         self.reasons = list(reasons)
-        self.attempts: list[Any] = list(attempts)  # nyxnb.engine.chain.Attempt rows, for the ledger
+        self.attempts: list[Any] = list(attempts)  # nyxnb.engine.outcomes.Attempt rows
         detail = "; ".join(f"{p}: {k} ({m})" for p, k, m in self.reasons)
         super().__init__(
             f"every provider failed: {detail}",

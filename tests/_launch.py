@@ -46,7 +46,7 @@ def worker_proc(
 
 def wait_for_workers(store: Store, count: int, timeout: float = 60) -> None:
     """Return once ``count`` workers are registered and heartbeating."""
-    from nyxnb.engine.worker import live_workers
+    from nyxnb.engine.workers.worker import live_workers
 
     deadline = time.monotonic() + timeout
     while len(live_workers(store)) < count:

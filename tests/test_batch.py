@@ -15,10 +15,10 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import nyxnb
 from nyxnb.cli.batch import batch
-from nyxnb.engine.seed import seed
 from nyxnb.errors import ConfigError
 from nyxnb.notebook.batch import check_parameters, load_param_sets, run_batch
 from nyxnb.notebook.inspect import read_tables
+from nyxnb.store.seed import seed
 from nyxnb.testing import FakeProviderServer, error
 
 REPO = Path(nyxnb.__file__).resolve().parent.parent

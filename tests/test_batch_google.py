@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 import nyxnb
-from nyxnb.engine.seed import seed
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.batch_google import INLINE_LIMIT_BYTES, GoogleBatches
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import batch_api, create_provider
+from nyxnb.store.seed import seed
 from nyxnb.testing import FAKE_KEYS
 from nyxnb.testing.batches import FakeBatchServer
 from nyxnb.testing.batches_google import FakeGeminiBatches

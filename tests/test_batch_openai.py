@@ -16,12 +16,12 @@ import pytest
 from genai_prices import Usage, calc_price
 
 import nyxnb
-from nyxnb.engine.seed import seed
 from nyxnb.errors import ProviderError
 from nyxnb.providers.base import CompletionRequest, Message
 from nyxnb.providers.batch_base import CANCELED, ERRORED, EXPIRED, SUCCEEDED, BatchItemResult
 from nyxnb.providers.batch_openai import TAG_KEY, OpenAIBatches
 from nyxnb.providers.registry import create_provider
+from nyxnb.store.seed import seed
 from nyxnb.testing import FAKE_KEYS, FakeProviderServer
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 
 import nyxnb
-from nyxnb.engine.batchpoll import Backoff
-from nyxnb.engine.seed import seed
+from nyxnb.engine.batch.poll import Backoff
 from nyxnb.errors import SpecError
 from nyxnb.spec import BatchPoll, load_spec
 from nyxnb.store.models import WorkflowStep
+from nyxnb.store.seed import seed
 from nyxnb.testing import rate_limited, reset, server_error
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items

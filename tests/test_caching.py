@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import select
 
 import nyxnb
-from nyxnb.engine.seed import seed
 from nyxnb.providers.pricing import price_for
 from nyxnb.store.models import LlmCall, WorkflowStep
+from nyxnb.store.seed import seed
 from nyxnb.testing.batches import FakeBatchServer
 
 SHARED = " ".join(f"context{i % 97}" for i in range(2000))  # a 2,000-token shared prefix

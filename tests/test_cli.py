@@ -18,10 +18,10 @@ from sqlalchemy import func, select
 
 import nyxnb
 from nyxnb.cli import cli
-from nyxnb.engine.seed import seed
 from nyxnb.store import open_store
 from nyxnb.store.models import Base, StepItem, Workflow, WorkflowStep
 from nyxnb.store.schema import HEAD
+from nyxnb.store.seed import seed
 
 REPO = Path(nyxnb.__file__).resolve().parent.parent
 SPEC = str(REPO / "data" / "workflows" / "brbase-plan.yaml")

@@ -99,7 +99,7 @@ def test_matrix_runs_variants_as_one_experiment_and_compare_takes_its_id(store, 
 
 
 def test_variants_block_and_bad_matrix(store):
-    from nyxnb.engine.variants import parse_matrix, run_matrix
+    from nyxnb.engine.iterate.variants import parse_matrix, run_matrix
 
     minimal(store)
     body = spec(provider="offline")

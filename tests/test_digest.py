@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 import nyxnb
 from nyxnb.cli.main import cli
-from nyxnb.engine.digest import digest
+from nyxnb.engine.iterate.digest import digest
 from nyxnb.errors import NotFound
 from nyxnb.store.models import WorkflowInsight
 from nyxnb.testing import credit_exhausted

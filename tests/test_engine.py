@@ -10,9 +10,9 @@ from sqlalchemy import func, select, update
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.engine.seed import seed
 from nyxnb.providers import Completion, CompletionRequest, Provider, register
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
+from nyxnb.store.seed import seed
 
 
 class Recorder(Provider):

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.engine.seed import seed
 from nyxnb.providers.pricing import price_for
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
+from nyxnb.store.seed import seed
 from nyxnb.testing import (
     FakeProviderServer,
     Reply,

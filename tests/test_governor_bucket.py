@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from nyxnb.engine import governor
-from nyxnb.engine.governor import Bucket
+from nyxnb.engine.calls import governor
+from nyxnb.engine.calls.governor import Bucket
 
 
 def test_governor_touches_no_private_attribute_of_aiolimiter() -> None:
@@ -88,7 +88,7 @@ def test_processes_first_using_a_bucket_at_once_share_one_row(store) -> None:
     """Eight budgets (as eight processes would) lease a fresh key at the same instant: one row
     is created, none fails on the race, and together they are granted at most its one-second
     burst (10 at 600 rpm)."""
-    from nyxnb.engine.buckets import SharedBudget
+    from nyxnb.engine.calls.budget import SharedBudget
     from nyxnb.store.models import RateBucket
 
     budgets = [SharedBudget(store) for _ in range(8)]

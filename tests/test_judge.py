@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 import nyxnb
-from nyxnb.engine.judge import parse_score
+from nyxnb.engine.iterate.judge import parse_score
 from nyxnb.errors import SpecError
 from nyxnb.store.models import LlmCall, WorkflowStep
 from nyxnb.testing import Reply

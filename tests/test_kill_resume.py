@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 import nyxnb
-from nyxnb.engine.seed import seed
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
+from nyxnb.store.seed import seed
 from tests._launch import nyxnb_proc
 
 N_ITEMS = 40
@@ -192,7 +192,7 @@ def test_stopped_runner_past_its_ttl_cannot_corrupt_the_run_that_took_over(
 ):
     """SIGSTOP a run past its lease TTL, resume elsewhere to the end, SIGCONT: every write of
     the woken run is refused by the lease fence; the finished run stays exactly as it was."""
-    from nyxnb.engine import lease
+    from nyxnb.engine.durable import lease
 
     seed(store)
     proc, workflow_id, _ = _run_and_signal(store_url, _spec(tmp_path), 6, signal.SIGSTOP, 150)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nyxnb"
-GROUND = {"errors", "events", "spec", "templates", "paths"}
+GROUND = {"errors", "events", "spec", "templates", "paths", "autosteps"}
 
 # folder -> the folders it may import (the ground modules are allowed everywhere)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"notebook", "engine", "tenants", "providers", "store", "testing"},
-    "notebook": {"engine", "tenants", "providers", "store"},
+    "cli": {"notebook", "engine", "reports", "tenants", "providers", "store", "testing"},
+    "notebook": {"engine", "reports", "tenants", "providers", "store"},
     "engine": {"providers", "store"},
+    "reports": {"store"},
     "tenants": {"store"},
     "providers": set(),
     "store": set(),
@@ -140,6 +141,51 @@ def package_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return cycles(trimmed)
 
 
+# Rooms of the engine that stand on their own: each may import, of the engine, only itself and
+# the shared values in ``engine/outcomes.py`` (never each other, never the top modules).
+ENGINE_BASE_ROOMS = ("calls", "durable")
+ENGINE_SHARED = "nyxnb.engine.outcomes"
+
+
+def engine_room_of(module: str) -> str | None:
+    """``calls``/``durable``/... for a module inside an engine sub-package; ``top`` otherwise."""
+    parts = module.split(".")
+    if parts[:2] != ["nyxnb", "engine"] or len(parts) < 3:
+        return None
+    is_room = len(parts) > 3 or (PACKAGE / "engine" / parts[2]).is_dir()
+    return parts[2] if is_room else "top"
+
+
+def engine_room_breaches(edges: dict[str, set[str]]) -> list[str]:
+    """Imports out of ``calls/`` or ``durable/`` into another part of the engine."""
+    bad = []
+    for src, targets in edges.items():
+        room = engine_room_of(src)
+        if room not in ENGINE_BASE_ROOMS:
+            continue
+        for dst in sorted(targets):
+            dst_room = engine_room_of(dst)
+            if dst_room in (None, room) or dst == ENGINE_SHARED or dst == "nyxnb.engine":
+                continue
+            bad.append(f"{src} -> {dst} (engine/{room} may not import {dst_room})")
+    return bad
+
+
+def test_calls_and_durable_stand_on_their_own() -> None:
+    assert engine_room_breaches(graph()) == []
+
+
+def test_a_room_breach_is_caught() -> None:
+    edges = graph()
+    edges["nyxnb.engine.durable.records"] |= {"nyxnb.engine.calls.chain"}
+    edges["nyxnb.engine.calls.chain"] |= {"nyxnb.engine.context"}
+    assert engine_room_breaches(edges) == [
+        "nyxnb.engine.calls.chain -> nyxnb.engine.context (engine/calls may not import top)",
+        "nyxnb.engine.durable.records -> nyxnb.engine.calls.chain "
+        "(engine/durable may not import calls)",
+    ]
+
+
 def test_no_import_cycles() -> None:
     assert package_cycles(graph()) == []
 
@@ -161,11 +207,24 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
 
 def test_a_cycle_is_caught() -> None:
     edges = graph()
-    edges["nyxnb.engine.rows"] = edges["nyxnb.engine.rows"] | {"nyxnb.engine.runner"}
-    assert any("nyxnb.engine.rows" in c and "nyxnb.engine.runner" in c for c in cycles(edges))
+    edges["nyxnb.engine.durable.rows"] = edges["nyxnb.engine.durable.rows"] | {
+        "nyxnb.engine.runner"
+    }
+    assert any(
+        "nyxnb.engine.durable.rows" in c and "nyxnb.engine.runner" in c for c in cycles(edges)
+    )
 
 
-@pytest.mark.parametrize("folder", sorted(set(ALLOWED) - {"ground"}))
+ENGINE_ROOMS = [
+    "engine/calls",
+    "engine/durable",
+    "engine/batch",
+    "engine/workers",
+    "engine/iterate",
+]
+
+
+@pytest.mark.parametrize("folder", sorted(set(ALLOWED) - {"ground"}) + ENGINE_ROOMS)
 def test_each_folder_says_what_it_owns(folder: str) -> None:
     doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
     assert doc and "import" in doc, f"nyxnb/{folder}/__init__.py needs a docstring with its rules"

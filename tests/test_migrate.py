@@ -378,7 +378,7 @@ def test_bad_requests(store, world):
 
 
 def test_original_case_brbase_from_nyx_to_clarait(store):
-    from nyxnb.engine.seed import seed
+    from nyxnb.store.seed import seed
 
     seed(store)
     before = checksums(store)

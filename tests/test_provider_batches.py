@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import nyxnb
-from nyxnb.engine.seed import seed
+from nyxnb.store.seed import seed
 from nyxnb.testing.batchbook import FakeBatch
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items, spawn_run

@@ -17,8 +17,8 @@ from sqlalchemy import select
 import nyxnb
 from nyxnb import events as ev
 from nyxnb.engine import api
-from nyxnb.engine.seed import seed
 from nyxnb.store.models import LlmCache, LlmCall, RateBucket, StepItem, WorkflowStep
+from nyxnb.store.seed import seed
 from nyxnb.testing import (
     FakeProviderServer,
     empty,

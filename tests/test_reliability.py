@@ -21,9 +21,9 @@ from sqlalchemy.exc import DBAPIError
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.engine.seed import seed
 from nyxnb.store import open_store
 from nyxnb.store.models import LlmCall, Project, Workflow, WorkflowStep
+from nyxnb.store.seed import seed
 from tests.helpers import minimal, three_steps
 
 

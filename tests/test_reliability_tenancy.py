@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from nyxnb.cli.main import cli
-from nyxnb.engine import lease
+from nyxnb.engine.durable import lease
 from nyxnb.errors import MigrationError
 from nyxnb.store import models as m
 from nyxnb.tenants.migrate import apply_migration, plan_migration, table_checksums

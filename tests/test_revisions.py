@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 import nyxnb
 from nyxnb.cli.main import cli
-from nyxnb.engine.revisions import lineage
+from nyxnb.engine.iterate.revisions import lineage
 from nyxnb.errors import SpecError
 from nyxnb.store import Store
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep

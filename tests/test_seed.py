@@ -17,10 +17,10 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import func, select
 
 import nyxnb
-from nyxnb.engine import seed as seed_mod
-from nyxnb.engine.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
 from nyxnb.store import Store, open_store
 from nyxnb.store import models as m
+from nyxnb.store import seed as seed_mod
+from nyxnb.store.seed import SeedReport, data_dir, load_personas, load_spec, load_spec_path, seed
 from nyxnb.store.tenancy import NyxSession
 
 SEEDED = [f.name for f in dataclasses.fields(SeedReport) if f.name != "created"]

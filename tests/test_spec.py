@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nyxnb import SpecError, load_spec
-from nyxnb.engine.seed import load_spec_path
+from nyxnb.store.seed import load_spec_path
 
 GOOD = """\
 name: demo

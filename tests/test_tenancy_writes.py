@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import exists, func, insert, select, text, update
 
 import nyxnb
-from nyxnb.engine import records
-from nyxnb.engine.chain import Attempt, ChainResult
+from nyxnb.engine.durable import records
+from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import CrossTenantWrite
 from nyxnb.providers.base import Completion
 from nyxnb.store.models import Base, Project, StepItem, Workflow, WorkflowStep, new_id, utcnow

@@ -15,10 +15,10 @@ from helpers import minimal, three_steps
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.engine.report import workflow_summary
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.widgets import ProgressState, WorkflowProgress, live_frontend
+from nyxnb.reports.summary import workflow_summary
 
 
 def spec(n_items: int = 4, **defaults: Any) -> dict[str, Any]:

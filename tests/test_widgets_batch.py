@@ -16,11 +16,11 @@ from click.testing import CliRunner
 import nyxnb
 from nyxnb import events as ev
 from nyxnb.cli.main import cli
-from nyxnb.engine.seed import seed
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.state import SUBMITTING, BatchLine, ProgressState
 from nyxnb.notebook.widgets import WorkflowProgress
+from nyxnb.store.seed import seed
 from nyxnb.testing.batches import FakeBatchServer
 from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
 

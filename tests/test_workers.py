@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 import nyxnb
-from nyxnb.engine import queue
-from nyxnb.engine.claims import ItemClaimer
-from nyxnb.engine.records import item_rows, load_items, load_steps
-from nyxnb.engine.seed import seed
+from nyxnb.engine.durable.records import item_rows, load_items, load_steps
+from nyxnb.engine.workers import queue
+from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ClaimLost
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
+from nyxnb.store.seed import seed
 from tests._launch import stop_all, wait_for_workers, worker_proc
 from tests.helpers import claimed_fan_out_step
 
@@ -166,7 +166,7 @@ def test_one_owner_per_item_and_fenced_writes(store, tmp_path):
 
 
 def _fake_result():
-    from nyxnb.engine.chain import ChainResult
+    from nyxnb.engine.outcomes import ChainResult
     from nyxnb.providers.base import Completion
 
     answer = Completion("x", "end_turn", 1, 1, "offline-1", "offline")
@@ -174,7 +174,7 @@ def _fake_result():
 
 
 def test_workers_lists_live_workers(store, store_url, tmp_path):
-    from nyxnb.engine.worker import live_workers
+    from nyxnb.engine.workers.worker import live_workers
 
     seed(store)
     proc = _worker(store_url, 10)

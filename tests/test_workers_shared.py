@@ -16,11 +16,11 @@ from sqlalchemy import func, or_, select, update
 
 import nyxnb
 from nyxnb.cli.main import cli
-from nyxnb.engine.claims import ItemClaimer, claim_ttl_s, heartbeat_s
-from nyxnb.engine.records import item_rows, load_steps
-from nyxnb.engine.seed import seed
+from nyxnb.engine.durable.records import item_rows, load_steps
+from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
+from nyxnb.store.seed import seed
 from nyxnb.testing import Reply
 from tests._launch import stop_all, wait_for_workers, worker_proc
 from tests.helpers import claimed_fan_out_step
@@ -148,7 +148,7 @@ def test_kill_9_takeover_is_bound_by_the_claim_ttl(store, store_url, tmp_path):
 def test_a_write_from_an_expired_claim_is_refused(store, tmp_path):
     """Fencing with a short TTL: a holder that missed its renewals cannot commit, even when no
     other worker has taken the item yet; a renewed claim commits."""
-    from nyxnb.engine.chain import ChainResult
+    from nyxnb.engine.outcomes import ChainResult
     from nyxnb.providers.base import Completion
 
     step = claimed_fan_out_step(store, _spec(tmp_path, 4), 4)

@@ -7,7 +7,7 @@ import asyncio
 import click
 
 from nyxnb.cli.common import emit, get_store, with_json
-from nyxnb.engine.batch import cancel_batches
+from nyxnb.engine.batch.submit import cancel_batches
 
 
 @click.command("cancel-batch")

@@ -11,10 +11,10 @@ import click
 
 from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
 from nyxnb.engine import api
-from nyxnb.engine.compare import Comparison, compare
-from nyxnb.engine.digest import digest as write_digest
-from nyxnb.engine.revisions import lineage, rerun_job
-from nyxnb.engine.variants import parse_matrix, run_matrix
+from nyxnb.engine.iterate.digest import digest as write_digest
+from nyxnb.engine.iterate.revisions import lineage, rerun_job
+from nyxnb.engine.iterate.variants import parse_matrix, run_matrix
+from nyxnb.reports.compare import Comparison, compare
 from nyxnb.spec import WorkflowSpec
 
 

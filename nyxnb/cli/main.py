@@ -64,7 +64,7 @@ def init(ctx: click.Context) -> None:
 @click.pass_context
 def seed(ctx: click.Context) -> None:
     """Load the sample tenants, projects, personas and BRbase data (idempotent)."""
-    from nyxnb.engine.seed import seed as run_seed
+    from nyxnb.store.seed import seed as run_seed
 
     report = run_seed(get_store(ctx))
     data = report.to_dict() if hasattr(report, "to_dict") else report.__dict__

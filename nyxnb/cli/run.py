@@ -10,7 +10,7 @@ import click
 from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
 from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import api
-from nyxnb.engine.report import list_workflows, workflow_summary
+from nyxnb.reports.summary import list_workflows, workflow_summary
 
 
 @click.command()
@@ -229,7 +229,7 @@ def list_(ctx: click.Context, tenant: str | None) -> None:
 @click.pass_context
 def demo(ctx: click.Context, provider: str, latency_ms: float) -> None:
     """Seed if needed and run the sample BRbase workflow (offline by default)."""
-    from nyxnb.engine.seed import load_spec_path, seed
+    from nyxnb.store.seed import load_spec_path, seed
 
     store = get_store(ctx)
     seed(store)

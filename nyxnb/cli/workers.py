@@ -11,8 +11,8 @@ import click
 from nyxnb import events as ev
 from nyxnb.cli.common import emit, get_store, table, with_json
 from nyxnb.cli.options import RunFlags, run_flags
-from nyxnb.engine import queue
-from nyxnb.engine.worker import Worker, WorkerOptions, WorkerStats, live_workers
+from nyxnb.engine.workers import queue
+from nyxnb.engine.workers.worker import Worker, WorkerOptions, WorkerStats, live_workers
 
 
 @click.command()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nyxnb import events as ev
-from nyxnb.engine.chain import RetryPolicy
+from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.engine.runner import Runner
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import RunError
@@ -299,7 +299,7 @@ def submit(
     batch: bool | None = None,
 ) -> str:
     """Queue a workflow for ``nyxnb worker`` processes (no provider call); returns its id."""
-    from nyxnb.engine.queue import submit as queue_submit
+    from nyxnb.engine.workers.queue import submit as queue_submit
 
     options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
     return queue_submit(_store(store), spec, tenant=tenant, project=project, options=options)
@@ -335,7 +335,7 @@ def cancel_batches(
     A run polling them, here or elsewhere, sees the cancel within a second and ingests what
     finished; the canceled items follow ``batch_fallback``. Not running: the next resume does.
     """
-    from nyxnb.engine.batch import cancel_batches as acancel
+    from nyxnb.engine.batch.submit import cancel_batches as acancel
 
     st = _store(store)
     with st.session(st.tenant_id(tenant), read_only=True) as s:

@@ -17,13 +17,15 @@ from jinja2 import TemplateError
 from sqlalchemy import func, select
 
 from nyxnb import events as ev
-from nyxnb.engine import cache as response_cache
-from nyxnb.engine import records, telemetry
-from nyxnb.engine.chain import Attempt, ChainResult, ProviderPool, complete_with_fallback
-from nyxnb.engine.claims import ItemClaimer
-from nyxnb.engine.governor import Limits
-from nyxnb.engine.rows import StepRow
-from nyxnb.engine.writer import GroupWriter
+from nyxnb.engine import telemetry
+from nyxnb.engine.calls.chain import ProviderPool, complete_with_fallback
+from nyxnb.engine.calls.governor import Limits
+from nyxnb.engine.durable import cache as response_cache
+from nyxnb.engine.durable import records
+from nyxnb.engine.durable.rows import StepRow
+from nyxnb.engine.durable.writer import GroupWriter
+from nyxnb.engine.outcomes import Attempt, ChainResult
+from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
@@ -69,7 +71,7 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
     writer: GroupWriter
-    # Set by a worker (nyxnb.engine.worker): fan-out items come through shared claims.
+    # Set by a worker (nyxnb.engine.workers.worker): fan-out items come through shared claims.
     claimer: ItemClaimer | None = None
     fan_out_limit: int | None = None
 

@@ -11,12 +11,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 from nyxnb import events as ev
-from nyxnb.engine import records
-from nyxnb.engine.batch import BatchRun, batch_enabled
-from nyxnb.engine.chain import ChainResult
+from nyxnb.engine.batch.submit import BatchRun, batch_enabled
 from nyxnb.engine.context import RunContext, request_hash
+from nyxnb.engine.durable import records
+from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.generated import parse_items
-from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.engine.outcomes import ChainResult
 from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for

@@ -17,17 +17,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
-from nyxnb.engine import lease, records, telemetry
-from nyxnb.engine.buckets import SharedBudget
-from nyxnb.engine.chain import ProviderPool, RetryPolicy
+from nyxnb.autosteps import desired_generated
+from nyxnb.engine import telemetry
+from nyxnb.engine.calls.budget import SharedBudget
+from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy
+from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
-from nyxnb.engine.digest import adigest
+from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.rows import StepConfig, StepRow
 from nyxnb.engine.fanout import run_fan_out
-from nyxnb.engine.generated import desired_generated, generated_rows
-from nyxnb.engine.governor import Limits
-from nyxnb.engine.judge import run_judge
+from nyxnb.engine.generated import generated_rows
+from nyxnb.engine.iterate.digest import adigest
+from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
-from nyxnb.engine.rows import StepConfig, StepRow
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.spec import WorkflowSpec

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from nyxnb.engine import compare as engine_compare
-from nyxnb.engine.compare import Comparison, RunCell
+from nyxnb.reports import compare as engine_compare
+from nyxnb.reports.compare import Comparison, RunCell
 from nyxnb.store.database import Store
 
 _STYLE = (

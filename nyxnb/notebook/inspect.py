@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import NullPool
 
-from nyxnb.engine.report import workflow_summary
+from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Workflow, WorkflowStep
 

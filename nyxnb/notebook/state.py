@@ -97,7 +97,7 @@ class BatchLine:
 
     @classmethod
     def of_store(cls, row: dict[str, Any]) -> BatchLine:
-        """A ``provider_batches`` row as :func:`~nyxnb.engine.report.workflow_summary` has it."""
+        """A ``provider_batches`` row as :func:`~nyxnb.reports.summary.workflow_summary` has it."""
         counts = row.get("counts") or {}
         state = "canceling" if row["state"] == "canceling" else "open"
         state = state if row["live"] else "ended"

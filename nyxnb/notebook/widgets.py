@@ -41,12 +41,12 @@ from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine import api
-from nyxnb.engine.report import workflow_summary
 from nyxnb.errors import NyxError, RunError
 from nyxnb.notebook.inspect import reader, step_context
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.state import Answered, ProgressState, StepRow
 from nyxnb.notebook.view import WidgetView, static_html
+from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 

@@ -1,7 +1,7 @@
 """The batch-API interface: submit many requests at half price, poll, read results, cancel.
 
 One implementation per SDK (``batch_anthropic``, ``batch_google``, ``batch_openai``,
-``batch_offline``); the engine (:mod:`nyxnb.engine.batch`) owns durability, polling and
+``batch_offline``); the engine (:mod:`nyxnb.engine.batch.submit`) owns durability, polling and
 ingestion.  ``submit`` gets the engine's ``provider_batches`` row id as ``tag``; an API that can
 label a batch with it (OpenAI's ``metadata``, Gemini's ``displayName``) implements
 :meth:`BatchApi.find`, so a batch created just before a kill -9, whose id never reached the

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 # Status values are a contract shared with users' SQL.
 PENDING, RUNNING, COMPLETED, FAILED, PAUSED = "pending", "running", "completed", "failed", "paused"
-QUEUED = "queued"  # submitted, waiting for a worker (nyxnb.engine.queue)
+QUEUED = "queued"  # submitted, waiting for a worker (nyxnb.engine.workers.queue)
 STEP_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 WORKFLOW_STATUSES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, PAUSED)
 
@@ -151,7 +151,7 @@ class Workflow(TenantOwned, Base):
     cloned_from_id: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
     )
-    # a revision: the workflow this one re-ran with a changed spec (nyxnb.engine.revisions)
+    # a revision: the workflow this one re-ran with a changed spec (nyxnb.engine.iterate.revisions)
     revision_of: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="SET NULL"), nullable=True
     )
@@ -228,7 +228,7 @@ class StepItem(TenantOwned, Base):
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    # Item claims of a shared fan-out (nyxnb.engine.claims): holder, lease end, fencing token.
+    # Item claims of a shared fan-out (engine.workers.claims): holder, lease end, fencing token.
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     claim_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True

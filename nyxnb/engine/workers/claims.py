@@ -31,9 +31,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.records import ITEMS, ItemRows, write_items
-from nyxnb.engine.rows import ItemRow
-from nyxnb.engine.writer import GroupWriter
+from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
+from nyxnb.engine.durable.rows import ItemRow
+from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow

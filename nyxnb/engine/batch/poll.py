@@ -6,7 +6,7 @@ fails transiently (:class:`~nyxnb.errors.ProviderUnavailable`: 429, 5xx, a timeo
 connection) is retried on the same schedule (no sooner than the provider's retry-after); after
 ``max_outage_s`` of nothing but failed polls the workflow pauses with the batch row open, so
 ``nyxnb resume`` polls the same batch again. ``deadline_h`` after its submission the batch is
-cancelled. A cancel asked elsewhere (:func:`nyxnb.engine.batch.cancel_batches`: ``nyxnb
+cancelled. A cancel asked elsewhere (:func:`nyxnb.engine.batch.submit.cancel_batches`: ``nyxnb
 cancel-batch``, the widget's *Cancel batch*) marks the row ``canceling``; the wait looks at the
 row every :data:`WAKE_S`, so it polls at once and the batch's finished items are ingested.
 """
@@ -21,9 +21,9 @@ from datetime import timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
-from nyxnb.engine import records
 from nyxnb.engine.context import RunContext
-from nyxnb.engine.rows import StepRow
+from nyxnb.engine.durable import records
+from nyxnb.engine.durable.rows import StepRow
 from nyxnb.errors import ProviderUnavailable, one_line
 from nyxnb.providers.batch_base import BatchApi, BatchStatus
 from nyxnb.spec import BatchPoll

@@ -4,7 +4,7 @@
   run -- no later item calls it again -- and the next provider is tried at once;
 - rate_limited (a 429 that is not exhaustion): recorded as an attempt, never counted against the
   item or the provider; the call waits for the provider+model's governor
-  (:mod:`nyxnb.engine.governor`) and goes again, until ``RetryPolicy.max_wait_s`` of waiting,
+  (:mod:`nyxnb.engine.calls.governor`) and goes again, until ``RetryPolicy.max_wait_s`` of waiting,
   then the next provider;
 - overloaded / server / timeout / connection / empty answers: bounded retries with backoff
   (honouring retry-after), then the next provider (a timeout moves on at once when there is
@@ -25,8 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from nyxnb.engine.buckets import SharedBudget
-from nyxnb.engine.governor import Governor, Governors, Limits, Ticket, WaitTooLong
+from nyxnb.engine.calls.budget import SharedBudget
+from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
+from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
 from nyxnb.providers.base import (
     REFUSED_KINDS,
@@ -59,42 +60,6 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after_s)
         return min(self.initial_delay_s * self.multiplier ** (attempt - 1), self.max_delay_s)
-
-
-@dataclass
-class Attempt:
-    """One provider attempt; becomes a row of ``llm_calls``."""
-
-    provider: str
-    model: str
-    attempt: int
-    outcome: str  # ok | error | cached
-    error_kind: str | None = None
-    error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_ms: float = 0.0
-    cached: bool = False
-    batch_id: str | None = None
-    service_tier: str = "live"  # live | batch
-
-
-@dataclass
-class ChainResult:
-    """The accepted answer, every attempt made for it, and the cache key to remember it by."""
-
-    completion: Completion
-    attempts: list[Attempt]
-    cache_key: str | None = None
-    from_cache: bool = False
-
-    @property
-    def provider(self) -> str:
-        """The provider that answered."""
-        return self.completion.provider
 
 
 @dataclass

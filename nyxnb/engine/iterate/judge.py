@@ -12,10 +12,10 @@ import dataclasses
 import re
 
 from nyxnb import events as ev
-from nyxnb.engine import records
-from nyxnb.engine.chain import Attempt
 from nyxnb.engine.context import RunContext, request_hash
-from nyxnb.engine.rows import StepRow
+from nyxnb.engine.durable import records
+from nyxnb.engine.durable.rows import StepRow
+from nyxnb.engine.outcomes import Attempt
 from nyxnb.errors import ChainExhausted, StepFailed
 from nyxnb.store.models import RUNNING, utcnow
 from nyxnb.templates import StepView

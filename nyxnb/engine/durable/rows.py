@@ -1,7 +1,7 @@
 """Typed rows the engine passes between its modules: a step, its config, a fan-out item.
 
 They are read from ``workflow_steps`` / ``step_items`` once per use and never mutated; a change is
-a write through :mod:`nyxnb.engine.records` followed by a fresh read.
+a write through :mod:`nyxnb.engine.durable.records` followed by a fresh read.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Table, select
 
 from nyxnb.providers.base import STOP_END, Completion, CompletionRequest
+from nyxnb.store.database import insert_ignoring_duplicates
 from nyxnb.store.models import LlmCache, utcnow
 
 _TABLE: Table = LlmCache.__table__  # type: ignore[assignment]
@@ -47,12 +47,6 @@ def lookup(conn: Connection, key: str) -> Completion | None:
         model=row["model"],
         provider=row["provider"],
     )
-
-
-def insert_ignoring_duplicates(conn: Connection, table: Table) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
 
 
 def store_answer(conn: Connection, key: str, answer: Completion) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from nyxnb import events as ev
 from nyxnb.engine import api
-from nyxnb.engine.records import update_workflow
+from nyxnb.engine.durable.records import update_workflow
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import SpecError
 from nyxnb.spec import Defaults, WorkflowSpec, load_spec

@@ -29,7 +29,7 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import insert, select
 
-from nyxnb.engine.generated import desired_generated
+from nyxnb.autosteps import desired_generated
 from nyxnb.errors import ConfigError
 from nyxnb.paths import PACKAGE_ROOT
 from nyxnb.spec import parse_spec

@@ -15,7 +15,8 @@ woken in order by a timer, with no polling loop.  A limiter's rate is fixed when
 :class:`Bucket` builds a new one when the provider tells us its limit, carrying the level over
 (only aiolimiter's public API is used).  pyrate-limiter's strengths (sync and async, Redis/SQL
 backends) are not needed here: processes sharing a store share budgets through
-:mod:`nyxnb.engine.buckets` (leases of a store row, cheaper than a backend round trip per call).
+:mod:`nyxnb.engine.calls.budget` (leases of a store row, cheaper than a backend round trip per
+call).
 A bucket holds one second of budget, so a per-minute limit is spent at its pace, never in a
 burst at the start of the minute (providers enforce at that grain too).
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from nyxnb.engine.buckets import SharedBudget
+from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.providers.classify import RateInfo
 
 #: The in-flight limit starts at SLOW_START and doubles each round of answers until the first 429

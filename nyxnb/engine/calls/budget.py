@@ -15,8 +15,8 @@ import time
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
-from nyxnb.engine.cache import insert_ignoring_duplicates
 from nyxnb.store import Store
+from nyxnb.store.database import insert_ignoring_duplicates
 from nyxnb.store.models import RateBucket
 
 #: Seconds of budget leased at a time.

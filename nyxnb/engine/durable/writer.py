@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection
 
-from nyxnb.engine.records import ItemRows, write_items
+from nyxnb.engine.durable.records import ItemRows, write_items
 from nyxnb.store.database import Store
 
 

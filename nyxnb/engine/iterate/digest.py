@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, insert, select
 
-from nyxnb.engine import records
-from nyxnb.engine.chain import ProviderPool, complete_with_fallback
+from nyxnb.engine.calls.chain import ProviderPool, complete_with_fallback
+from nyxnb.engine.durable import records
 from nyxnb.engine.workflows import personas_for
 from nyxnb.errors import NotFound, RunError
 from nyxnb.providers.base import CompletionRequest

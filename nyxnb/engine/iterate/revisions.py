@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from nyxnb.engine import api
-from nyxnb.engine.records import ITEMS, STEPS, WORKFLOWS
+from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
 from nyxnb.spec import WorkflowSpec, load_spec

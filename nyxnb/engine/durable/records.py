@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
-from nyxnb.engine import cache
-from nyxnb.engine.chain import Attempt, ChainResult
-from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.engine.durable import cache
+from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
     BATCH_CANCELING,

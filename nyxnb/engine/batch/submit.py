@@ -16,12 +16,13 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from nyxnb import events as ev
-from nyxnb.engine import records
-from nyxnb.engine.batchpoll import BatchWait
-from nyxnb.engine.chain import Attempt, ChainResult, attempt_from, parse_entry
+from nyxnb.engine.batch.poll import BatchWait
+from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
-from nyxnb.engine.records import BATCHES
-from nyxnb.engine.rows import ItemRow, StepRow
+from nyxnb.engine.durable import records
+from nyxnb.engine.durable.records import BATCHES
+from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult

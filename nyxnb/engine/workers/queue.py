@@ -5,9 +5,9 @@ tables and schema migrations), while nyxnb's queue must work on the embedded SQL
 and a queued job here *is* a workflow row that already carries a run lease.  Claiming is one
 short transaction over ``workflows`` -- ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL so
 concurrent workers skip each other's candidate, ``BEGIN IMMEDIATE`` on SQLite -- that takes the
-same lease :mod:`nyxnb.engine.lease` renews, so a claimed workflow and a run of ``nyxnb resume``
-exclude each other.  A ``running`` workflow whose lease expired (its worker died) is claimable
-again: the new holder resumes it, and committed items are never called again.
+same lease :mod:`nyxnb.engine.durable.lease` renews, so a claimed workflow and a run of
+``nyxnb resume`` exclude each other.  A ``running`` workflow whose lease expired (its worker
+died) is claimable again: the new holder resumes it, and committed items are never called again.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
 
-from nyxnb.engine import lease, records
-from nyxnb.engine.records import ITEMS, STEPS, WORKFLOWS
+from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store

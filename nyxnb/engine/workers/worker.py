@@ -25,11 +25,12 @@ from datetime import timedelta
 from sqlalchemy import Table, delete, func, insert, select, update
 
 from nyxnb import events as ev
-from nyxnb.engine import lease, queue, records
-from nyxnb.engine.chain import RetryPolicy
-from nyxnb.engine.claims import ItemClaimer, claim_ttl_s, heartbeat_s
+from nyxnb.engine.calls.chain import RetryPolicy
+from nyxnb.engine.durable import lease, records
 from nyxnb.engine.fanout import help_fan_out
 from nyxnb.engine.runner import Runner
+from nyxnb.engine.workers import queue
+from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import NyxError
 from nyxnb.store.database import Store
 from nyxnb.store.models import PAUSED, RUNNING, StepItem, Workflow, aware, utcnow
