@@ -17,8 +17,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from nyxnb.errors import SpecError
 from nyxnb.templates import check_template
@@ -38,6 +46,47 @@ class ItemSpec(_Model):
 
     heading: str = Field(min_length=1)
     body: str = ""
+
+
+#: What a stored spec says in place of a dataset handed over from Python (never the rows).
+PYTHON_DATA = "<python data>"
+
+
+class ItemsSource(_Model):
+    """A dataset as a fan-out's items: ``{path: FILE, key: COLUMN}`` or ``{sql: QUERY, key: ...}``.
+
+    ``path`` is a CSV, JSON/JSONL or Parquet file (relative to the spec file); ``sql`` is DuckDB
+    SQL over files (relative paths resolve against the spec's folder).  From Python, ``data``
+    may be a pandas/polars DataFrame, an Arrow table or a list of dicts; it is never stored with
+    the spec.  ``key`` names the column that identifies a row across runs; ``heading`` is a
+    template over the row (default: the key).  Rows are copied into ``step_items`` when the
+    workflow is created: a resume never reads the file again.
+    """
+
+    path: str | None = None
+    sql: str | None = None
+    data: Any = None  # stored as a placeholder: rows are never copied into the stored spec
+    key: str = Field(min_length=1)
+    heading: str | None = None
+    base_dir: str | None = None  # set by the loader: the spec file's folder
+
+    @field_serializer("data")
+    def _no_rows(self, value: Any) -> str | None:
+        return None if value is None else PYTHON_DATA
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ItemsSource:
+        given = [n for n in ("path", "sql", "data") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("items_from needs exactly one of `path`, `sql` (or `data` in Python)")
+        return self
+
+
+def _schema_value(value: Any) -> Any:
+    """A pydantic model class given as ``output_schema`` becomes its JSON Schema."""
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return value.model_json_schema()
+    return value
 
 
 class LimitSpec(_Model):
@@ -126,7 +175,9 @@ class StepSpec(_Model):
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)
     limits: dict[str, LimitSpec] | None = None
     items: list[ItemSpec] | None = None
-    items_from: str | None = None
+    items_from: str | ItemsSource | None = None
+    #: a JSON Schema (inline, a path to a .json/.yaml file, or a pydantic model from Python)
+    output_schema: dict[str, Any] | str | None = None
     repository: str | None = None
     target: str | None = None
     fail_on_violation: bool = False
@@ -134,8 +185,22 @@ class StepSpec(_Model):
     rubric: str | None = None  # judge: what a good answer does
     scale: int | None = Field(default=None, ge=1, le=1000)  # judge: 0..scale (default 10)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _models_as_schemas(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "output_schema" in data:
+            return {**data, "output_schema": _schema_value(data["output_schema"])}
+        return data
+
+    @property
+    def dataset(self) -> ItemsSource | None:
+        """The dataset this fan-out reads its items from, if any."""
+        return self.items_from if isinstance(self.items_from, ItemsSource) else None
+
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
+        if self.output_schema is not None and self.type == "pattern-check":
+            raise ValueError("`output_schema` does not apply to pattern-check steps")
         if self.batch is not None and self.type != "fan-out":
             raise ValueError(f"`batch` only applies to fan-out steps, not {self.type}")
         if self.type == "fan-out":
@@ -217,7 +282,7 @@ def _check_references(spec: WorkflowSpec) -> None:
                 field=f"{where}.name",
                 hint="give every step a unique name",
             )
-        if step.items_from and step.items_from not in seen:
+        if isinstance(step.items_from, str) and step.items_from not in seen:
             raise SpecError(
                 f"items_from {step.items_from!r} is not an earlier step",
                 field=f"{where}.items_from",
@@ -234,7 +299,11 @@ def _check_references(spec: WorkflowSpec) -> None:
                 {"item"} if step.type == "fan-out" else set()
             )
             check_template(
-                step.prompt, field_name=f"{where}.prompt", allowed=allowed, earlier_steps=seen
+                step.prompt,
+                field_name=f"{where}.prompt",
+                allowed=allowed,
+                earlier_steps=seen,
+                open_item=step.dataset is not None or isinstance(step.items_from, str),
             )
         seen.append(step.name)
     impl = spec.generate.implementation_prompts
@@ -344,15 +413,56 @@ def load_spec_text(text: str, *, source: str = "<spec>", json_text: bool = False
 
 
 def load_spec(source: str | Path | dict[str, Any] | WorkflowSpec) -> WorkflowSpec:
-    """Load a spec from a path (.yaml/.yml/.json), YAML/JSON text, a dict or a spec."""
+    """Load a spec from a path (.yaml/.yml/.json), YAML/JSON text, a dict or a spec.
+
+    Files a spec names (datasets, schemas) are relative to the spec file's folder, or to the
+    current directory for a spec given as text, a dict or a :class:`WorkflowSpec`.
+    """
     if isinstance(source, WorkflowSpec):
-        return source
+        return resolve_files(source, Path.cwd())
     if isinstance(source, dict):
-        return parse_spec(source)
+        return resolve_files(parse_spec(source), Path.cwd())
     path = Path(source) if isinstance(source, Path) or "\n" not in source else None
     if path is not None and path.suffix in (".yaml", ".yml", ".json"):
-        return load_spec_text(_read(path), source=str(path), json_text=path.suffix == ".json")
-    return load_spec_text(str(source))
+        spec = load_spec_text(_read(path), source=str(path), json_text=path.suffix == ".json")
+        return resolve_files(spec, path.resolve().parent)
+    return resolve_files(load_spec_text(str(source)), Path.cwd())
+
+
+def resolve_files(spec: WorkflowSpec, base: Path) -> WorkflowSpec:
+    """``spec`` with dataset paths made absolute and ``output_schema`` files read and checked."""
+    steps = []
+    for i, step in enumerate(spec.steps):
+        update: dict[str, Any] = {}
+        if step.dataset is not None and step.dataset.base_dir is None:
+            source = step.dataset
+            path = str((base / source.path).resolve()) if source.path else None
+            update["items_from"] = source.model_copy(update={"path": path, "base_dir": str(base)})
+        if step.output_schema is not None:
+            update["output_schema"] = _schema(step.output_schema, base, f"steps[{i}].output_schema")
+        steps.append(step.model_copy(update=update) if update else step)
+    return spec.model_copy(update={"steps": steps})
+
+
+def _schema(value: dict[str, Any] | str, base: Path, where: str) -> dict[str, Any]:
+    """An ``output_schema``: inline, or read from a .json/.yaml file; checked by ``jsonschema``."""
+    schema: Any = value
+    if isinstance(value, str):
+        path = base / value
+        if not path.is_file():
+            raise SpecError(f"output_schema file {str(path)!r} not found", field=where)
+        schema = yaml.safe_load(_read(path))
+    if not isinstance(schema, dict):
+        raise SpecError("output_schema must be a JSON Schema object", field=where)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SpecError(
+            f"output_schema is not a valid JSON Schema: {exc.message}",
+            field=where,
+            hint="see https://json-schema.org/learn/getting-started-step-by-step",
+        ) from None
+    return schema
 
 
 def _read(path: Path) -> str:

@@ -17,13 +17,23 @@ GROUND = {"errors", "events", "spec", "templates", "paths", "autosteps"}
 
 # folder -> the folders it may import (the ground modules are allowed everywhere)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"notebook", "engine", "reports", "tenants", "providers", "store", "testing"},
-    "notebook": {"engine", "reports", "tenants", "providers", "store"},
-    "engine": {"providers", "store"},
-    "reports": {"store"},
+    "cli": {
+        "notebook",
+        "engine",
+        "reports",
+        "tenants",
+        "providers",
+        "store",
+        "testing",
+        "datasets",
+    },
+    "notebook": {"engine", "reports", "tenants", "providers", "store", "datasets"},
+    "engine": {"providers", "store", "datasets"},
+    "reports": {"store", "datasets"},
     "tenants": {"store"},
     "providers": set(),
     "store": set(),
+    "datasets": set(),  # reading and writing tables with DuckDB; the ground only
     "testing": {"providers"},
     "ground": set(),
 }

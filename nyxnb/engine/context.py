@@ -27,6 +27,7 @@ from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
+from nyxnb.providers import structured
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
@@ -57,6 +58,8 @@ def request_hash(kind: str, request: CompletionRequest) -> str:
         request.max_tokens,
         request.temperature,
     ]
+    if request.output_schema is not None:
+        payload.append(structured.schema_text(request.output_schema))
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
@@ -124,6 +127,7 @@ class RunContext:
             model=step.model,
             max_tokens=step.config.max_tokens or self.spec.defaults.max_tokens,
             temperature=self.spec.defaults.temperature,
+            output_schema=step.config.output_schema,
         )
 
     def _cache_lookup(

@@ -21,19 +21,27 @@ from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
-from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED, PENDING, RUNNING, utcnow
-from nyxnb.templates import ItemView, StepView
+from nyxnb.templates import ItemView, StepView, parsed_output
 
 #: Seconds a pause lets calls in flight finish (answers paid for are kept) before cancelling them.
 PAUSE_GRACE_S = 2.0
 
 
-def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
+def _items(runner: RunContext, step: StepRow) -> list[ItemView]:
+    """The step's items as the prompt sees them (rows of a dataset or of a structured output)."""
     config = step.config
+    if config.dataset is not None:  # materialised when the workflow was created
+        return [
+            ItemView(r.heading, "", r.idx, key=r.key, columns=r.data or {})
+            for r in records.load_items(runner.store, step.id)
+        ]
     if config.items is not None:
-        return list(config.items)
+        return [ItemView(it.heading, it.body, i) for i, it in enumerate(config.items)]
     source = runner.ctx[config.items_from or ""].output or ""
+    rows = structured_rows(source)
+    if rows is not None:
+        return [ItemView(_row_heading(r, i), "", i, columns=r) for i, r in enumerate(rows)]
     items = parse_items(source)
     if not items:
         raise runner.fail(
@@ -45,7 +53,23 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
                 step=step.name,
             ),
         )
-    return items
+    return [ItemView(it.heading, it.body, i) for i, it in enumerate(items)]
+
+
+def structured_rows(output: str) -> list[dict[str, Any]] | None:
+    """Rows of a structured output: a list of objects, or an object holding one such list."""
+    value = parsed_output(output)
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 else None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return value
+    return None
+
+
+def _row_heading(row: dict[str, Any], idx: int) -> str:
+    found = next((row[k] for k in ("heading", "title", "name", "id") if row.get(k)), None)
+    return str(found) if found is not None else f"item {idx + 1}"
 
 
 def _estimate_usd(step: StepRow, requests: list[CompletionRequest]) -> float:
@@ -268,8 +292,8 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     """Execute (or resume) a fan-out step."""
     items = _items(runner, step)
     requests, wanted = [], []
-    for idx, item in enumerate(items):
-        request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
+    for item in items:
+        request = runner.request(step, runner.render(step, item))
         requests.append(request)
         wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
     requests = _mark_shared_prefix(requests)
@@ -358,9 +382,14 @@ async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:
     return await fan.run()
 
 
-def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:
-    bodies = {i: it.body for i, it in enumerate(items)}
-    return [ItemView(r.heading, bodies.get(r.idx, ""), r.idx, r.output) for r in rows]
+def _views(rows: list[ItemRow], items: list[ItemView]) -> list[ItemView]:
+    """The items with their outputs, as later steps' templates read them."""
+    return [
+        dataclasses.replace(items[r.idx], output=r.output)
+        if r.idx < len(items)
+        else ItemView(r.heading, "", r.idx, r.output)
+        for r in rows
+    ]
 
 
 async def help_fan_out(runner: RunContext, step: StepRow) -> int:

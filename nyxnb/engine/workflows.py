@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from nyxnb.engine.materialise import materialise
 from nyxnb.errors import MissingKey, NotFound, SpecError
 from nyxnb.providers.registry import create_provider, provider_class
 from nyxnb.spec import StepSpec, WorkflowSpec, load_spec
@@ -150,6 +151,7 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "batch",
             "rubric",
             "scale",
+            "output_schema",
         },
     )
     return {
@@ -203,5 +205,11 @@ def create_workflow(
         s.add(wf)
         s.flush()
         for i, step in enumerate(parsed.steps):
-            s.add(WorkflowStep(workflow_id=wf.id, **_step_row(i, step, parsed)))
+            row = WorkflowStep(workflow_id=wf.id, **_step_row(i, step, parsed))
+            s.add(row)
+            if step.dataset is not None:  # the frozen copy: a resume never reads the file
+                s.flush()
+                values = {"id": row.id, "tenant_id": row.tenant_id}
+                digest = materialise(s, values, step.dataset, f"steps[{i}].items_from")
+                row.config = {**row.config, "dataset_digest": digest}
         return wf.id

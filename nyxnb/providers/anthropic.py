@@ -13,6 +13,7 @@ import anthropic
 from anthropic.types import Message as SdkMessage
 
 from nyxnb.errors import ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
@@ -110,6 +111,7 @@ def params_for(request: CompletionRequest, model: str, cache: bool = True) -> di
         params["system"] = [block | {"cache_control": _EPHEMERAL}] if cache else [block]
     if request.temperature is not None:
         params["extra_body"] = {"temperature": request.temperature}
+    structured.anthropic_params(params, request.output_schema)  # data: output_schema
     return params
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,7 +16,7 @@ from nyxnb.errors import MissingKey
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
 REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on
 TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server", "timeout", "connection"})
-REJECTED_KINDS = frozenset({"truncated", "refused", "empty"})  # answer unusable: move on
+REJECTED_KINDS = frozenset({"truncated", "refused", "empty", "invalid_output"})  # unusable answer
 FATAL_KINDS = frozenset({"bad_request", "context_too_long"})  # this request fails everywhere alike
 ERROR_KINDS = REFUSED_KINDS | TRANSIENT_KINDS | REJECTED_KINDS | FATAL_KINDS
 
@@ -46,6 +47,9 @@ class CompletionRequest:
     #: Leading characters of the first user message shared by every item of a fan-out: a
     #: prompt-cache prefix (Anthropic marks it with ``cache_control``; others cache implicitly).
     shared_prefix: int = 0
+    #: A JSON Schema the answer must match (the step's ``output_schema``): each provider's
+    #: native structured-output mode asks for it and the fallback chain validates the answer.
+    output_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:

@@ -14,6 +14,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from nyxnb.errors import ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
@@ -85,6 +86,7 @@ def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> di
     }
     if request.temperature is not None:
         params["temperature"] = request.temperature
+    params.update(structured.openai_params(request.output_schema))  # data: output_schema
     return params
 
 

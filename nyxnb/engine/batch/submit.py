@@ -24,6 +24,7 @@ from nyxnb.engine.durable.records import BATCHES
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ProviderUnavailable
+from nyxnb.providers import structured
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.registry import batch_api, create_provider
@@ -73,6 +74,8 @@ class BatchRun:
             cid: _with_model(requests[r.idx], self.model) for cid, r in self.rows.items()
         }
         self.done = {r.idx for r in rows if r.status == COMPLETED}
+        #: the step's output_schema: every batch answer is validated like a live one
+        self.step_schema = next((r.output_schema for r in requests), None)
         self.failed: set[int] = set()
         self._submitted: set[str] = set()  # batch rows this run submitted (not adopted)
 
@@ -179,14 +182,20 @@ class BatchRun:
         model = self.model or self.runner.pool.provider(self.name).default_model
         if result.outcome == SUCCEEDED and completion is not None:
             attempt = attempt_from(self.name, model, 1, completion, 0.0, batch_id=batch_id)
-            if completion.stop_reason == STOP_END and completion.text.strip():
+            schema = self.step_schema
+            invalid = structured.invalid_reason(completion.text, schema) if schema else None
+            if completion.stop_reason == STOP_END and completion.text.strip() and not invalid:
+                text = structured.normalised(completion.text) if schema else completion.text
+                completion = dataclasses.replace(completion, text=text)
                 chain = ChainResult(completion, [attempt])
-                records.complete_item(self.runner.store, self.step, row.idx, completion.text, chain)
+                records.complete_item(self.runner.store, self.step, row.idx, text, chain)
                 self.runner.count(chain.attempts)
                 self.done.add(row.idx)
                 self.on_item(row, chain)
                 return True
-            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempt.outcome = "error"
+            attempt.error_kind = structured.INVALID_OUTPUT if invalid else "truncated"
+            attempt.error = invalid
             attempts = [attempt]
         else:
             attempts = [_failed_attempt(self.name, model, result, batch_id)]
@@ -198,14 +207,7 @@ class BatchRun:
 def _with_model(request: CompletionRequest, model: str | None) -> CompletionRequest:
     if model is None or request.model == model:
         return request
-    return CompletionRequest(
-        request.system,
-        request.messages,
-        model,
-        request.max_tokens,
-        request.temperature,
-        request.shared_prefix,
-    )
+    return dataclasses.replace(request, model=model)
 
 
 def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: str) -> Attempt:
