@@ -32,6 +32,8 @@ class Reply:
     stop: str = "end"  # "end" | "max_tokens" | "refusal" | "blocked" (Gemini prompt blocked)
     latency_ms: float = 0
     raw_stop: str | None = None  # exact wire value, e.g. "content_filter" or "RECITATION"
+    #: a request asking for a JSON schema gets JSON that does not parse (an invalid answer)
+    invalid_json: bool = False
 
 
 @dataclass(frozen=True)

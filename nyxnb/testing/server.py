@@ -62,7 +62,14 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
-from nyxnb.testing.wire import fault_body, prompt_of, reply_body, request_tokens, route
+from nyxnb.testing.wire import (
+    fault_body,
+    prompt_of,
+    reply_body,
+    request_tokens,
+    route,
+    schema_of,
+)
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
 
@@ -337,7 +344,8 @@ class FakeProviderServer:
         elif isinstance(act, Fault):
             await _write(writer, _fault_response(provider, act, verdict.headers))
         elif isinstance(act, Reply):
-            payload = reply_body(provider, act, model, prompt_of(provider, body), n)
+            prompt, schema = prompt_of(provider, body), schema_of(provider, body)
+            payload = reply_body(provider, act, model, prompt, n, schema)
             await _write(writer, FakeResponse(200, payload, verdict.headers))
         return True
 

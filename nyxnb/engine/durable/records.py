@@ -49,6 +49,20 @@ _COMPLETE_ITEM = (
     )
 )
 _INSERT_CALLS = insert(CALLS)
+#: An item whose input changed (or that failed) goes back to pending with its new input.
+_RESET_ITEM = (
+    update(ITEMS)
+    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
+    .values(
+        heading=bindparam("heading"),
+        input=bindparam("input"),
+        input_hash=bindparam("input_hash"),
+        status=PENDING,
+        output=None,
+        error=None,
+        updated_at=bindparam("updated_at"),
+    )
+)
 _SETTLE = delete(CALLS).where(CALLS.c.id.in_(bindparam("sent_ids", expanding=True)))
 
 
@@ -276,15 +290,14 @@ def sync_items(
     """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
 
     Rows whose input is unchanged keep their status and output: a committed item is never
-    called again.  Changed rows go back to pending; surplus rows are deleted.
+    called again.  Changed rows go back to pending; surplus rows are deleted.  Rows are read
+    and written with one statement each way (a 100,000-row dataset is one executemany).
     """
     with store.begin() as conn:
-        rows = {
-            r["idx"]: dict(r)
-            for r in conn.execute(select(ITEMS).where(ITEMS.c.step_id == step.id)).mappings()
-        }
+        query = select(ITEMS.c.idx, ITEMS.c.input_hash, ITEMS.c.status)
+        rows = {r[0]: (r[1], r[2]) for r in conn.execute(query.where(ITEMS.c.step_id == step.id))}
         conn.execute(delete(ITEMS).where(ITEMS.c.step_id == step.id, ITEMS.c.idx >= len(wanted)))
-        now, fresh = utcnow(), []
+        now, fresh, changed = utcnow(), [], []
         for idx, (heading, text, digest) in enumerate(wanted):
             row = rows.get(idx)
             if row is None:
@@ -302,26 +315,13 @@ def sync_items(
                         "updated_at": now,
                     }
                 )
-            elif row["input_hash"] != digest:
-                conn.execute(
-                    update(ITEMS)
-                    .where(ITEMS.c.id == row["id"])
-                    .values(
-                        heading=heading,
-                        input=text,
-                        input_hash=digest,
-                        status=PENDING,
-                        output=None,
-                        error=None,
-                        updated_at=now,
-                    )
+            elif row[0] != digest or row[1] == FAILED:
+                changed.append(
+                    {"b_step": step.id, "b_idx": idx, "heading": heading, "input": text}
+                    | {"input_hash": digest, "updated_at": now}
                 )
-            elif row["status"] == FAILED:
-                conn.execute(
-                    update(ITEMS)
-                    .where(ITEMS.c.id == row["id"])
-                    .values(status=PENDING, error=None, updated_at=now)
-                )
+        if changed:
+            conn.execute(_RESET_ITEM, changed)
         if fresh:
             conn.execute(insert(ITEMS), fresh)
         return _step_items(conn, step.id)
