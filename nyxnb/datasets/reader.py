@@ -157,7 +157,7 @@ class DatasetRows:
     def batches(self, size: int = BATCH_ROWS) -> Iterator[list[DatasetRow]]:
         """The rows in file order, ``size`` at a time."""
         key = self.source.key
-        reader = self.rel.fetch_record_batch(size)
+        reader = self.rel.to_arrow_reader(size)
         for batch in reader:
             yield [
                 DatasetRow(_key_text(r[key]), {c: jsonable(v) for c, v in r.items()})

@@ -54,7 +54,18 @@ def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
         defaults["batch"] = options.batch
     if options.max_cost_usd is not None:
         data["max_cost_usd"] = options.max_cost_usd
-    return WorkflowSpec.model_validate(data)
+    return _with_python_data(WorkflowSpec.model_validate(data), spec)
+
+
+def _with_python_data(new: WorkflowSpec, old: WorkflowSpec) -> WorkflowSpec:
+    """``new`` holding the DataFrames / lists of ``old``'s datasets (a dict never copies them)."""
+    steps = [
+        s.model_copy(update={"items_from": o.items_from})
+        if o.dataset is not None and o.dataset.data is not None
+        else s
+        for s, o in zip(new.steps, old.steps, strict=True)
+    ]
+    return new.model_copy(update={"steps": steps})
 
 
 def personas_for(store: Store, tenant_id: str) -> dict[str, str]:
