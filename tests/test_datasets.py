@@ -9,9 +9,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 import nyxnb
+from nyxnb.cli.main import cli
 from nyxnb.engine.workflows import create_workflow
 from nyxnb.errors import SpecError
 from nyxnb.store.models import LlmCall, StepItem, Workflow, WorkflowStep
@@ -208,3 +210,30 @@ def test_a_structured_list_output_feeds_items_from_step_as_rows(sqlite_store):
         ideas = json.loads(steps["brainstorm"].output or "")["ideas"]
         got = [i.input for i in sorted(steps["expand"].items, key=lambda i: i.idx)]
     assert got == [f"Expand {i['title']} (effort {i['effort']})" for i in ideas]
+
+
+def test_compare_shows_changed_rows_and_fields(store, tmp_path):
+    minimal(store)
+    rows = papers(8)
+    path = write_csv(tmp_path / "papers.csv", rows)
+    first = nyxnb.run(spec({"path": str(path), "key": "id"}), tenant="nyx", project="BRbase",
+                      store=store)  # fmt: skip
+    rows[3]["title"] = "Paper 3, revised"
+    del rows[5]
+    rows.append({"id": "p_new", "title": "New", "year": 2024})
+    write_csv(path, rows)
+    second = nyxnb.rerun(first.workflow_id, spec({"path": str(path), "key": "id"}), store=store)
+    result = nyxnb.compare([first.workflow_id, second.workflow_id], store=store)
+    (row,) = [r for r in result.rows if r.step == "extract"]
+    assert row.rows[0] is None
+    changes = row.rows[1]
+    assert (changes.changed, changes.added, changes.removed) == (1, 1, 1)
+    by_key = {c.key: c for c in changes.rows}
+    assert by_key["p3"].kind == "changed" and by_key["p3"].inputs == ("title",)
+    assert set(by_key["p3"].fields) <= {"topic", "stars"} and by_key["p3"].fields
+    assert by_key["p5"].kind == "removed" and by_key["p_new"].kind == "added"
+    url = store.url.render_as_string(hide_password=False)
+    out = CliRunner().invoke(cli, ["--db", url, "compare", first.workflow_id, second.workflow_id])
+    assert out.exit_code == 0, out.output
+    assert "1 changed, 1 added, 1 removed" in out.output
+    assert "changed  p3: inputs title; fields" in out.output
