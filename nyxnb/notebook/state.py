@@ -303,7 +303,7 @@ class ProgressState:
         ``answered`` (per step order, from the ledger) says who answered and what was cached.
         """
         self.workflow_id, self.name = summary.id, summary.name
-        answered = answered or {}
+        answered, before = answered or {}, self.steps
         if not merge:
             self.status, self.error = summary.shown_status, summary.error
             self.note, self.steps, self.unattributed = summary.note, {}, [0, 0, 0.0]
@@ -319,9 +319,10 @@ class ProgressState:
                 row.provider, row.model = who.provider, who.model
                 row.cached = who.calls > 0 and who.cached == who.calls
                 row.cached_items = who.cached if row.type == "fan-out" else 0
+            timed = before.get(row.order)
+            if timed is not None and timed.name == row.name and row.status == "completed":
+                row.took_s = timed.took_s  # the store has no clocks: keep what the events timed
             old = self.steps.get(row.order)
-            if old is not None and old.name == row.name and row.status == "completed":
-                row.took_s = old.took_s  # the store has no clocks: keep what the events timed
             if old is None or old.name != row.name or not merge:
                 self.steps[row.order] = row
             else:

@@ -285,10 +285,15 @@ class WorkflowProgress:
     # -- background and foreground runs -----------------------------------------------------
     @classmethod
     def start(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
-        """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it."""
+        """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it.
+
+        ``widget``, ``display`` and ``stream`` choose the view (see the class); the rest goes to
+        :func:`nyxnb.run` (or :func:`nyxnb.resume`).
+        """
         store = kw.pop("store", None)
         kw["store"] = store if isinstance(store, Store) else open_store(store)
-        progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"))
+        view = {k: kw.pop(k) for k in ("widget", "display", "stream") if k in kw}
+        progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"), **view)
         progress._run_kw = {k: kw[k] for k in ("provider_options", "retry") if k in kw}
         if resume is not None:
             return progress._background(lambda: api.resume(resume, **kw))
