@@ -16,6 +16,7 @@
     │   ├── LeaseLost             this run's lease was taken over; its writes are refused
     │   ├── ClaimLost             a fan-out item's claim expired; its write was refused
     │   ├── StepFailed            a step failed (workflow id, step, item)
+    │   ├── WorkflowStopped       an awaited notebook run paused or failed: one line, Run All stops
     │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
     ├── ProviderError             one provider call failed; ``kind`` says why
     │   ├── ProviderUnavailable   transient: retry, then try elsewhere
@@ -27,7 +28,9 @@
         ├── StalePlan             the database changed since the plan was made
         └── VerificationFailed    post-apply checks failed; everything was rolled back
 
-Pause is not an error: a paused run ends with a ``workflow_paused`` event.
+Pause is not an error: a paused run ends with a ``workflow_paused`` event. In a notebook it is
+an outcome that must stop *Run All* (the next cells read a finished run), so ``await
+WorkflowProgress.arun(...)`` raises :class:`WorkflowStopped`, which IPython shows as its one line.
 """
 
 from __future__ import annotations
@@ -151,6 +154,21 @@ class SpecError(NyxError):
 
 class RunError(NyxError):
     """A workflow run cannot proceed."""
+
+
+class WorkflowStopped(RunError):
+    """An awaited notebook run ended paused, interrupted or failed: an outcome, not a crash.
+
+    Raised so *Run All* stops there (the next cells need a finished workflow). IPython, nbval
+    and papermill show ``_render_traceback_``: the one line, without a traceback.
+    """
+
+    def __init__(self, workflow_id: str, status: str, line: str) -> None:
+        self.workflow_id, self.status = workflow_id, status
+        super().__init__(line)
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.message]
 
 
 class LeaseHeld(RunError):

@@ -203,7 +203,7 @@ class Runner(RunContext):
                 project=self.project.name,
                 tenant=self.tenant_slug,
                 resumed=self.status != "pending",
-                total_steps=max(len(steps), self._expected_steps()),
+                total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
 
@@ -222,15 +222,6 @@ class Runner(RunContext):
             )
         except NyxError as exc:  # the run's outputs stand; say why there is no digest
             records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
-
-    def _expected_steps(self) -> int:
-        """User steps plus the generated ones, when the spec lets us count them up front."""
-        generate = self.spec.generate
-        count = len(self.spec.steps) + (1 if generate.consistency_check else 0)
-        if generate.implementation_prompts is not None:
-            source = self.spec.step(generate.implementation_prompts.from_)
-            count += len(source.items or [])
-        return count
 
     def _finish(self, status: str, error: str | None) -> None:
         records.update_workflow(
