@@ -96,10 +96,12 @@ class _FanOut:
         self.completed = sum(1 for r in rows if r.status == COMPLETED)
         self.failures: list[tuple[int, ChainExhausted]] = []
         self.limit = (
-            runner.fan_out_limit or step.config.concurrency or runner.spec.defaults.concurrency
+            runner.config.fan_out_limit
+            or step.config.concurrency
+            or runner.spec.defaults.concurrency
         )
         self._pending = deque(r for r in rows if r.status != COMPLETED)
-        claimer = runner.claimer  # a worker: items come from claims shared with other workers
+        claimer = runner.config.claimer  # a worker: items come from claims shared by workers
         self._source = (
             claimer.source(step.id, list(self._pending), min(self.limit, 8), lead=lead)
             if claimer is not None
@@ -298,7 +300,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         done_items=fan.completed,
     )
     finished = await _execute(runner, step, fan)
-    if not fan.failures and runner.claimer is not None:  # items other workers failed
+    if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
             (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
             for r in records.load_items(runner.store, step.id)
