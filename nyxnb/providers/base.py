@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +58,14 @@ class CompletionRequest:
     def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:
         """A single-turn request."""
         return cls(system=system, messages=(Message("user", prompt),), **kw)  # type: ignore[arg-type]
+
+    def with_model(self, model: str | None) -> CompletionRequest:
+        """This request for ``model`` (None: unchanged); every other field is kept as it is.
+
+        The one way a chain entry (``anthropic:claude-...``) or a batch retargets a request:
+        rebuilding it field by field dropped ``shared_prefix`` and with it the prompt cache.
+        """
+        return self if model is None or model == self.model else replace(self, model=model)
 
 
 @dataclass(frozen=True)

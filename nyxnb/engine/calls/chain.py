@@ -409,13 +409,7 @@ async def complete_with_fallback(
     reasons: list[tuple[str, str, str]] = []
     entries = [parse_entry(e) for e in chain]
     for i, (name, model) in enumerate(entries):
-        req = (
-            request
-            if model is None
-            else CompletionRequest(
-                request.system, request.messages, model, request.max_tokens, request.temperature
-            )
-        )
+        req = request.with_model(model)
         if name in pool.down:
             reasons.append((name, *pool.down[name]))
             continue
