@@ -89,6 +89,16 @@ class ItemView:
     key: str | None = None
     columns: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    @classmethod
+    def row(
+        cls, heading: str, index: int, columns: Mapping[str, Any], key: str | None = None
+    ) -> ItemView:
+        """A row of a dataset (or of a structured output) as an item; a ``body`` column is the
+        item's body.  Columns named like another field are read as ``item.columns.NAME``."""
+        body = columns.get("body")
+        text = "" if body is None else body if isinstance(body, str) else json.dumps(body)
+        return cls(heading, text, index, key=key, columns=columns)
+
     @property
     def number(self) -> int:
         """1-based position of the item."""

@@ -237,3 +237,14 @@ def test_compare_shows_changed_rows_and_fields(store, tmp_path):
     assert out.exit_code == 0, out.output
     assert "1 changed, 1 added, 1 removed" in out.output
     assert "changed  p3: inputs title; fields" in out.output
+
+
+def test_a_body_column_is_the_items_body(sqlite_store):
+    """``item.body`` is a field of every item: a dataset's ``body`` column must fill it, not be
+    shadowed by the empty default (an edited body would then never be called again)."""
+    minimal(sqlite_store)
+    rows = [{"id": "a", "title": "T", "body": "the abstract"}]
+    body = spec({"data": rows, "key": "id"}, prompt="{{ item.title }}: {{ item.body }}")
+    result = nyxnb.run(body, tenant="nyx", project="BRbase", store=sqlite_store)
+    assert result.ok, result.error
+    assert items(sqlite_store, result.workflow_id)[0].input == "T: the abstract"

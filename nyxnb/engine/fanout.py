@@ -33,7 +33,7 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemView]:
     config = step.config
     if config.dataset is not None:  # materialised when the workflow was created
         return [
-            ItemView(r.heading, "", r.idx, key=r.key, columns=r.data or {})
+            ItemView.row(r.heading, r.idx, r.data or {}, r.key)
             for r in records.load_items(runner.store, step.id)
         ]
     if config.items is not None:
@@ -41,7 +41,7 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemView]:
     source = runner.ctx[config.items_from or ""].output or ""
     rows = structured_rows(source)
     if rows is not None:
-        return [ItemView(_row_heading(r, i), "", i, columns=r) for i, r in enumerate(rows)]
+        return [ItemView.row(_row_heading(r, i), i, r) for i, r in enumerate(rows)]
     items = parse_items(source)
     if not items:
         raise runner.fail(

@@ -29,7 +29,7 @@ def _heading(source: ItemsSource, row: DatasetRow, idx: int, where: str) -> str:
     if source.heading is None:
         return row.key
     try:
-        view = ItemView(row.key, index=idx, key=row.key, columns=row.columns)
+        view = ItemView.row(row.key, idx, row.columns, row.key)
         return render(source.heading, item=view).strip() or row.key
     except Exception as exc:  # noqa: BLE001 - a user template: whatever it raises is a spec error
         raise SpecError(
