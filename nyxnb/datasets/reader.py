@@ -125,6 +125,12 @@ class DatasetRows:
     def check_keys(self) -> None:
         """Raise :class:`SpecError` naming the rows whose key is missing or repeated."""
         key = _quoted(self.source.key)
+        blank = f"{key} IS NULL OR trim(CAST({key} AS VARCHAR)) = ''"
+        counts = self.rel.aggregate(
+            f"count(*) FILTER (WHERE {blank}), count(*) - count(DISTINCT CAST({key} AS VARCHAR))"
+        ).fetchall()[0]
+        if not any(counts):  # the common case: one pass, no row numbers kept
+            return
         numbered = self.rel.select(f"{key} AS k, row_number() OVER () AS n")
         missing = [
             int(r[0])

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from nyxnb import events as ev
@@ -28,14 +28,17 @@ from nyxnb.templates import ItemView, StepView, parsed_output
 PAUSE_GRACE_S = 2.0
 
 
-def _items(runner: RunContext, step: StepRow) -> list[ItemView]:
-    """The step's items as the prompt sees them (rows of a dataset or of a structured output)."""
+def _items(runner: RunContext, step: StepRow) -> Iterable[ItemView]:
+    """The step's items as the prompt sees them (rows of a dataset or of a structured output).
+
+    A dataset's rows (materialised when the workflow was created) are streamed from the store.
+    """
     config = step.config
-    if config.dataset is not None:  # materialised when the workflow was created
-        return [
-            ItemView.row(r.heading, r.idx, r.data or {}, r.key)
-            for r in records.load_items(runner.store, step.id)
-        ]
+    if config.dataset is not None:
+        return (
+            ItemView.row(heading, idx, columns, key)
+            for idx, heading, key, columns in records.iter_dataset_rows(runner.store, step.id)
+        )
     if config.items is not None:
         return [ItemView(it.heading, it.body, i) for i, it in enumerate(config.items)]
     source = runner.ctx[config.items_from or ""].output or ""
@@ -131,8 +134,10 @@ class _FanOut:
             if claimer is not None
             else None
         )
-        self._commits: list[asyncio.Task[None]] = []
-        self._reserved: list[asyncio.Future[None]] = []  # 'sent' rows committed ahead
+        # Tasks in flight only: a finished one leaves (100,000 items never hold 100,000 tasks);
+        # a commit that failed stays, so its error is raised by run().
+        self._commits: set[asyncio.Task[None]] = set()
+        self._reserved: set[asyncio.Future[None]] = set()  # 'sent' rows committed ahead
         self._unused: list[int] = []  # items reserved but never called (a pause)
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
@@ -190,7 +195,8 @@ class _FanOut:
         task = asyncio.ensure_future(
             self.runner.reserve_sent(self.step, self.requests[row.idx], row.idx)
         )
-        self._reserved.append(task)
+        self._reserved.add(task)
+        task.add_done_callback(self._reserved.discard)
         return task
 
     def _paused(self) -> bool:
@@ -221,7 +227,9 @@ class _FanOut:
             records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
             self.failures.append((idx, exc))
             return
-        self._commits.append(asyncio.create_task(self._commit(row, result)))
+        task = asyncio.create_task(self._commit(row, result))
+        self._commits.add(task)
+        task.add_done_callback(_forget_if_ok(self._commits))
 
     async def _unless_paused(self, call: Coroutine[Any, Any, ChainResult]) -> ChainResult:
         """Await ``call``; on a pause, give it :data:`PAUSE_GRACE_S` to land, then cancel it.
@@ -282,6 +290,14 @@ class _FanOut:
         )
 
 
+def _forget_if_ok(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            tasks.discard(task)
+
+    return done
+
+
 class _PausedMidCall(Exception):  # noqa: N818 - internal signal
     """A pause cancelled this item's call after the grace period."""
 
@@ -293,8 +309,12 @@ def _step_output(items: list[ItemRow]) -> str:
 async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     """Execute (or resume) a fan-out step."""
     items = _items(runner, step)
-    prompts = [runner.render(step, item) for item in items]
+    items, prompts = [], []
+    for item in _items(runner, step):  # one dataset row's columns at a time
+        prompts.append(runner.render(step, item))
+        items.append(dataclasses.replace(item, columns={}) if item.columns else item)
     requests = fan_out_requests(runner, step, prompts)
+    del prompts
     wanted = [
         (item.heading, request.messages[0].content, request_hash("item", request))
         for item, request in zip(items, requests, strict=True)
@@ -312,6 +332,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     if runner.skip_if_done(step, digest, done_view):
         return
     rows = records.sync_items(runner.store, step, wanted)
+    del wanted  # (memory: a 100,000-row dataset keeps one copy of each prompt, the request's)
     _check_budget(runner, step, [requests[r.idx] for r in rows if r.status != COMPLETED])
     records.update_step(runner.store, step.id, status=RUNNING, error=None, started_at=utcnow())
     fan = _FanOut(runner, step, rows, requests)
@@ -324,6 +345,8 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         done_items=fan.completed,
     )
     finished = await _execute(runner, step, fan)
+    fan.rows, fan.requests = [], []  # done with: the final rows are read back below
+    del rows, requests
     if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
             (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
@@ -346,8 +369,10 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         records.update_step(runner.store, step.id, status=PENDING)
         runner.check_pause()
     final = records.load_items(runner.store, step.id)
-    records.complete_step(runner.store, step, _step_output(final), digest)
-    runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
+    output = _step_output(final)
+    records.complete_step(runner.store, step, output, digest)
+    runner.ctx[step.name] = StepView(step.name, output, _views(final, items))
+    del final
     answered = fan.answered or {(step.provider, step.model or ""): 0}
     runner.step_event(
         ev.StepCompleted,
@@ -411,7 +436,7 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
     hash to its stored input hash is left to the lead.
     """
-    every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
+    every = records.load_items(runner.store, step.id, full=True)  # all: the shared prefix
     built = fan_out_requests(runner, step, [r.input for r in every])
     requests = {
         row.idx: request

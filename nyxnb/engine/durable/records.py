@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -338,15 +338,37 @@ def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
         ]
 
 
-def load_items(store: Store, step_id: str) -> list[ItemRow]:
-    """Every item row of a step, in order."""
+def load_items(store: Store, step_id: str, *, full: bool = False) -> list[ItemRow]:
+    """Every item row of a step, in order; ``full`` also reads each item's prompt (``input``).
+
+    A dataset row's columns (``data``) are never read here: they are read once, streamed, when
+    the prompts are rendered (:func:`iter_dataset_rows`).
+    """
     with store.reading() as conn:
-        return _step_items(conn, step_id)
+        return _step_items(conn, step_id, full)
 
 
-def _step_items(conn: Connection, step_id: str) -> list[ItemRow]:
-    query = select(ITEMS).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
-    return [ItemRow.from_mapping(r) for r in conn.execute(query).mappings()]
+_LEAN = [c for c in ItemRow.__dataclass_fields__ if c not in ("input", "data")]
+
+
+def _step_items(conn: Connection, step_id: str, full: bool = False) -> list[ItemRow]:
+    cols = [ITEMS.c[name] for name in (_LEAN + ["input"] if full else _LEAN)]
+    query = select(*cols).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
+    return [ItemRow(**r) for r in conn.execute(query).mappings()]
+
+
+def iter_dataset_rows(
+    store: Store, step_id: str
+) -> Iterator[tuple[int, str, str | None, dict[str, Any]]]:
+    """A dataset step's rows, streamed in order: (idx, heading, key, columns)."""
+    query = (
+        select(ITEMS.c.idx, ITEMS.c.heading, ITEMS.c.key, ITEMS.c.data)
+        .where(ITEMS.c.step_id == step_id)
+        .order_by(ITEMS.c.idx)
+    )
+    with store.reading() as conn:
+        for r in conn.execution_options(yield_per=2000).execute(query):
+            yield r[0], r[1], r[2], r[3] or {}
 
 
 def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
