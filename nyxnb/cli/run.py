@@ -11,6 +11,7 @@ from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, 
 from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import api
 from nyxnb.reports.summary import list_workflows, workflow_summary
+from nyxnb.store.models import RUNNING
 
 
 @click.command()
@@ -92,7 +93,7 @@ def _show_text(data: dict[str, Any]) -> str:
     )
     if data.get("error"):
         head += f"\nerror: {data['error']}"
-    if data.get("lease_owner") and data["status"] == "running":
+    if data.get("lease_owner") and data["status"] == RUNNING:
         head += f"\nrun by: {data['lease_owner']}"
     for s in data["steps"]:
         for owner, n in (s.get("claims") or {}).items():

@@ -27,7 +27,7 @@ from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import RunError
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import Workflow
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, RUNNING, Workflow
 
 OnEvent = Callable[[ev.Event], None]
 StoreArg = Store | str | None
@@ -49,7 +49,7 @@ class RunResult:
     @property
     def ok(self) -> bool:
         """True when the workflow completed."""
-        return self.status == "completed"
+        return self.status == COMPLETED
 
 
 def _store(store: StoreArg) -> Store:
@@ -259,16 +259,16 @@ def resume_iter(workflow_id: str, **kw: Any) -> Iterator[ev.Event]:
 
 def _collect(events: Iterator[ev.Event]) -> RunResult:
     seen: list[ev.Event] = []
-    workflow_id, status, error = "", "failed", None
+    workflow_id, status, error = "", FAILED, None
     for event in events:
         seen.append(event)
         workflow_id = event.workflow_id
         if isinstance(event, ev.WorkflowCompleted):
-            status = "completed"
+            status = COMPLETED
         elif isinstance(event, ev.WorkflowPaused):
-            status = "paused"
+            status = PAUSED
         elif isinstance(event, ev.WorkflowFailed):
-            status, error = "failed", event.error
+            status, error = FAILED, event.error
     return RunResult(workflow_id, status, seen, error)
 
 
@@ -307,7 +307,7 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
     tenant_id = st.tenant_id(tenant)
     with st.session(tenant_id) as s:
         workflow = s.get_one(Workflow, workflow_id)
-        if workflow.status != "running":
+        if workflow.status != RUNNING:
             raise RunError(
                 f"workflow {workflow_id} is {workflow.status}, not running: nothing to pause",
                 hint=_not_running_hint(workflow_id, workflow.status),
@@ -316,9 +316,9 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
 
 
 def _not_running_hint(workflow_id: str, status: str) -> str:
-    if status == "completed":
+    if status == COMPLETED:
         return f"it finished; see its outputs with `nyxnb show {workflow_id}`"
-    if status == "paused":
+    if status == PAUSED:
         return f"it is already paused; `nyxnb resume {workflow_id}` continues it"
     return f"`nyxnb resume {workflow_id}` runs it (every step not completed)"
 

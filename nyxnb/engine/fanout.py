@@ -22,7 +22,7 @@ from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
 from nyxnb.spec import ItemSpec
-from nyxnb.store.models import COMPLETED, PENDING, RUNNING, utcnow
+from nyxnb.store.models import COMPLETED, FAILED, PENDING, RUNNING, utcnow
 from nyxnb.templates import ItemView, StepView
 
 #: Seconds a pause lets calls in flight finish (answers paid for are kept) before cancelling them.
@@ -302,9 +302,9 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     finished = await _execute(runner, step, fan)
     if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
-            (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
+            (r.idx, ChainExhausted([("worker", FAILED, r.error or "")]))
             for r in records.load_items(runner.store, step.id)
-            if r.status == "failed"
+            if r.status == FAILED
         ]
     if fan.failures:
         idx, exc = fan.failures[0]

@@ -38,6 +38,7 @@ from nyxnb.store.models import (
     COMPLETED,
     FAILED,
     PAUSED,
+    PENDING,
     RUNNING,
     Project,
     Tenant,
@@ -196,7 +197,7 @@ class Runner(RunContext):
                 name=self.name,
                 project=self.project.name,
                 tenant=self.tenant_slug,
-                resumed=self.status != "pending",
+                resumed=self.status != PENDING,
                 total_steps=max(len(steps), self._expected_steps()),
             )
         )

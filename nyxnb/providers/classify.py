@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from nyxnb.errors import ProviderError, ProviderRefused, ProviderUnavailable
+from nyxnb.errors import ErrorKind, ProviderError, ProviderRefused, ProviderUnavailable
 from nyxnb.providers.base import REFUSED_KINDS
 
 #: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
-TIMEOUT, CONNECTION = "timeout", "connection"
+TIMEOUT, CONNECTION = ErrorKind.TIMEOUT, ErrorKind.CONNECTION
 
 _EXHAUSTED_CODES = frozenset(
     {

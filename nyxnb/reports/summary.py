@@ -9,6 +9,8 @@ from sqlalchemy import case, func, select
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
     BATCH_LIVE_STATES,
+    COMPLETED,
+    RUNNING,
     LlmCall,
     Project,
     ProviderBatch,
@@ -108,7 +110,7 @@ def _step_dict(
         "score": step.score,
         "reused_from": step.reused_from,
         "items_total": len(items),
-        "items_done": sum(i.status == "completed" for i in items),
+        "items_done": sum(i.status == COMPLETED for i in items),
         "claims": _claims(items),
         "input_tokens": (totals or {}).get("input_tokens", 0),
         "output_tokens": (totals or {}).get("output_tokens", 0),
@@ -156,7 +158,7 @@ def _claims(items: list[StepItem]) -> dict[str, int]:
     """Open item claims per worker (a shared fan-out: who holds what)."""
     held: dict[str, int] = {}
     for item in items:
-        if item.status == "running" and item.claimed_by:
+        if item.status == RUNNING and item.claimed_by:
             held[item.claimed_by] = held.get(item.claimed_by, 0) + 1
     return held
 

@@ -23,7 +23,7 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ProviderUnavailable
+from nyxnb.errors import ErrorKind, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.registry import batch_api, create_provider
@@ -186,7 +186,7 @@ class BatchRun:
                 self.done.add(row.idx)
                 self.on_item(row, chain)
                 return True
-            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
             attempts = [attempt]
         else:
             attempts = [_failed_attempt(self.name, model, result, batch_id)]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
+from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, ProviderError
 from nyxnb.providers.base import (
     REFUSED_KINDS,
     STOP_END,
@@ -108,7 +108,7 @@ class ProviderPool:
         self.sleep = sleep
         self.governors = Governors(limits, shared=shared)
         self.timeouts: dict[str, float] = {}
-        self.down: dict[str, tuple[str, str]] = {}
+        self.down: dict[str, tuple[ErrorKind, str]] = {}
         self._providers: dict[str, Provider] = {}
         self._health: dict[str, _Health] = {}
 
@@ -138,7 +138,7 @@ class ProviderPool:
             self._providers[name] = prov
         return self._providers[name]
 
-    def mark_down(self, name: str, kind: str, message: str) -> None:
+    def mark_down(self, name: str, kind: ErrorKind, message: str) -> None:
         """Stop calling ``name`` for the rest of the run."""
         self.down.setdefault(name, (kind, message))
 
@@ -218,19 +218,19 @@ def attempt_from(
     )
 
 
-def _rejection(answer: Completion) -> str | None:
+def _rejection(answer: Completion) -> ErrorKind | None:
     if answer.stop_reason == STOP_MAX_TOKENS:
-        return "truncated"
+        return ErrorKind.TRUNCATED
     if answer.stop_reason == STOP_REFUSAL:
-        return "refused"
+        return ErrorKind.REFUSED
     if not answer.text.strip():
-        return "empty"
+        return ErrorKind.EMPTY
     return None
 
 
 @dataclass(frozen=True)
 class _Failure:
-    kind: str
+    kind: ErrorKind
     message: str
     reported: bool = True  # False: skipped silently, another item already reported it
 
@@ -248,7 +248,7 @@ class _Call:
     waited_s: float = 0.0
     tries: int = 0
 
-    def record(self, model: str, kind: str, message: str, ms: float) -> None:
+    def record(self, model: str, kind: ErrorKind, message: str, ms: float) -> None:
         n = len([a for a in self.attempts if a.provider == self.name]) + 1
         self.attempts.append(Attempt(self.name, model, n, "error", kind, message, latency_ms=ms))
 
@@ -272,8 +272,8 @@ async def _try_provider(call: _Call) -> Completion | _Failure:
     try:
         health = call.pool.health(call.name)
     except MissingKey as exc:
-        call.pool.mark_down(call.name, "auth", str(exc))
-        return _Failure("auth", str(exc))
+        call.pool.mark_down(call.name, ErrorKind.AUTH, str(exc))
+        return _Failure(ErrorKind.AUTH, str(exc))
     if not health.proven:
         async with health.lock:
             if call.name in call.pool.down:  # the probe ahead of us found it down: no call
@@ -289,8 +289,8 @@ async def _tries(call: _Call) -> Completion | _Failure:
         try:
             model = pool.provider(name).model_for(request)
         except MissingKey as exc:
-            pool.mark_down(name, "auth", str(exc))
-            return _Failure("auth", str(exc))
+            pool.mark_down(name, ErrorKind.AUTH, str(exc))
+            return _Failure(ErrorKind.AUTH, str(exc))
         gov = pool.governors.get(name, model)
         try:
             ticket = await gov.acquire(
@@ -299,7 +299,7 @@ async def _tries(call: _Call) -> Completion | _Failure:
             )
         except WaitTooLong:
             message = f"still rate limited after waiting {pool.retry.max_wait_s:g} s (max_wait_s)"
-            return _Failure("rate_limited", message)
+            return _Failure(ErrorKind.RATE_LIMITED, message)
         call.waited_s += ticket.waited_s
         if ticket.waited_s >= 1.0:
             call.report(gov, ticket.waited_s)
@@ -360,10 +360,10 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     record.outcome, record.error_kind = "error", kind
     stop = answer.raw_stop_reason or answer.stop_reason
     record.error = f"answer {kind} (stop reason {stop})"
-    if kind == "empty":
+    if kind == ErrorKind.EMPTY:
         call.tries += 1
         if pool.unhealthy(name):
-            pool.mark_down(name, "server", "empty answers")
+            pool.mark_down(name, ErrorKind.SERVER, "empty answers")
         elif call.tries < pool.retry.max_attempts:
             await pool.sleep(pool.retry.delay(call.tries, None))
             return None

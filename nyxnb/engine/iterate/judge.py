@@ -16,7 +16,7 @@ from nyxnb.engine.context import RunContext, request_hash
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.outcomes import Attempt
-from nyxnb.errors import ChainExhausted, StepFailed
+from nyxnb.errors import ChainExhausted, ErrorKind, StepFailed
 from nyxnb.store.models import RUNNING, utcnow
 from nyxnb.templates import StepView
 
@@ -77,7 +77,7 @@ def judge_prompt(ctx: RunContext, step: StepRow) -> str:
 def _malformed(attempts: list[Attempt], text: str) -> list[Attempt]:
     message = f"grade without a valid SCORE line: {text[:120]!r}"
     return [
-        dataclasses.replace(a, outcome="error", error_kind="malformed", error=message)
+        dataclasses.replace(a, outcome="error", error_kind=ErrorKind.MALFORMED, error=message)
         if a.outcome in ("ok", "cached")
         else a
         for a in attempts

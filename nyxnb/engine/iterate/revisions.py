@@ -24,7 +24,7 @@ from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
 from nyxnb.spec import WorkflowSpec, load_spec
 from nyxnb.store.database import Store
-from nyxnb.store.models import COMPLETED, Tenant, Workflow, new_id, utcnow
+from nyxnb.store.models import COMPLETED, PENDING, Tenant, Workflow, new_id, utcnow
 
 SpecArg = WorkflowSpec | dict[str, Any] | str | Path
 _DEFINITION = ("type", "persona", "provider", "fallback", "model", "prompt", "config")
@@ -160,7 +160,7 @@ def _copy_generated(
                 "tenant_id": new_steps[0]["tenant_id"],
                 "workflow_id": new_steps[0]["workflow_id"],
                 "order": first + offset,
-                "status": COMPLETED if reuse else "pending",
+                "status": COMPLETED if reuse else PENDING,
                 "output": s["output"] if reuse else None,
                 "input_hash": s["input_hash"] if reuse else None,
                 "reused_from": s["id"] if reuse else None,
