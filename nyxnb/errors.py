@@ -77,6 +77,10 @@ class ErrorKind(StrEnum):
     CONTEXT_TOO_LONG = "context_too_long"
     # a judge's grade without a valid SCORE line
     MALFORMED = "malformed"
+    # a batch item that did not succeed, as the provider's batch API reports it
+    ERRORED = "errored"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
 
 class NyxError(Exception):

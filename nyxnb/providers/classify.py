@@ -272,7 +272,7 @@ def sdk_error(
     elif isinstance(exc, sdk.APIConnectionError):
         kind = CONNECTION
     else:
-        kind = "server"  # response validation and other SDK-side failures
+        kind = ErrorKind.SERVER  # response validation and other SDK-side failures
     return make_error(provider, kind, str(exc), secret=key)
 
 

@@ -117,8 +117,10 @@ class BatchRun:
         )
         self.failed.clear()
         self._submitted.add(row_id)
-        self.runner.step_event(
-            ev.BatchSubmitted, self.step, provider=self.name, batch_id=batch_id, items=len(cids)
+        self.runner.emit(
+            ev.BatchSubmitted(
+                *self.runner.at(self.step), provider=self.name, batch_id=batch_id, items=len(cids)
+            )
         )
 
     async def _drain(self, api: BatchApi, row: records.BatchRow, adopted: bool) -> bool:
@@ -132,13 +134,14 @@ class BatchRun:
         if row.batch_id is None:
             return True
         if adopted:
-            self.runner.step_event(
-                ev.BatchSubmitted,
-                self.step,
-                provider=row.provider,
-                batch_id=row.batch_id,
-                items=len(row.custom_ids),
-                adopted=True,
+            self.runner.emit(
+                ev.BatchSubmitted(
+                    *self.runner.at(self.step),
+                    provider=row.provider,
+                    batch_id=row.batch_id,
+                    items=len(row.custom_ids),
+                    adopted=True,
+                )
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
@@ -147,13 +150,14 @@ class BatchRun:
             good = self._ingest(result, row.batch_id)
             ok, failed = ok + good, failed + (not good)
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
-        self.runner.step_event(
-            ev.BatchEnded,
-            self.step,
-            provider=row.provider,
-            batch_id=row.batch_id,
-            succeeded=ok,
-            failed=failed,
+        self.runner.emit(
+            ev.BatchEnded(
+                *self.runner.at(self.step),
+                provider=row.provider,
+                batch_id=row.batch_id,
+                succeeded=ok,
+                failed=failed,
+            )
         )
         return True
 
@@ -214,7 +218,7 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
         model,
         1,
         "error",
-        error_kind=result.outcome,
+        error_kind=ErrorKind(result.outcome),
         error=result.error[:500] or f"batch item {result.outcome}",
         batch_id=batch_id,
         service_tier="batch",

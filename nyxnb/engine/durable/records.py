@@ -205,12 +205,35 @@ def fail_step(
 
 
 @dataclass(frozen=True)
+class ItemUpdate:
+    """A completed fan-out item's row: which item, and what it now holds."""
+
+    step_id: str
+    idx: int
+    output: str
+    provider: str
+    updated_at: datetime
+
+    def params(self) -> dict[str, object]:
+        """The bind parameters of the item's UPDATE (``b_*`` name the row)."""
+        return {
+            "b_step": self.step_id,
+            "b_idx": self.idx,
+            "status": COMPLETED,
+            "output": self.output,
+            "error": None,
+            "provider": self.provider,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
 class ItemRows:
     """Everything that commits one completed fan-out item."""
 
     calls: list[dict[str, Any]]
     cache: dict[str, Any] | None
-    item: dict[str, Any] | None  # None: ledger rows only (a 'sent' attempt)
+    item: ItemUpdate | None  # None: ledger rows only (a 'sent' attempt)
     settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete
 
 
@@ -221,16 +244,8 @@ def item_rows(
     calls = step_attempt_rows(step, result.attempts, idx)
     key = result.cache_key
     entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
-    update_params = {
-        "b_step": step.id,
-        "b_idx": idx,
-        "status": COMPLETED,
-        "output": output,
-        "error": None,
-        "provider": result.provider,
-        "updated_at": utcnow(),
-    }
-    return ItemRows(calls, entry, update_params, (sent_id,) if sent_id else ())
+    item = ItemUpdate(step.id, idx, output, result.provider, utcnow())
+    return ItemRows(calls, entry, item, (sent_id,) if sent_id else ())
 
 
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
@@ -240,7 +255,7 @@ def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
     if calls:
         conn.execute(_INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
-    items = [b.item for b in batch if b.item is not None]
+    items = [b.item.params() for b in batch if b.item is not None]
     if items:
         conn.execute(_COMPLETE_ITEM, items)
 

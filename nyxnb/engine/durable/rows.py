@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from nyxnb.spec import ItemSpec
 
 
@@ -39,10 +41,14 @@ class StepConfig:
         source = data.pop("from", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(
-            items=tuple(ItemSpec.model_validate(i) for i in items) if items is not None else None,
+            items=_ITEMS.validate_python(items) if items is not None else None,
             source=source,
             **known,
         )
+
+
+#: Validates a fan-out's stored items in one call (one ``model_validate`` per item cost ~5 us).
+_ITEMS: TypeAdapter[tuple[ItemSpec, ...]] = TypeAdapter(tuple[ItemSpec, ...])
 
 
 @dataclass(frozen=True)
