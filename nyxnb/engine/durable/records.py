@@ -124,9 +124,9 @@ def _settle(conn: Connection, sent_ids: Sequence[str]) -> None:
         conn.execute(_SETTLE, {"sent_ids": list(sent_ids)})
 
 
-def _remember(conn: Connection, result: ChainResult) -> None:
+def _remember(conn: Connection, step: StepRow, result: ChainResult) -> None:
     if result.cache_key and not result.from_cache:
-        cache.store_answer(conn, result.cache_key, result.completion)
+        cache.store_answer(conn, step.tenant_id, result.cache_key, result.completion)
 
 
 def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
@@ -156,7 +156,7 @@ def complete_step(
         _settle(conn, [sent_id] if sent_id else [])
         if result is not None:
             record_attempts(conn, step, result.attempts, None)
-            _remember(conn, result)
+            _remember(conn, step, result)
         conn.execute(
             update(STEPS)
             .where(STEPS.c.id == step.id)
@@ -220,7 +220,11 @@ def item_rows(
     """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
     calls = step_attempt_rows(step, result.attempts, idx)
     key = result.cache_key
-    entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
+    entry = (
+        cache.answer_row(step.tenant_id, key, result.completion)
+        if key and not result.from_cache
+        else None
+    )
     update_params = {
         "b_step": step.id,
         "b_idx": idx,
