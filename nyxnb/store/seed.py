@@ -9,9 +9,8 @@ has no workflows, a repository's patterns only when it has none.  Bulk rows come
 and ``random.Random`` seeded by the sample's ``seed`` (uuid4 ids; content and timestamps are
 deterministic) and are written with bulk ``INSERT`` statements.
 
-The data files are read from :func:`data_dir`, the ``data/`` folder of the checkout the package was
-imported from (``nyxnb.paths.PACKAGE_ROOT / "data"``); it exists in a source checkout or
-an editable install, not in a wheel -- pass ``data=`` to read another folder.
+The data files are read from :func:`data_dir` (``nyxnb.paths.PACKAGE_ROOT / "data"``): a source
+checkout's or an editable install's, not a wheel's -- pass ``data=`` to read another folder.
 """
 
 from __future__ import annotations
@@ -150,8 +149,9 @@ def _tables_in_insert_order() -> list[type[m.Base]]:
 class _Batch:
     """Rows to insert, per model, written in foreign-key order at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: datetime) -> None:
         self.rows: dict[type[m.Base], list[Row]] = {t: [] for t in _tables_in_insert_order()}
+        self.epoch = epoch  # rows with no time of their own were created then
 
     def add(self, model: type[m.Base], row: Row) -> str:
         row.setdefault("id", m.new_id())
@@ -164,7 +164,11 @@ class _Batch:
     def write(self, s: NyxSession) -> None:
         for model, rows in self.rows.items():
             if rows:
-                s.execute(insert(model), rows)
+                s.execute(insert(model), [self._dated(row) for row in rows])
+
+    def _dated(self, row: Row) -> Row:  # times of the sample's history, not of the seeding day
+        times = [v for v in row.values() if isinstance(v, datetime)] or [self.epoch]
+        return {"created_at": min(times), "updated_at": max(times), **row}
 
     def report(self) -> SeedReport:
         counts = {str(model.__tablename__): len(rows) for model, rows in self.rows.items()}
@@ -174,7 +178,7 @@ class _Batch:
 def seed(store: Store, data: Path | None = None) -> SeedReport:
     """Create the sample tenants, personas, projects and history; idempotent, one transaction."""
     sample = load_sample(data)
-    batch = _Batch()
+    batch = _Batch(datetime.fromisoformat(sample["epoch"]))
     with store.session() as s:
         tenants = {
             t["slug"]: _ensure(s, batch, m.Tenant, {"slug": t["slug"]}, {"name": t["name"]})
