@@ -83,6 +83,7 @@ class RunContext:
         self.writer = GroupWriter(store)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
         """Send an event to the consumer."""
@@ -248,6 +249,7 @@ class RunContext:
     def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
         """Skip a completed step whose inputs are unchanged (and remember its output)."""
         if step.status != COMPLETED or step.input_hash != digest or step.output is None:
+            self.executed_steps += 1
             return False
         self.ctx[step.name] = view
         self.step_event(ev.StepCompleted, step, skipped=True)

@@ -186,14 +186,15 @@ class Runner(RunContext):
         self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
 
     async def _started(self) -> None:
+        # a completed workflow keeps its times unless a step runs again (see _finish)
+        times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=RUNNING,
             error=None,
             pause_requested=False,
-            started_at=utcnow(),
-            finished_at=None,
+            **times,
         )
         steps = records.load_steps(self.store, self.workflow_id)
         self.emit(
@@ -233,13 +234,15 @@ class Runner(RunContext):
         return count
 
     def _finish(self, status: str, error: str | None) -> None:
+        unchanged = self.status == COMPLETED == status and not self.executed_steps
+        times = {} if unchanged else {"finished_at": utcnow()}  # a no-op resume moves nothing
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=status,
             error=error,
             pause_requested=False,
-            finished_at=utcnow(),
+            **times,
         )
 
     async def _heartbeat(self) -> None:
