@@ -212,6 +212,17 @@ def test_bad_database_url_is_one_line(url: str) -> None:
         assert ("cannot reach" in line) if url == UNREACHABLE else ("malformed" in line)
 
 
+def test_json_errors_are_one_json_object(db: str) -> None:
+    """With ``--json`` an error was the same plain text line as without it."""
+    for args in (["list", "--tenant", "nope", "--json"], ["--json", "show", "no-such-id"]):
+        line = one_line_error(nyx(db, *args))
+        error = json.loads(line)
+        assert error["kind"] == "NotFound" and "not found" in error["error"], error
+        assert error["hint"] and error["hint"] in error["error"]
+    line = one_line_error(nyx(UNREACHABLE, "tenant", "list", "--json"), "cannot reach")
+    assert json.loads(line)["kind"] == "StoreUnavailable" and "s3cret" not in line
+
+
 # --- --json on every command ---------------------------------------------------------------
 
 
