@@ -33,7 +33,6 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, se
 
 from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
 from nyxnb.engine.durable.rows import ItemRow
-from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
@@ -274,10 +273,6 @@ class ItemClaimer:
                 if (step_id, idx) not in live:
                     self.refused += 1
                     raise ClaimLost(step_id, idx, self.owner)
-
-    def writer(self) -> GroupWriter:
-        """A group writer whose item commits are fenced by these claims."""
-        return GroupWriter(self.store, write=self.write_batch)
 
     def source(self, step_id: str, rows: Sequence[ItemRow], batch: int, *, lead: bool) -> Source:
         """Where a fan-out takes its next item from (see :class:`Source`)."""
