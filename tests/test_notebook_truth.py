@@ -142,7 +142,7 @@ async def _arun_until(store, n_items: int, then: str) -> WorkflowStopped | None:
     )
     while True:
         await asyncio.sleep(0.02)
-        progress = next(iter(_views()), None)
+        progress = next(iter(_views(store)), None)
         row = progress and next(
             (r for r in progress.state.steps.values() if r.name == "features"), None
         )
@@ -159,10 +159,12 @@ async def _arun_until(store, n_items: int, then: str) -> WorkflowStopped | None:
     return None
 
 
-def _views() -> list[WorkflowProgress]:
+def _views(store) -> list[WorkflowProgress]:
+    """The views running a workflow of ``store`` (other tests' runs may still be winding down)."""
     from nyxnb.notebook import widgets
 
-    return [v for views in widgets._VIEWS.values() for v in views if v._runs_it()]
+    views = [v for vs in widgets._VIEWS.values() for v in vs]
+    return [v for v in views if v.store is store and v._runs_it()]
 
 
 def test_a_pause_ends_the_awaited_cell_with_one_line(seeded) -> None:
