@@ -39,6 +39,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from nyxnb.rates import RateInfo
+
 # scheme://user:PASSWORD@host -- the password part of any URL-like text
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
 
@@ -242,8 +244,10 @@ class ProviderError(NyxError):
         self.provider = provider
         self.kind = kind
         self.retry_after = retry_after
-        #: the provider's rate-limit headers (a ``nyxnb.providers.classify.RateInfo``), if sent
-        self.rate: object | None = None
+        #: what the provider's rate-limit headers said, if it sent any
+        self.rate: RateInfo | None = None
+        #: a streamed call that got no byte at all within its first-byte timeout
+        self.hung = False
         super().__init__(f"{provider}: {kind}: {message}", hint=hint)
 
 
