@@ -11,7 +11,7 @@ run "running".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -33,6 +33,9 @@ from nyxnb.store.models import (
 
 #: What every view shows for a workflow whose lease expired with nobody running it.
 INTERRUPTED = "interrupted"
+#: How long past its expiry a lease must be before the run counts as dead: a live runner renews
+#: every ~1.5 s, but a busy store can delay a renewal by seconds (seen with SQLite under load).
+GRACE_S = 10.0
 _ENDED = ("completed", "failed", "paused")
 
 
@@ -177,13 +180,14 @@ def dead_since(
 ) -> datetime | None:  # fmt: skip
     """When a workflow's runner went away, or None while something runs it (or it ended).
 
-    Dead: it says ``running`` (or a lease was taken) but the lease expired or was never there.
-    A runner renews its lease every ~1.5 s, so an expired lease means nothing runs it.
+    Dead: it says ``running`` (or a lease was taken) but the lease expired (``GRACE_S`` ago) or
+    was never there. A runner renews its lease every ~1.5 s, so such a lease means nothing runs
+    it.
     """
     if status in _ENDED or (status != "running" and not lease_owner):
         return None
     expires = aware(lease_expires_at)
-    if expires is not None and expires >= (now or utcnow()):
+    if expires is not None and expires + timedelta(seconds=GRACE_S) >= (now or utcnow()):
         return None
     since = expires or aware(started_at)
     return since or (now or utcnow())
