@@ -274,7 +274,7 @@ def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) 
         calls = calls[calls["step"] == step]
     items = items_df(store, workflow_id, step=step)
     names = {(r.step, r.idx): r.heading or f"item {r.idx}" for r in items.itertuples()}
-    keys = list(dict.fromkeys(zip(calls["step"], calls["item_idx"].astype(int), strict=True)))
+    keys = sorted(set(zip(calls["step"], calls["item_idx"].astype(int), strict=True)))
     slot = {key: i for i, key in enumerate(keys)}
     fig = _figure(9, 3.9)
     ax = fig.add_subplot()

@@ -141,6 +141,7 @@ class WorkflowSummary:
     by_provider: tuple[ProviderTotals, ...] = ()
     interrupted_since: datetime | None = None  # set: no runner since then (see :func:`dead_since`)
     total_steps: int = 0  # generated steps included, counted from the spec before they exist
+    batch_fallback: str = ""  # what failed batch items do: live | resubmit (from the spec)
 
     @property
     def shown_status(self) -> str:
@@ -270,7 +271,7 @@ def workflow_summary(
     by_step: dict[str, list[StepItem]] = {}
     for item in items:
         by_step.setdefault(item.step_id, []).append(item)
-    whole = _totals(store, workflow_id)
+    whole, (expected, fallback) = _totals(store, workflow_id), _spec_facts(wf.spec)
     return WorkflowSummary(
         id=wf.id,
         name=wf.name,
@@ -297,16 +298,19 @@ def workflow_summary(
             for p, t in _totals(store, workflow_id, LlmCall.provider)
         ),
         interrupted_since=dead_since(wf.status, wf.lease_owner, wf.lease_expires_at, wf.started_at),
-        total_steps=max(len(steps), _expected_steps(wf.spec)),
+        total_steps=max(len(steps), expected),
+        batch_fallback=fallback,
     )
 
 
-def _expected_steps(spec: dict[str, Any] | None) -> int:
-    """The spec's step count, generated steps included (0 if the stored spec no longer parses)."""
+def _spec_facts(spec: dict[str, Any] | None) -> tuple[int, str]:
+    """The spec's step count (generated steps included) and batch fallback; (0, "") if the
+    stored spec no longer parses."""
     try:
-        return WorkflowSpec.model_validate(spec or {}).expected_steps()
+        parsed = WorkflowSpec.model_validate(spec or {})
+        return parsed.expected_steps(), parsed.defaults.batch_fallback
     except (ValueError, StopIteration):  # pydantic's ValidationError is a ValueError
-        return 0
+        return 0, ""
 
 
 def _step(
