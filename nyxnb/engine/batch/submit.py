@@ -206,6 +206,7 @@ class BatchRun:
             batch_id=row.batch_id,
             succeeded=ok,
             failed=failed,
+            then=self.runner.spec.defaults.batch_fallback if failed else "",
         )
         return True
 
