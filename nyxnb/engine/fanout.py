@@ -275,12 +275,12 @@ def _step_output(items: list[ItemRow]) -> str:
 async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     """Execute (or resume) a fan-out step."""
     items = _items(runner, step)
-    requests, wanted = [], []
-    for idx, item in enumerate(items):
-        request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
-        requests.append(request)
-        wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
-    requests = _mark_shared_prefix(requests)
+    prompts = [runner.render(step, ItemView(i.heading, i.body, idx)) for idx, i in enumerate(items)]
+    requests = fan_out_requests(runner, step, prompts)
+    wanted = [
+        (item.heading, request.messages[0].content, request_hash("item", request))
+        for item, request in zip(items, requests, strict=True)
+    ]
     digest = hashlib.sha256("".join(w[2] for w in wanted).encode()).hexdigest()
     done_view = (
         StepView(
@@ -352,6 +352,17 @@ def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
 MIN_SHARED_PREFIX_CHARS = 1024
 
 
+def fan_out_requests(
+    runner: RunContext, step: StepRow, prompts: list[str]
+) -> list[CompletionRequest]:
+    """The requests of a fan-out's items, the prefix their prompts share marked for caching.
+
+    The lead builds them from the rendered prompts, a helping worker from the stored inputs:
+    both here, so a helper's calls read the same prompt cache as the lead's.
+    """
+    return _mark_shared_prefix([runner.request(step, prompt) for prompt in prompts])
+
+
 def _mark_shared_prefix(requests: list[CompletionRequest]) -> list[CompletionRequest]:
     """Mark the prompt prefix every item shares (cut at a whitespace) for prompt caching."""
     if len(requests) < 2:
@@ -384,13 +395,14 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
     hash to its stored input hash is left to the lead.
     """
-    rows = [r for r in records.load_items(runner.store, step.id) if r.status != COMPLETED]
-    requests: dict[int, CompletionRequest] = {}
-    for row in rows:
-        request = runner.request(step, row.input)
-        if request_hash("item", request) == row.input_hash:
-            requests[row.idx] = request
-    rows = [r for r in rows if r.idx in requests]
+    every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
+    built = fan_out_requests(runner, step, [r.input for r in every])
+    requests = {
+        row.idx: request
+        for row, request in zip(every, built, strict=True)
+        if row.status != COMPLETED and request_hash("item", request) == row.input_hash
+    }
+    rows = [r for r in every if r.idx in requests]
     if not rows:
         return 0
     dense = [requests.get(i, requests[rows[0].idx]) for i in range(max(requests) + 1)]

@@ -32,7 +32,7 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
-from nyxnb.spec import WorkflowSpec
+from nyxnb.spec import stored_spec
 from nyxnb.store import Store
 from nyxnb.store.models import (
     COMPLETED,
@@ -171,7 +171,7 @@ class Runner(RunContext):
             project = s.get_one(Project, wf.project_id)
             self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
             self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
-            self.spec = WorkflowSpec.model_validate(wf.spec)
+            self.spec = stored_spec(wf.spec)
             self.project = ProjectView(project.name, project.description)
             frozen = wf.personas
         if frozen is None:  # a workflow from before personas were frozen: freeze them now
@@ -183,14 +183,15 @@ class Runner(RunContext):
         self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
 
     async def _started(self) -> None:
+        # a completed workflow keeps its times unless a step runs again (see _finish)
+        times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=RUNNING,
             error=None,
             pause_requested=False,
-            started_at=utcnow(),
-            finished_at=None,
+            **times,
         )
         steps = records.load_steps(self.store, self.workflow_id)
         self.emit(
@@ -200,7 +201,7 @@ class Runner(RunContext):
                 project=self.project.name,
                 tenant=self.tenant_slug,
                 resumed=self.status != PENDING,
-                total_steps=max(len(steps), self._expected_steps()),
+                total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
 
@@ -220,23 +221,16 @@ class Runner(RunContext):
         except NyxError as exc:  # the run's outputs stand; say why there is no digest
             records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
 
-    def _expected_steps(self) -> int:
-        """User steps plus the generated ones, when the spec lets us count them up front."""
-        generate = self.spec.generate
-        count = len(self.spec.steps) + (1 if generate.consistency_check else 0)
-        if generate.implementation_prompts is not None:
-            source = self.spec.step(generate.implementation_prompts.from_)
-            count += len(source.items or [])
-        return count
-
     def _finish(self, status: str, error: str | None) -> None:
+        unchanged = self.status == COMPLETED == status and not self.executed_steps
+        times = {} if unchanged else {"finished_at": utcnow()}  # a no-op resume moves nothing
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=status,
             error=error,
             pause_requested=False,
-            finished_at=utcnow(),
+            **times,
         )
 
     async def _heartbeat(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from nyxnb.testing.faults import PROVIDERS, Fault, Reply
 
-_GEMINI_PATH = re.compile(r"^/[^/]+/models/(?P<model>[^/:]+):generateContent$")
+_GEMINI_PATH = re.compile(r"^/[^/]+/models/(?P<model>[^/:]+):(?:stream)?[gG]enerateContent$")
 
 
 _STOPS = {  # normalised stop -> wire value
@@ -54,7 +54,7 @@ def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict
     text = f"fake {provider} answer to: {prompt[:60]}" if r.text is None else r.text
     tokens_in = len(prompt.split()) + r.cached_tokens if r.input_tokens is None else r.input_tokens
     tokens_out = len(text.split()) if r.output_tokens is None else r.output_tokens
-    usage = (tokens_in, tokens_out, r.cached_tokens)
+    usage = (tokens_in, tokens_out, r.cached_tokens, r.reasoning_tokens)
     raw = r.raw_stop or _STOPS[provider].get(r.stop, _STOPS[provider].get("refusal", "stop"))
     if provider == "anthropic":
         return _anthropic_reply(text, raw, model, usage, n)
@@ -63,21 +63,30 @@ def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict
     return _gemini_reply(text, raw, model, usage, n, blocked=r.stop == "blocked")
 
 
+_THOUGHT = "Let me think this through step by step before answering."
+
+
 def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n: int) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
+    content = [{"type": "text", "text": text}] if text else []
+    if reasoning:  # a thinking block first; its tokens are part of output_tokens
+        thinking = {"type": "thinking", "thinking": _THOUGHT, "signature": f"EqQBfake{n}"}
+        content.insert(0, thinking)
     return {
         "id": f"msg_fake_{n}",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
+        "content": content,
         "stop_reason": raw,
         "stop_sequence": None,
         "usage": {
             "input_tokens": tokens_in - cached,  # Anthropic counts cache reads separately
-            "output_tokens": tokens_out,
+            "output_tokens": tokens_out + reasoning,
             "cache_read_input_tokens": cached,
             "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "service_tier": "standard",
         },
     }
 
@@ -85,7 +94,7 @@ def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n:
 def _openai_reply(
     text: str, raw: str, model: str, usage: tuple[int, ...], n: int, refused: bool
 ) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
     message = {"role": "assistant", "content": None if refused else text}
     message["refusal"] = text if refused else None
     return {
@@ -96,19 +105,28 @@ def _openai_reply(
         "choices": [{"index": 0, "message": message, "finish_reason": raw, "logprobs": None}],
         "usage": {
             "prompt_tokens": tokens_in,
-            "completion_tokens": tokens_out,
-            "total_tokens": tokens_in + tokens_out,
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens": tokens_out + reasoning,
+            "total_tokens": tokens_in + tokens_out + reasoning,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
+        "service_tier": "default",
     }
 
 
 def _gemini_reply(
     text: str, raw: str, model: str, usage: tuple[int, ...], n: int, blocked: bool
 ) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
     meta = {"promptTokenCount": tokens_in, "candidatesTokenCount": tokens_out}
-    meta |= {"totalTokenCount": tokens_in + tokens_out, "cachedContentTokenCount": cached}
+    meta |= {"totalTokenCount": tokens_in + tokens_out + reasoning}
+    meta |= {"cachedContentTokenCount": cached} if cached else {}
+    meta |= {"thoughtsTokenCount": reasoning} if reasoning else {}
     body: dict[str, Any] = {"usageMetadata": meta, "modelVersion": model, "responseId": f"r{n}"}
     if blocked:
         return body | {"promptFeedback": {"blockReason": "SAFETY"}}
