@@ -160,6 +160,8 @@ class WidgetView:
         color = _COLORS.get(state.status, "black") if why else "black"
         why_html = f'<br><span style="color:{color}">{html.escape(why)}</span>' if why else ""
         self.header.value = f"<b>{html.escape(head)}</b>{why_html}"
+        self.stream.value = f"<small>{html.escape(state.stream_line)}</small>"
+        self.stream.layout.display = None if state.stream_line else "none"
         recent = [html.escape(f"fallback {f}") for f in state.fallbacks[-5:]]
         self.fallbacks.value = "<br>".join(recent)
         lines = [html.escape(line) for line in state.batch_lines()]

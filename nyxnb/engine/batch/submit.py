@@ -123,12 +123,12 @@ class BatchRun:
 
     def _claim(self) -> None:
         """Under a worker: claim the step's open items for the batch (no helper calls them)."""
-        if self.runner.claimer is not None:
-            self.runner.claimer.claim(self.step.id, len(self.rows))
+        if self.runner.config.claimer is not None:
+            self.runner.config.claimer.claim(self.step.id, len(self.rows))
 
     def _release(self, finished: bool, live: list[int]) -> tuple[bool, list[int]]:
         """Hand the claims back: of the items going live, or of every open item on a pause."""
-        claimer = self.runner.claimer
+        claimer = self.runner.config.claimer
         if claimer is not None:
             claimer.release(self.step.id, live if finished else self._pending())
         return finished, live
