@@ -22,6 +22,20 @@ from nyxnb.store.models import COMPLETED, PAUSED
 
 #: On an interrupt, how long the cell waits for the pause to land (items in flight finish).
 INTERRUPT_WAIT_S = 60.0
+#: How often the awaiting cell wakes the kernel's loop (see :func:`wait_awake`).
+WAKE_S = 0.2
+
+
+async def wait_awake(waiting: asyncio.Future[RunResult]) -> RunResult:
+    """Await ``waiting``, waking the loop every ``WAKE_S``.
+
+    ipykernel 7 turns SIGINT (the stop button) into a callback that cancels the cell, added to
+    its loop without waking it: a cell that awaits only a thread's future saw the cancel when
+    the run ended, seconds or minutes later. Waking the loop lets the cancel land at once.
+    """
+    while not waiting.done():
+        await asyncio.wait({waiting}, timeout=WAKE_S)
+    return waiting.result()
 
 
 async def pause_on_interrupt(future: Future[RunResult], pause: Callable[[], None]) -> None:
@@ -54,4 +68,4 @@ def outcome(future: Future[RunResult], interrupted: bool, why: str) -> None:
     raise WorkflowStopped(result.workflow_id, result.status, line)
 
 
-__all__ = ["INTERRUPT_WAIT_S", "outcome", "pause_on_interrupt"]
+__all__ = ["INTERRUPT_WAIT_S", "WAKE_S", "outcome", "pause_on_interrupt", "wait_awake"]

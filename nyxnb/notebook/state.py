@@ -181,6 +181,9 @@ class ProgressState:
     note: str = ""  # why nothing runs it: "interrupted: no runner since ...; resume with ..."
     started_s: float | None = None  # wall clock when the run (this one, or the stored one) began
     ended_s: float | None = None
+    #: The live calls in one line (tokens so far, tok/s, a hung provider named): the widget
+    #: shows it under the header, the text form after it; "" shows nothing.
+    stream_line: str = ""
 
     def totals(self) -> tuple[int, int, float]:
         """Input tokens, output tokens and cost so far."""
@@ -415,7 +418,8 @@ class ProgressState:
         lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
         fallbacks = [f"fallback {f}" for f in self.fallbacks]
         batches = self.batch_lines(ages=ages)
-        return "\n".join([self.headline(timing=ages), *lines, *batches, *fallbacks])
+        live = [self.stream_line] if ages and self.stream_line else []
+        return "\n".join([self.headline(timing=ages), *live, *lines, *batches, *fallbacks])
 
     def batch_lines(self, ended: int = 3, ages: bool = True) -> list[str]:
         """The live batches, then the last ``ended`` ones that ended, as text lines."""

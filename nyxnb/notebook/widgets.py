@@ -302,7 +302,7 @@ class WorkflowProgress:
         assert future is not None
         interrupted = False
         try:  # shielded: cancelling the cell must not cancel the run's future
-            await asyncio.shield(asyncio.wrap_future(future))
+            await foreground.wait_awake(asyncio.shield(asyncio.wrap_future(future)))
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True  # the toolbar's stop button: pause, keep the answers in flight
             await foreground.pause_on_interrupt(future, progress.pause)
