@@ -32,12 +32,13 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
-from nyxnb.spec import WorkflowSpec
+from nyxnb.spec import stored_spec
 from nyxnb.store import Store
 from nyxnb.store.models import (
     COMPLETED,
     FAILED,
     PAUSED,
+    PENDING,
     RUNNING,
     Project,
     Tenant,
@@ -107,8 +108,10 @@ class Runner(RunContext):
                 ev.WorkflowCompleted(
                     self.workflow_id,
                     name=self.name,
+                    input_tokens=self.totals.input_tokens,
+                    output_tokens=self.totals.output_tokens,
+                    cost_usd=self.totals.cost_usd,
                     seconds=time.perf_counter() - started,
-                    **self.totals,
                 )
             )
         finally:
@@ -168,7 +171,7 @@ class Runner(RunContext):
             project = s.get_one(Project, wf.project_id)
             self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
             self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
-            self.spec = WorkflowSpec.model_validate(wf.spec)
+            self.spec = stored_spec(wf.spec)
             self.project = ProjectView(project.name, project.description)
             frozen = wf.personas
         if frozen is None:  # a workflow from before personas were frozen: freeze them now
@@ -180,14 +183,15 @@ class Runner(RunContext):
         self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
 
     async def _started(self) -> None:
+        # a completed workflow keeps its times unless a step runs again (see _finish)
+        times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=RUNNING,
             error=None,
             pause_requested=False,
-            started_at=utcnow(),
-            finished_at=None,
+            **times,
         )
         steps = records.load_steps(self.store, self.workflow_id)
         self.emit(
@@ -196,7 +200,7 @@ class Runner(RunContext):
                 name=self.name,
                 project=self.project.name,
                 tenant=self.tenant_slug,
-                resumed=self.status != "pending",
+                resumed=self.status != PENDING,
                 total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
@@ -218,13 +222,15 @@ class Runner(RunContext):
             records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
 
     def _finish(self, status: str, error: str | None) -> None:
+        unchanged = self.status == COMPLETED == status and not self.executed_steps
+        times = {} if unchanged else {"finished_at": utcnow()}  # a no-op resume moves nothing
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=status,
             error=error,
             pause_requested=False,
-            finished_at=utcnow(),
+            **times,
         )
 
     async def _heartbeat(self) -> None:
@@ -281,13 +287,14 @@ class Runner(RunContext):
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
         records.update_step(self.store, step.id, status=RUNNING, error=None, started_at=utcnow())
-        self.step_event(
-            ev.StepStarted,
-            step,
-            persona=step.persona,
-            provider=step.provider,
-            auto_generated=step.auto_generated,
-            heading=item.heading if item is not None else None,
+        self.emit(
+            ev.StepStarted(
+                *self.at(step),
+                persona=step.persona,
+                provider=step.provider,
+                auto_generated=step.auto_generated,
+                heading=item.heading if item is not None else None,
+            )
         )
         try:
             result = await self.call(step, request)
@@ -300,15 +307,16 @@ class Runner(RunContext):
             sum(a.input_tokens for a in result.attempts),
             sum(a.output_tokens for a in result.attempts),
         )
-        self.step_event(
-            ev.StepCompleted,
-            step,
-            provider=result.provider,
-            model=result.completion.model,
-            cached=result.from_cache,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            cost_usd=sum(a.cost_usd for a in result.attempts),
+        self.emit(
+            ev.StepCompleted(
+                *self.at(step),
+                provider=result.provider,
+                model=result.completion.model,
+                cached=result.from_cache,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                cost_usd=sum(a.cost_usd for a in result.attempts),
+            )
         )
 
     def _generated_item(self, step: StepRow) -> ItemView | None:
@@ -328,7 +336,7 @@ class Runner(RunContext):
         digest = hashlib.sha256(json.dumps([rules, texts]).encode()).hexdigest()
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
-        self.step_event(ev.StepStarted, step, persona=None, provider=None)
+        self.emit(ev.StepStarted(*self.at(step), persona=None, provider=None))
         report = check_code(repository, patterns, texts)
         if report.violations and config.fail_on_violation:
             err = StepFailed(
@@ -341,7 +349,7 @@ class Runner(RunContext):
         records.complete_step(self.store, step, output, digest)
         records.update_step(self.store, step.id, score=report.score)
         self.ctx[step.name] = StepView(step.name, output)
-        self.step_event(ev.StepCompleted, step)
+        self.emit(ev.StepCompleted(*self.at(step)))
 
     def _previous_user_step(self, step: StepRow) -> str | None:
         earlier = [n for n in self.ctx if n != step.name]

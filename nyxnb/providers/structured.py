@@ -26,8 +26,10 @@ from typing import Any
 
 import jsonschema
 
+from nyxnb.errors import ErrorKind
+
 #: The ``error_kind`` of an answer that is not valid JSON for the step's schema.
-INVALID_OUTPUT = "invalid_output"
+INVALID_OUTPUT = ErrorKind.INVALID_OUTPUT
 SCHEMA_NAME = "output"
 
 _WORDS = (
