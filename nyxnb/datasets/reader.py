@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from nyxnb.errors import SpecError
-from nyxnb.spec import PYTHON_DATA, ItemsSource
+from nyxnb.sources import PYTHON_DATA, ItemsSource
 
 #: Rows per batch read from DuckDB (and written to the store).
 BATCH_ROWS = 2000

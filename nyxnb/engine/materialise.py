@@ -20,7 +20,7 @@ from nyxnb.datasets import open_dataset
 from nyxnb.datasets.reader import DatasetRow
 from nyxnb.engine.durable.records import ITEMS
 from nyxnb.errors import SpecError
-from nyxnb.spec import ItemsSource
+from nyxnb.sources import ItemsSource
 from nyxnb.store.models import PENDING, new_id, utcnow
 from nyxnb.templates import ItemView, render
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from nyxnb.spec import ItemSpec, ItemsSource
+from nyxnb.sources import ItemsSource
+from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED
 
 
