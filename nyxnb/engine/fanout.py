@@ -7,8 +7,8 @@ import dataclasses
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, overload
 
 from nyxnb import events as ev
 from nyxnb.engine.batch.submit import BatchRun, batch_enabled
@@ -116,7 +116,7 @@ class _FanOut:
         runner: RunContext,
         step: StepRow,
         rows: list[ItemRow],
-        requests: list[CompletionRequest],
+        requests: Sequence[CompletionRequest],
         *,
         lead: bool = True,
     ) -> None:
@@ -318,7 +318,6 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         prompts.append(runner.render(step, item))
         items.append(dataclasses.replace(item, columns={}) if item.columns else item)
     requests = fan_out_requests(runner, step, prompts)
-    del prompts
     wanted = [
         (item.heading, request.messages[0].content, request_hash("item", request))
         for item, request in zip(items, requests, strict=True)
@@ -399,26 +398,52 @@ def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
 MIN_SHARED_PREFIX_CHARS = 1024
 
 
-def fan_out_requests(
-    runner: RunContext, step: StepRow, prompts: list[str]
-) -> list[CompletionRequest]:
+def fan_out_requests(runner: RunContext, step: StepRow, prompts: list[str]) -> FanOutRequests:
     """The requests of a fan-out's items, the prefix their prompts share marked for caching.
 
     The lead builds them from the rendered prompts, a helping worker from the stored inputs:
     both here, so a helper's calls read the same prompt cache as the lead's.
     """
-    return _mark_shared_prefix([runner.request(step, prompt) for prompt in prompts])
+    return FanOutRequests(runner, step, prompts)
 
 
-def _mark_shared_prefix(requests: list[CompletionRequest]) -> list[CompletionRequest]:
-    """Mark the prompt prefix every item shares (cut at a whitespace) for prompt caching."""
-    if len(requests) < 2:
-        return requests
-    common = os.path.commonprefix([r.messages[0].content for r in requests])
+class FanOutRequests(Sequence[CompletionRequest]):
+    """A fan-out's requests, each built when it is used: only the prompts are kept.
+
+    (A 100,000-row dataset would otherwise hold 100,000 request objects for the whole run.)
+    The prefix every prompt shares (cut at a whitespace) is marked for prompt caching when it is
+    at least :data:`MIN_SHARED_PREFIX_CHARS` long.
+    """
+
+    def __init__(self, runner: RunContext, step: StepRow, prompts: list[str]) -> None:
+        self.runner, self.step, self.prompts = runner, step, prompts
+        self.shared_prefix = _shared_prefix(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @overload
+    def __getitem__(self, index: int) -> CompletionRequest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[CompletionRequest]: ...
+
+    def __getitem__(self, index: int | slice) -> CompletionRequest | list[CompletionRequest]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        request = self.runner.request(self.step, self.prompts[index])
+        if self.shared_prefix:
+            request = dataclasses.replace(request, shared_prefix=self.shared_prefix)
+        return request
+
+
+def _shared_prefix(prompts: list[str]) -> int:
+    """Where the prompt prefix every item shares ends (0: none worth a cache breakpoint)."""
+    if len(prompts) < 2:
+        return 0
+    common = os.path.commonprefix(prompts)
     cut = max(common.rfind(" "), common.rfind("\n")) + 1
-    if cut < MIN_SHARED_PREFIX_CHARS:
-        return requests
-    return [dataclasses.replace(r, shared_prefix=cut) for r in requests]
+    return cut if cut >= MIN_SHARED_PREFIX_CHARS else 0
 
 
 async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:

@@ -60,7 +60,7 @@ def _differing(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> 
     return tuple(k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k))
 
 
-def _pairs(store: Store, left: str, right: str) -> Iterator[Mapping[str, Any]]:
+def _pairs(store: Store, left: str, right: str) -> Iterator[Any]:
     """Rows of step ``left`` with the row of ``right`` that has their key (or none)."""
     a, b = StepItem.__table__.alias("a"), StepItem.__table__.alias("b")
     query = (

@@ -100,7 +100,7 @@ def _ledger(step_id: str) -> Any:
     )
 
 
-def _row(table: ResultTable, r: Mapping[str, Any]) -> dict[str, Any]:
+def _row(table: ResultTable, r: Any) -> dict[str, Any]:
     data = r["data"] if isinstance(r["data"], dict) else _loads(r["data"])
     out: dict[str, Any] = {"key": r["key"], "heading": r["heading"]}
     out.update({table.input_name(c): (data or {}).get(c) for c in table.inputs})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
@@ -68,7 +68,7 @@ class BatchRun:
         runner: RunContext,
         step: StepRow,
         rows: list[ItemRow],
-        requests: list[CompletionRequest],
+        requests: Sequence[CompletionRequest],
         on_item: OnItem,
     ) -> None:
         self.runner, self.step, self.on_item = runner, step, on_item
