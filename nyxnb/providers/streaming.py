@@ -34,14 +34,24 @@ def is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_MODEL.match(model.rpartition("/")[2]))
 
 
+#: Seconds without a first byte before progress names the provider as possibly hung.
+SILENT_NOTICE_S = 5.0
+
+
 @dataclass(frozen=True)
 class StreamProgress:
-    """How far the answer being generated is: output tokens so far (estimated) and their rate."""
+    """How far the answer being generated is: output tokens so far (estimated) and their rate.
+
+    ``waiting`` is True while no byte has come yet (``elapsed_s`` of silence, given up at
+    ``first_byte_s``).
+    """
 
     provider: str
     model: str
     tokens: int
     elapsed_s: float
+    waiting: bool = False
+    first_byte_s: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -71,22 +81,28 @@ class Watch:
         self.first_byte_s, self.idle_s = first_byte_s, idle_s
         self.chars = 0
         self._hook = PROGRESS.get()
+        self._silence: asyncio.TimerHandle | None = None
         self._began = time.monotonic()
         self._next_report = 0.0
 
     async def open(self, opening: Awaitable[T]) -> T:
         """Await the request until its answer starts (the status line and headers)."""
+        self._notice_silence()
         try:
             async with asyncio.timeout(self.first_byte_s):
                 return await opening
         except TimeoutError:
             raise StreamCut(True, self.first_byte_s) from None
+        finally:
+            self._quiet()
 
     async def events(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The stream's events, each within its timeout (no ``async with`` spans a ``yield``)."""
         it, first = aiter(stream), True
         while True:
             limit = self.first_byte_s if first else self.idle_s
+            if first:
+                self._notice_silence()
             try:
                 async with asyncio.timeout(limit):
                     event = await anext(it)
@@ -94,8 +110,28 @@ class Watch:
                 return
             except TimeoutError:
                 raise StreamCut(first, limit, self.chars // 4) from None
+            finally:
+                self._quiet()
             first = False
             yield event
+
+    def _notice_silence(self) -> None:
+        """Name the provider in progress every few seconds while it sends nothing at all."""
+        if self._hook is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._silence = loop.call_later(SILENT_NOTICE_S, self._silent)
+
+    def _silent(self) -> None:
+        assert self._hook is not None
+        waited = time.monotonic() - self._began
+        self._hook(StreamProgress(self.provider, self.model, 0, waited, True, self.first_byte_s))
+        self._silence = asyncio.get_running_loop().call_later(SILENT_NOTICE_S, self._silent)
+
+    def _quiet(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
 
     def wrote(self, text: str | None) -> None:
         """Count generated text (visible or thinking) and report progress about 4 times a second."""

@@ -226,10 +226,14 @@ class FakeProviderServer:
         output_tpm: int | None = None,
         model: str | None = None,
         burst_s: float = 1.0,
+        hints: bool = True,
     ) -> FakeProviderServer:
-        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``)."""
+        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``).
+
+        ``hints=False``: answer with no rate headers and 429s without any retry hint.
+        """
         self._queue(provider)
-        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s), model)
+        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s, hints), model)
         return self
 
     def pending(self, provider: str) -> int:
