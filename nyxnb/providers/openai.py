@@ -69,12 +69,14 @@ class OpenAIProvider(Provider):
         timeout = self.options.http_timeout(openai.Timeout, streamed=True)
         answer = _Answer(watch)
         try:
-            stream = await watch.open(
-                client.chat.completions.create(**self.params(request), **_STREAMED, timeout=timeout)
-            )
-            rate = rate_info(stream.response.headers)
-            async for chunk in watch.events(stream):
-                answer.add(chunk)
+            async with watch:
+                params = self.params(request) | _STREAMED
+                stream = await client.chat.completions.create(**params, timeout=timeout)
+                watch.opened()
+                rate = rate_info(stream.response.headers)
+                async for chunk in stream:
+                    watch.tick()
+                    answer.add(chunk)
         except Exception as exc:
             raise self._error(exc, client.api_key) from exc
         try:

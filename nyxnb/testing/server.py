@@ -63,7 +63,7 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
-from nyxnb.testing.streams import stream_events
+from nyxnb.testing.streams import stream_events, wants_stream
 from nyxnb.testing.wire import fault_body, prompt_of, reply_body, request_tokens, route
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
@@ -344,7 +344,7 @@ class FakeProviderServer:
             await _write(writer, _fault_response(provider, act, verdict.headers))
         elif isinstance(act, Reply):
             payload = reply_body(provider, act, model, prompt_of(provider, body), n)
-            if body.get("stream") is True or ":streamGenerateContent" in req.path:
+            if wants_stream(req.path, body):
                 await _write_stream(writer, stream_events(provider, payload), act, verdict.headers)
             else:
                 await _write(writer, FakeResponse(200, payload, verdict.headers))
