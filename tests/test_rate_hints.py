@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from helpers import fan_out_spec
 from sqlalchemy import select
 
 import nyxnb
@@ -27,10 +28,8 @@ FAST = nyxnb.RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.02)
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    with FakeProviderServer() as srv:
-        srv.patch_env(monkeypatch)
-        yield srv
+def fake(fake_server):
+    return fake_server
 
 
 @pytest.fixture
@@ -40,18 +39,7 @@ def seeded(sqlite_store):
 
 
 def spec(n: int, chain: tuple[str, ...], **defaults: object) -> dict:
-    return {
-        "name": "hints",
-        "defaults": {"provider": chain[0], "fallback": list(chain[1:]), "cache": False, **defaults},
-        "steps": [
-            {
-                "name": "features",
-                "type": "fan-out",
-                "items": [{"heading": f"Feature {i}"} for i in range(n)],
-                "prompt": "Design {{ item.heading }}",
-            }
-        ],
-    }
+    return fan_out_spec("hints", n, chain, **defaults)
 
 
 def run(store, fake_spec: dict) -> nyxnb.RunResult:

@@ -233,48 +233,37 @@ def _check_cost(answer: Completion) -> None:
 
 
 # name -> (kind, class, retry_after)
+REFUSED, BUSY = ProviderRefused, ProviderUnavailable
 ERRORS = {
-    "anthropic/error_400_credit_balance_too_low": ("exhausted", ProviderRefused, None),
-    "anthropic/error_401_authentication_error": ("auth", ProviderRefused, None),
-    "anthropic/error_404_not_found_model": ("not_found", ProviderRefused, None),
-    "anthropic/error_429_rate_limit_error_body": ("rate_limited", ProviderUnavailable, None),
-    "anthropic/error_429_rate_limit_headers": ("rate_limited", ProviderUnavailable, 16.0),
-    "anthropic/error_429_requests_exhausted_no_retry_after_2024": (
-        "rate_limited",
-        ProviderUnavailable,
-        None,
-    ),
-    "anthropic/error_500_api_error": ("server", ProviderUnavailable, None),
-    "anthropic/error_529_overloaded_error_request_id": ("overloaded", ProviderUnavailable, None),
-    "anthropic/error_529_overloaded_error_with_headers": ("overloaded", ProviderUnavailable, None),
-    "openai/error_401_invalid_api_key": ("auth", ProviderRefused, None),
-    "openai/error_404_model_not_found": ("not_found", ProviderRefused, None),
-    "openai/error_429_headers_without_ratelimit": ("rate_limited", ProviderUnavailable, None),
-    "openai/error_429_insufficient_quota": ("exhausted", ProviderRefused, None),
-    "openai/error_429_rate_limit_exceeded_rpd": ("rate_limited", ProviderUnavailable, 8.64),
-    "openai/error_429_rate_limit_rpm_legacy": ("rate_limited", ProviderUnavailable, 20.0),
-    "openai/error_500_server_error": ("server", ProviderUnavailable, None),
-    "openai/error_503_model_overloaded": ("overloaded", ProviderUnavailable, None),
-    "google/error_400_api_key_invalid": ("auth", ProviderRefused, None),
-    "google/error_400_invalid_argument": ("bad_request", ProviderRefused, None),
-    "google/error_403_permission_denied_leaked_key": ("auth", ProviderRefused, None),
-    "google/error_403_permission_denied_unregistered_callers": ("auth", ProviderRefused, None),
-    "google/error_404_not_found_model": ("not_found", ProviderRefused, None),
-    "google/error_429_quota_failure_per_day": ("exhausted", ProviderRefused, None),
-    "google/error_429_quota_failure_retryinfo_per_minute": (
-        "rate_limited",
-        ProviderUnavailable,
-        26.0,
-    ),
-    "google/error_429_resource_exhausted_no_details": ("rate_limited", ProviderUnavailable, None),
-    "google/error_429_resource_exhausted_try_again_later_array": (
-        "rate_limited",
-        ProviderUnavailable,
-        None,
-    ),
-    "google/error_500_internal": ("server", ProviderUnavailable, None),
-    "google/error_503_unavailable_high_demand": ("server", ProviderUnavailable, None),
-    "google/error_503_unavailable_overloaded": ("overloaded", ProviderUnavailable, None),
+    "anthropic/error_400_credit_balance_too_low": ("exhausted", REFUSED, None),
+    "anthropic/error_401_authentication_error": ("auth", REFUSED, None),
+    "anthropic/error_404_not_found_model": ("not_found", REFUSED, None),
+    "anthropic/error_429_rate_limit_error_body": ("rate_limited", BUSY, None),
+    "anthropic/error_429_rate_limit_headers": ("rate_limited", BUSY, 16.0),
+    "anthropic/error_429_requests_exhausted_no_retry_after_2024": ("rate_limited", BUSY, None),
+    "anthropic/error_500_api_error": ("server", BUSY, None),
+    "anthropic/error_529_overloaded_error_request_id": ("overloaded", BUSY, None),
+    "anthropic/error_529_overloaded_error_with_headers": ("overloaded", BUSY, None),
+    "openai/error_401_invalid_api_key": ("auth", REFUSED, None),
+    "openai/error_404_model_not_found": ("not_found", REFUSED, None),
+    "openai/error_429_headers_without_ratelimit": ("rate_limited", BUSY, None),
+    "openai/error_429_insufficient_quota": ("exhausted", REFUSED, None),
+    "openai/error_429_rate_limit_exceeded_rpd": ("rate_limited", BUSY, 8.64),
+    "openai/error_429_rate_limit_rpm_legacy": ("rate_limited", BUSY, 20.0),
+    "openai/error_500_server_error": ("server", BUSY, None),
+    "openai/error_503_model_overloaded": ("overloaded", BUSY, None),
+    "google/error_400_api_key_invalid": ("auth", REFUSED, None),
+    "google/error_400_invalid_argument": ("bad_request", REFUSED, None),
+    "google/error_403_permission_denied_leaked_key": ("auth", REFUSED, None),
+    "google/error_403_permission_denied_unregistered_callers": ("auth", REFUSED, None),
+    "google/error_404_not_found_model": ("not_found", REFUSED, None),
+    "google/error_429_quota_failure_per_day": ("exhausted", REFUSED, None),
+    "google/error_429_quota_failure_retryinfo_per_minute": ("rate_limited", BUSY, 26.0),
+    "google/error_429_resource_exhausted_no_details": ("rate_limited", BUSY, None),
+    "google/error_429_resource_exhausted_try_again_later_array": ("rate_limited", BUSY, None),
+    "google/error_500_internal": ("server", BUSY, None),
+    "google/error_503_unavailable_high_demand": ("server", BUSY, None),
+    "google/error_503_unavailable_overloaded": ("overloaded", BUSY, None),
 }
 
 
@@ -286,6 +275,8 @@ def test_errors_are_classified(served, name):
     error = caught.value
     assert (error.kind, type(error)) == (kind, cls), error
     assert error.retry_after == (pytest.approx(hint) if hint is not None else None)
+    if name.endswith("per_day"):
+        assert "a daily quota: it resets at" in error.message  # falls back, says when
     assert "REDACTED" not in str(error) or "sk-REDACTED" in str(error)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import fan_out_spec
 from sqlalchemy import select
 
 import nyxnb
@@ -19,7 +20,7 @@ from nyxnb.providers.base import CompletionRequest, ProviderOptions
 from nyxnb.providers.registry import create_provider
 from nyxnb.store.models import LlmCall, StepItem, WorkflowStep
 from nyxnb.store.seed import seed
-from nyxnb.testing import FakeProviderServer, hang, reply
+from nyxnb.testing import hang, reply
 
 PROVIDERS = ["anthropic", "openai", "google"]
 FAST = nyxnb.RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.02)
@@ -27,10 +28,8 @@ LONG = " ".join(f"word{i}" for i in range(40))  # ten chunks of four words
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    with FakeProviderServer() as srv:
-        srv.patch_env(monkeypatch)
-        yield srv
+def fake(fake_server):
+    return fake_server
 
 
 @pytest.fixture
@@ -51,18 +50,7 @@ def complete(provider: str, **options: object):
 
 
 def spec(n: int, chain: tuple[str, ...], **defaults: object) -> dict:
-    return {
-        "name": "streams",
-        "defaults": {"provider": chain[0], "fallback": list(chain[1:]), "cache": False, **defaults},
-        "steps": [
-            {
-                "name": "features",
-                "type": "fan-out",
-                "items": [{"heading": f"Feature {i}"} for i in range(n)],
-                "prompt": "Design {{ item.heading }}",
-            }
-        ],
-    }
+    return fan_out_spec("streams", n, chain, **defaults)
 
 
 def run(store, fake_spec: dict) -> nyxnb.RunResult:

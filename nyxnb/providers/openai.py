@@ -119,12 +119,11 @@ class _Answer:
             if delta.content:
                 self.text.append(delta.content)
                 self.watch.wrote(delta.content)
-            refusal = getattr(delta, "refusal", None)
-            if refusal:
-                self.refusal.append(refusal)
-            reasoning = getattr(delta, "reasoning_content", None)  # OpenAI-compatible servers
-            if isinstance(reasoning, str):
-                self.watch.wrote(reasoning)
+            if delta.refusal:
+                self.refusal.append(delta.refusal)
+            extra = delta.model_extra
+            if extra and isinstance(extra.get("reasoning_content"), str):  # compatible servers
+                self.watch.wrote(extra["reasoning_content"])
             self.finish = choice.finish_reason or self.finish
 
     def completion(self, model: str, provider: str) -> Completion:
