@@ -16,6 +16,7 @@
     │   ├── LeaseLost             this run's lease was taken over; its writes are refused
     │   ├── ClaimLost             a fan-out item's claim expired; its write was refused
     │   ├── StepFailed            a step failed (workflow id, step, item)
+    │   ├── WorkflowStopped       an awaited notebook run paused or failed: one line, Run All stops
     │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
     ├── ProviderError             one provider call failed; ``kind`` says why
     │   ├── ProviderUnavailable   transient: retry, then try elsewhere
@@ -27,13 +28,16 @@
         ├── StalePlan             the database changed since the plan was made
         └── VerificationFailed    post-apply checks failed; everything was rolled back
 
-Pause is not an error: a paused run ends with a ``workflow_paused`` event.
+Pause is not an error: a paused run ends with a ``workflow_paused`` event. In a notebook it is
+an outcome that must stop *Run All* (the next cells read a finished run), so ``await
+WorkflowProgress.arun(...)`` raises :class:`WorkflowStopped`, which IPython shows as its one line.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 from nyxnb.rates import RateInfo
@@ -53,6 +57,35 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     first = text[0] if text else ""
     label = type(exc).__name__
     return redact(f"{label}: {first}" if first else label)[:limit]
+
+
+class ErrorKind(StrEnum):
+    """Why a provider call failed (``ProviderError.kind``, ``llm_calls.error_kind``); the
+    fallback chain decides on it (see the sets in :mod:`nyxnb.providers.base`)."""
+
+    # refused: mark the provider down, move on
+    EXHAUSTED = "exhausted"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    # transient: retry, then try elsewhere
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    # rejected: the answer is unusable, move on
+    TRUNCATED = "truncated"
+    REFUSED = "refused"
+    EMPTY = "empty"
+    # fatal: this request fails everywhere alike
+    BAD_REQUEST = "bad_request"
+    CONTEXT_TOO_LONG = "context_too_long"
+    # a judge's grade without a valid SCORE line
+    MALFORMED = "malformed"
+    # a batch item that did not succeed, as the provider's batch API reports it
+    ERRORED = "errored"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
 
 class NyxError(Exception):
@@ -155,6 +188,21 @@ class RunError(NyxError):
     """A workflow run cannot proceed."""
 
 
+class WorkflowStopped(RunError):
+    """An awaited notebook run ended paused, interrupted or failed: an outcome, not a crash.
+
+    Raised so *Run All* stops there (the next cells need a finished workflow). IPython, nbval
+    and papermill show ``_render_traceback_``: the one line, without a traceback.
+    """
+
+    def __init__(self, workflow_id: str, status: str, line: str) -> None:
+        self.workflow_id, self.status = workflow_id, status
+        super().__init__(line)
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.message]
+
+
 class LeaseHeld(RunError):
     """Another process holds the run lease of this workflow."""
 
@@ -212,19 +260,19 @@ class BudgetExceeded(RunError):
 
 
 class ProviderError(NyxError):
-    """One provider call failed; ``kind`` is one of :data:`nyxnb.providers.ERROR_KINDS`."""
+    """One provider call failed; ``kind`` (an :class:`ErrorKind`) says why."""
 
     def __init__(
         self,
         message: str,
         *,
         provider: str,
-        kind: str,
+        kind: ErrorKind | str,
         retry_after: float | None = None,
         hint: str | None = None,
     ) -> None:
         self.provider = provider
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.retry_after = retry_after
         #: what the provider's rate-limit headers said, if it sent any
         self.rate: RateInfo | None = None
@@ -257,7 +305,7 @@ class ChainExhausted(ProviderError):
         super().__init__(
             f"every provider failed: {detail}",
             provider="chain",
-            kind="exhausted",
+            kind=ErrorKind.EXHAUSTED,
             hint="check keys and credit, or add a provider to the step's fallback list",
         )
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DatabaseError
 from nyxnb import events as ev
 from nyxnb.errors import NyxError, redact
 from nyxnb.store.database import Store, open_store, store_error
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -47,12 +48,17 @@ def get_store(ctx: click.Context) -> Store:
 
 
 def fail_line(ctx: click.Context, exc: NyxError | DatabaseError) -> NoReturn:
-    """Print an error as one redacted line on stderr and exit 1."""
+    """Print an error as one redacted line on stderr (a JSON object with ``--json``), exit 1."""
     if isinstance(exc, DatabaseError):
         store = ctx.ensure_object(dict).get("store")
         exc = store_error(exc, store.engine if store is not None else None)
     line = " ".join(redact(str(exc)).split())  # one line, whatever the driver wrote
-    click.echo(f"error: {line}", err=True)
+    if wants_json(ctx):
+        hint = " ".join(redact(getattr(exc, "hint", "")).split()) or None
+        error = {"error": line, "kind": type(exc).__name__, "hint": hint}
+        click.echo(json.dumps(error), err=True)
+    else:
+        click.echo(f"error: {line}", err=True)
     sys.exit(1)
 
 
@@ -87,16 +93,16 @@ def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
     from nyxnb.notebook.progress import TextProgress
 
     show = (lambda e: click.echo(e.to_json())) if wants_json(ctx) else TextProgress()
-    status, workflow_id = "failed", ""
+    status, workflow_id = FAILED, ""
     try:
         for event in events:
             show(event)
             workflow_id = event.workflow_id
             if isinstance(event, ev.WorkflowCompleted):
-                status = "completed"
+                status = COMPLETED
             elif isinstance(event, ev.WorkflowPaused):
-                status = "paused"
+                status = PAUSED
     except KeyboardInterrupt:
         click.echo(f"interrupted: paused; continue with: nyxnb resume {workflow_id}", err=True)
         sys.exit(130)
-    sys.exit(0 if status == "completed" else 1)
+    sys.exit(0 if status == COMPLETED else 1)

@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError
@@ -19,10 +20,11 @@ from sqlalchemy import func, select
 
 from nyxnb import events as ev
 from nyxnb.engine import telemetry
-from nyxnb.engine.calls.chain import ProviderPool, complete_with_fallback
+from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fallback
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
-from nyxnb.engine.durable import records
+from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.engine.outcomes import Attempt, ChainResult
@@ -40,9 +42,15 @@ from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 Emit = Callable[[ev.Event], None]
 
 
-def _tokens(request: CompletionRequest) -> int:
-    """A rough input-token count (4 characters a token) for a cost estimate."""
-    return (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+def estimate_usd(
+    provider: str, model: str, request: CompletionRequest, *, batch: bool = False
+) -> float:
+    """What a request may cost at most: input at 4 characters a token, ``max_tokens`` out.
+
+    The price of a 'sent' ledger row, written before the call (or the batch) is made.
+    """
+    tokens = (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+    return price_for(provider, model).cost(tokens, request.max_tokens, batch=batch)
 
 
 class Paused(Exception):  # noqa: N818 - a signal, not an error
@@ -62,30 +70,60 @@ def request_hash(kind: str, request: CompletionRequest) -> str:
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """How one run executes: fixed when its runner is built, never changed after."""
+
+    retry: RetryPolicy | None = None
+    provider_options: Mapping[str, Mapping[str, object]] | None = None
+    tenant_id: str | None = None
+    #: The lease owner token; a worker passes the one it claimed the workflow with.
+    owner: str | None = None
+    #: How long the run's lease outlives a renewal (a worker: its claim TTL, faster takeover).
+    lease_ttl_s: float = lease.TTL_S
+    #: A worker's item claims: fan-out items then come through claims shared with other workers.
+    claimer: ItemClaimer | None = None
+    #: A worker's concurrency, over the spec's.
+    fan_out_limit: int | None = None
+    #: False for a worker helping another's fan-out: it holds item claims, not the run's lease.
+    fenced: bool = True
+
+
+@dataclass
+class Totals:
+    """What a run has spent so far (its ``workflow_completed`` event reports it)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class RunContext:
     """The services of one run that step executors use (set up by the runner)."""
 
-    store: Store
     workflow_id: str
     tenant_id: str | None
     spec: WorkflowSpec
     project: ProjectView
     personas: dict[str, str]
     pool: ProviderPool
-    writer: GroupWriter
-    # Set by a worker (nyxnb.engine.workers.worker): fan-out items come through shared claims.
-    claimer: ItemClaimer | None = None
-    fan_out_limit: int | None = None
 
-    def __init__(self, store: Store, workflow_id: str, *, emit: Emit) -> None:
-        self.store, self.workflow_id, self._emit = store, workflow_id, emit
+    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+        self.workflow_id, self.config, self._emit = workflow_id, config, emit
+        self.owner = config.owner or lease.new_owner()
+        #: The run's writes: fenced by its lease (refused once another run took over).
+        self.store: Store = (
+            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
+        )
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
-        self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-        self.writer = GroupWriter(store)
+        self.totals = Totals()
+        claimer = config.claimer
+        self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
         self._progress_at: dict[str, float] = {}  # step -> when its last Generating was sent
+        self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
         """Send an event to the consumer."""
@@ -144,30 +182,32 @@ class RunContext:
         """Run the fallback chain for one request, emitting fallback events."""
 
         def on_fallback(src: str, dst: str | None, kind: str, message: str) -> None:
-            self.step_event(
-                ev.ProviderFallback,
-                step,
-                from_provider=src,
-                to_provider=dst,
-                reason=kind,
-                message=message[:300],
-                item_index=item_idx,
+            self.emit(
+                ev.ProviderFallback(
+                    *self.at(step),
+                    from_provider=src,
+                    to_provider=dst,
+                    reason=kind,
+                    message=message[:300],
+                    item_index=item_idx,
+                )
             )
 
         if (step.id, item_idx) not in self._sent:  # not reserved ahead (fan-out)
             await self._record_sent(step, request, item_idx)
 
         def on_rate_limited(provider: str, model: str, wait_s: float, limits: Limits) -> None:
-            self.step_event(
-                ev.RateLimited,
-                step,
-                provider=provider,
-                model=model,
-                wait_s=round(wait_s, 3),
-                rpm=limits.rpm,
-                tpm=limits.tpm,
-                concurrency=limits.concurrency,
-                item_index=item_idx,
+            self.emit(
+                ev.RateLimited(
+                    *self.at(step),
+                    provider=provider,
+                    model=model,
+                    wait_s=round(wait_s, 3),
+                    rpm=limits.rpm,
+                    tpm=limits.tpm,
+                    concurrency=limits.concurrency,
+                    item_index=item_idx,
+                )
             )
 
         self._step_limits(step)
@@ -185,16 +225,17 @@ class RunContext:
             if not p.waiting and now - self._progress_at.get(step.name, 0.0) < 1.0:
                 return
             self._progress_at[step.name] = now
-            self.step_event(
-                ev.Generating,
-                step,
-                provider=p.provider,
-                model=p.model,
-                tokens=p.tokens,
-                tokens_per_s=round(p.tokens_per_s, 1),
-                waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
-                first_byte_s=p.first_byte_s,
-                item_index=item_idx,
+            self.emit(
+                ev.Generating(
+                    *self.at(step),
+                    provider=p.provider,
+                    model=p.model,
+                    tokens=p.tokens,
+                    tokens_per_s=round(p.tokens_per_s, 1),
+                    waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
+                    first_byte_s=p.first_byte_s,
+                    item_index=item_idx,
+                )
             )
 
         return on_progress
@@ -231,24 +272,33 @@ class RunContext:
         self.count(result.attempts)
         return result
 
+    def _sent_row(
+        self, step: StepRow, request: CompletionRequest, item_idx: int | None
+    ) -> dict[str, Any]:
+        name = step.chain[0].partition(":")[0]
+        model = request.model or provider_class(name).default_model
+        usd = estimate_usd(name, model, request)
+        return records.sent_row(step, item_idx, name, model, usd)
+
     async def _record_sent(
         self, step: StepRow, request: CompletionRequest, item_idx: int | None
     ) -> None:
         """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
-        name = step.chain[0].partition(":")[0]
-        model = request.model or provider_class(name).default_model
-        usd = price_for(name, model).cost(_tokens(request), request.max_tokens)
-        row = records.sent_row(step, item_idx, name, model, usd)
-        await self.writer.write(records.ItemRows([row], None, None))
-        self._sent[(step.id, item_idx)] = row["id"]
+        await self.reserve_sent(step, [(item_idx, request)])
 
-    async def reserve_sent(self, step: StepRow, request: CompletionRequest, item_idx: int) -> None:
-        """Commit the 'sent' row of a fan-out item's call ahead of it (while another call runs).
+    async def reserve_sent(
+        self, step: StepRow, calls: Sequence[tuple[int | None, CompletionRequest]]
+    ) -> None:
+        """Commit the 'sent' rows of calls in one write before they are made (a fan-out
+        reserves a block of items ahead while other calls run).
 
         :meth:`call` then starts at once; the database stays off the calls' critical path.  A
         reservation never used (a pause) is taken back with :meth:`take_sent`.
         """
-        await self._record_sent(step, request, item_idx)
+        rows = [self._sent_row(step, request, idx) for idx, request in calls]
+        await self.writer.write(records.ItemRows(rows, None, None), urgent=True)
+        for (idx, _), row in zip(calls, rows, strict=True):
+            self._sent[(step.id, idx)] = row["id"]
 
     def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
         """The id of the 'sent' row of a call that has now finished (its rows complete it)."""
@@ -266,9 +316,9 @@ class RunContext:
     def count(self, attempts: list[Attempt]) -> None:
         """Add attempts to the run's token and cost totals."""
         for a in attempts:
-            self.totals["input_tokens"] += a.input_tokens
-            self.totals["output_tokens"] += a.output_tokens
-            self.totals["cost_usd"] += a.cost_usd
+            self.totals.input_tokens += a.input_tokens
+            self.totals.output_tokens += a.output_tokens
+            self.totals.cost_usd += a.cost_usd
 
     def spent_usd(self) -> float:
         """What this workflow has cost so far, across runs."""
@@ -278,18 +328,17 @@ class RunContext:
         with self.store.reading() as conn:
             return float(conn.scalar(query) or 0.0)
 
-    def step_event(self, cls: type[ev.StepEvent], step: StepRow, **kw: Any) -> None:
-        """Emit a step event with the step's name, order and type filled in."""
-        self.emit(
-            cls(self.workflow_id, name=step.name, order=step.order, step_type=step.type, **kw)
-        )
+    def at(self, step: StepRow) -> tuple[str, str, int, str]:
+        """The fields every step event opens with: ``ev.StepCompleted(*ctx.at(step), ...)``."""
+        return (self.workflow_id, step.name, step.order, step.type)
 
     def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
         """Skip a completed step whose inputs are unchanged (and remember its output)."""
         if step.status != COMPLETED or step.input_hash != digest or step.output is None:
+            self.executed_steps += 1
             return False
         self.ctx[step.name] = view
-        self.step_event(ev.StepCompleted, step, skipped=True)
+        self.emit(ev.StepCompleted(*self.at(step), skipped=True))
         return True
 
     def fail(
@@ -302,7 +351,7 @@ class RunContext:
         """Record a failed step, emit ``step_failed``, and return the error to raise."""
         sent = self.take_sent(step, item_idx)
         records.fail_step(self.store, step, str(error), attempts or [], item_idx, sent)
-        self.step_event(ev.StepFailed, step, error=str(error), item_index=item_idx)
+        self.emit(ev.StepFailed(*self.at(step), error=str(error), item_index=item_idx))
         if isinstance(error, StepFailed):
             return error
         return StepFailed(str(error), workflow_id=self.workflow_id, step=step.name, item=item_idx)

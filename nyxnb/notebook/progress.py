@@ -28,6 +28,33 @@ def duration(seconds: float) -> str:
     return f"{round(seconds / 60, 1):g} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def tokens_text(tokens_in: int, tokens_out: int) -> str:
+    """Tokens as read at a glance: ``9,465 in / 1,524 out``."""
+    return f"{int(tokens_in):,} in / {int(tokens_out):,} out"
+
+
+def money(cost_usd: float) -> str:
+    """A cost: ``$0.0123``; ``—`` where nothing was priced (the offline provider, local models)."""
+    return f"${cost_usd:,.4f}" if cost_usd else "—"
+
+
+def clock(seconds: float) -> str:
+    """Elapsed or remaining time as tqdm shows it: ``0:07``, ``12:31``, ``1:02:03``."""
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def pace(done: int, total: int, elapsed_s: float, unit: str = "items") -> str:
+    """``0:12 · 2.1 items/s · ETA 0:05``: tqdm's elapsed, rate and time left."""
+    text = clock(elapsed_s)
+    if done <= 0 or elapsed_s <= 0:
+        return text
+    rate = done / elapsed_s
+    text += f" · {rate:.1f} {unit}/s" if rate >= 1 else f" · {1 / rate:.1f} s/{unit[:-1]}"
+    return text + (f" · ETA {clock((total - done) / rate)}" if total > done else "")
+
+
 def batch_text(
     provider: str,
     batch_id: str,
@@ -55,10 +82,21 @@ def batch_text(
     return line + (f", submitted {duration(age_s)} ago" if age_s is not None else "")
 
 
-def batch_ended_text(provider: str, batch_id: str, succeeded: int, failed: int) -> str:
-    """An ended batch in one line: ``anthropic batch msgbatch_…: ended, 290 ok, 10 failed``."""
+#: What became of a batch's failed items, by ``batch_fallback``.
+_THEN = {"live": "re-run live at full price", "resubmit": "resubmitted in a new batch"}
+
+
+def batch_ended_text(
+    provider: str, batch_id: str, succeeded: int, failed: int, then: str = ""
+) -> str:
+    """An ended batch in one line, and what became of its failed items:
+
+    ``anthropic batch msgbatch_…: ended, 0 ok, 13 errored/expired/canceled; re-run live at
+    full price``.
+    """
     failures = f", {failed} errored/expired/canceled" if failed else ""
-    return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}"
+    after = f"; {_THEN[then]}" if failed and then in _THEN else ""
+    return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}{after}"
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -97,10 +135,12 @@ class TextProgress:
     def _on_workflow_started(self, e: ev.WorkflowStarted) -> None:
         self._total_steps = e.total_steps
         verb = "resuming" if e.resumed else "running"
-        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}")
+        steps = f": {e.total_steps} steps, #0-#{e.total_steps - 1}" if e.total_steps else ""
+        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}{steps}")
 
     def _step(self, order: int) -> str:
-        return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
+        """A step by its ``order``, numbered as in the widget, ``steps_df`` and ``nyxnb show``."""
+        return f"#{order}"
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
         self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona) if x)
@@ -121,7 +161,7 @@ class TextProgress:
         self._last = now
         text = (
             f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
-            f"  #{e.fan_out_index} {e.fan_out_heading[:40]}"
+            f"  item {e.fan_out_index} {e.fan_out_heading[:40]}"
         )
         who = answered_by(e.provider, e.model, e.cached)
         text += f" ({who})" if who else ""
@@ -187,7 +227,8 @@ class TextProgress:
         self._line(f"      {line}")
 
     def _on_batch_ended(self, e: ev.BatchEnded) -> None:
-        self._line(f"      {batch_ended_text(e.provider, e.batch_id, e.succeeded, e.failed)}")
+        line = batch_ended_text(e.provider, e.batch_id, e.succeeded, e.failed, e.then)
+        self._line(f"      {line}")
 
     def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")

@@ -17,13 +17,17 @@ worker sits on unstarted items while another has idle slots.
 
 The commit of an item is fenced: it only updates the row while the claim is still this
 worker's, with the same generation, and not expired -- otherwise :class:`ClaimLost` and the whole
-write (item, ledger rows, cache) is rolled back.  A committed item is never claimed again.
+write (item, ledger rows, cache) is rolled back.  A committed item is never claimed again.  Nor
+is an item called once its claim is lost: a worker that stood still past the TTL (SIGSTOP, a
+suspended laptop) asks the store before it starts any claimed item, and every renewal drops the
+claims it no longer holds (:meth:`ItemClaimer.still_holds`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,21 +35,22 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
-from nyxnb.engine.durable.rows import ItemRow
-from nyxnb.engine.durable.writer import GroupWriter
+from nyxnb.engine.durable.records import ITEMS, write_items
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
 
 CLAIM_TTL_S = 6.0
 MIN_CLAIM_TTL_S = 1.0
+#: A longer TTL only delays the takeover of a dead worker's items (and ``inf`` cannot be a date).
+MAX_CLAIM_TTL_S = 3600.0
 TTL_ENV = "NYXNB_CLAIM_TTL_S"
 POLL_S = 0.05  # how often a fan-out's lead looks for items left by others (or expired)
 
 
 def claim_ttl_s(value: float | None = None) -> float:
-    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (at least 1 s)."""
+    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (1 s to 1 h)."""
     if value is None:
         text = os.environ.get(TTL_ENV, "").strip()
         try:
@@ -54,10 +59,11 @@ def claim_ttl_s(value: float | None = None) -> float:
             raise ConfigError(
                 f"{TTL_ENV}={text!r} is not a number", hint="set it to seconds, e.g. 6"
             ) from None
-    if not value >= MIN_CLAIM_TTL_S:
+    if not MIN_CLAIM_TTL_S <= value <= MAX_CLAIM_TTL_S:  # also refuses nan
+        problem = "too short" if value < MIN_CLAIM_TTL_S else "out of range"
         raise ConfigError(
-            f"claim TTL {value} s is too short",
-            hint=f"use at least {MIN_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
+            f"claim TTL {value:g} s is {problem}",
+            hint=f"use {MIN_CLAIM_TTL_S:g} to {MAX_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
         )
     return float(value)
 
@@ -117,11 +123,11 @@ def claim_items(
     return sorted(Claim(r.idx, r.claim_generation) for r in rows)
 
 
-def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
-    """Extend every open claim ``owner`` holds; returns how many it holds."""
+def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> set[tuple[str, int, int]]:
+    """Extend every open, unexpired claim ``owner`` holds; returns them (step, idx, generation)."""
     now = utcnow()
     with store.engine.begin() as conn:
-        result = conn.execute(
+        rows = conn.execute(
             update(ITEMS)
             .where(
                 ITEMS.c.claimed_by == owner,
@@ -129,8 +135,9 @@ def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
                 ITEMS.c.claim_expires_at >= now,
             )
             .values(claim_expires_at=now + timedelta(seconds=ttl_s))
-        )
-        return int(result.rowcount)
+            .returning(ITEMS.c.step_id, ITEMS.c.idx, ITEMS.c.claim_generation)
+        ).all()
+    return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
 
 
 def release_claims(store: Store, owner: str, step_id: str, idxs: Sequence[int]) -> None:
@@ -200,24 +207,55 @@ class ItemClaimer:
     def __init__(self, store: Store, owner: str, *, ttl_s: float = CLAIM_TTL_S) -> None:
         self.store, self.owner, self.ttl_s = store, owner, ttl_s
         self.held: dict[tuple[str, int], int] = {}
+        # until when (this process's monotonic clock) a held claim is surely still ours: taken
+        # before the claim or renewal was written, so never later than the stored expiry
+        self._until: dict[tuple[str, int], float] = {}
+        self.clock = time.monotonic  # tests advance it to stand for a stopped process
         self.refused = 0  # commits refused because the claim was lost
+        self.lost = 0  # claims found lost (expired, or taken by another worker) and dropped
 
     def claim(self, step_id: str, limit: int) -> list[Claim]:
         """Claim up to ``limit`` items of a step and remember their generations."""
+        until = self.clock() + self.ttl_s
         got = claim_items(self.store, step_id, self.owner, limit, self.ttl_s)
         for c in got:
             self.held[(step_id, c.idx)] = c.generation
+            self._until[(step_id, c.idx)] = until
         return got
+
+    def still_holds(self, step_id: str, idx: int) -> bool:
+        """Whether this worker still holds the item's claim, so it may start its call.
+
+        Past the claim's TTL on this process's clock (a process stopped or starved that long),
+        the store is asked again (one renewal of every claim): an expired or taken-over claim
+        is dropped, never called -- another worker may have committed the item meanwhile.
+        """
+        key = (step_id, idx)
+        if key in self.held and self.clock() >= self._until.get(key, 0.0):
+            self.renew()
+        return key in self.held
 
     def release(self, step_id: str, idxs: Sequence[int]) -> None:
         """Give unstarted items back."""
         release_claims(self.store, self.owner, step_id, idxs)
         for idx in idxs:
-            self.held.pop((step_id, idx), None)
+            self._drop((step_id, idx))
 
     def renew(self) -> int:
-        """Extend this worker's claims (called by its heartbeat)."""
-        return renew_claims(self.store, self.owner, self.ttl_s)
+        """Extend this worker's claims (its heartbeat); drop the ones it lost; how many it holds."""
+        until = self.clock() + self.ttl_s
+        kept = renew_claims(self.store, self.owner, self.ttl_s)
+        for key, generation in list(self.held.items()):
+            if (*key, generation) in kept:
+                self._until[key] = until
+            else:  # expired while this process stood still, or another worker took it over
+                self._drop(key)
+                self.lost += 1
+        return len(kept)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self.held.pop(key, None)
+        self._until.pop(key, None)
 
     def write_batch(self, conn: Connection, batch: Sequence[ItemRows]) -> None:
         """Commit items only where this worker's claim still stands (else :class:`ClaimLost`).
@@ -233,23 +271,23 @@ class ItemClaimer:
                 _FENCED_COMPLETE,
                 [
                     {
-                        **i,
+                        **i.params(),
                         "b_owner": self.owner,
-                        "b_gen": self.held[(i["b_step"], i["b_idx"])],
+                        "b_gen": self.held[(i.step_id, i.idx)],
                         "b_now": now,
                     }
                     for i in items
-                ],  # fmt: skip
+                ],
             )
             for i in items:
-                self.held.pop((i["b_step"], i["b_idx"]), None)
+                self._drop((i.step_id, i.idx))
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
 
-    def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
+    def _check(self, conn: Connection, items: Sequence[ItemUpdate], now: datetime) -> None:
         """Lock the batch's rows and raise :class:`ClaimLost` for the first claim not ours."""
         by_step: dict[str, list[int]] = {}
         for i in items:
-            by_step.setdefault(str(i["b_step"]), []).append(int(str(i["b_idx"])))
+            by_step.setdefault(i.step_id, []).append(i.idx)
         live: set[tuple[str, int]] = set()
         for step_id, idxs in by_step.items():
             query = (
@@ -271,10 +309,6 @@ class ItemClaimer:
                 if (step_id, idx) not in live:
                     self.refused += 1
                     raise ClaimLost(step_id, idx, self.owner)
-
-    def writer(self) -> GroupWriter:
-        """A group writer whose item commits are fenced by these claims."""
-        return GroupWriter(self.store, write=self.write_batch)
 
     def source(self, step_id: str, rows: Sequence[ItemRow], batch: int, *, lead: bool) -> Source:
         """Where a fan-out takes its next item from (see :class:`Source`)."""
@@ -310,17 +344,20 @@ class Source:
     async def next(self) -> ItemRow | None:
         """The next item to run here, or None when there is nothing left for this worker."""
         async with self._lock:
-            while not self._mine:
-                self._cancel_refill()
-                self._take(self.claimer.claim(self.step_id, self.batch))
-                if self._mine:
+            while True:
+                while not self._mine:
+                    self._cancel_refill()
+                    self._take(self.claimer.claim(self.step_id, self.batch))
+                    if self._mine:
+                        break
+                    if not self.lead or not await self._wait_claimable():
+                        return None
+                idx = self._mine.popleft()
+                if self.claimer.still_holds(self.step_id, idx):  # else: lost while we stood
                     break
-                if not self.lead or not await self._wait_claimable():
-                    return None
-            row = self.rows[self._mine.popleft()]
             if not self._mine and self._ahead and self._refill is None:
                 self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
-            return row
+            return self.rows[idx]
 
     async def _wait_claimable(self) -> bool:
         """The lead waits (reading, not claiming) for an item others left or let expire;
