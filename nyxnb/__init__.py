@@ -37,6 +37,7 @@ from nyxnb.errors import (
     StoreVersionError,
     UnknownProvider,
     VerificationFailed,
+    WorkflowStopped,
 )
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ __all__ = [
     "UnknownProvider",
     "VerificationFailed",
     "WorkflowSpec",
+    "WorkflowStopped",
     "__version__",
     "apply_migration",
     "aresume",

@@ -41,9 +41,15 @@ from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 Emit = Callable[[ev.Event], None]
 
 
-def _tokens(request: CompletionRequest) -> int:
-    """A rough input-token count (4 characters a token) for a cost estimate."""
-    return (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+def estimate_usd(
+    provider: str, model: str, request: CompletionRequest, *, batch: bool = False
+) -> float:
+    """What a request may cost at most: input at 4 characters a token, ``max_tokens`` out.
+
+    The price of a 'sent' ledger row, written before the call (or the batch) is made.
+    """
+    tokens = (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+    return price_for(provider, model).cost(tokens, request.max_tokens, batch=batch)
 
 
 class Paused(Exception):  # noqa: N818 - a signal, not an error
@@ -222,7 +228,7 @@ class RunContext:
         """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
         name = step.chain[0].partition(":")[0]
         model = request.model or provider_class(name).default_model
-        usd = price_for(name, model).cost(_tokens(request), request.max_tokens)
+        usd = estimate_usd(name, model, request)
         row = records.sent_row(step, item_idx, name, model, usd)
         await self.writer.write(records.ItemRows([row], None, None))
         self._sent[(step.id, item_idx)] = row["id"]

@@ -33,7 +33,7 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
-from nyxnb.spec import WorkflowSpec
+from nyxnb.spec import stored_spec
 from nyxnb.store import Database
 from nyxnb.store.models import (
     COMPLETED,
@@ -169,7 +169,7 @@ class Runner(RunContext):
             project = s.get_one(Project, wf.project_id)
             self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
             self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
-            self.spec = WorkflowSpec.model_validate(wf.spec)
+            self.spec = stored_spec(wf.spec)
             self.project = ProjectView(project.name, project.description)
             frozen = wf.personas
         if frozen is None:  # a workflow from before personas were frozen: freeze them now

@@ -14,6 +14,7 @@ from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.store.database import Database
 from nyxnb.store.models import (
+    BATCH_CANCELED,
     BATCH_CANCELING,
     BATCH_LIVE_STATES,
     BATCH_SUBMITTING,
@@ -107,15 +108,16 @@ SENT = "sent"  # an attempt recorded before its call; completed (replaced) by it
 
 
 def sent_row(
-    step: StepRow, item_idx: int | None, provider: str, model: str, usd: float
+    step: StepRow, item_idx: int | None, provider: str, model: str, usd: float, tier: str = "live"
 ) -> dict[str, Any]:
     """The ``llm_calls`` row written before a call (``outcome='sent'``, cost estimated high).
 
     A process killed while the call is in flight leaves it behind, so the ledger (and
     ``max_cost_usd``) never counts less than was paid.  Same keys as every attempt row: rows
-    of one executemany must name the same columns.
+    of one executemany must name the same columns.  A batch request's (``tier='batch'``) is
+    written with its batch's row and stays until the item's result is ingested.
     """
-    attempt = Attempt(provider, model, 1, SENT, cost_usd=usd)
+    attempt = Attempt(provider, model, 1, SENT, cost_usd=usd, service_tier=tier)
     return step_attempt_rows(step, [attempt], item_idx)[0]
 
 
@@ -408,11 +410,21 @@ def open_batches(store: Database, step_id: str) -> list[BatchRow]:
 
 
 def insert_batch(
-    store: Database, step: StepRow, provider: str, model: str, custom_ids: Sequence[str]
+    store: Database,
+    step: StepRow,
+    provider: str,
+    model: str,
+    custom_ids: Sequence[str],
+    sent: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """Commit a ``submitting`` batch row before the provider is asked; returns its row id."""
+    """Commit a ``submitting`` batch row before the provider is asked; returns its row id.
+
+    ``sent``: the ``sent`` ledger rows of its requests (:func:`sent_row`), in the same commit.
+    """
     now, row_id = utcnow(), new_id()
     with store.begin() as conn:
+        if sent:
+            conn.execute(_INSERT_CALLS, list(sent))
         conn.execute(
             insert(BATCHES).values(
                 id=row_id,
@@ -435,6 +447,26 @@ def update_batch(store: Database, row_id: str, **values: Any) -> None:
     """Set columns of one ``provider_batches`` row."""
     with store.begin() as conn:
         conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
+
+
+def cancel_batch(store: Database, row_id: str, sent_ids: Sequence[str]) -> None:
+    """A batch that was never created (or not found): ``canceled``, its 'sent' rows taken back."""
+    with store.begin() as conn:
+        _settle(conn, sent_ids)
+        conn.execute(
+            update(BATCHES)
+            .where(BATCHES.c.id == row_id)
+            .values(_stamp({"state": BATCH_CANCELED, "ended_at": utcnow()}))
+        )
+
+
+def batch_sent_ids(store: Database, step_id: str) -> dict[int, str]:
+    """Item index -> id of its batch request's 'sent' row, for a step (settled on ingest)."""
+    query = select(CALLS.c.item_idx, CALLS.c.id).where(
+        CALLS.c.step_id == step_id, CALLS.c.outcome == SENT, CALLS.c.service_tier == "batch"
+    )
+    with store.reading() as conn:
+        return {int(idx): str(row_id) for idx, row_id in conn.execute(query)}
 
 
 def batch_state(store: Database, row_id: str) -> str | None:
