@@ -24,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fa
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
@@ -35,7 +36,7 @@ from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
 from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
@@ -108,13 +109,13 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
 
-    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+    def __init__(self, store: Database, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
         self.workflow_id, self.config, self._emit = workflow_id, config, emit
         self.owner = config.owner or lease.new_owner()
-        #: The run's writes: fenced by its lease (refused once another run took over).
-        self.store: Store = (
-            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
-        )
+        #: The run's one way to the database: its writes are fenced by its lease (refused once
+        #: another run took over); no raw engine to write around the fence.
+        gateway = Gateway.of(store)
+        self.store: Gateway = gateway.fenced(workflow_id, self.owner) if config.fenced else gateway
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
         self.totals = Totals()
