@@ -32,6 +32,7 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
+from nyxnb.providers.endpoints import endpoint_table
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Store
 from nyxnb.store.models import (
@@ -183,7 +184,8 @@ class Runner(RunContext):
         self.personas = frozen
         d = self.spec.defaults
         limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
-        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
+        endpoints = endpoint_table(self.spec.endpoints)
+        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s, endpoints)
 
     async def _started(self) -> None:
         records.update_workflow(

@@ -23,6 +23,8 @@ from nyxnb.providers.base import (
     ProviderOptions,
 )
 from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
+from nyxnb.providers.endpoints import anthropic_client
+from nyxnb.providers.params import anthropic_params, anthropic_thinking
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -51,12 +53,11 @@ class AnthropicProvider(Provider):
         return params_for(request, self.model_for(request), cache=opts.prompt_cache)
 
     def make_client(self) -> anthropic.AsyncAnthropic:
-        """The SDK client; its own retries are off (the fallback chain owns retries)."""
-        return anthropic.AsyncAnthropic(
-            api_key=self.api_key(),
-            max_retries=0,
-            timeout=self.options.http_timeout(anthropic.Timeout),
+        """The endpoint's SDK client (API, Bedrock or Vertex); its own retries are off."""
+        client: anthropic.AsyncAnthropic = anthropic_client(
+            self, self.options.http_timeout(anthropic.Timeout)
         )
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one Messages API request and normalise the answer."""
@@ -108,9 +109,7 @@ def params_for(request: CompletionRequest, model: str, cache: bool = True) -> di
     if request.system:
         block: dict[str, Any] = {"type": "text", "text": request.system}
         params["system"] = [block | {"cache_control": _EPHEMERAL}] if cache else [block]
-    if request.temperature is not None:
-        params["extra_body"] = {"temperature": request.temperature}
-    return params
+    return anthropic_params(request, params)
 
 
 def failure_of(exc: anthropic.APIStatusError) -> HttpFailure:
@@ -135,6 +134,7 @@ def completion_of(message: SdkMessage, model: str, provider: str) -> Completion:
     cached = usage.cache_read_input_tokens or 0
     written = usage.cache_creation_input_tokens or 0
     raw = message.stop_reason or ""
+    reasoning, thinking = anthropic_thinking(message, text)
     return Completion(
         text=text,
         stop_reason=_STOPS.get(raw, STOP_END),
@@ -145,6 +145,9 @@ def completion_of(message: SdkMessage, model: str, provider: str) -> Completion:
         cached_input_tokens=cached,
         cache_write_tokens=written,
         raw_stop_reason=raw,
+        reasoning_tokens=reasoning,
+        thinking=thinking,
+        service_tier=getattr(usage, "service_tier", None),
         extra={
             "id": message.id,
             "served_model": message.model,

@@ -34,6 +34,8 @@ from nyxnb.providers.classify import (
     make_error,
     malformed_answer,
 )
+from nyxnb.providers.endpoints import google_client
+from nyxnb.providers.params import google_config, google_thoughts
 
 _REFUSALS = frozenset(
     {
@@ -64,8 +66,9 @@ class GoogleProvider(Provider):
     def make_client(self) -> genai.Client:
         """The SDK client (google-genai does not retry unless told to; its timeout is in ms)."""
         timeout_ms = max(1, round(self.options.timeout_s * 1000))
-        self._key = self.api_key()
-        return genai.Client(api_key=self._key, http_options=types.HttpOptions(timeout=timeout_ms))
+        self._key = self.api_key() if self.key_env else ""
+        client: genai.Client = google_client(self, types.HttpOptions(timeout=timeout_ms))
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one generateContent request and normalise the answer."""
@@ -124,8 +127,8 @@ def config_of(request: CompletionRequest) -> types.GenerateContentConfig:
     return types.GenerateContentConfig(
         system_instruction=request.system or None,
         max_output_tokens=request.max_tokens,
-        temperature=request.temperature,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        **google_config(request),
     )
 
 
@@ -195,6 +198,7 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
     text, stop, raw = _finish(response)
     usage = response.usage_metadata
     output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0) if usage else 0
+    reasoning, thinking, tier = google_thoughts(response)
     return Completion(
         text=text,
         stop_reason=stop,
@@ -204,5 +208,8 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
         provider=provider,
         cached_input_tokens=(usage.cached_content_token_count or 0) if usage else 0,
         raw_stop_reason=raw,
+        reasoning_tokens=reasoning,
+        thinking=thinking,
+        service_tier=tier,
         extra={"id": response.response_id, "served_model": response.model_version},
     )

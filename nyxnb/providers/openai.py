@@ -24,6 +24,8 @@ from nyxnb.providers.base import (
     ProviderOptions,
 )
 from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
+from nyxnb.providers.endpoints import openai_client
+from nyxnb.providers.params import openai_params, openai_usage
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 
@@ -45,13 +47,14 @@ class OpenAIProvider(Provider):
     def params(self, request: CompletionRequest) -> dict[str, Any]:
         """Chat Completions parameters of a request (live, or a batch line's ``body``)."""
         opts: OpenAIOptions = self.options  # type: ignore[assignment]
-        return _params(request, self.model_for(request), opts.max_tokens_param)
+        spec = self.endpoint.spec if self.endpoint is not None else None
+        param = (spec.max_tokens_param if spec else None) or opts.max_tokens_param
+        return _params(request, self.model_for(request), param)
 
     def make_client(self) -> openai.AsyncOpenAI:
-        """The SDK client; its own retries are off (the fallback chain owns retries)."""
-        return openai.AsyncOpenAI(
-            api_key=self.api_key(), max_retries=0, timeout=self.options.http_timeout(openai.Timeout)
-        )
+        """The endpoint's SDK client; its own retries are off (the fallback chain owns retries)."""
+        client: openai.AsyncOpenAI = openai_client(self, self.options.http_timeout(openai.Timeout))
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one Chat Completions request and normalise the answer."""
@@ -83,9 +86,7 @@ def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> di
         "messages": messages,
         max_tokens_param: request.max_tokens,
     }
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    return params
+    return params | openai_params(request)
 
 
 def _failure(exc: openai.APIStatusError) -> HttpFailure:
@@ -108,6 +109,7 @@ def completion_of(response: ChatCompletion, model: str, provider: str) -> Comple
     refused = bool(message and message.refusal)
     usage = response.usage
     details = usage.prompt_tokens_details if usage else None
+    reasoning, thinking = openai_usage(usage, message)
     return Completion(
         text=(message.content or "") if message else "",
         stop_reason=STOP_REFUSAL if refused or not choice else _STOPS.get(raw, STOP_END),
@@ -117,6 +119,9 @@ def completion_of(response: ChatCompletion, model: str, provider: str) -> Comple
         provider=provider,
         cached_input_tokens=(details.cached_tokens or 0) if details else 0,
         raw_stop_reason=raw or ("refusal" if refused else ""),
+        reasoning_tokens=reasoning,
+        thinking=thinking,
+        service_tier=getattr(response, "service_tier", None),
         extra={
             "id": response.id,
             "served_model": response.model,

@@ -178,7 +178,10 @@ class BatchRun:
         completion = result.completion
         model = self.model or self.runner.pool.provider(self.name).default_model
         if result.outcome == SUCCEEDED and completion is not None:
-            attempt = attempt_from(self.name, model, 1, completion, 0.0, batch_id=batch_id)
+            prices_as = self.runner.pool.provider(self.name).prices_as
+            attempt = attempt_from(
+                self.name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
+            )
             if completion.stop_reason == STOP_END and completion.text.strip():
                 chain = ChainResult(completion, [attempt])
                 records.complete_item(self.runner.store, self.step, row.idx, completion.text, chain)
@@ -198,14 +201,7 @@ class BatchRun:
 def _with_model(request: CompletionRequest, model: str | None) -> CompletionRequest:
     if model is None or request.model == model:
         return request
-    return CompletionRequest(
-        request.system,
-        request.messages,
-        model,
-        request.max_tokens,
-        request.temperature,
-        request.shared_prefix,
-    )
+    return dataclasses.replace(request, model=model)
 
 
 def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: str) -> Attempt:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nyxnb.callspec import ReasoningSpec
 from nyxnb.spec import ItemSpec
 
 
@@ -30,6 +31,14 @@ class StepConfig:
     item_idx: int | None = None  # implementation-prompt: which item of ``source``
     heading: str | None = None
     batch: bool | None = None  # fan-out: through the batch API (None: the spec default)
+    # the step's own call settings (None: ``defaults``'); see nyxnb.callspec.CallSettings
+    reasoning: ReasoningSpec | None = None
+    keep_thinking: bool | None = None
+    service_tier: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> StepConfig:
@@ -38,6 +47,10 @@ class StepConfig:
         items = data.pop("items", None)
         source = data.pop("from", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("reasoning") is not None:
+            known["reasoning"] = ReasoningSpec.model_validate(known["reasoning"])
+        if known.get("stop") is not None:
+            known["stop"] = tuple(known["stop"])
         return cls(
             items=tuple(ItemSpec.model_validate(i) for i in items) if items is not None else None,
             source=source,
