@@ -56,7 +56,8 @@ class EndpointSpec(_Model):
         "openai", "azure-openai", "anthropic", "anthropic-bedrock", "anthropic-vertex", "google"
     ]
     base_url: str | None = None
-    key_env: str | None = "default"
+    #: "" (written ``null``) means no key; stored as "" so a stored spec keeps it
+    key_env: str = "default"
     model: str | None = None  # the endpoint's default model
     prices_as: str | None = None
     max_tokens_param: Literal["max_completion_tokens", "max_tokens"] | None = None
@@ -76,6 +77,8 @@ class EndpointSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _no_secrets(cls, data: object) -> object:
+        if isinstance(data, dict) and "key_env" in data and data["key_env"] is None:
+            data = {**data, "key_env": ""}
         if isinstance(data, dict):
             for name in _SECRET_FIELDS:
                 if name in data:
@@ -102,7 +105,20 @@ class EndpointSpec(_Model):
 
 
 class ReasoningSpec(_Model):
-    """How hard a reasoning model thinks: an ``effort`` or a thinking ``budget_tokens``."""
+    """How hard a reasoning model thinks: an ``effort`` or a thinking ``budget_tokens``.
+
+    Shorthands: ``reasoning: high`` is ``{effort: high}``, ``reasoning: 4000`` is
+    ``{budget_tokens: 4000}`` (so ``--matrix reasoning=low,high`` works).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: object) -> object:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"budget_tokens": data}
+        if isinstance(data, str):
+            return {"budget_tokens": int(data)} if data.isdigit() else {"effort": data}
+        return data
 
     effort: Literal["minimal", "low", "medium", "high"] | None = None
     budget_tokens: int | None = Field(default=None, ge=0, le=128_000)

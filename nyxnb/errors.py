@@ -107,7 +107,7 @@ class UnknownEndpoint(UnknownProvider):
         self.name = name
         ConfigError.__init__(
             self,
-            f"unknown endpoint {name!r}",
+            f"unknown provider or endpoint {name!r}",
             hint=f"known: {', '.join(sorted(known))}; or declare it under `endpoints:` in the "
             "spec, the project's nyxnb.yaml or ~/.config/nyxnb/nyxnb.yaml",
         )

@@ -66,11 +66,11 @@ class AnthropicProvider(Provider):
         try:
             raw = await client.messages.with_raw_response.create(**self.params(request))
         except anthropic.AnthropicError as exc:
-            raise self._error(exc, client.api_key) from exc
+            raise self._error(exc, getattr(client, "api_key", None)) from exc
         try:
             answer = completion_of(await _parsed(raw), model, self.name)
         except Exception as exc:  # noqa: BLE001 - a 200 that is not a message
-            raise malformed_answer(self.name, exc, client.api_key) from exc
+            raise malformed_answer(self.name, exc, getattr(client, "api_key", None)) from exc
         answer.extra["rate"] = rate_info(raw.headers)
         return answer
 

@@ -106,6 +106,17 @@ def resolve(name: str, table: Table | None, registered: list[str]) -> tuple[str,
     raise UnknownEndpoint(name, [*registered, *(table or {})])
 
 
+def check_extras(endpoint: Endpoint) -> None:
+    """Raise :class:`MissingExtra` now if the endpoint's SDK needs a package not installed."""
+    spec = endpoint.spec
+    if spec.api == "anthropic-bedrock":
+        _require(endpoint.name, "boto3", "boto3", "bedrock")
+    elif spec.api == "anthropic-vertex" or spec.vertexai:
+        _require(endpoint.name, "google.auth", "google-auth", "vertex")
+    elif spec.api == "azure-openai" and spec.entra:
+        _require(endpoint.name, "azure.identity", "azure-identity", "azure")
+
+
 # -- clients ------------------------------------------------------------------------------------
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from nyxnb.errors import UnknownProvider
+from nyxnb.errors import UnknownEndpoint
 from nyxnb.providers.base import Provider, ProviderOptions
 from nyxnb.providers.batch_base import BatchApi
-from nyxnb.providers.endpoints import Table, resolve
+from nyxnb.providers.endpoints import Table, check_extras, resolve
 
 _REGISTRY: dict[str, str | type[Provider]] = {
     "offline": "nyxnb.providers.offline:OfflineProvider",
@@ -34,7 +34,7 @@ def provider_class(name: str, endpoints: Table | None = None) -> type[Provider]:
     try:
         entry = _REGISTRY[name]
     except KeyError:
-        raise UnknownProvider(name, list(_REGISTRY)) from None
+        raise UnknownEndpoint(name, [*_REGISTRY, *(endpoints or {})]) from None
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = getattr(import_module(module), attr)
@@ -53,6 +53,8 @@ def create_provider(
     chain may use; an unknown name raises :class:`~nyxnb.errors.UnknownEndpoint`.
     """
     kind, endpoint = resolve(name, endpoints, list(_REGISTRY))
+    if endpoint is not None:
+        check_extras(endpoint)
     cls = provider_class(kind)
     if isinstance(options, dict):
         options = cls.Options.model_validate(options)

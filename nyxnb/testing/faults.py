@@ -32,6 +32,8 @@ class Reply:
     stop: str = "end"  # "end" | "max_tokens" | "refusal" | "blocked" (Gemini prompt blocked)
     latency_ms: float = 0
     raw_stop: str | None = None  # exact wire value, e.g. "content_filter" or "RECITATION"
+    reasoning_tokens: int = 0  # thinking tokens reported apart (and added to the output)
+    thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,17 @@ def rate_limited(retry_after_s: float = 1.0) -> Fault:
         code="rate_limit_exceeded",
         headers={"retry-after": seconds},
         variants={"google": gemini},
+    )
+
+
+def flex_unavailable() -> Fault:
+    """OpenAI's 429 when flex processing has no capacity ("429 Resource Unavailable" in OpenAI's
+    flex-processing guide): no retry hint, and not a quota exhaustion; it waits like any 429."""
+    return Fault(
+        429,
+        "Resource Unavailable: there is not enough capacity for flex processing right now.",
+        code="resource_unavailable",
+        type="resource_unavailable",
     )
 
 
