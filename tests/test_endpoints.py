@@ -285,3 +285,43 @@ def test_models_command_lists_each_endpoint(fake_server, second_server, monkeypa
     assert {m["model"] for m in found["google"]["models"]} == {"gemini-2.5-flash", "gemini-2.5-pro"}
     text = CliRunner().invoke(cli, ["models", "openai"])
     assert text.exit_code == 0 and "openai (openai, key set)" in text.output
+
+
+def test_reasoning_tokens_show_in_show_compare_widget_and_duckdb(store, fake_server):
+    from nyxnb.notebook import inspect
+    from nyxnb.notebook.state import ProgressState
+
+    minimal(store)
+    fake_server.set_default("openai", reply("ok", output_tokens=4, reasoning_tokens=30))
+    first = nyxnb.run(one_step("openai", reasoning="low"), tenant="nyx", project="BRbase",
+                      store=store, on_event=None)  # fmt: skip
+    assert first.ok, first.error
+    state = ProgressState()
+    for event in first.events:
+        state.apply(event)
+    assert "(30 reasoning)" in state.headline()
+    url = store.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(cli, ["--db", url, "show", first.workflow_id])
+    assert shown.exit_code == 0 and "(30 reasoning)" in shown.output, shown.output
+    cell = nyxnb.compare([first.workflow_id], store=store).rows[0].cells[0]
+    assert cell is not None and cell.reasoning_tokens == 30 and cell.output_tokens == 34
+    con = inspect.connect(store)
+    assert con.execute("SELECT sum(reasoning_tokens) FROM llm_calls").fetchone() == (30,)
+    assert inspect.cost_by(store, "provider")["reasoning_tokens"].tolist() == [30]
+
+
+def test_sampling_and_reasoning_are_in_the_cache_key():
+    from nyxnb.engine.durable.cache import cache_key
+    from nyxnb.providers.base import CompletionRequest
+
+    base = CompletionRequest.of("sys", "hi")
+    keys = {
+        cache_key("openai", "m", base),
+        cache_key("openai", "m", CompletionRequest.of("sys", "hi", top_p=0.5)),
+        cache_key("openai", "m", CompletionRequest.of("sys", "hi", stop=("X",))),
+        cache_key("openai", "m", CompletionRequest.of("sys", "hi", seed=1)),
+        cache_key("openai", "m", CompletionRequest.of("sys", "hi", reasoning_effort="low")),
+        cache_key("openai", "m", CompletionRequest.of("sys", "hi", service_tier="flex")),
+        cache_key("local", "m", base),  # another endpoint: another entry
+    }
+    assert len(keys) == 7

@@ -74,6 +74,12 @@ def pause(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     )
 
 
+def _reasoning(totals: dict[str, Any]) -> str:
+    """`` (N reasoning)`` when some of the output tokens were thinking, else nothing."""
+    n = totals.get("reasoning_tokens") or 0
+    return f" ({n} reasoning)" if n else ""
+
+
 def _show_text(data: dict[str, Any]) -> str:
     rows = [
         {
@@ -81,7 +87,7 @@ def _show_text(data: dict[str, Any]) -> str:
             "items": f"{s['items_done']}/{s['items_total']}" if s["items_total"] else "",
             "gen": "yes" if s["auto_generated"] else "",
             "cost": f"{s['cost_usd']:.4f}",
-            "tokens": f"{s['input_tokens']}+{s['output_tokens']}",
+            "tokens": f"{s['input_tokens']}+{s['output_tokens']}{_reasoning(s)}",
         }
         for s in data["steps"]
     ]
@@ -122,12 +128,13 @@ def _show_text(data: dict[str, Any]) -> str:
             "cached",
             "input_tokens",
             "output_tokens",
+            "reasoning_tokens",
             "cost_usd",
         ],
     )
     total = (
         f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
-        f"{t.get('output_tokens', 0)} tokens, ${float(t.get('cost_usd') or 0):.4f}"
+        f"{t.get('output_tokens', 0)} tokens{_reasoning(t)}, ${float(t.get('cost_usd') or 0):.4f}"
     )
     return f"{head}\n\n{steps}{_batches_text(data)}\n\nprovider calls:\n{ledger}\n{total}"
 

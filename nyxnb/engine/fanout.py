@@ -254,6 +254,7 @@ class _FanOut:
             input_tokens=sum(a.input_tokens for a in result.attempts),
             output_tokens=sum(a.output_tokens for a in result.attempts),
             cost_usd=sum(a.cost_usd for a in result.attempts),
+            reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
         )
 
 

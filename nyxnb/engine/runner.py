@@ -326,6 +326,7 @@ class Runner(RunContext):
             input_tokens=tokens[0],
             output_tokens=tokens[1],
             cost_usd=sum(a.cost_usd for a in result.attempts),
+            reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
         )
 
     def _generated_item(self, step: StepRow) -> ItemView | None:

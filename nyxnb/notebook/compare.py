@@ -44,7 +44,9 @@ def _cell_html(c: RunCell | None) -> str:
     meta = (
         f"<b>{html.escape(c.status)}</b>{' <span class=reused>(reused)</span>' if c.reused else ''}"
         f" · {html.escape(c.provider or '')} {html.escape(c.model or '')}<br>"
-        f"{c.input_tokens}/{c.output_tokens} tok · ${c.cost_usd:.4f} · {c.latency_ms:.0f} ms"
+        f"{c.input_tokens}/{c.output_tokens} tok"
+        + (f" ({c.reasoning_tokens} reasoning)" if c.reasoning_tokens else "")
+        + f" · ${c.cost_usd:.4f} · {c.latency_ms:.0f} ms"
     )
     if c.score is not None:
         meta += f" · score <b>{c.score:g}</b>"

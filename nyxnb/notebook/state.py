@@ -33,6 +33,7 @@ class StepRow:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
     auto_generated: bool = False
     cached: bool = False  # the step's answer (every item's, for a fan-out) came from the cache
     cached_items: int = 0  # fan-out items answered from the cache in this run
@@ -191,6 +192,7 @@ class ProgressState:
             row.model, row.cached_items = e.model or row.model, row.cached_items + e.cached
             tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
             self._add(row, *tokens)
+            row.reasoning_tokens += e.reasoning_tokens
         elif isinstance(e, ev.StepCompleted):
             row.status, row.items_done = "completed", row.items_total
             if not e.skipped:
@@ -200,6 +202,7 @@ class ProgressState:
                 row.heading = ""
             else:
                 self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
+                row.reasoning_tokens += e.reasoning_tokens
         elif isinstance(e, ev.StepFailed):
             row.status = "failed"
         elif isinstance(e, ev.ProviderFallback):
@@ -297,7 +300,10 @@ class ProgressState:
         tokens_in, tokens_out, cost = self.totals()
         total = max(self.total_steps, len(self.steps))
         line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps, "
-        line += f"{tokens_in}+{tokens_out} tokens, ${cost:.4f}"
+        reasoning = sum(r.reasoning_tokens for r in self.steps.values())
+        line += f"{tokens_in}+{tokens_out} tokens"
+        line += f" ({reasoning} reasoning), " if reasoning else ", "
+        line += f"${cost:.4f}"
         return line + (f"\nerror: {self.error}" if self.error else "")
 
     def table(self, ages: bool = True) -> str:

@@ -29,6 +29,7 @@ def _totals(store: Store, workflow_id: str, by: Any) -> list[dict[str, Any]]:
         func.sum(case((LlmCall.cached.is_(True), 1), else_=0)).label("cached"),
         func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
         func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(LlmCall.reasoning_tokens), 0).label("reasoning_tokens"),
         func.coalesce(func.sum(LlmCall.cost_usd), 0.0).label("cost_usd"),
     ]
     query = select(*by, *cols).where(LlmCall.workflow_id == workflow_id)
@@ -112,6 +113,7 @@ def _step_dict(
         "claims": _claims(items),
         "input_tokens": (totals or {}).get("input_tokens", 0),
         "output_tokens": (totals or {}).get("output_tokens", 0),
+        "reasoning_tokens": (totals or {}).get("reasoning_tokens", 0),  # part of output_tokens
         "cost_usd": float((totals or {}).get("cost_usd", 0.0)),
     }
     if with_items:
