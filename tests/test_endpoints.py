@@ -325,3 +325,35 @@ def test_sampling_and_reasoning_are_in_the_cache_key():
         cache_key("local", "m", base),  # another endpoint: another entry
     }
     assert len(keys) == 7
+
+
+def local_endpoint(srv: FakeProviderServer) -> dict:
+    return {"local": {"api": "openai", "base_url": f"{srv.url}/v1", "key_env": None}}
+
+
+def test_an_endpoint_down_is_down_alone(store, fake_server, second_server):
+    """Breakers are per endpoint: a refused local server never marks the built-in openai down."""
+    from nyxnb.testing import auth_error
+
+    minimal(store)
+    second_server.set_default("openai", auth_error())
+    body = one_step(["local:m", "openai"])
+    body["steps"].append({"name": "again", "persona": "Athena", "prompt": "Again",
+                          "provider": ["local:m", "openai"]})  # fmt: skip
+    body["endpoints"] = local_endpoint(second_server)
+    assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
+    assert second_server.hits["openai"] == 1  # down after its refusal, for the rest of the run
+    assert fake_server.hits["openai"] == 2
+    ledger = [(c.provider, c.outcome, c.error_kind) for c in calls(store)]
+    assert ("local", "error", "auth") in ledger and ledger.count(("openai", "ok", None)) == 2
+
+
+def test_thinking_text_is_kept_only_when_asked(store, second_server):
+    minimal(store)
+    second_server.set_default("openai", reply("ok", reasoning_tokens=5, thinking="Let me see"))
+    for keep in (False, True):
+        body = one_step(["local:m"], keep_thinking=keep, reasoning="low")
+        body["endpoints"] = local_endpoint(second_server)
+        assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
+    kept = [(c.reasoning_tokens, c.thinking) for c in calls(store)]
+    assert kept == [(5, None), (5, "Let me see")]

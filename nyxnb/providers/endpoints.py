@@ -90,6 +90,12 @@ def endpoint_table(spec_endpoints: Mapping[str, EndpointSpec] | None = None) -> 
     return {name: Endpoint(name, spec) for name, spec in merged.items()}
 
 
+def workflow_endpoints(stored_spec: Mapping[str, Any] | None) -> dict[str, Endpoint]:
+    """The endpoint table of a stored workflow spec (its ``endpoints:`` over the files')."""
+    raw = (stored_spec or {}).get("endpoints") or {}
+    return endpoint_table({n: EndpointSpec.model_validate(b) for n, b in raw.items()})
+
+
 def split_entry(entry: str) -> tuple[str, str | None]:
     """``"local:llama3.1:8b"`` -> ``("local", "llama3.1:8b")`` (the first colon splits)."""
     name, _, model = entry.partition(":")

@@ -20,12 +20,13 @@ from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
 from nyxnb.engine.durable import records
-from nyxnb.engine.durable.records import BATCHES
+from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
+from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.providers.registry import batch_api, create_provider
 from nyxnb.store import Store
 from nyxnb.store.models import (
@@ -232,9 +233,11 @@ async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]
     )
     with store.reading() as conn:
         rows = [(str(p), str(b)) for p, b in conn.execute(query)]
+        spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
+    endpoints = workflow_endpoints(spec) if rows else {}
     done = []
     for provider_name, batch_id in rows:
-        provider = create_provider(provider_name)
+        provider = create_provider(provider_name, None, endpoints)
         api = batch_api(provider)
         try:
             if api is not None:
