@@ -18,6 +18,7 @@
     │   ├── LeaseLost             this run's lease was taken over; its writes are refused
     │   ├── ClaimLost             a fan-out item's claim expired; its write was refused
     │   ├── StepFailed            a step failed (workflow id, step, item)
+    │   ├── WorkflowStopped       an awaited notebook run paused or failed: one line, Run All stops
     │   └── BudgetExceeded        the next fan-out would exceed max_cost_usd
     ├── ProviderError             one provider call failed; ``kind`` says why
     │   ├── ProviderUnavailable   transient: retry, then try elsewhere
@@ -29,7 +30,9 @@
         ├── StalePlan             the database changed since the plan was made
         └── VerificationFailed    post-apply checks failed; everything was rolled back
 
-Pause is not an error: a paused run ends with a ``workflow_paused`` event.
+Pause is not an error: a paused run ends with a ``workflow_paused`` event. In a notebook it is
+an outcome that must stop *Run All* (the next cells read a finished run), so ``await
+WorkflowProgress.arun(...)`` raises :class:`WorkflowStopped`, which IPython shows as its one line.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+
+from nyxnb.rates import RateInfo
 
 # scheme://user:PASSWORD@host -- the password part of any URL-like text
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
@@ -178,6 +183,21 @@ class RunError(NyxError):
     """A workflow run cannot proceed."""
 
 
+class WorkflowStopped(RunError):
+    """An awaited notebook run ended paused, interrupted or failed: an outcome, not a crash.
+
+    Raised so *Run All* stops there (the next cells need a finished workflow). IPython, nbval
+    and papermill show ``_render_traceback_``: the one line, without a traceback.
+    """
+
+    def __init__(self, workflow_id: str, status: str, line: str) -> None:
+        self.workflow_id, self.status = workflow_id, status
+        super().__init__(line)
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.message]
+
+
 class LeaseHeld(RunError):
     """Another process holds the run lease of this workflow."""
 
@@ -249,8 +269,10 @@ class ProviderError(NyxError):
         self.provider = provider
         self.kind = kind
         self.retry_after = retry_after
-        #: the provider's rate-limit headers (a ``nyxnb.providers.classify.RateInfo``), if sent
-        self.rate: object | None = None
+        #: what the provider's rate-limit headers said, if it sent any
+        self.rate: RateInfo | None = None
+        #: a streamed call that got no byte at all within its first-byte timeout
+        self.hung = False
         super().__init__(f"{provider}: {kind}: {message}", hint=hint)
 
 

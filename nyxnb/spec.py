@@ -217,6 +217,15 @@ class WorkflowSpec(_Model):
         """The user step called ``name``."""
         return next(s for s in self.steps if s.name == name)
 
+    def expected_steps(self) -> int:
+        """User steps plus the generated ones, as far as the spec lets us count them up front."""
+        generate = self.generate
+        count = len(self.steps) + (1 if generate.consistency_check else 0)
+        if generate.implementation_prompts is not None:
+            source = self.step(generate.implementation_prompts.from_)
+            count += len(source.items or [])
+        return count
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (stored in ``workflows.spec``)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

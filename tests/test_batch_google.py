@@ -119,7 +119,7 @@ def test_gemini_expired_and_errored_items_say_why(sqlite_store, srv):
     assert _keys(srv.gemini_batches, 1) == ["i0", "i3"]
     failed = sorted((c.item_idx, c.error_kind, c.error) for c in calls if c.outcome == "error")
     assert [f[:2] for f in failed] == [(0, "expired"), (3, "errored")]
-    assert "JOB_STATE_EXPIRED" in failed[0][2] and "fake batch item error" in failed[1][2]
+    assert "JOB_STATE_EXPIRED" in failed[0][2] and "fake batch line error" in failed[1][2]
     assert [b.batch_id for b in batches] == [FIRST, "batches/fakegem0002"]
 
 
@@ -198,7 +198,7 @@ def test_the_inline_size_estimate_is_the_requests_text():
 
 
 def test_item_errors_never_carry_the_key(sqlite_store, srv):
-    srv.gemini_batches.error_message = f"bad key {FAKE_KEYS['GEMINI_API_KEY']} for this item"
+    srv.gemini_batches.line_error = f"bad key {FAKE_KEYS['GEMINI_API_KEY']} for this item"
     srv.gemini_batches.plan({0: "errored"})
     seed(sqlite_store)
     result = _run(sqlite_store, batch_spec("google", fallback="live"))

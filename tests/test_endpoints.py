@@ -151,9 +151,8 @@ def test_bedrock_request_shape_as_the_sdk_signs_it(store, fake_server, monkeypat
     result = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
     assert result.ok, result.error
     req = fake_server.received[-1]
-    assert req.path.startswith(
-        "/model/anthropic.claude-3-5-haiku-20241022-v1"
-    ) and req.path.endswith("/invoke")
+    # every live call streams: Bedrock's streaming path, answered as an AWS event stream
+    assert req.path == f"/model/{model}/invoke-with-response-stream"
     auth = req.headers["authorization"]
     assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/bedrock/aws4_request" in auth and "x-amz-date" in req.headers
@@ -175,7 +174,7 @@ def test_vertex_request_shapes_for_gemini_and_claude(store, fake_server, monkeyp
     req = fake_server.received[-1]
     assert req.path.split("?")[0] == (
         "/v1beta1/projects/proj-1/locations/us-central1/publishers/google/models/"
-        "gemini-2.5-flash:generateContent"
+        "gemini-2.5-flash:streamGenerateContent"
     )
     assert req.headers["authorization"] == "Bearer ya29.token"
     config = req.json()["generationConfig"]
@@ -191,7 +190,7 @@ def test_vertex_request_shapes_for_gemini_and_claude(store, fake_server, monkeyp
     req = fake_server.received[-1]
     assert req.path == (
         "/v1/projects/proj-1/locations/us-central1/publishers/anthropic/models/"
-        "claude-haiku-4-5:rawPredict"
+        "claude-haiku-4-5:streamRawPredict"
     )
     assert req.headers["authorization"] == "Bearer ya29.token"
     assert req.json()["anthropic_version"] and "model" not in req.json()

@@ -130,6 +130,7 @@ def test_request_carries_model_system_prompt_and_parameters(fake_server, provide
     assert "77" in text and "0.25" in text
 
 
+# Every live call streams: Gemini through streamGenerateContent?alt=sse.
 def test_sdk_paths(fake_server):
     for provider in PROVIDERS:
         complete(provider)
@@ -137,7 +138,7 @@ def test_sdk_paths(fake_server):
     assert paths == [
         "/v1/messages",
         "/v1/chat/completions",
-        "/v1/models/gemini-2.5-flash:generateContent",
+        "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
     ]
 
 

@@ -19,6 +19,7 @@ from nyxnb.cli.main import cli
 from nyxnb.engine.durable.records import item_rows, load_steps
 from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import ClaimLost, ConfigError
+from nyxnb.store import open_store
 from nyxnb.store.models import LlmCall, StepItem, Workflow, utcnow
 from nyxnb.store.seed import seed
 from nyxnb.testing import Reply
@@ -192,3 +193,27 @@ def test_claim_ttl_comes_from_the_option_then_the_environment(monkeypatch):
 def test_worker_cli_rejects_a_too_short_claim_ttl(sqlite_url):
     result = CliRunner().invoke(cli, ["--db", sqlite_url, "worker", "--claim-ttl", "0.2"])
     assert result.exit_code == 2 and "--claim-ttl" in result.output
+
+
+@pytest.mark.parametrize("ttl", ["inf", "1e12", "nan"])
+def test_an_unbounded_claim_ttl_is_one_line_naming_the_range(
+    sqlite_url, tmp_path, monkeypatch, ttl
+):
+    """``--claim-ttl inf`` (or the environment's) was taken, then the first claim raised
+    OverflowError with a traceback: both are refused up front, naming the allowed range."""
+    store = open_store(sqlite_url)
+    seed(store)
+    nyxnb.submit(_spec(tmp_path, 2), tenant="nyx", project="BRbase", store=store)
+    store.dispose()
+    runner = CliRunner()
+    given = runner.invoke(
+        cli, ["--db", sqlite_url, "worker", "--exit-when-idle", "--claim-ttl", ttl]
+    )
+    assert given.exit_code in (1, 2) and "Traceback" not in given.output, given.output
+    assert "--claim-ttl" in given.output and "3600" in given.output
+    monkeypatch.setenv("NYXNB_CLAIM_TTL_S", ttl)
+    from_env = runner.invoke(cli, ["--db", sqlite_url, "worker", "--exit-when-idle"])
+    assert from_env.exit_code == 1 and "Traceback" not in from_env.output, from_env.output
+    assert "NYXNB_CLAIM_TTL_S" in from_env.output and "1 to 3600 s" in from_env.output
+    with pytest.raises(ConfigError, match="out of range"):
+        claim_ttl_s(float(ttl))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 import click
 
 from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, with_json
 from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import api
-from nyxnb.reports.summary import list_workflows, workflow_summary
+from nyxnb.reports.summary import WorkflowSummary, list_workflows, workflow_summary
 
 
 @click.command()
@@ -74,67 +73,45 @@ def pause(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     )
 
 
-def _reasoning(totals: dict[str, Any]) -> str:
+def _reasoning(tokens: int) -> str:
     """`` (N reasoning)`` when some of the output tokens were thinking, else nothing."""
-    n = totals.get("reasoning_tokens") or 0
-    return f" ({n} reasoning)" if n else ""
+    return f" ({tokens:,} reasoning)" if tokens else ""
 
 
-def _show_text(data: dict[str, Any]) -> str:
+def _show_text(data: WorkflowSummary) -> str:
+    from nyxnb.notebook.progress import money, tokens_text
+
     rows = [
         {
-            **s,
-            "items": f"{s['items_done']}/{s['items_total']}" if s["items_total"] else "",
-            "gen": "yes" if s["auto_generated"] else "",
-            "cost": f"{s['cost_usd']:.4f}",
-            "tokens": f"{s['input_tokens']}+{s['output_tokens']}{_reasoning(s)}",
+            **asdict(s),
+            "items": f"{s.items_done}/{s.items_total}" if s.items_total else "",
+            "gen": "yes" if s.auto_generated else "",
+            "cost": money(s.cost_usd),
+            "tokens": tokens_text(s.input_tokens, s.output_tokens) + _reasoning(s.reasoning_tokens),
         }
-        for s in data["steps"]
+        for s in data.steps
     ]
-    t = data["totals"]
-    head = (
-        f"{data['name']} [{data['id']}]  {data['tenant']}/{data['project']}  "
-        f"status: {data['status']}"
-    )
-    if data.get("error"):
-        head += f"\nerror: {data['error']}"
-    if data.get("lease_owner") and data["status"] == "running":
-        head += f"\nrun by: {data['lease_owner']}"
-    for s in data["steps"]:
-        for owner, n in (s.get("claims") or {}).items():
-            head += f"\n{s['name']}: {n} items held by worker {owner}"
-    steps = table(
-        rows,
-        [
-            "order",
-            "name",
-            "type",
-            "persona",
-            "provider",
-            "status",
-            "items",
-            "gen",
-            "tokens",
-            "cost",
-        ],
-    )
+    t = data.totals
+    head = f"{data.name} [{data.id}]  {data.tenant}/{data.project}  status: {data.shown_status}"
+    if data.interrupted:
+        head += f" (stored: {data.status})\n{data.note}"
+    if data.error:
+        head += f"\nerror: {data.error}"
+    if data.lease_owner and data.shown_status == "running":
+        head += f"\nrun by: {data.lease_owner}"
+    for s in data.steps:
+        for owner, n in s.claims.items():
+            head += f"\n{s.name}: {n} items held by worker {owner}"
+    cols = ["order", "name", "type", "persona", "provider", "status", "items", "gen", "tokens"]
+    steps = table(rows, [*cols, "cost"])
     ledger = table(
-        [{**p, "cost_usd": f"{p['cost_usd']:.4f}"} for p in data["by_provider"]],
-        [
-            "provider",
-            "calls",
-            "ok",
-            "errors",
-            "cached",
-            "input_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-            "cost_usd",
-        ],
-    )
+        [{**asdict(p), "cost_usd": money(p.cost_usd)} for p in data.by_provider],
+        ["provider", "calls", "ok", "errors", "cached", "input_tokens", "output_tokens",
+         "reasoning_tokens", "cost_usd"],
+    )  # fmt: skip
     total = (
-        f"total: {t.get('calls', 0)} calls, {t.get('input_tokens', 0)}+"
-        f"{t.get('output_tokens', 0)} tokens{_reasoning(t)}, ${float(t.get('cost_usd') or 0):.4f}"
+        f"total: {t.calls} calls, {tokens_text(t.input_tokens, t.output_tokens)} tokens"
+        f"{_reasoning(t.reasoning_tokens)}, {money(t.cost_usd)}"
     )
     return f"{head}\n\n{steps}{_batches_text(data)}\n\nprovider calls:\n{ledger}\n{total}"
 
@@ -151,18 +128,18 @@ def _refuse_unused_with_variants(flags: RunFlags) -> None:
         )
 
 
-def _batches_text(data: dict[str, Any]) -> str:
+def _batches_text(data: WorkflowSummary) -> str:
     """The workflow's provider batches: state, the provider's counts, age (open ones first)."""
     from nyxnb.notebook.progress import duration
 
-    batches = sorted(data.get("batches") or [], key=lambda b: not b["live"])
+    batches = sorted(data.batches, key=lambda b: not b.live)
     rows = [
         {
-            **b,
-            "batch_id": b["batch_id"] or "(not submitted)",
-            "done": f"{b['done']}/{b['items']}",
-            "age": duration(b["age_s"]) if b["age_s"] is not None and b["live"] else "",
-            "ended": f"{b['ended_at']:%Y-%m-%d %H:%M}" if b["ended_at"] else "",
+            **asdict(b),
+            "batch_id": b.batch_id or "(not submitted)",
+            "done": f"{b.done}/{b.items}",
+            "age": duration(b.age_s) if b.age_s is not None and b.live else "",
+            "ended": f"{b.ended_at:%Y-%m-%d %H:%M}" if b.ended_at else "",
         }
         for b in batches
     ]
@@ -175,16 +152,16 @@ def _clip(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[:width].rstrip() + f"\n… ({len(text)} chars)"
 
 
-def _outputs_text(data: dict[str, Any], width: int = 600) -> str:
+def _outputs_text(data: WorkflowSummary, width: int = 600) -> str:
     """Each step's prompt template and output (truncated), for `show --outputs`."""
     parts = []
-    for s in data["steps"]:
-        note = " (reused from the previous revision)" if s.get("reused_from") else ""
-        score = f"  score: {s['score']:g}" if s.get("score") is not None else ""
-        parts.append(f"── {s['order']} {s['name']} [{s['status']}]{note}{score}")
-        if s.get("prompt"):
-            parts.append("prompt:\n" + _clip(s["prompt"], width // 2))
-        parts.append("output:\n" + (_clip(s["output"], width) or "(none)"))
+    for s in data.steps:
+        note = " (reused from the previous revision)" if s.reused_from else ""
+        score = f"  score: {s.score:g}" if s.score is not None else ""
+        parts.append(f"── {s.order} {s.name} [{s.status}]{note}{score}")
+        if s.prompt:
+            parts.append("prompt:\n" + _clip(s.prompt, width // 2))
+        parts.append("output:\n" + (_clip(s.output, width) or "(none)"))
     return "\n".join(parts)
 
 
@@ -200,7 +177,8 @@ def show(ctx: click.Context, workflow_id: str, tenant: str | None, outputs: bool
     data = workflow_summary(
         store, workflow_id, tenant_id=store.tenant_id(tenant), with_items=wants_json(ctx)
     )
-    emit(ctx, data, lambda: _show_text(data) + ("\n\n" + _outputs_text(data) if outputs else ""))
+    text = lambda: _show_text(data) + ("\n\n" + _outputs_text(data) if outputs else "")  # noqa: E731
+    emit(ctx, data.to_dict(), text)
 
 
 @click.command("list")
@@ -210,13 +188,19 @@ def show(ctx: click.Context, workflow_id: str, tenant: str | None, outputs: bool
 def list_(ctx: click.Context, tenant: str | None) -> None:
     """List workflows, newest first."""
     store = get_store(ctx)
-    rows = list_workflows(store, tenant_id=store.tenant_id(tenant))
+    rows = [asdict(r) for r in list_workflows(store, tenant_id=store.tenant_id(tenant))]
     cols = ["id", "tenant", "project", "name", "status", "created_at", "finished_at"]
-    for r in rows:
-        r["created_at"] = f"{r['created_at']:%Y-%m-%d %H:%M}" if r["created_at"] else ""
-        r["finished_at"] = f"{r['finished_at']:%Y-%m-%d %H:%M}" if r["finished_at"] else ""
-        r["revision_of"] = r["revision_of"] or ""
-    emit(ctx, rows, lambda: table(rows, [*cols, "revision_of"]))
+    shown = [
+        {
+            **r,
+            "created_at": f"{r['created_at']:%Y-%m-%d %H:%M}" if r["created_at"] else "",
+            "finished_at": f"{r['finished_at']:%Y-%m-%d %H:%M}" if r["finished_at"] else "",
+            "revision_of": r["revision_of"] or "",
+        }
+        for r in rows
+    ]
+    notes = "".join(f"\n{r['note']}" for r in rows if r["note"])
+    emit(ctx, shown, lambda: table(shown, [*cols, "revision_of"]) + notes)
 
 
 @click.command()

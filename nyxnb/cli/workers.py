@@ -12,6 +12,7 @@ from nyxnb import events as ev
 from nyxnb.cli.common import emit, get_store, table, with_json
 from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine.workers import queue
+from nyxnb.engine.workers.claims import MAX_CLAIM_TTL_S, MIN_CLAIM_TTL_S
 from nyxnb.engine.workers.worker import Worker, WorkerOptions, WorkerStats, live_workers
 
 
@@ -50,8 +51,8 @@ def _print_event(event: ev.Event) -> None:
 @click.option("--max-workflows", type=click.IntRange(1), help="Exit after leading K workflows.")
 @click.option(
     "--claim-ttl",
-    type=click.FloatRange(1.0),
-    help="Seconds before a dead worker's claims and leases are taken over "
+    type=click.FloatRange(MIN_CLAIM_TTL_S, MAX_CLAIM_TTL_S),
+    help="Seconds before a dead worker's claims and leases are taken over, 1 to 3600 "
     "(default NYXNB_CLAIM_TTL_S, else 6).",
 )
 @with_json

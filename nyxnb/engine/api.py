@@ -22,7 +22,7 @@ from typing import Any
 
 from nyxnb import events as ev
 from nyxnb.engine.calls.chain import RetryPolicy
-from nyxnb.engine.runner import Runner
+from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import RunError
 from nyxnb.spec import WorkflowSpec
@@ -77,14 +77,10 @@ class Job:
                 on_event(event)
             sink(event)
 
-        runner = Runner(
-            self.store,
-            self.workflow_id,
-            emit=emit,
-            retry=self.retry,
-            provider_options=self.provider_options,
-            tenant_id=self.tenant_id,
+        config = RunConfig(
+            retry=self.retry, provider_options=self.provider_options, tenant_id=self.tenant_id
         )
+        runner = Runner(self.store, self.workflow_id, config, emit=emit)
         if self.runner_ready is not None:
             self.runner_ready(runner)
         return runner

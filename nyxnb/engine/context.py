@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError
@@ -18,10 +19,11 @@ from sqlalchemy import func, select
 
 from nyxnb import events as ev
 from nyxnb.engine import telemetry
-from nyxnb.engine.calls.chain import ProviderPool, complete_with_fallback
+from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fallback
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
-from nyxnb.engine.durable import records
+from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.engine.outcomes import Attempt, ChainResult
@@ -82,27 +84,47 @@ def call_settings(step: StepRow, spec: WorkflowSpec) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """How one run executes: fixed when its runner is built, never changed after."""
+
+    retry: RetryPolicy | None = None
+    provider_options: Mapping[str, Mapping[str, object]] | None = None
+    tenant_id: str | None = None
+    #: The lease owner token; a worker passes the one it claimed the workflow with.
+    owner: str | None = None
+    #: How long the run's lease outlives a renewal (a worker: its claim TTL, faster takeover).
+    lease_ttl_s: float = lease.TTL_S
+    #: A worker's item claims: fan-out items then come through claims shared with other workers.
+    claimer: ItemClaimer | None = None
+    #: A worker's concurrency, over the spec's.
+    fan_out_limit: int | None = None
+    #: False for a worker helping another's fan-out: it holds item claims, not the run's lease.
+    fenced: bool = True
+
+
 class RunContext:
     """The services of one run that step executors use (set up by the runner)."""
 
-    store: Store
     workflow_id: str
     tenant_id: str | None
     spec: WorkflowSpec
     project: ProjectView
     personas: dict[str, str]
     pool: ProviderPool
-    writer: GroupWriter
-    # Set by a worker (nyxnb.engine.workers.worker): fan-out items come through shared claims.
-    claimer: ItemClaimer | None = None
-    fan_out_limit: int | None = None
 
-    def __init__(self, store: Store, workflow_id: str, *, emit: Emit) -> None:
-        self.store, self.workflow_id, self._emit = store, workflow_id, emit
+    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+        self.workflow_id, self.config, self._emit = workflow_id, config, emit
+        self.owner = config.owner or lease.new_owner()
+        #: The run's writes: fenced by its lease (refused once another run took over).
+        self.store: Store = (
+            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
+        )
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
         self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-        self.writer = GroupWriter(store)
+        claimer = config.claimer
+        self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
 

@@ -97,10 +97,12 @@ class _FanOut:
         self.completed = sum(1 for r in rows if r.status == COMPLETED)
         self.failures: list[tuple[int, ChainExhausted]] = []
         self.limit = (
-            runner.fan_out_limit or step.config.concurrency or runner.spec.defaults.concurrency
+            runner.config.fan_out_limit
+            or step.config.concurrency
+            or runner.spec.defaults.concurrency
         )
         self._pending = deque(r for r in rows if r.status != COMPLETED)
-        claimer = runner.claimer  # a worker: items come from claims shared with other workers
+        claimer = runner.config.claimer  # a worker: items come from claims shared by workers
         self._source = (
             claimer.source(step.id, list(self._pending), min(self.limit, 8), lead=lead)
             if claimer is not None
@@ -269,12 +271,12 @@ def _step_output(items: list[ItemRow]) -> str:
 async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     """Execute (or resume) a fan-out step."""
     items = _items(runner, step)
-    requests, wanted = [], []
-    for idx, item in enumerate(items):
-        request = runner.request(step, runner.render(step, ItemView(item.heading, item.body, idx)))
-        requests.append(request)
-        wanted.append((item.heading, request.messages[0].content, request_hash("item", request)))
-    requests = _mark_shared_prefix(requests)
+    prompts = [runner.render(step, ItemView(i.heading, i.body, idx)) for idx, i in enumerate(items)]
+    requests = fan_out_requests(runner, step, prompts)
+    wanted = [
+        (item.heading, request.messages[0].content, request_hash("item", request))
+        for item, request in zip(items, requests, strict=True)
+    ]
     digest = hashlib.sha256("".join(w[2] for w in wanted).encode()).hexdigest()
     done_view = (
         StepView(
@@ -300,7 +302,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         done_items=fan.completed,
     )
     finished = await _execute(runner, step, fan)
-    if not fan.failures and runner.claimer is not None:  # items other workers failed
+    if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
             (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
             for r in records.load_items(runner.store, step.id)
@@ -339,6 +341,17 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
 MIN_SHARED_PREFIX_CHARS = 1024
 
 
+def fan_out_requests(
+    runner: RunContext, step: StepRow, prompts: list[str]
+) -> list[CompletionRequest]:
+    """The requests of a fan-out's items, the prefix their prompts share marked for caching.
+
+    The lead builds them from the rendered prompts, a helping worker from the stored inputs:
+    both here, so a helper's calls read the same prompt cache as the lead's.
+    """
+    return _mark_shared_prefix([runner.request(step, prompt) for prompt in prompts])
+
+
 def _mark_shared_prefix(requests: list[CompletionRequest]) -> list[CompletionRequest]:
     """Mark the prompt prefix every item shares (cut at a whitespace) for prompt caching."""
     if len(requests) < 2:
@@ -371,13 +384,14 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
     hash to its stored input hash is left to the lead.
     """
-    rows = [r for r in records.load_items(runner.store, step.id) if r.status != COMPLETED]
-    requests: dict[int, CompletionRequest] = {}
-    for row in rows:
-        request = runner.request(step, row.input)
-        if request_hash("item", request) == row.input_hash:
-            requests[row.idx] = request
-    rows = [r for r in rows if r.idx in requests]
+    every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
+    built = fan_out_requests(runner, step, [r.input for r in every])
+    requests = {
+        row.idx: request
+        for row, request in zip(every, built, strict=True)
+        if row.status != COMPLETED and request_hash("item", request) == row.input_hash
+    }
+    rows = [r for r in every if r.idx in requests]
     if not rows:
         return 0
     dense = [requests.get(i, requests[rows[0].idx]) for i in range(max(requests) + 1)]

@@ -20,9 +20,9 @@ from nyxnb import events as ev
 from nyxnb.autosteps import desired_generated
 from nyxnb.engine import telemetry
 from nyxnb.engine.calls.budget import SharedBudget
-from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy
+from nyxnb.engine.calls.chain import ProviderPool
 from nyxnb.engine.calls.governor import Limits
-from nyxnb.engine.context import Emit, Paused, RunContext, request_hash
+from nyxnb.engine.context import Emit, Paused, RunConfig, RunContext, request_hash
 from nyxnb.engine.durable import lease, records
 from nyxnb.engine.durable.rows import StepConfig, StepRow
 from nyxnb.engine.fanout import run_fan_out
@@ -50,29 +50,25 @@ from nyxnb.templates import ItemView, ProjectView, StepView
 PAUSE_POLL_S = 0.25  # how soon a pause asked from another process (or `nyxnb pause`) is seen
 RECORD_FAILURE_S = 5.0  # how long a failed run keeps trying to record its failure
 
-__all__ = ["PAUSE_POLL_S", "Paused", "Runner", "request_hash"]
+__all__ = ["PAUSE_POLL_S", "Paused", "RunConfig", "Runner", "request_hash"]
 
 
 class Runner(RunContext):
     """Executes one workflow under its lease, emitting events."""
 
     def __init__(
-        self,
-        store: Store,
-        workflow_id: str,
-        *,
-        emit: Emit,
-        retry: RetryPolicy | None = None,
-        provider_options: dict[str, dict[str, object]] | None = None,
-        tenant_id: str | None = None,
-        owner: str | None = None,
+        self, store: Store, workflow_id: str, config: RunConfig | None = None, *, emit: Emit
     ) -> None:
-        super().__init__(store, workflow_id, emit=emit)
-        self.pool = ProviderPool(retry, provider_options, shared=SharedBudget(store))
-        self.tenant_id = tenant_id
-        self._owner = owner or lease.new_owner()  # a worker passes the lease it claimed
+        config = config or RunConfig()
+        super().__init__(store, workflow_id, config, emit=emit)
+        options = config.provider_options
+        self.pool = ProviderPool(
+            config.retry,
+            {k: dict(v) for k, v in options.items()} if options is not None else None,
+            shared=SharedBudget(store),
+        )
+        self.tenant_id = config.tenant_id
         self._plain = store  # lease bookkeeping; the run's own writes go through the fence
-        self.lease_ttl_s = lease.TTL_S  # a worker sets its claim TTL (faster takeover)
         self.current: StepRow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -82,12 +78,10 @@ class Runner(RunContext):
         lease.acquire(
             self._plain,
             self.workflow_id,
-            self._owner,
+            self.owner,
             tenant_id=self.tenant_id,
-            ttl_s=self.lease_ttl_s,
+            ttl_s=self.config.lease_ttl_s,
         )
-        self.store = lease.FencedStore(self._plain, self.workflow_id, self._owner)
-        self.writer.store = self.store
         heartbeat = asyncio.create_task(self._heartbeat())
         started = time.perf_counter()
         try:
@@ -106,7 +100,7 @@ class Runner(RunContext):
         except LeaseLost as exc:  # another run owns the workflow now: write nothing
             self._failed_event(str(exc))
         except Exception as exc:  # noqa: BLE001 - anything unexpected fails the run cleanly
-            self._fail_run(exc)
+            await self._fail_run(exc)
         else:
             self._finish(COMPLETED, None)
             await self._digest()
@@ -125,10 +119,10 @@ class Runner(RunContext):
             with contextlib.suppress(LeaseLost, SQLAlchemyError):
                 self.writer.close()
             with contextlib.suppress(SQLAlchemyError):
-                lease.release(self._plain, self.workflow_id, self._owner)
+                lease.release(self._plain, self.workflow_id, self.owner)
             await self.pool.aclose()
 
-    def _fail_run(self, exc: Exception) -> None:
+    async def _fail_run(self, exc: Exception) -> None:
         """Mark the step that was running and the workflow ``failed``, with the error recorded.
 
         A :class:`NyxError` was already recorded on its step; anything else (a template that
@@ -149,7 +143,7 @@ class Runner(RunContext):
             except SQLAlchemyError:
                 if time.monotonic() > deadline:
                     break
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
         self._failed_event(error)
 
     def _unexpected(self, exc: Exception) -> str:
@@ -180,7 +174,7 @@ class Runner(RunContext):
             frozen = wf.personas
         if frozen is None:  # a workflow from before personas were frozen: freeze them now
             frozen = frozen_personas(self.spec, personas_for(self.store, self.tenant_id))
-            records.update_workflow(self.store, self.workflow_id, personas=frozen)
+            records.update_workflow(self._plain, self.workflow_id, personas=frozen)
         self.personas = frozen
         d = self.spec.defaults
         limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
@@ -205,7 +199,7 @@ class Runner(RunContext):
                 project=self.project.name,
                 tenant=self.tenant_slug,
                 resumed=self.status != "pending",
-                total_steps=max(len(steps), self._expected_steps()),
+                total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
 
@@ -225,15 +219,6 @@ class Runner(RunContext):
         except NyxError as exc:  # the run's outputs stand; say why there is no digest
             records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
 
-    def _expected_steps(self) -> int:
-        """User steps plus the generated ones, when the spec lets us count them up front."""
-        generate = self.spec.generate
-        count = len(self.spec.steps) + (1 if generate.consistency_check else 0)
-        if generate.implementation_prompts is not None:
-            source = self.spec.step(generate.implementation_prompts.from_)
-            count += len(source.items or [])
-        return count
-
     def _finish(self, status: str, error: str | None) -> None:
         records.update_workflow(
             self.store,
@@ -247,15 +232,15 @@ class Runner(RunContext):
     async def _heartbeat(self) -> None:
         """Renew the lease every HEARTBEAT_S (or a quarter of a shorter TTL); look for a pause
         request every PAUSE_POLL_S."""
-        renewed, every = time.monotonic(), min(lease.HEARTBEAT_S, self.lease_ttl_s / 4)
+        ttl = self.config.lease_ttl_s
+        renewed, every = time.monotonic(), min(lease.HEARTBEAT_S, ttl / 4)
         query = select(Workflow.pause_requested).where(Workflow.id == self.workflow_id)
         while True:
             await asyncio.sleep(PAUSE_POLL_S)
             try:
                 if time.monotonic() - renewed >= every:
                     renewed = time.monotonic()
-                    ttl = self.lease_ttl_s
-                    if not lease.renew(self._plain, self.workflow_id, self._owner, ttl):
+                    if not lease.renew(self._plain, self.workflow_id, self.owner, ttl):
                         self.pause_event.set()  # lost the lease: stop launching work
                         return
                 with self._plain.reading() as conn:

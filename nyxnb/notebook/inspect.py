@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import NullPool
 
+from nyxnb.notebook.progress import money, tokens_text
 from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Workflow, WorkflowStep
@@ -161,7 +163,7 @@ def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) ->
         "output",
         "error",
     ]
-    frame = pd.DataFrame(summary["steps"], columns=cols)
+    frame = pd.DataFrame([asdict(s) for s in summary.steps], columns=cols)
     return frame.astype({"input_tokens": "int64", "output_tokens": "int64"})
 
 
@@ -174,10 +176,10 @@ def items_df(
     st = _store(store)
     summary = workflow_summary(st, workflow_id, tenant_id=st.tenant_id(tenant))
     rows = [
-        {"step": s["name"], **item}
-        for s in summary["steps"]
-        for item in s["items"]
-        if step is None or s["name"] == step
+        {"step": s.name, **asdict(item)}
+        for s in summary.steps
+        for item in s.items or ()
+        if step is None or s.name == step
     ]
     cols = ["step", "idx", "heading", "status", "provider", "output", "error"]
     return pd.DataFrame(rows, columns=cols)
@@ -266,14 +268,17 @@ def _figure(width: float, height: float, constrained: bool = True) -> Figure:
 
 
 def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) -> Figure:
-    """Latency of every fan-out item's calls (ms), coloured by provider; errors hatched."""
-    from matplotlib.ticker import MaxNLocator
-
+    """Latency of every fan-out item's calls (ms) by item name, coloured by provider; errors
+    hatched."""
     calls = calls_df(store, workflow_id)
     calls = calls[calls["item_idx"].notna()]
     if step is not None:
         calls = calls[calls["step"] == step]
-    fig = _figure(9, 3.6)
+    items = items_df(store, workflow_id, step=step)
+    names = {(r.step, r.idx): r.heading or f"item {r.idx}" for r in items.itertuples()}
+    keys = list(dict.fromkeys(zip(calls["step"], calls["item_idx"].astype(int), strict=True)))
+    slot = {key: i for i, key in enumerate(keys)}
+    fig = _figure(9, 3.9)
     ax = fig.add_subplot()
     providers = sorted(calls["provider"].unique())
     colors = dict(
@@ -281,26 +286,18 @@ def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) 
     )
     for provider in providers:
         part = calls[calls["provider"] == provider]
-        errors = part["outcome"] == "error"
-        ax.bar(
-            part["item_idx"][~errors] + 1,
-            part["latency_ms"][~errors],
-            width=0.8,
-            color=colors.get(provider),
-            label=provider,
-        )
-        if errors.any():
-            ax.bar(
-                part["item_idx"][errors] + 1,
-                part["latency_ms"][errors],
-                width=0.8,
-                color="none",
-                edgecolor=colors.get(provider),
-                hatch="//",
-                label=f"{provider} (error)",
-            )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("item")
+        x = [slot[k] for k in zip(part["step"], part["item_idx"].astype(int), strict=True)]
+        errors = (part["outcome"] == "error").tolist()
+        for failed in (False, True):
+            xs = [v for v, e in zip(x, errors, strict=True) if e == failed]
+            ys = [v for v, e in zip(part["latency_ms"], errors, strict=True) if e == failed]
+            if xs:
+                ax.bar(xs, ys, width=0.8, label=f"{provider} (error)" if failed else provider,
+                       color="none" if failed else colors.get(provider),
+                       edgecolor=colors.get(provider), hatch="//" if failed else None)  # fmt: skip
+    labels = [names.get(k, f"item {k[1]}") for k in keys]
+    ax.set_xticks(range(len(keys)), labels, rotation=35, ha="right", fontsize="small")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"per-item latency{f' of {step}' if step else ''}")
     if providers:
@@ -308,26 +305,43 @@ def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) 
     return fig
 
 
+#: Provider calls outside any step (a run's digest) are one bar, named so.
+NO_STEP = "digest (no step)"
+
+
 def plot_cost(store: StoreArg, workflow_id: str | None = None) -> Figure:
-    """Tokens and cost by step, stacked by provider (two panels)."""
+    """Input and output tokens by step, and cost by step and provider (two panels)."""
     table = cost_by(store, ["step", "provider"], workflow_id=workflow_id)
-    table["tokens"] = table["input_tokens"] + table["output_tokens"]
-    order = list(dict.fromkeys(calls_df(store, workflow_id)["step"].fillna("(none)")))
-    table["step"] = table["step"].fillna("(none)")
-    fig = _figure(10, 0.9 + 0.28 * max(len(order), 1))
+    order = list(dict.fromkeys(calls_df(store, workflow_id)["step"].fillna(NO_STEP)))
+    table["step"] = table["step"].fillna(NO_STEP)
+    fig = _figure(10, 1.1 + 0.28 * max(len(order), 1))
     axes = fig.subplots(1, 2, sharey=True)
-    providers = sorted(table["provider"].unique())
-    for ax, metric, label in ((axes[0], "tokens", "tokens"), (axes[1], "cost_usd", "cost (USD)")):
-        left = [0.0] * len(order)
-        for provider in providers:
-            part = table[table["provider"] == provider].set_index("step")[metric]
-            values = [float(part.get(s, 0.0)) for s in order]
-            ax.barh(order, values, left=left, label=provider)
-            left = [a + b for a, b in zip(left, values, strict=True)]
-        ax.set_xlabel(label)
+    by_step = table.groupby("step")[["input_tokens", "output_tokens"]].sum()
+    left = [0.0] * len(order)
+    for column, color in (("input_tokens", "#1565c0"), ("output_tokens", "#ef6c00")):
+        values = [float(by_step[column].get(s, 0)) for s in order]
+        axes[0].barh(order, values, left=left, color=color, label=column.split("_")[0])
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    axes[0].set_xlabel("tokens")
+    axes[0].legend(loc="lower right", fontsize="small")
+    left = [0.0] * len(order)
+    for provider in sorted(table["provider"].unique()):
+        part = table[table["provider"] == provider].set_index("step")["cost_usd"]
+        values = [float(part.get(s, 0.0)) for s in order]
+        axes[1].barh(order, values, left=left, label=provider)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    if max(left, default=0.0) <= 0:  # nothing priced: say so instead of an axis around zero
+        axes[1].set_xlim(0, 1)
+        axes[1].set_xticks([])
+        axes[1].text(0.5, 0.5, "not priced\n(offline or local provider)", ha="center",
+                     va="center", transform=axes[1].transAxes, color="#757575")  # fmt: skip
+    else:
+        axes[1].set_xlim(left=0)
+        axes[1].legend(loc="lower right", fontsize="small")
+    axes[0].set_xlim(left=0)
+    axes[1].set_xlabel("cost (USD)")
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize="small")
-    fig.suptitle("tokens and cost by step and provider")
+    fig.suptitle("tokens (input and output) and cost by step")
     return fig
 
 
@@ -349,34 +363,35 @@ def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
 
     st = _store(store)
     summary = workflow_summary(st, workflow_id, with_items=False)
-    context, steps = step_context(st, workflow_id), summary["steps"]
+    context, steps = step_context(st, workflow_id), summary.steps
     fig = _figure(11.5, 0.75 + 0.3 * (len(steps) + 1), constrained=False)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
     ax.set_ylim(len(steps) + 2.1, -0.1)
-    t, done = summary["totals"], sum(s["status"] == "completed" for s in steps)
-    head = (f"{summary['name']}: {summary['status']}, {done}/{len(steps)} steps, "
-            f"{t.get('input_tokens') or 0}+{t.get('output_tokens') or 0} tokens, "
-            f"${float(t.get('cost_usd') or 0):.4f}")  # fmt: skip
+    t, done = summary.totals, sum(s.status == "completed" for s in steps)
+    head = (
+        f"{summary.name}: {summary.shown_status}, {done}/{summary.total_steps} steps · "
+        f"{tokens_text(t.input_tokens, t.output_tokens)} tokens · {money(t.cost_usd)}"
+    )
     ax.text(1, 0.5, head, weight="bold", va="center", fontsize=10)
     cols = {"#": 1, "step": 3.5, "type": 17, "persona": 31, "provider": 42, "status": 51,
             "items": 76.5, "current": 83}  # fmt: skip
     for name, x in cols.items():
         ax.text(x, 1.5, name, weight="bold", va="center", fontsize=9)
     for i, s in enumerate(steps):
-        y, color = i + 2.5, _STATUS_COLORS.get(s["status"], "#757575")
-        heading, used = context.get(s["order"], ("", None))
-        provider = None if s["type"] == "pattern-check" else used or s["provider"]
-        total = s["items_total"]
-        items = f"{s['items_done']}/{total}" if total else ""
-        values = [str(s["order"] + 1), s["name"], s["type"], s["persona"] or "", provider or "",
-                  s["status"], items, heading[:28]]  # fmt: skip
+        y, color = i + 2.5, _STATUS_COLORS.get(s.status, "#757575")
+        heading, used = context.get(s.order, ("", None))
+        provider = None if s.type == "pattern-check" else used or s.provider
+        total = s.items_total
+        items = f"{s.items_done}/{total}" if total else ""
+        values = [str(s.order), s.name, s.type, s.persona or "", provider or "", s.status, items,
+                  heading[:28]]  # fmt: skip
         for (name, x), value in zip(cols.items(), values, strict=True):
             status = name == "status"
             ax.text(x, y, value, va="center", fontsize=9, color=color if status else "black",
                     weight="bold" if status else "normal")  # fmt: skip
-        share = s["items_done"] / total if total else float(s["status"] == "completed")
+        share = s.items_done / total if total else float(s.status == "completed")
         ax.add_patch(Rectangle((60, y - 0.3), 15, 0.6, color="#e0e0e0", linewidth=0))
         ax.add_patch(Rectangle((60, y - 0.3), 15 * share, 0.6, color=color, linewidth=0))
     return fig

@@ -28,6 +28,33 @@ def duration(seconds: float) -> str:
     return f"{round(seconds / 60, 1):g} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def tokens_text(tokens_in: int, tokens_out: int) -> str:
+    """Tokens as read at a glance: ``9,465 in / 1,524 out``."""
+    return f"{int(tokens_in):,} in / {int(tokens_out):,} out"
+
+
+def money(cost_usd: float) -> str:
+    """A cost: ``$0.0123``; ``—`` where nothing was priced (the offline provider, local models)."""
+    return f"${cost_usd:,.4f}" if cost_usd else "—"
+
+
+def clock(seconds: float) -> str:
+    """Elapsed or remaining time as tqdm shows it: ``0:07``, ``12:31``, ``1:02:03``."""
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def pace(done: int, total: int, elapsed_s: float, unit: str = "items") -> str:
+    """``0:12 · 2.1 items/s · ETA 0:05``: tqdm's elapsed, rate and time left."""
+    text = clock(elapsed_s)
+    if done <= 0 or elapsed_s <= 0:
+        return text
+    rate = done / elapsed_s
+    text += f" · {rate:.1f} {unit}/s" if rate >= 1 else f" · {1 / rate:.1f} s/{unit[:-1]}"
+    return text + (f" · ETA {clock((total - done) / rate)}" if total > done else "")
+
+
 def batch_text(
     provider: str,
     batch_id: str,

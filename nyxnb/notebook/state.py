@@ -2,18 +2,39 @@
 
 What it shows is what happened, not what was configured: the provider and model that answered,
 cache hits marked ``cached``, fallbacks, and the workflow's step count known from the start
-(``WorkflowStarted.total_steps``), so the header never grows 1/1, 3/5, 6/19.
+(``WorkflowStarted.total_steps``), so the header never grows 1/1, 3/5, 6/19. Steps are numbered
+by their ``order`` (from 0), as in ``steps_df``, ``nyxnb show`` and SQL. Timing is tqdm's:
+elapsed, rate and ETA per fan-out and for the run; a dead run (lease expired, no runner) reads
+``interrupted`` with the line that says how to resume, whatever its stored status.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 from nyxnb import events as ev
-from nyxnb.notebook.progress import answered_by, batch_ended_text, batch_text
+from nyxnb.notebook.progress import (
+    answered_by,
+    batch_ended_text,
+    batch_text,
+    clock,
+    money,
+    pace,
+    tokens_text,
+)
+from nyxnb.reports.summary import INTERRUPTED, BatchSummary, WorkflowSummary
 
-_HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "current")
+_HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "time", "current")
+#: Statuses in which a run is under way (or about to be): a view follows them.
+ACTIVE = ("pending", "queued", "running")
+#: Step statuses of work under way; when the run stops they say why it stopped.
+_UNDER_WAY = ("running", "batch")
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending with an ellipsis when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @dataclass
@@ -37,15 +58,30 @@ class StepRow:
     auto_generated: bool = False
     cached: bool = False  # the step's answer (every item's, for a fan-out) came from the cache
     cached_items: int = 0  # fan-out items answered from the cache in this run
+    started_s: float | None = None  # wall clock when it started running in this run
+    done_at_start: int = 0  # items already done then (a resumed fan-out)
+    took_s: float | None = None  # how long it ran, once completed in this run
 
-    def cells(self) -> tuple[str, ...]:
-        """The row as text, in the columns of the table."""
+    def timing(self, now: float | None = None) -> str:
+        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 items/s · ETA 0:05``)."""
+        if self.took_s is not None:
+            return clock(self.took_s)
+        if self.started_s is None or self.status not in _UNDER_WAY:
+            return ""
+        elapsed = (now or time.time()) - self.started_s
+        if not self.items_total:
+            return clock(elapsed)
+        return pace(self.items_done - self.done_at_start, self.items_total - self.done_at_start,
+                    elapsed)  # fmt: skip
+
+    def cells(self, now: float | None = None) -> tuple[str, ...]:
+        """The row as text, in the columns of the table (the view clips, the text table too)."""
         items = f"{self.items_done}/{self.items_total}" if self.items_total else ""
         provider = answered_by(self.provider, None, self.cached)
         if self.cached_items and not self.cached:
             provider += f", {self.cached_items} cached"
         who = (self.name, self.type, self.persona or "", provider, self.model or "")
-        return (str(self.order + 1), *who, self.status, items, self.heading[:40])
+        return (str(self.order), *who, self.status, items, self.timing(now), self.heading)
 
 
 _ROW_FIELDS = {f.name for f in fields(StepRow)}
@@ -97,21 +133,20 @@ class BatchLine:
         )
 
     @classmethod
-    def of_store(cls, row: dict[str, Any]) -> BatchLine:
-        """A ``provider_batches`` row as :func:`~nyxnb.reports.summary.workflow_summary` has it."""
-        counts = row.get("counts") or {}
-        state = "canceling" if row["state"] == "canceling" else "open"
-        state = state if row["live"] else "ended"
+    def of_store(cls, row: BatchSummary) -> BatchLine:
+        """A batch of :func:`~nyxnb.reports.summary.workflow_summary`."""
+        succeeded = int(row.counts.get("succeeded", 0))
+        state = "canceling" if row.state == "canceling" else "open"
         return cls(
-            row["provider"],
-            row["batch_id"] or SUBMITTING,
-            row["order"],
-            row["items"],
-            row["done"],
-            state=state,
-            succeeded=int(counts.get("succeeded", 0)),
-            failed=row["done"] - int(counts.get("succeeded", 0)),
-            age_s=row.get("age_s"),
+            row.provider,
+            row.batch_id or SUBMITTING,
+            row.order,
+            row.items,
+            row.done,
+            state=state if row.live else "ended",
+            succeeded=succeeded,
+            failed=row.done - succeeded,
+            age_s=row.age_s,
         )
 
 
@@ -139,6 +174,9 @@ class ProgressState:
     batches: dict[str, BatchLine] = field(default_factory=dict)  # by batch id, oldest first
     unattributed: list[float] = field(default_factory=lambda: [0, 0, 0.0])
     run_totals: list[float] = field(default_factory=lambda: [0, 0, 0.0])  # from this run's events
+    note: str = ""  # why nothing runs it: "interrupted: no runner since ...; resume with ..."
+    started_s: float | None = None  # wall clock when the run (this one, or the stored one) began
+    ended_s: float | None = None
 
     def totals(self) -> tuple[int, int, float]:
         """Input tokens, output tokens and cost so far."""
@@ -158,9 +196,9 @@ class ProgressState:
         """Fold one event in; returns the row it touched, if any."""
         self.workflow_id = e.workflow_id
         if isinstance(e, ev.WorkflowStarted):
-            self.name, self.status, self.error = e.name, "running", None
+            self.name, self.status, self.error, self.note = e.name, "running", None, ""
             self.total_steps = max(self.total_steps, e.total_steps)
-            self.run_totals = [0, 0, 0.0]
+            self.run_totals, self.started_s, self.ended_s = [0, 0, 0.0], time.time(), None
         elif isinstance(e, ev.WorkflowCompleted):
             self.status = "completed"
             # fan-out events may not carry tokens: book the rest of the run on the workflow
@@ -171,11 +209,21 @@ class ProgressState:
             self.error = getattr(e, "error", None)
         elif isinstance(e, ev.StepEvent):
             return self._apply_step(e)
-        for row in self.steps.values():  # the run ended
-            row.status = "pending" if row.status in ("running", BATCH) else row.status
+        self.ended_s = time.time()
+        self._settle()
+        return None
+
+    def _settle(self) -> None:
+        """The run stopped: work under way says why (a paused fan-out says paused, not pending)."""
+        if self.status in ACTIVE:
+            return
+        why = self.status if self.status in ("paused", INTERRUPTED) else "pending"
+        for row in self.steps.values():
+            partly = row.status == "pending" and 0 < row.items_done < row.items_total
+            if row.status in _UNDER_WAY or partly:
+                row.status = why
         for line in self.batches.values():  # nobody here polls them now
             line.poll_s, line.error = 0.0, ""
-        return None
 
     def _apply_step(self, e: ev.StepEvent) -> StepRow:
         row = self.steps.get(e.order)
@@ -185,6 +233,7 @@ class ProgressState:
             row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
             row.provider = e.provider or row.provider
             row.items_total, row.items_done = e.total_items or 0, e.done_items
+            row.started_s, row.done_at_start, row.took_s = time.time(), e.done_items, None
             row.heading = getattr(e, "heading", None) or row.heading
         elif isinstance(e, ev.FanOutProgress):
             row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
@@ -195,6 +244,7 @@ class ProgressState:
             row.reasoning_tokens += e.reasoning_tokens
         elif isinstance(e, ev.StepCompleted):
             row.status, row.items_done = "completed", row.items_total
+            row.took_s = time.time() - row.started_s if row.started_s and not e.skipped else None
             if not e.skipped:
                 row.provider, row.model = e.provider or row.provider, e.model or row.model
                 row.cached, row.cached_items = e.cached, e.cached_items or row.cached_items
@@ -246,8 +296,8 @@ class ProgressState:
 
     def load(
         self,
-        summary: dict[str, Any],
-        extras: dict[int, Any],
+        summary: WorkflowSummary,
+        extras: dict[int, tuple[str, str | None]],
         merge: bool = False,
         answered: dict[int, Answered] | None = None,
     ) -> None:
@@ -255,33 +305,40 @@ class ProgressState:
 
         ``answered`` (per step order, from the ledger) says who answered and what was cached.
         """
-        self.workflow_id, self.name = summary["id"], summary["name"]
-        answered = answered or {}
+        self.workflow_id, self.name = summary.id, summary.name
+        answered, before = answered or {}, self.steps
         if not merge:
-            self.status, self.error = summary["status"], summary.get("error")
-            self.steps, self.unattributed = {}, [0, 0, 0.0]
-        self.total_steps = max(self.total_steps, len(summary["steps"]))
-        for data in summary["steps"]:
-            row = StepRow(**{k: v for k, v in data.items() if k in _ROW_FIELDS})
+            self.status, self.error = summary.shown_status, summary.error
+            self.note, self.steps, self.unattributed = summary.note, {}, [0, 0, 0.0]
+            started, ended = summary.started_at, summary.finished_at or summary.interrupted_since
+            self.started_s = started.timestamp() if started else self.started_s
+            self.ended_s = ended.timestamp() if ended and self.status not in ACTIVE else None
+        self.total_steps = max(self.total_steps, summary.total_steps, len(summary.steps))
+        for data in summary.steps:
+            row = StepRow(**{k: getattr(data, k) for k in _ROW_FIELDS if hasattr(data, k)})
             row.heading, used = extras.get(row.order, ("", None))
             row.provider = None if row.type == "pattern-check" else used or row.provider
             if (who := answered.get(row.order)) is not None and row.type != "pattern-check":
                 row.provider, row.model = who.provider, who.model
                 row.cached = who.calls > 0 and who.cached == who.calls
                 row.cached_items = who.cached if row.type == "fan-out" else 0
+            timed = before.get(row.order)
+            if timed is not None and timed.name == row.name and row.status == "completed":
+                row.took_s = timed.took_s  # the store has no clocks: keep what the events timed
             old = self.steps.get(row.order)
             if old is None or old.name != row.name or not merge:
                 self.steps[row.order] = row
             else:
                 old.heading = old.heading or row.heading
-        self._load_batches(summary.get("batches") or [], merge)
+        self._load_batches(summary.batches, merge)
         if merge:
             return
-        totals = summary.get("totals") or {}
-        for i, key in enumerate(("input_tokens", "output_tokens", "cost_usd")):
-            self.unattributed[i] = max(0, float(totals.get(key) or 0) - self.totals()[i])
+        self._settle()
+        totals = summary.totals
+        for i, value in enumerate((totals.input_tokens, totals.output_tokens, totals.cost_usd)):
+            self.unattributed[i] = max(0, float(value) - self.totals()[i])
 
-    def _load_batches(self, rows: list[dict[str, Any]], merge: bool) -> None:
+    def _load_batches(self, rows: tuple[BatchSummary, ...], merge: bool) -> None:
         """The store's batches; mid-run (``merge``) the events' lines are newer and stay."""
         lines = [BatchLine.of_store(r) for r in rows]
         if not merge:
@@ -294,29 +351,71 @@ class ProgressState:
             if step is not None and step.status == "running":
                 step.status, step.heading = BATCH, f"batch {line.done}/{line.total}"
 
-    def headline(self) -> str:
-        """One line: name, status, steps done, tokens and cost (and the error, if any)."""
+    def headline(self, timing: bool = True) -> str:
+        """One line: name, status, steps done, tokens, cost and time; then why it stopped.
+
+        ``timing=False`` leaves the clock out (it changes while nothing else does).
+        """
         done = sum(r.status == "completed" for r in self.steps.values())
         tokens_in, tokens_out, cost = self.totals()
         total = max(self.total_steps, len(self.steps))
-        line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps, "
+        line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps · "
         reasoning = sum(r.reasoning_tokens for r in self.steps.values())
-        line += f"{tokens_in}+{tokens_out} tokens"
-        line += f" ({reasoning} reasoning), " if reasoning else ", "
-        line += f"${cost:.4f}"
-        return line + (f"\nerror: {self.error}" if self.error else "")
+        line += f"{tokens_text(tokens_in, tokens_out)} tokens"
+        line += f" ({reasoning:,} reasoning)" if reasoning else ""
+        line += f" · {money(cost)}"
+        line += f" · {self.timing()}" if timing and self.started_s else ""
+        why = self.note or (f"error: {self.error}" if self.error else "")
+        if self.status == "paused" and not why:
+            why = f"paused{self._where()}; resume with `nyxnb resume {self.workflow_id}`"
+        return line + (f"\n{why}" if why else "")
+
+    def _where(self) -> str:
+        """`` at step 1 (features, 4/13 items)``: the first step not completed."""
+        rows = sorted(self.steps.values(), key=lambda r: r.order)
+        row = next((r for r in rows if r.status != "completed"), None)
+        if row is None:
+            return ""
+        items = f", {row.items_done}/{row.items_total} items" if row.items_total else ""
+        return f" at step {row.order} ({row.name}{items})"
+
+    def timing(self, now: float | None = None) -> str:
+        """The run's elapsed time; while it runs, also steps per time and an ETA (tqdm-style)."""
+        if self.started_s is None:
+            return ""
+        now = now or time.time()
+        end = self.ended_s if self.ended_s and self.status not in ACTIVE else now
+        elapsed = max(0.0, end - self.started_s)
+        if self.status not in ACTIVE:
+            return f"took {clock(elapsed)}"
+        done = [r for r in self.steps.values() if r.took_s is not None]
+        total = max(self.total_steps, len(self.steps))
+        left = total - sum(r.status == "completed" for r in self.steps.values())
+        text = f"elapsed {clock(elapsed)}"
+        running = [r for r in self.steps.values() if r.status in _UNDER_WAY and r.items_total]
+        eta = sum(r.took_s or 0 for r in done) / len(done) * left if done else None
+        fan = running[0] if running else None
+        if fan is not None and fan.started_s and fan.items_done > fan.done_at_start:
+            rate = (fan.items_done - fan.done_at_start) / max(1e-9, now - fan.started_s)
+            mean = sum(r.took_s or 0 for r in done) / len(done) if done else 0.0
+            eta = (fan.items_total - fan.items_done) / rate + mean * (left - 1)
+        return text + (f" · ETA ~{clock(eta)}" if eta is not None and left else "")
 
     def table(self, ages: bool = True) -> str:
         """The headline and the step table as aligned text (the view's text form).
 
-        ``ages=False`` leaves the batches' ages out: what a change check compares.
+        ``ages=False`` leaves the batches' ages and the clocks out: what a change check compares.
         """
-        rows = [r.cells() for r in sorted(self.steps.values(), key=lambda r: r.order)]
+        now = time.time()
+        rows = [
+            (*r.cells(now)[:8], r.cells(now)[8] if ages else "", clip(r.heading, 40))
+            for r in sorted(self.steps.values(), key=lambda r: r.order)
+        ]
         widths = [max([len(c), *(len(x[i]) for x in rows)]) for i, c in enumerate(_HEAD)]
         lines = ["  ".join(map(str.ljust, x, widths)).rstrip() for x in [_HEAD, *rows]]
         fallbacks = [f"fallback {f}" for f in self.fallbacks]
         batches = self.batch_lines(ages=ages)
-        return "\n".join([self.headline(), *lines, *batches, *fallbacks])
+        return "\n".join([self.headline(timing=ages), *lines, *batches, *fallbacks])
 
     def batch_lines(self, ended: int = 3, ages: bool = True) -> list[str]:
         """The live batches, then the last ``ended`` ones that ended, as text lines."""
@@ -324,4 +423,4 @@ class ProgressState:
         return [b.text(ages) for b in [*self.live_batches(), *done]]
 
 
-__all__ = ["BATCH", "Answered", "BatchLine", "ProgressState", "StepRow"]
+__all__ = ["ACTIVE", "BATCH", "Answered", "BatchLine", "ProgressState", "StepRow", "clip"]

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -41,20 +42,24 @@ from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine import api
-from nyxnb.errors import NyxError, RunError
+from nyxnb.errors import NyxError, RunError, WorkflowStopped
 from nyxnb.notebook.inspect import reader, step_context
 from nyxnb.notebook.progress import TextProgress
-from nyxnb.notebook.state import Answered, ProgressState, StepRow
+from nyxnb.notebook.state import ACTIVE, Answered, ProgressState, StepRow
 from nyxnb.notebook.view import WidgetView, static_html
-from nyxnb.reports.summary import workflow_summary
+from nyxnb.reports.summary import INTERRUPTED, workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 
 log = logging.getLogger(__name__)
 ENV_MODE = "NYXNB_PROGRESS"
-ACTIVE = ("pending", "queued", "running")  # queued: submitted, a worker will run it
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
+#: Every view of a workflow in this kernel, so that they all show one truth (see ``_siblings``).
+_VIEWS: dict[str, weakref.WeakSet[WorkflowProgress]] = {}
+TICK_S = 1.0  # while it runs, the clocks (elapsed, ETA) move at least this often
+#: On an interrupt (the toolbar's stop button), how long the cell waits for the pause to land.
+INTERRUPT_WAIT_S = 60.0
 
 
 def live_frontend() -> bool:
@@ -95,6 +100,7 @@ class WorkflowProgress:
         self._lock = threading.RLock()
         self._dirty, self._last_flush = set[int](), 0.0
         self._timer: threading.Timer | None = None
+        self._ticker: threading.Timer | None = None
         self._handle: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
@@ -107,6 +113,7 @@ class WorkflowProgress:
             WidgetView(self._on_pause, self._on_resume, self._on_cancel) if self.widget else None
         )
         self._shown_status = ""
+        self._shown_in: int | None = None
         self._run_kw: dict[str, Any] = {}  # what a Resume click passes on (provider options)
         if display and self._view is not None:
             self._show()
@@ -158,8 +165,39 @@ class WorkflowProgress:
             dirty, self._dirty = self._dirty, set()
             if self._view is not None:
                 self._view.render(self.state, dirty)
-            if final or self.state.status != self._shown_status:  # the saved form follows
+            changed = self.state.status != self._shown_status
+            if final or changed:  # the saved form follows
                 self._update_display()
+            if self._view is not None and self.state.status == "running" and not final:
+                self._tick()
+        if changed:
+            self._siblings()
+
+    def _tick(self) -> None:
+        """While it runs, redraw every ``TICK_S`` so elapsed and ETA move between events."""
+        if self._ticker is None and not self._stop.is_set():
+            self._ticker = threading.Timer(TICK_S, self._on_tick)
+            self._ticker.daemon = True
+            self._ticker.start()
+
+    def _on_tick(self) -> None:
+        self._ticker = None
+        self._flush()
+
+    def _siblings(self) -> None:
+        """One truth per workflow: other views of it in this kernel re-read the store."""
+        workflow_id = self.state.workflow_id
+        if not workflow_id:
+            return
+        views = _VIEWS.setdefault(workflow_id, weakref.WeakSet())
+        views.add(self)
+        for other in list(views):
+            if other is not self and other.store is not None and not other._runs_it():
+                _SYNCS.submit(other._guard, other.refresh)
+
+    def _runs_it(self) -> bool:
+        """This view's own run of the workflow is under way (its events are the news)."""
+        return self._future is not None and not self._future.done()
 
     def _sync_from_store(self, merge: bool) -> None:
         if self._store_ok:  # off the engine's thread: the run never waits for the view's reads
@@ -188,6 +226,7 @@ class WorkflowProgress:
         workflow_id = workflow_id or latest_workflow(st, tenant=tenant, project=project)
         progress = cls(store=st, tenant=tenant, **kw)
         progress.state.workflow_id = workflow_id
+        _VIEWS.setdefault(workflow_id, weakref.WeakSet()).add(progress)
         progress.refresh()
         if progress.state.status in ACTIVE:
             progress._poller = threading.Thread(target=progress._poll, args=(poll_s,), daemon=True)
@@ -246,10 +285,15 @@ class WorkflowProgress:
     # -- background and foreground runs -----------------------------------------------------
     @classmethod
     def start(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
-        """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it."""
+        """Run ``spec`` (or ``resume`` a workflow) in the background; ``result()`` waits for it.
+
+        ``widget``, ``display`` and ``stream`` choose the view (see the class); the rest goes to
+        :func:`nyxnb.run` (or :func:`nyxnb.resume`).
+        """
         store = kw.pop("store", None)
         kw["store"] = store if isinstance(store, Store) else open_store(store)
-        progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"))
+        view = {k: kw.pop(k) for k in ("widget", "display", "stream") if k in kw}
+        progress = kw["on_event"] = cls(store=kw["store"], tenant=kw.get("tenant"), **view)
         progress._run_kw = {k: kw[k] for k in ("provider_options", "retry") if k in kw}
         if resume is not None:
             return progress._background(lambda: api.resume(resume, **kw))
@@ -274,15 +318,51 @@ class WorkflowProgress:
         progress = cls.start(spec, resume=resume, **kw)
         future = progress._future
         assert future is not None
-        try:
-            await asyncio.wrap_future(future)
+        interrupted = False
+        try:  # shielded: cancelling the cell must not cancel the run's future
+            await asyncio.shield(asyncio.wrap_future(future))
         except (KeyboardInterrupt, asyncio.CancelledError):
-            progress._ask_pause()
-            wait_futures([future], timeout=60)
-            raise
+            interrupted = True  # the toolbar's stop button: pause, keep the answers in flight
+            await progress._pause_on_interrupt(future)
         except Exception:  # noqa: BLE001 - result() raises it where the caller asks
             pass
+        progress._outcome(interrupted)
         return progress
+
+    async def _pause_on_interrupt(self, future: Future[api.RunResult]) -> None:
+        """Ask the run to pause (items in flight finish and are kept) and wait for it to stop."""
+        workflow_id = self.state.workflow_id
+        if workflow_id and not future.done():
+            try:
+                await asyncio.to_thread(self.pause)
+            except RunError:  # it finished (or paused) meanwhile: nothing to pause
+                pass
+        done, _ = await asyncio.to_thread(wait_futures, [future], INTERRUPT_WAIT_S)
+        if not done:
+            wait = f"{INTERRUPT_WAIT_S:.0f} s"
+            print(f"interrupted: pause asked, but the run has not stopped within {wait}; it goes "
+                  "on in the background (the widget follows it)")  # fmt: skip
+
+    def _outcome(self, interrupted: bool) -> None:
+        """A paused or failed run ends the cell with one line (Run All stops); else nothing."""
+        future = self._future
+        if future is None or not future.done():
+            return
+        if future.exception() is not None:
+            return  # result() raises it where the caller asks (e.g. a lease held elsewhere)
+        result = future.result()
+        if result.status == "completed":
+            if interrupted:
+                print(f"the run had completed before the interrupt: nothing to pause "
+                      f"({result.workflow_id})")  # fmt: skip
+            return
+        if self._pending is not None:
+            self._pending.exception(timeout=30)  # the last read of the store
+        with self._lock:
+            line = self.state.headline(timing=False).partition("\n")[2] or result.error or ""
+        if interrupted and result.status == "paused":
+            line = f"interrupted (■): {line}; the answers in flight were kept"
+        raise WorkflowStopped(result.workflow_id, result.status, line or result.status)
 
     @classmethod
     def run(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
@@ -394,7 +474,7 @@ class WorkflowProgress:
     def _on_resume(self, button: Any) -> None:
         """Resume the paused workflow in the background (the kernel stays free)."""
         view, workflow_id = self._view, self.state.workflow_id
-        if view is None or not workflow_id or self.state.status != "paused":
+        if view is None or not workflow_id or self.state.status not in ("paused", INTERRUPTED):
             return
         if self._future is not None and not self._future.done():
             return  # the paused run has not returned yet
@@ -418,6 +498,7 @@ class WorkflowProgress:
         if self._view is not None:
             self._view.render(self.state, None)
         self._handle = display(self._bundle(), raw=True, display_id=True)
+        self._shown_in = _execution_count()
 
     def _update_display(self) -> None:
         # the saved notebook keeps the last state as text, shown where the widget cannot render
@@ -434,9 +515,18 @@ class WorkflowProgress:
 
     def _ipython_display_(self) -> None:
         if self._view is not None:
+            if self._handle is not None and self._shown_in == _execution_count():
+                return  # shown by this very cell (``attach(...)`` as its last line): once
             self._show()
         else:
             print(self.summary())
+
+
+def _execution_count() -> int | None:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return None if shell is None else int(shell.execution_count)
 
 
 def _in_kernel() -> bool:

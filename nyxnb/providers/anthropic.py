@@ -6,7 +6,7 @@ SDK).  SDK retries are off: the fallback chain owns retries.
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anthropic
@@ -22,9 +22,17 @@ from nyxnb.providers.base import (
     Provider,
     ProviderOptions,
 )
-from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
+from nyxnb.providers.classify import (
+    HttpFailure,
+    cut_error,
+    malformed_answer,
+    rate_info,
+    sdk_error,
+    transport_error,
+)
 from nyxnb.providers.endpoints import anthropic_client
-from nyxnb.providers.params import anthropic_params, anthropic_thinking
+from nyxnb.providers.params import anthropic_params, anthropic_thinking_tokens, anthropic_thoughts
+from nyxnb.providers.streaming import StreamCut, Watch
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -60,24 +68,87 @@ class AnthropicProvider(Provider):
         return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        """Send one Messages API request and normalise the answer."""
+        """Stream one Messages API request and normalise the answer."""
         client = self.client()
         model = self.model_for(request)
+        watch = self.watch(request)
+        timeout = self.options.http_timeout(anthropic.Timeout, streamed=True)
+        answer = _Answer(watch)
         try:
-            raw = await client.messages.with_raw_response.create(**self.params(request))
-        except anthropic.AnthropicError as exc:
+            stream = await watch.open(
+                client.messages.create(**self.params(request), stream=True, timeout=timeout)
+            )
+            rate = rate_info(stream.response.headers)
+            async for event in watch.events(stream):
+                answer.add(event)
+        except Exception as exc:
             raise self._error(exc, getattr(client, "api_key", None)) from exc
         try:
-            answer = completion_of(await _parsed(raw), model, self.name)
-        except Exception as exc:  # noqa: BLE001 - a 200 that is not a message
+            return replace(answer.completion(model, self.name), rate=rate)
+        except Exception as exc:  # noqa: BLE001 - a 200 that is not a message stream
             raise malformed_answer(self.name, exc, getattr(client, "api_key", None)) from exc
-        answer.extra["rate"] = rate_info(raw.headers)
-        return answer
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
-        """The nyxnb error for an SDK exception."""
+        """The nyxnb error for an SDK, transport or timeout exception."""
+        if isinstance(exc, StreamCut):
+            return cut_error(self.name, exc, key)
         failure = failure_of(exc) if isinstance(exc, anthropic.APIStatusError) else None
+        if failure is None and not isinstance(exc, anthropic.AnthropicError):
+            return transport_error(self.name, exc, key) or malformed_answer(self.name, exc, key)
         return sdk_error(self.name, anthropic, exc, failure, key)
+
+
+class _Answer:
+    """A streamed message, accumulated from its events (the same fields as a whole message)."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.started: Any = None  # message_start's message: id, model, input usage
+        self.text: list[str] = []
+        self.stop = ""
+        self.output_tokens = 0
+        self.late_usage: Any = None
+        self.thinking: list[str] = []
+
+    def add(self, event: Any) -> None:
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                self.text.append(delta.text)
+                self.watch.wrote(delta.text)
+            elif delta.type == "thinking_delta":
+                self.watch.wrote(delta.thinking)
+                self.thinking.append(delta.thinking)
+        elif kind == "message_start":
+            self.started = event.message
+            self.output_tokens = event.message.usage.output_tokens or 0
+        elif kind == "message_delta":
+            self.stop = event.delta.stop_reason or self.stop
+            self.output_tokens = event.usage.output_tokens or self.output_tokens
+            self.late_usage = event.usage
+
+    def completion(self, model: str, provider: str) -> Completion:
+        if self.started is None:
+            raise ValueError("the stream had no message_start event")
+        usage, late = self.started.usage, self.late_usage
+        tokens = _Usage(
+            input=_latest(late, usage, "input_tokens"),
+            cached=_latest(late, usage, "cache_read_input_tokens"),
+            written=_latest(late, usage, "cache_creation_input_tokens"),
+            output=self.output_tokens,
+        )
+        answer = _completion("".join(self.text), self.stop, tokens, self.started, model, provider)
+        thought = "".join(self.thinking)
+        reasoning = anthropic_thinking_tokens(late or usage, thought)
+        tier = getattr(late, "service_tier", None) or getattr(usage, "service_tier", None)
+        return replace(answer, reasoning_tokens=reasoning, thinking=thought, service_tier=tier)
+
+
+def _latest(late: Any, early: Any, name: str) -> int:
+    """A usage count from ``message_delta`` when it carries one, else from ``message_start``."""
+    value = getattr(late, name, None) if late is not None else None
+    return int(value if value is not None else getattr(early, name, None) or 0)
 
 
 _EPHEMERAL = {"type": "ephemeral"}
@@ -127,36 +198,47 @@ def failure_of(exc: anthropic.APIStatusError) -> HttpFailure:
     )
 
 
+@dataclass(frozen=True)
+class _Usage:
+    input: int
+    cached: int
+    written: int
+    output: int
+
+
 def completion_of(message: SdkMessage, model: str, provider: str) -> Completion:
-    """The normalised answer of a Messages API message (live or from a batch)."""
+    """The normalised answer of a Messages API message (from a batch)."""
     text = "".join(getattr(b, "text", "") for b in message.content if b.type == "text")
     usage = message.usage
-    cached = usage.cache_read_input_tokens or 0
-    written = usage.cache_creation_input_tokens or 0
-    raw = message.stop_reason or ""
-    reasoning, thinking = anthropic_thinking(message, text)
+    tokens = _Usage(
+        input=usage.input_tokens,
+        cached=usage.cache_read_input_tokens or 0,
+        written=usage.cache_creation_input_tokens or 0,
+        output=usage.output_tokens,
+    )
+    answer = _completion(text, message.stop_reason or "", tokens, message, model, provider)
+    thought = anthropic_thoughts(message.content)
+    reasoning = anthropic_thinking_tokens(usage, thought)
+    return replace(answer, reasoning_tokens=reasoning, thinking=thought)
+
+
+def _completion(
+    text: str, raw: str, usage: _Usage, message: Any, model: str, provider: str
+) -> Completion:
+    """One normalised answer, streamed or whole: input counts cache reads and writes."""
     return Completion(
         text=text,
         stop_reason=_STOPS.get(raw, STOP_END),
-        input_tokens=usage.input_tokens + cached + written,
-        output_tokens=usage.output_tokens,
+        input_tokens=usage.input + usage.cached + usage.written,
+        output_tokens=usage.output,
         model=model,
         provider=provider,
-        cached_input_tokens=cached,
-        cache_write_tokens=written,
+        cached_input_tokens=usage.cached,
+        cache_write_tokens=usage.written,
         raw_stop_reason=raw,
-        reasoning_tokens=reasoning,
-        thinking=thinking,
-        service_tier=getattr(usage, "service_tier", None),
         extra={
             "id": message.id,
             "served_model": message.model,
-            "cache_creation_input_tokens": written,
+            "cache_creation_input_tokens": usage.written,
         },
     )
-
-
-async def _parsed(raw: Any) -> Any:
-    """The parsed body of a raw response (the SDK's ``parse`` is sync or async by version)."""
-    parsed = raw.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nyxnb.callspec import EndpointSpec
 from nyxnb.errors import MissingKey
+from nyxnb.providers.streaming import (
+    DEFAULT_IDLE_S,
+    REASONING_FIRST_BYTE_S,
+    Watch,
+    is_reasoning_model,
+)
+from nyxnb.rates import RateInfo
 
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
 REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on
@@ -61,6 +68,14 @@ class CompletionRequest:
         """A single-turn request."""
         return cls(system=system, messages=(Message("user", prompt),), **kw)  # type: ignore[arg-type]
 
+    def with_model(self, model: str | None) -> CompletionRequest:
+        """This request for ``model`` (None: unchanged); every other field is kept as it is.
+
+        The one way a chain entry (``anthropic:claude-...``) or a batch retargets a request:
+        rebuilding it field by field dropped ``shared_prefix`` and with it the prompt cache.
+        """
+        return self if model is None or model == self.model else replace(self, model=model)
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -76,8 +91,12 @@ class Completion:
     cache_write_tokens: int = 0  # prompt-cache writes (included in input_tokens)
     raw_stop_reason: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
-    reasoning_tokens: int = 0  # thinking/reasoning tokens (included in output_tokens)
-    thinking: str = ""  # the thinking text, only when the request asked to keep it
+    #: what the answer's rate-limit headers said (None: none sent)
+    rate: RateInfo | None = field(default=None, compare=False)
+    #: tokens spent thinking (Anthropic thinking, OpenAI reasoning, Gemini thoughts), included
+    #: in ``output_tokens``
+    reasoning_tokens: int = 0
+    thinking: str = ""  # the thinking text (the engine keeps it only with keep_thinking)
     service_tier: str | None = None  # the tier the provider says it served (or was asked)
 
 
@@ -100,18 +119,38 @@ class Endpoint:
 class ProviderOptions(BaseModel):
     """Options every provider accepts; providers subclass to add their own.
 
-    ``timeout_s`` bounds the wait for the first byte of an answer (and each later read);
-    ``connect_timeout_s`` the connection.  A hung provider is given up after ``timeout_s`` and
-    the fallback chain moves on.
+    Every live call is streamed.  ``timeout_s`` bounds the wait for the first byte of an answer
+    (a provider silent that long is hung: the call is given up and the fallback chain moves
+    on); unless set, a known reasoning model (or a step with a reasoning setting) waits
+    :data:`~nyxnb.providers.streaming.REASONING_FIRST_BYTE_S`.  ``idle_s`` bounds each silence
+    between two chunks; the whole answer may take as long as it takes.  ``connect_timeout_s``
+    bounds the connection.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=3600)
+    idle_s: float = Field(default=DEFAULT_IDLE_S, gt=0, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
 
-    def http_timeout(self, timeout_cls: Any) -> Any:
-        """These options as an SDK timeout (``anthropic.Timeout`` or ``openai.Timeout``)."""
-        return timeout_cls(self.timeout_s, connect=min(self.connect_timeout_s, self.timeout_s))
+    def first_byte_s(self, model: str, reasoning: bool = False) -> float:
+        """Seconds to wait for the first byte of ``model``'s answer."""
+        if "timeout_s" in self.model_fields_set:
+            return self.timeout_s
+        if reasoning or is_reasoning_model(model):
+            return max(self.timeout_s, REASONING_FIRST_BYTE_S)
+        return self.timeout_s
+
+    def stream_read_s(self) -> float:
+        """A streamed call's SDK read timeout: a backstop past every timeout of :class:`Watch`."""
+        return max(self.timeout_s, REASONING_FIRST_BYTE_S, self.idle_s) + 5.0
+
+    def http_timeout(self, timeout_cls: Any, streamed: bool = False) -> Any:
+        """These options as an SDK timeout (``anthropic.Timeout`` or ``openai.Timeout``).
+
+        Unstreamed calls (the batch APIs) wait ``timeout_s`` for each read.
+        """
+        read = self.stream_read_s() if streamed else self.timeout_s
+        return timeout_cls(read, connect=min(self.connect_timeout_s, read))
 
 
 def _prices_as(spec: EndpointSpec, api_name: str) -> str | None:
@@ -193,6 +232,13 @@ class Provider(ABC):
     def model_for(self, request: CompletionRequest) -> str:
         """The model a request will use."""
         return request.model or self.default_model
+
+    def watch(self, request: CompletionRequest) -> Watch:
+        """The timeouts and progress of one streamed answer to ``request``."""
+        model = self.model_for(request)
+        reasoning = bool(request.reasoning_effort or request.reasoning_budget)
+        first_byte = self.options.first_byte_s(model, reasoning)
+        return Watch(self.name, model, first_byte, self.options.idle_s)
 
     @abstractmethod
     async def complete(self, request: CompletionRequest) -> Completion:

@@ -6,15 +6,18 @@ transport failure); every decision about *what the failure means* lives here, on
 
 from __future__ import annotations
 
+import importlib
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 from nyxnb.errors import ProviderError, ProviderRefused, ProviderUnavailable
+from nyxnb.providers import hints
 from nyxnb.providers.base import REFUSED_KINDS
+from nyxnb.providers.hints import rate_info
+from nyxnb.rates import RateInfo
 
 #: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
 TIMEOUT, CONNECTION = "timeout", "connection"
@@ -47,8 +50,6 @@ _CONTEXT_TEXT = (
     "input is too long",
 )
 _QUOTA_TEXT = "exceeded your current quota"
-_RETRY_IN = re.compile(r"(?:retry|try again) in ([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.IGNORECASE)
-_GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 _MAX_MESSAGE = 500
 
@@ -153,47 +154,7 @@ def _list(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def retry_after(failure: HttpFailure) -> float | None:
     """Seconds to wait before retrying, from headers, Gemini's ``RetryInfo`` or the message."""
-    headers = {k.lower(): v for k, v in failure.headers.items()}
-    in_message = _RETRY_IN.search(failure.message)
-    candidates = (
-        _seconds(headers.get("retry-after-ms"), scale=1000.0),
-        _seconds(headers.get("retry-after")),
-        _http_date(headers.get("retry-after")),
-        _retry_info_delay(failure.details),
-        _seconds(in_message.group(1), scale=1000.0 if in_message.group(2).lower() == "ms" else 1.0)
-        if in_message
-        else None,
-    )
-    return next((c for c in candidates if c is not None), None)
-
-
-def _seconds(value: object, scale: float = 1.0) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(str(value).strip().removesuffix("s")) / scale
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
-def _retry_info_delay(details: Sequence[Mapping[str, Any]]) -> float | None:
-    for detail in details:
-        if _rpc_type(detail) == "RetryInfo":
-            delay = detail.get("retryDelay")
-            if isinstance(delay, Mapping):
-                return float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
-            return _seconds(delay)
-    return None
+    return hints.retry_after(failure.headers, failure.details, failure.message)
 
 
 def redact(text: str, secret: str | None = None) -> str:
@@ -242,7 +203,7 @@ def _quota_rate(details: Sequence[Mapping[str, Any]]) -> RateInfo | None:
             continue
         for violation in _list(detail):
             quota_id = str(violation.get("quotaId", "")).lower()
-            limit = _int(str(violation.get("quotaValue", "")))
+            limit = hints.count(str(violation.get("quotaValue", "")))
             if "perminute" not in quota_id or not limit:
                 continue
             kind = "tokens" if "token" in quota_id else "requests"
@@ -276,62 +237,41 @@ def sdk_error(
     return make_error(provider, kind, str(exc), secret=key)
 
 
-@dataclass(frozen=True)
-class RateInfo:
-    """What a provider's rate-limit headers say (any field None when not sent).
+@cache
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(timeout, connection) exception types of whichever HTTP stack google-genai uses."""
+    timeouts: list[type[BaseException]] = [TimeoutError]
+    connections: list[type[BaseException]] = [ConnectionError]
+    for module, timeout_name, transport_name in (
+        ("httpx2", "TimeoutException", "TransportError"),
+        ("httpx", "TimeoutException", "TransportError"),
+        ("aiohttp", "ServerTimeoutError", "ClientConnectionError"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        timeouts.append(getattr(mod, timeout_name))
+        connections.append(getattr(mod, transport_name))
+    return tuple(timeouts), tuple(connections)
 
-    ``*_reset_s`` is how long until that budget is full again (OpenAI sends a duration such as
-    ``6m0s``, Anthropic an RFC 3339 time).  Tokens are Anthropic's input tokens.
+
+def transport_error(provider: str, exc: BaseException, key: str | None) -> ProviderError | None:
+    """A timeout or dropped connection of the HTTP stack (mid-stream too), or None."""
+    timeouts, connections = _transport_errors()
+    if isinstance(exc, timeouts):
+        return make_error(provider, TIMEOUT, str(exc) or "request timed out", secret=key)
+    if isinstance(exc, connections):
+        return make_error(provider, CONNECTION, str(exc) or "connection failed", secret=key)
+    return None
+
+
+def cut_error(provider: str, cut: Any, key: str | None) -> ProviderError:
+    """The error of a streamed call cut by its first-byte or idle timeout (a ``StreamCut``).
+
+    ``hung`` says no byte came at all: the fallback chain takes one hung call as enough to know
+    the provider is hung for every item waiting for it.
     """
-
-    requests_limit: int | None = None
-    requests_remaining: int | None = None
-    requests_reset_s: float | None = None
-    tokens_limit: int | None = None
-    tokens_remaining: int | None = None
-    tokens_reset_s: float | None = None
-
-
-_RATE_HEADERS = {  # RateInfo field prefix -> (OpenAI header stem, Anthropic header stem)
-    "requests": ("x-ratelimit-{}-requests", "anthropic-ratelimit-requests-{}"),
-    "tokens": ("x-ratelimit-{}-tokens", "anthropic-ratelimit-input-tokens-{}"),
-}
-
-
-def rate_info(headers: Mapping[str, str]) -> RateInfo | None:
-    """Rate limits from OpenAI ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*`` headers."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    values: dict[str, float | int | None] = {}
-    for kind, stems in _RATE_HEADERS.items():
-        for stem in stems:
-            limit = _int(lower.get(stem.format("limit")))
-            if limit is None:
-                continue
-            values[f"{kind}_limit"] = limit
-            values[f"{kind}_remaining"] = _int(lower.get(stem.format("remaining")))
-            values[f"{kind}_reset_s"] = _reset_s(lower.get(stem.format("reset")))
-    return RateInfo(**values) if values else None  # type: ignore[arg-type]
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _reset_s(value: str | None) -> float | None:
-    """Seconds until reset from ``1m30.5s`` / ``120ms`` (OpenAI) or an RFC 3339 time (Anthropic)."""
-    if not value:
-        return None
-    parts = _GO_DURATION.findall(value)
-    if parts and "".join(n + u for n, u in parts) == value.strip():
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-        return sum(float(n) * scale[u] for n, u in parts)
-    try:
-        from datetime import datetime
-
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(at.timestamp() - time.time(), 0.0)
+    error = make_error(provider, TIMEOUT, str(cut), secret=key)
+    error.hung = bool(cut.hung)
+    return error

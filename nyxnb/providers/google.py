@@ -8,9 +8,7 @@ chain owns retries.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from functools import cache
 from typing import Any, TypeVar
 
 from google import genai
@@ -27,15 +25,15 @@ from nyxnb.providers.base import (
     Provider,
 )
 from nyxnb.providers.classify import (
-    CONNECTION,
-    TIMEOUT,
     HttpFailure,
+    cut_error,
     http_error,
-    make_error,
     malformed_answer,
+    transport_error,
 )
 from nyxnb.providers.endpoints import google_client
 from nyxnb.providers.params import google_config, google_thoughts
+from nyxnb.providers.streaming import StreamCut, Watch
 
 _REFUSALS = frozenset(
     {
@@ -71,14 +69,29 @@ class GoogleProvider(Provider):
         return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        """Send one generateContent request and normalise the answer."""
+        """Stream one generateContent request (``streamGenerateContent``) and normalise it."""
         model = self.model_for(request)
-        response = await self.sdk_call(
-            lambda client: client.aio.models.generate_content(
-                model=model, contents=contents_of(request), config=config_of(request)
-            )
+        watch = self.watch(request)
+        streamed_ms = round(self.options.stream_read_s() * 1000)
+        config = config_of(request).model_copy(
+            update={"http_options": types.HttpOptions(timeout=streamed_ms)}
         )
-        return completion_of(response, model, self.name)
+        answer = _Answer(watch)
+
+        async def stream(client: genai.Client) -> None:
+            chunks = await watch.open(
+                client.aio.models.generate_content_stream(
+                    model=model, contents=contents_of(request), config=config
+                )
+            )
+            async for chunk in watch.events(chunks):
+                answer.add(chunk)
+
+        await self.sdk_call(stream)
+        try:
+            return completion_of(answer.response(), model, self.name)
+        except Exception as exc:  # noqa: BLE001 - a 200 that is not a response stream
+            raise malformed_answer(self.name, exc, self._key) from exc
 
     async def sdk_call(self, call: Callable[[genai.Client], Awaitable[T]]) -> T:
         """Await one SDK call on the client, its failures as nyxnb errors (live and batch)."""
@@ -97,11 +110,11 @@ class GoogleProvider(Provider):
             exc = exc.__cause__
         if isinstance(exc, genai_errors.APIError):
             return http_error(self.name, _failure(exc), secret=key)
-        timeouts, connections = _transport_errors()
-        if isinstance(exc, timeouts):
-            return make_error(self.name, TIMEOUT, str(exc) or "request timed out", secret=key)
-        if isinstance(exc, connections):
-            return make_error(self.name, CONNECTION, str(exc) or "connection failed", secret=key)
+        if isinstance(exc, StreamCut):
+            return cut_error(self.name, exc, key)
+        transport = transport_error(self.name, exc, key)
+        if transport is not None:
+            return transport
         if isinstance(exc, ValueError):  # a 200 whose body is not JSON (an HTML page, cut short)
             return malformed_answer(self.name, exc, key)
         return None
@@ -123,32 +136,13 @@ def contents_of(request: CompletionRequest) -> list[types.Content]:
 
 
 def config_of(request: CompletionRequest) -> types.GenerateContentConfig:
-    """The generation config of a request: system prompt, token limit, temperature."""
+    """The generation config of a request: system prompt, token limit, sampling, thinking."""
     return types.GenerateContentConfig(
         system_instruction=request.system or None,
         max_output_tokens=request.max_tokens,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         **google_config(request),
     )
-
-
-@cache
-def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(timeout, connection) exception types of whichever HTTP stack google-genai uses."""
-    timeouts: list[type[BaseException]] = [TimeoutError]
-    connections: list[type[BaseException]] = [ConnectionError]
-    for module, timeout_name, transport_name in (
-        ("httpx2", "TimeoutException", "TransportError"),
-        ("httpx", "TimeoutException", "TransportError"),
-        ("aiohttp", "ServerTimeoutError", "ClientConnectionError"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        timeouts.append(getattr(mod, timeout_name))
-        connections.append(getattr(mod, transport_name))
-    return tuple(timeouts), tuple(connections)
 
 
 def _failure(exc: genai_errors.APIError) -> HttpFailure:
@@ -198,7 +192,7 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
     text, stop, raw = _finish(response)
     usage = response.usage_metadata
     output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0) if usage else 0
-    reasoning, thinking, tier = google_thoughts(response)
+    thinking, tier = google_thoughts(response)
     return Completion(
         text=text,
         stop_reason=stop,
@@ -208,8 +202,58 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
         provider=provider,
         cached_input_tokens=(usage.cached_content_token_count or 0) if usage else 0,
         raw_stop_reason=raw,
-        reasoning_tokens=reasoning,
+        extra={"id": response.response_id, "served_model": response.model_version},
+        reasoning_tokens=(usage.thoughts_token_count or 0) if usage else 0,
         thinking=thinking,
         service_tier=tier,
-        extra={"id": response.response_id, "served_model": response.model_version},
     )
+
+
+class _Answer:
+    """A streamed answer, accumulated from its chunks into one ``GenerateContentResponse``."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.last: types.GenerateContentResponse | None = None
+        self.text: list[str] = []
+        self.usage: types.GenerateContentResponseUsageMetadata | None = None
+        self.finish: types.FinishReason | None = None
+        self.feedback: types.GenerateContentResponsePromptFeedback | None = None
+        self.candidates = False
+        self.thoughts: list[str] = []  # kept only when the request asked (include_thoughts)
+
+    def add(self, chunk: types.GenerateContentResponse) -> None:
+        self.last = chunk
+        self.usage = chunk.usage_metadata or self.usage
+        self.feedback = chunk.prompt_feedback or self.feedback
+        candidate = chunk.candidates[0] if chunk.candidates else None
+        if candidate is None:
+            return
+        self.candidates = True
+        self.finish = candidate.finish_reason or self.finish
+        for part in candidate.content.parts or [] if candidate.content else []:
+            if part.text and part.thought:
+                self.watch.wrote(part.text)
+                self.thoughts.append(part.text)
+            elif part.text:
+                self.text.append(part.text)
+                self.watch.wrote(part.text)
+
+    def response(self) -> types.GenerateContentResponse:
+        """The whole answer, as one response (its text joined, its last usage and finish)."""
+        if self.last is None:
+            raise ValueError("the stream had no chunk")
+        candidates = None
+        if self.candidates:
+            parts = [types.Part(text="".join(self.text))]
+            if self.thoughts:
+                parts.insert(0, types.Part(text="".join(self.thoughts), thought=True))
+            content = types.Content(role="model", parts=parts)
+            candidates = [types.Candidate(content=content, finish_reason=self.finish, index=0)]
+        return types.GenerateContentResponse(
+            candidates=candidates,
+            usage_metadata=self.usage,
+            prompt_feedback=self.feedback,
+            response_id=self.last.response_id,
+            model_version=self.last.model_version,
+        )

@@ -7,7 +7,7 @@ Ollama, vLLM or llama.cpp.  SDK retries are off: the fallback chain owns retries
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import replace
 from typing import Any, Literal
 
 import openai
@@ -23,9 +23,17 @@ from nyxnb.providers.base import (
     Provider,
     ProviderOptions,
 )
-from nyxnb.providers.classify import HttpFailure, malformed_answer, rate_info, sdk_error
+from nyxnb.providers.classify import (
+    HttpFailure,
+    cut_error,
+    malformed_answer,
+    rate_info,
+    sdk_error,
+    transport_error,
+)
 from nyxnb.providers.endpoints import openai_client
-from nyxnb.providers.params import openai_params, openai_usage
+from nyxnb.providers.params import openai_params
+from nyxnb.providers.streaming import StreamCut, Watch
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
 
@@ -57,25 +65,82 @@ class OpenAIProvider(Provider):
         return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        """Send one Chat Completions request and normalise the answer."""
+        """Stream one Chat Completions request (usage in its last chunk) and normalise it."""
         client = self.client()
         model = self.model_for(request)
+        watch = self.watch(request)
+        timeout = self.options.http_timeout(openai.Timeout, streamed=True)
+        answer = _Answer(watch)
         try:
-            raw = await client.chat.completions.with_raw_response.create(**self.params(request))
-        except openai.OpenAIError as exc:
+            stream = await watch.open(
+                client.chat.completions.create(**self.params(request), **_STREAMED, timeout=timeout)
+            )
+            rate = rate_info(stream.response.headers)
+            async for chunk in watch.events(stream):
+                answer.add(chunk)
+        except Exception as exc:
             raise self._error(exc, client.api_key) from exc
         try:
-            response = await _parsed(raw)
-            answer = completion_of(response, model, self.name)
-        except Exception as exc:  # noqa: BLE001 - a 200 that is not a chat completion
+            return replace(answer.completion(model, self.name), rate=rate)
+        except Exception as exc:  # noqa: BLE001 - a 200 that is not a chunk stream
             raise malformed_answer(self.name, exc, client.api_key) from exc
-        answer.extra["rate"] = rate_info(raw.headers)
-        return answer
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
-        """The nyxnb error for an SDK exception."""
+        """The nyxnb error for an SDK, transport or timeout exception."""
+        if isinstance(exc, StreamCut):
+            return cut_error(self.name, exc, key)
         failure = _failure(exc) if isinstance(exc, openai.APIStatusError) else None
+        if failure is None and not isinstance(exc, openai.OpenAIError):
+            return transport_error(self.name, exc, key) or malformed_answer(self.name, exc, key)
         return sdk_error(self.name, openai, exc, failure, key)
+
+
+_STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
+
+
+class _Answer:
+    """A streamed chat completion, accumulated from its chunks."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.first: Any = None  # the first chunk: id and served model
+        self.text: list[str] = []
+        self.refusal: list[str] = []
+        self.finish = ""
+        self.choices = False
+        self.usage: Any = None
+        self.thinking: list[str] = []  # reasoning_content of OpenAI-compatible servers
+        self.tier: str | None = None  # the service tier OpenAI says it served
+
+    def add(self, chunk: Any) -> None:
+        self.first = self.first or chunk
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        self.tier = getattr(chunk, "service_tier", None) or self.tier
+        for choice in chunk.choices[:1]:
+            self.choices = True
+            delta = choice.delta
+            if delta.content:
+                self.text.append(delta.content)
+                self.watch.wrote(delta.content)
+            refusal = getattr(delta, "refusal", None)
+            if refusal:
+                self.refusal.append(refusal)
+            reasoning = getattr(delta, "reasoning_content", None)  # OpenAI-compatible servers
+            if isinstance(reasoning, str):
+                self.watch.wrote(reasoning)
+                self.thinking.append(reasoning)
+            self.finish = choice.finish_reason or self.finish
+
+    def completion(self, model: str, provider: str) -> Completion:
+        if self.first is None:
+            raise ValueError("the stream had no chunk")
+        refusal = "".join(self.refusal) or None
+        text = "".join(self.text)
+        answer = _completion(
+            text, self.finish, refusal, self.choices, self.usage, self.first, model, provider
+        )
+        return replace(answer, thinking="".join(self.thinking), service_tier=self.tier)
 
 
 def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> dict[str, Any]:
@@ -102,35 +167,44 @@ def _failure(exc: openai.APIStatusError) -> HttpFailure:
 
 
 def completion_of(response: ChatCompletion, model: str, provider: str) -> Completion:
-    """The normalised answer of a chat completion (live or from a batch's output line)."""
+    """The normalised answer of a chat completion (from a batch's output line)."""
     choice = response.choices[0] if response.choices else None
     message = choice.message if choice else None
-    raw = (choice.finish_reason if choice else None) or ""
-    refused = bool(message and message.refusal)
-    usage = response.usage
-    details = usage.prompt_tokens_details if usage else None
-    reasoning, thinking = openai_usage(usage, message)
+    return _completion(
+        (message.content or "") if message else "",
+        (choice.finish_reason if choice else None) or "",
+        message.refusal if message else None,
+        choice is not None,
+        response.usage,
+        response,
+        model,
+        provider,
+    )
+
+
+def _completion(
+    text: str,
+    raw: str,
+    refusal: str | None,
+    has_choice: bool,
+    usage: Any,
+    head: Any,
+    model: str,
+    provider: str,
+) -> Completion:
+    """One normalised answer, streamed or whole (``head`` has the id and served model)."""
+    refused = bool(refusal)
+    prompt = usage.prompt_tokens_details if usage else None
+    done = usage.completion_tokens_details if usage else None
     return Completion(
-        text=(message.content or "") if message else "",
-        stop_reason=STOP_REFUSAL if refused or not choice else _STOPS.get(raw, STOP_END),
+        text=text,
+        stop_reason=STOP_REFUSAL if refused or not has_choice else _STOPS.get(raw, STOP_END),
         input_tokens=usage.prompt_tokens if usage else 0,
         output_tokens=usage.completion_tokens if usage else 0,
         model=model,
         provider=provider,
-        cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+        cached_input_tokens=(prompt.cached_tokens or 0) if prompt else 0,
         raw_stop_reason=raw or ("refusal" if refused else ""),
-        reasoning_tokens=reasoning,
-        thinking=thinking,
-        service_tier=getattr(response, "service_tier", None),
-        extra={
-            "id": response.id,
-            "served_model": response.model,
-            "refusal": message.refusal if message else None,
-        },
+        extra={"id": head.id, "served_model": head.model, "refusal": refusal},
+        reasoning_tokens=(done.reasoning_tokens or 0) if done else 0,
     )
-
-
-async def _parsed(raw: Any) -> Any:
-    """The parsed body of a raw response (the SDK's ``parse`` is sync or async by version)."""
-    parsed = raw.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed

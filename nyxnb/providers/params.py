@@ -80,21 +80,6 @@ def openai_params(request: CompletionRequest) -> dict[str, Any]:
     return params
 
 
-def openai_usage(usage: Any, message: Any) -> tuple[int, str]:
-    """(reasoning tokens, reasoning text) of a chat completion.
-
-    OpenAI reports ``completion_tokens_details.reasoning_tokens`` and no text; vLLM, DeepSeek
-    and Ollama send the text as ``reasoning_content`` (or ``reasoning``) on the message.
-    """
-    details = getattr(usage, "completion_tokens_details", None) if usage else None
-    tokens = int(getattr(details, "reasoning_tokens", 0) or 0) if details else 0
-    text = ""
-    if message is not None:
-        extra = getattr(message, "model_extra", None) or {}
-        text = str(extra.get("reasoning_content") or extra.get("reasoning") or "")
-    return tokens, text
-
-
 # -- Anthropic (API, Bedrock, Vertex) ---------------------------------------------------------
 
 
@@ -124,22 +109,24 @@ def anthropic_params(request: CompletionRequest, params: dict[str, Any]) -> dict
     return out
 
 
-def anthropic_thinking(message: Any, text: str) -> tuple[int, str]:
-    """(thinking tokens, thinking text) of a message.
+def anthropic_thinking_tokens(usage: Any, thought: str) -> int:
+    """Thinking tokens of a message (``thought``: its thinking text).
 
     ``usage.output_tokens_details.thinking_tokens`` where the API reports it; otherwise an
     estimate from the thinking text (4 characters a token, at most the output tokens).
     """
-    thought = "".join(
-        str(getattr(b, "thinking", "") or "") for b in message.content if b.type == "thinking"
-    )
-    usage = message.usage
-    details = getattr(usage, "output_tokens_details", None)
+    details = getattr(usage, "output_tokens_details", None) if usage is not None else None
     if details is not None and getattr(details, "thinking_tokens", None) is not None:
-        return int(details.thinking_tokens), thought
+        return int(details.thinking_tokens)
     if not thought:
-        return 0, ""
-    return min(math.ceil(len(thought) / 4), int(usage.output_tokens or 0)), thought
+        return 0
+    output = int(getattr(usage, "output_tokens", 0) or 0) if usage is not None else 0
+    return min(math.ceil(len(thought) / 4), output)
+
+
+def anthropic_thoughts(blocks: Any) -> str:
+    """The thinking text of a message's content blocks."""
+    return "".join(str(getattr(b, "thinking", "") or "") for b in blocks if b.type == "thinking")
 
 
 # -- Gemini (API and Vertex AI) ---------------------------------------------------------------
@@ -167,13 +154,12 @@ def google_config(request: CompletionRequest) -> dict[str, Any]:
     return config
 
 
-def google_thoughts(response: Any) -> tuple[int, str, str | None]:
-    """(thought tokens, thought text, served tier) of a generateContent response."""
+def google_thoughts(response: Any) -> tuple[str, str | None]:
+    """(thought text, served tier) of a generateContent response (its tokens: usage)."""
     usage = response.usage_metadata
-    tokens = int(usage.thoughts_token_count or 0) if usage else 0
     candidate = response.candidates[0] if response.candidates else None
     parts = candidate.content.parts if candidate and candidate.content else None
     text = "".join(p.text for p in parts or [] if p.thought and p.text)
     tier = getattr(usage, "service_tier", None) if usage else None
     served = str(getattr(tier, "value", tier)) if tier else None
-    return tokens, text, None if served in (None, "unspecified") else served
+    return text, None if served in (None, "unspecified") else served

@@ -16,6 +16,7 @@ writer waits for the first (commits take ~50 us) instead of failing with "databa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -89,6 +90,15 @@ def _enable_wal(cur: Any, timeout_s: float = 30.0) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def _on_event_loop() -> bool:
+    """True when called (synchronously) from a coroutine: sleeping here would stall the loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _busy_timeout_ms() -> int:
@@ -179,12 +189,20 @@ class Store:
         connections (a PostgreSQL restart) is retried on a fresh connection for up to
         :data:`RECONNECT_S`.  Errors inside the transaction roll it back and propagate.
         """
-        conn = self._connect_retrying()
+        conn = self.connect()
         with conn, conn.begin():
             yield conn
 
-    def _connect_retrying(self) -> Connection:
+    def connect(self) -> Connection:
+        """A connection; one the server dropped (a PostgreSQL restart) is retried on a fresh one.
+
+        Off the event loop (the CLI, admin work) it waits up to :data:`RECONNECT_S` for the server.
+        On a running event loop it never sleeps: it tries again at once on a fresh pool and then
+        raises, and the engine's async call sites retry with ``asyncio.sleep`` (a blocking wait
+        here would stall every workflow sharing the loop).
+        """
         deadline, delay = time.monotonic() + RECONNECT_S, 0.05
+        tries = 2 if _on_event_loop() else None
         while True:
             try:
                 return self.engine.connect()  # PostgreSQL: pool_pre_ping replaces a dead one
@@ -192,13 +210,26 @@ class Store:
                 if self.dialect == "sqlite" or time.monotonic() + delay > deadline:
                     raise
                 self.engine.dispose()  # every pooled connection is dead after a restart
+                if tries is not None:
+                    tries -= 1
+                    if tries == 0:
+                        raise
+                    continue
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def fence(self, conn: Connection) -> None:
+        """Checked first in every write transaction of a run (a fenced store refuses a lost
+        lease); the plain store checks nothing."""
+
+    def transient(self, exc: BaseException) -> bool:
+        """True for a database error worth retrying: the server went away (not SQLite)."""
+        return isinstance(exc, OperationalError) and self.dialect != "sqlite"
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A connection for read-only work: on SQLite it never takes the write lock."""
-        with self._connect_retrying().execution_options(**{READ_ONLY: True}) as conn:
+        with self.connect().execution_options(**{READ_ONLY: True}) as conn:
             yield conn
 
     def find_tenant(self, slug_or_id: str) -> models.Tenant:

@@ -55,11 +55,17 @@ class BatchBook:
         self.batches: dict[str, FakeBatch] = {}
         self.calls: list[tuple[str, str]] = []
         self.on_create: Callable[[FakeBatch], None] | None = None
+        #: the message of a planned ``errored`` line (a test may make it echo the key)
+        self.line_error = "fake batch line error"
         self._plans: deque[dict[int, str]] = deque()
         self._lock = threading.Lock()
 
     def plan(self, outcomes: Mapping[int, str]) -> BatchBook:
-        """Lines of the next created batch (0-based) that end ``errored`` or ``expired``."""
+        """Lines of the next created batch (0-based) that end ``errored`` or ``expired``.
+
+        The Anthropic fake also writes ``malformed`` lines (cut JSON that still names its custom
+        id) and ``malformed-anonymous`` ones (garbage with no custom id at all).
+        """
         self._plans.append(dict(outcomes))
         return self
 

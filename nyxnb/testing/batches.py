@@ -119,7 +119,8 @@ class FakeBatches(BatchBook):
             counts["processing"] = n
         else:
             for i in range(n):
-                counts[self._outcome(batch, i)] += 1
+                outcome = self._outcome(batch, i)
+                counts[outcome if outcome in counts else "succeeded"] += 1  # a malformed line
         stamp = "2026-12-01T00:00:00Z"
         return {
             "id": batch.id,
@@ -142,10 +143,18 @@ class FakeBatches(BatchBook):
             if outcome == "succeeded":
                 result["message"] = self.message(req["params"], i)
             elif outcome == "errored":
-                err = {"type": "api_error", "message": "fake batch line error"}
+                err = {"type": "api_error", "message": self.line_error}
                 result["error"] = {"type": "error", "error": err}
-            lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}))
+            line = json.dumps({"custom_id": req["custom_id"], "result": result})
+            lines.append(_MALFORMED.get(outcome, lambda x: x)(line))
         return 200, {"Content-Type": "application/x-jsonl"}, "\n".join(lines).encode()
+
+
+#: Planned outcomes that spoil a results line: cut JSON still naming its custom id, or garbage.
+_MALFORMED = {
+    "malformed": lambda line: line[: line.index('"result"') + 20],
+    "malformed-anonymous": lambda line: "\x00<html>502 Bad Gateway</html>",
+}
 
 
 def _error(status: int, kind: str, message: str) -> Response:

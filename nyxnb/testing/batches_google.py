@@ -60,7 +60,6 @@ class FakeGeminiBatches(BatchBook):
     def __init__(self, delay_s: float = 0.0, min_cache_tokens: int = 1024) -> None:
         super().__init__(delay_s, min_cache_tokens)
         self.echo_metadata = True
-        self.error_message = "fake batch item error"  # an errored line's google.rpc message
         self._seen: list[list[str]] = []
         self._outputs: dict[str, list[dict[str, Any]]] = {}  # answered once, when ended
         self.files: dict[str, bytes] = {}  # Files API: name -> content (uploads and results)
@@ -220,7 +219,7 @@ class FakeGeminiBatches(BatchBook):
             if outcome == "succeeded":
                 answer["response"] = self.response(_with_model(item["request"], batch), i)
             elif outcome == "errored":
-                answer["error"] = {"code": 13, "message": self.error_message}
+                answer["error"] = {"code": 13, "message": self.line_error}
             else:
                 continue
             out.append(answer | {"metadata": item.get("metadata") or {}})

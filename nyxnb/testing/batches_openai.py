@@ -252,7 +252,7 @@ class FakeOpenAIBatches(BatchBook):
             line["response"] = {"status_code": 200, "request_id": f"req_{i}", "body": body}
         elif outcome == "errored":
             error = {
-                "message": "fake batch line error",
+                "message": self.line_error,
                 "type": "server_error",
                 "param": None,
                 "code": None,

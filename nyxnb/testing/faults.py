@@ -32,7 +32,13 @@ class Reply:
     stop: str = "end"  # "end" | "max_tokens" | "refusal" | "blocked" (Gemini prompt blocked)
     latency_ms: float = 0
     raw_stop: str | None = None  # exact wire value, e.g. "content_filter" or "RECITATION"
-    reasoning_tokens: int = 0  # thinking tokens reported apart (and added to the output)
+    #: thinking tokens on top of ``output_tokens`` (Anthropic thinking block, OpenAI
+    #: ``reasoning_tokens``, Gemini ``thoughtsTokenCount``)
+    reasoning_tokens: int = 0
+    #: a streamed answer waits this long before each chunk after the first (a slow answer)
+    chunk_delay_ms: float = 0
+    #: a streamed answer falls silent this long after its first chunk (a stalled answer)
+    stall_s: float = 0
     thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 

@@ -48,6 +48,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 from nyxnb.testing.faults import (
@@ -62,6 +63,7 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
+from nyxnb.testing.streams import aws_event_stream, stream_events
 from nyxnb.testing.wire import (
     DEFAULT_MODELS,
     fault_body,
@@ -360,7 +362,13 @@ class FakeProviderServer:
             payload = reply_body(provider, act, model, prompt_of(provider, body), n)
             if provider == "openai" and body.get("service_tier"):  # OpenAI echoes the tier
                 payload["service_tier"] = body["service_tier"]
-            await _write(writer, FakeResponse(200, payload, verdict.headers))
+            if req.path.split("?")[0].endswith("/invoke-with-response-stream"):  # Bedrock
+                frames = aws_event_stream(stream_events(provider, payload))
+                await _write_stream(writer, frames, act, verdict.headers, _AWS_STREAM)
+            elif body.get("stream") is True or ":streamGenerateContent" in req.path:
+                await _write_stream(writer, stream_events(provider, payload), act, verdict.headers)
+            else:
+                await _write(writer, FakeResponse(200, payload, verdict.headers))
         return True
 
     def _admit(self, provider: str, model: str, body: dict[str, Any]) -> Any:
@@ -415,11 +423,45 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return b"".join(parts)
 
 
+_SSE = "text/event-stream; charset=utf-8"
+_AWS_STREAM = "application/vnd.amazon.eventstream"
+
+
+async def _write_stream(
+    writer: asyncio.StreamWriter,
+    events: list[bytes],
+    reply: Reply,
+    headers: Mapping[str, str],
+    content_type: str = _SSE,
+) -> None:
+    """A 200 of streamed events, one HTTP chunk each, paced as ``reply`` says."""
+    head = ["HTTP/1.1 200 OK", f"Content-Type: {content_type}", _date()]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += ["Transfer-Encoding: chunked", "", ""]
+    writer.write("\r\n".join(head).encode("latin-1"))
+    for i, event in enumerate(events):
+        if i == 1 and reply.stall_s:
+            await writer.drain()
+            await asyncio.sleep(reply.stall_s)
+        elif i and reply.chunk_delay_ms:
+            await writer.drain()
+            await asyncio.sleep(reply.chunk_delay_ms / 1000)
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+def _date() -> str:
+    """The ``Date`` header every real answer carries (whole seconds, the server's clock)."""
+    return f"Date: {formatdate(usegmt=True)}"
+
+
 async def _write(writer: asyncio.StreamWriter, response: FakeResponse) -> None:
     body = response.body
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     reason = _REASONS.get(response.status, "Error")
     head = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}"]
+    head += [_date()] if not any(k.lower() == "date" for k in response.headers) else []
     head += [f"{k}: {v}" for k, v in response.headers.items()]
     head += [f"Content-Length: {len(data)}", "", ""]
     writer.write("\r\n".join(head).encode("latin-1") + data)

@@ -13,13 +13,14 @@ from nyxnb.testing.faults import PROVIDERS, Fault, Reply
 # google/models/M:...)
 _GEMINI_PATH = re.compile(
     r"^/[^/]+/(?:projects/[^/]+/locations/[^/]+/publishers/google/)?"
-    r"models/(?P<model>[^/:]+):generateContent$"
+    r"models/(?P<model>[^/:]+):(?:stream)?[gG]enerateContent$"
 )
-# Claude on Bedrock (/model/M/invoke), on Vertex AI (.../publishers/anthropic/models/M:rawPredict)
+# Claude on Bedrock (/model/M/invoke[-with-response-stream]) and on Vertex AI
+# (.../publishers/anthropic/models/M:rawPredict or :streamRawPredict)
 _CLAUDE_CLOUD_PATH = re.compile(
-    r"^(?:/model/(?P<bedrock>[^/]+)/invoke"
+    r"^(?:/model/(?P<bedrock>[^/]+)/invoke(?:-with-response-stream)?"
     r"|(?:/[^/]+)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/"
-    r"(?P<vertex>[^/:]+):rawPredict)$"
+    r"(?P<vertex>[^/:]+):(?:stream)?[rR]awPredict)$"
 )
 
 
@@ -66,7 +67,7 @@ def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict
     text = f"fake {provider} answer to: {prompt[:60]}" if r.text is None else r.text
     tokens_in = len(prompt.split()) + r.cached_tokens if r.input_tokens is None else r.input_tokens
     tokens_out = len(text.split()) if r.output_tokens is None else r.output_tokens
-    usage = (tokens_in, tokens_out, r.cached_tokens)
+    usage = (tokens_in, tokens_out, r.cached_tokens, r.reasoning_tokens)
     raw = r.raw_stop or _STOPS[provider].get(r.stop, _STOPS[provider].get("refusal", "stop"))
     if provider == "anthropic":
         body = _anthropic_reply(text, raw, model, usage, n)
@@ -74,48 +75,52 @@ def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict
         body = _openai_reply(text, raw, model, usage, n, refused=r.stop == "refusal")
     else:
         body = _gemini_reply(text, raw, model, usage, n, blocked=r.stop == "blocked")
-    return with_reasoning(provider, body, r.reasoning_tokens, r.thinking)
+    return with_thinking(provider, body, r.thinking)
 
 
-def with_reasoning(provider: str, body: dict[str, Any], tokens: int, thinking: str) -> dict:
-    """A reply body reporting ``tokens`` of reasoning (added to the output) as its API does."""
-    if not tokens:
+def with_thinking(provider: str, body: dict[str, Any], thinking: str) -> dict[str, Any]:
+    """A reply carrying ``thinking`` as its API does (Anthropic: the thinking block's text;
+    OpenAI-compatible servers such as vLLM or Ollama: ``reasoning_content``; Gemini: a
+    ``thought`` part, sent when the request asked for thoughts)."""
+    if not thinking:
         return body
     if provider == "anthropic":
-        body["usage"]["output_tokens"] += tokens
-        body["usage"]["output_tokens_details"] = {"thinking_tokens": tokens}
-        block = {"type": "thinking", "thinking": thinking or "hmm", "signature": "sig"}
-        body["content"] = [block, *body["content"]]
+        for block in body["content"]:
+            if block["type"] == "thinking":
+                block["thinking"] = thinking
     elif provider == "openai":
-        body["usage"]["completion_tokens"] += tokens
-        body["usage"]["total_tokens"] += tokens
-        body["usage"]["completion_tokens_details"] = {"reasoning_tokens": tokens}
-        if thinking:  # vLLM / DeepSeek / Ollama send the text; OpenAI does not
-            body["choices"][0]["message"]["reasoning_content"] = thinking
-    else:
-        body["usageMetadata"]["thoughtsTokenCount"] = tokens
-        body["usageMetadata"]["totalTokenCount"] += tokens
-        if thinking and body.get("candidates"):
-            parts = body["candidates"][0].setdefault("content", {"role": "model", "parts": []})
-            parts["parts"].insert(0, {"text": thinking, "thought": True})
+        body["choices"][0]["message"]["reasoning_content"] = thinking
+    elif body.get("candidates"):
+        content = body["candidates"][0].setdefault("content", {"role": "model", "parts": []})
+        content["parts"].insert(0, {"text": thinking, "thought": True})
     return body
 
 
+_THOUGHT = "Let me think this through step by step before answering."
+
+
 def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n: int) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
+    content = [{"type": "text", "text": text}] if text else []
+    if reasoning:  # a thinking block first; its tokens are part of output_tokens
+        thinking = {"type": "thinking", "thinking": _THOUGHT, "signature": f"EqQBfake{n}"}
+        content.insert(0, thinking)
     return {
         "id": f"msg_fake_{n}",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
+        "content": content,
         "stop_reason": raw,
         "stop_sequence": None,
         "usage": {
             "input_tokens": tokens_in - cached,  # Anthropic counts cache reads separately
-            "output_tokens": tokens_out,
+            "output_tokens": tokens_out + reasoning,
+            **({"output_tokens_details": {"thinking_tokens": reasoning}} if reasoning else {}),
             "cache_read_input_tokens": cached,
             "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "service_tier": "standard",
         },
     }
 
@@ -123,7 +128,7 @@ def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n:
 def _openai_reply(
     text: str, raw: str, model: str, usage: tuple[int, ...], n: int, refused: bool
 ) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
     message = {"role": "assistant", "content": None if refused else text}
     message["refusal"] = text if refused else None
     return {
@@ -134,19 +139,28 @@ def _openai_reply(
         "choices": [{"index": 0, "message": message, "finish_reason": raw, "logprobs": None}],
         "usage": {
             "prompt_tokens": tokens_in,
-            "completion_tokens": tokens_out,
-            "total_tokens": tokens_in + tokens_out,
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens": tokens_out + reasoning,
+            "total_tokens": tokens_in + tokens_out + reasoning,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
+        "service_tier": "default",
     }
 
 
 def _gemini_reply(
     text: str, raw: str, model: str, usage: tuple[int, ...], n: int, blocked: bool
 ) -> dict:
-    tokens_in, tokens_out, cached = usage
+    tokens_in, tokens_out, cached, reasoning = usage
     meta = {"promptTokenCount": tokens_in, "candidatesTokenCount": tokens_out}
-    meta |= {"totalTokenCount": tokens_in + tokens_out, "cachedContentTokenCount": cached}
+    meta |= {"totalTokenCount": tokens_in + tokens_out + reasoning}
+    meta |= {"cachedContentTokenCount": cached} if cached else {}
+    meta |= {"thoughtsTokenCount": reasoning} if reasoning else {}
     body: dict[str, Any] = {"usageMetadata": meta, "modelVersion": model, "responseId": f"r{n}"}
     if blocked:
         return body | {"promptFeedback": {"blockReason": "SAFETY"}}

@@ -71,7 +71,7 @@ class BatchRun:
         self.model = model or step.model
         self.rows = {custom_id(step, r.idx, r.input_hash): r for r in rows}
         self.requests = {
-            cid: _with_model(requests[r.idx], self.model) for cid, r in self.rows.items()
+            cid: requests[r.idx].with_model(self.model) for cid, r in self.rows.items()
         }
         self.done = {r.idx for r in rows if r.status == COMPLETED}
         self.failed: set[int] = set()
@@ -197,12 +197,6 @@ class BatchRun:
         records.record_calls(self.runner.store, self.step, attempts, row.idx)
         self.failed.add(row.idx)
         return False
-
-
-def _with_model(request: CompletionRequest, model: str | None) -> CompletionRequest:
-    if model is None or request.model == model:
-        return request
-    return dataclasses.replace(request, model=model)
 
 
 def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: str) -> Attempt:

@@ -24,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
@@ -323,15 +324,34 @@ async def _tries(call: _Call) -> Completion | _Failure:
                 gov.estimate(_chars(request), request.max_tokens),
                 pool.retry.max_wait_s - call.waited_s,
             )
-        except WaitTooLong:
-            message = f"still rate limited after waiting {pool.retry.max_wait_s:g} s (max_wait_s)"
-            return _Failure("rate_limited", message)
+        except WaitTooLong as exc:
+            return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, exc.hold_s))
         call.waited_s += ticket.waited_s
         if ticket.waited_s >= 1.0:
             call.report(gov, ticket.waited_s)
         outcome = await _attempt(call, gov, ticket, model)
         if outcome is not None:
             return outcome
+
+
+def _too_long(max_wait_s: float, hold_s: float) -> str:
+    """Why a rate-limited item falls back, and when the provider said its limit resets."""
+    if hold_s <= 0:
+        return f"still rate limited after waiting {max_wait_s:g} s (max_wait_s)"
+    at = datetime.now(UTC) + timedelta(seconds=hold_s)
+    return (
+        f"rate limited: the limit resets in {_human(hold_s)} (at {at:%Y-%m-%d %H:%M:%S} UTC), "
+        f"past max_wait_s ({max_wait_s:g} s)"
+    )
+
+
+def _human(seconds: float) -> str:
+    """``7m12s``, ``3h5m``, ``8.6s``."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m" if hours else f"{minutes}m{secs}s"
 
 
 async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _Outcome:
@@ -345,7 +365,9 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
         call.record(model, exc.kind, exc.message, ms)
         if exc.kind == "rate_limited":
             await gov.throttled(ticket, exc.rate, exc.retry_after)
-            call.report(gov, exc.retry_after or 0.0)
+            call.report(gov, gov.held_for())
+            if gov.held_for() > pool.retry.max_wait_s - call.waited_s:  # a quota hours away
+                return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, gov.held_for()))
             return None  # waiting is not an attempt: no retry is used up
         await gov.failed(ticket)
         return await _after_failure(call, exc)
@@ -353,7 +375,7 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
         await gov.failed(ticket)
         raise
     tokens = (answer.input_tokens, answer.output_tokens)
-    await gov.succeeded(ticket, answer.extra.get("rate"), *tokens, _chars(call.request))
+    await gov.succeeded(ticket, answer.rate, *tokens, _chars(call.request))
     return await _judge(call, model, answer, started)
 
 
@@ -413,7 +435,7 @@ async def complete_with_fallback(
     reasons: list[tuple[str, str, str]] = []
     entries = [parse_entry(e) for e in chain]
     for i, (name, model) in enumerate(entries):
-        req = request if model is None else replace(request, model=model)
+        req = request.with_model(model)
         if name in pool.down:
             reasons.append((name, *pool.down[name]))
             continue

@@ -1,43 +1,50 @@
-"""Rate governors: each provider+model's request and token budget and an AIMD in-flight limit.
+"""Rate governors: each provider+model's request and token budget, its 429 gate and in-flight limit.
 
 A call first waits for its governor (:meth:`Governor.acquire`): an in-flight slot, one request of
 the per-minute request budget and its estimated tokens of the token budget.  Waiting is not an
-attempt.  The budgets come from the spec or CLI (``defaults.limits``) or are learned from the
-provider's answers: OpenAI ``x-ratelimit-*`` and Anthropic ``anthropic-ratelimit-*`` headers on
-every answer, and Gemini's per-minute ``QuotaFailure`` in its 429s.  Each 429 halves the
-in-flight limit and holds every call to the provider+model for its retry delay; each success
-grows the limit back by about one per round of calls (additive increase, multiplicative
-decrease).
+attempt, but it counts toward the run's ``max_wait_s``.  The budgets come from the spec or CLI
+(``defaults.limits``) or are learned from the provider's answers: OpenAI ``x-ratelimit-*`` and
+Anthropic ``anthropic-ratelimit-*`` headers, and Gemini's per-minute ``QuotaFailure`` in its 429s.
+An answer saying a budget's ``remaining`` is 0 holds new calls until its reset.
 
-The buckets are ``aiolimiter.AsyncLimiter`` leaky buckets.  aiolimiter was chosen over
-pyrate-limiter because it is asyncio-native and tiny (one class, no dependencies): waiters are
-woken in order by a timer, with no polling loop.  A limiter's rate is fixed when it is made, so
-:class:`Bucket` builds a new one when the provider tells us its limit, carrying the level over
-(only aiolimiter's public API is used).  pyrate-limiter's strengths (sync and async, Redis/SQL
-backends) are not needed here: processes sharing a store share budgets through
-:mod:`nyxnb.engine.calls.budget` (leases of a store row, cheaper than a backend round trip per
-call).
-A bucket holds one second of budget, so a per-minute limit is spent at its pace, never in a
-burst at the start of the minute (providers enforce at that grain too).
+One 429 policy (:meth:`Governor.throttled`): the provider's hint (``retry-after``, a reset, a
+``RetryInfo``, "try again in 7m12s") holds every call to the provider+model that long; without a
+usable hint (none, or 0) the hold backs off on its own, about 1 s doubling to 60 s with jitter,
+and the governor paces requests at half the rate that was getting through, growing back ~5% a
+second (a provider that says nothing is not hammered).  While a provider+model is limited its
+waiting calls wait at one gate: when a hold ends, one call goes (a probe), and the others follow
+only once it was answered.  Each 429 also halves the in-flight limit; each success grows it back
+by about one per round of calls (additive increase, multiplicative decrease).
+
+The buckets are :class:`~nyxnb.engine.calls.bucket.Bucket` (aiolimiter).  pyrate-limiter's
+strengths (sync and async, Redis/SQL backends) are not needed here: processes sharing a store
+share budgets through :mod:`nyxnb.engine.calls.budget` (leases of a store row, cheaper than a
+backend round trip per call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiolimiter import AsyncLimiter
-
+from nyxnb.engine.calls.bucket import Bucket
 from nyxnb.engine.calls.budget import SharedBudget
-from nyxnb.providers.classify import RateInfo
+from nyxnb.rates import RateInfo
 
 #: The in-flight limit starts at SLOW_START and doubles each round of answers until the first 429
 #: (TCP's slow start: a provider that says nothing about its limits is not hit by the whole
 #: fan-out at once); a 429 halves it, and it grows back by one per round of answers.
 SLOW_START = 4
 MAX_IN_FLIGHT = 256
+#: Backoff of hint-less 429s: FIRST_BACKOFF_S doubling to MAX_BACKOFF_S, times 1..1+JITTER.
+FIRST_BACKOFF_S, MAX_BACKOFF_S, JITTER = 1.0, 60.0, 0.25
+#: Pace of a provider that 429s without saying its limits: never below MIN_PACE_RPS; each
+#: answer adds PACE_GROWTH of the pace (about 5% a second).
+MIN_PACE_RPS, PACE_GROWTH = 0.2, 0.05
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,14 @@ class Limits:
 
 
 class WaitTooLong(Exception):  # noqa: N818 - a signal to fall back, not an error
-    """Waiting for the governor would pass the run's ``max_wait_s``."""
+    """Waiting for the governor would pass the run's ``max_wait_s``.
+
+    ``hold_s`` is how long the provider asked to wait, when that alone is past the budget.
+    """
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        super().__init__(hold_s)
+        self.hold_s = hold_s
 
 
 @dataclass
@@ -74,104 +88,7 @@ class Ticket:
     started: float
     waited_s: float
     tokens: float
-
-
-def _shape(per_min: float) -> tuple[float, float]:
-    """``(max_rate, time_period)`` of a bucket holding one second of a per-minute budget."""
-    per_s = per_min / 60
-    return max(1.0, per_s), max(1.0, per_s) / per_s
-
-
-class Bucket:
-    """One budget: an ``aiolimiter.AsyncLimiter`` used through its public API only.
-
-    aiolimiter fixes a limiter's rate when it is made and keeps its level to itself, so a bucket
-    keeps its own account of the level (the same leak, on the same monotonic clock).  A new
-    rate builds a new limiter, charged with the level carried over, and wakes every waiter of
-    the old one to queue at the new one; a waiter the old limiter admitted meanwhile queues
-    again (never more than the new rate passes).  Budget the provider says is spent already
-    is charged to the limiter on the next :meth:`acquire`.
-    """
-
-    def __init__(self, per_min: float) -> None:
-        self.per_min = per_min
-        self.max_rate, period = _shape(per_min)
-        self._per_s = self.max_rate / period
-        self._limiter = AsyncLimiter(self.max_rate, period)
-        self._moved = asyncio.Event()  # set when the limiter is replaced
-        self._level, self._at = 0.0, time.monotonic()
-        self._owed = 0.0  # in the level, not yet charged to the limiter
-
-    def level(self) -> float:
-        """How full the bucket is now (``max_rate`` is full)."""
-        now = time.monotonic()
-        self._level = max(0.0, self._level - (now - self._at) * self._per_s)
-        self._at = now
-        return self._level
-
-    def retune(self, per_min: float) -> None:
-        """Adopt a new rate: a new limiter, charged with the level carried over."""
-        if per_min == self.per_min:
-            return
-        carried = self.level()
-        self.per_min = per_min
-        self.max_rate, period = _shape(per_min)
-        self._per_s = self.max_rate / period
-        self._limiter = AsyncLimiter(self.max_rate, period)
-        self._level = self._owed = min(carried, self.max_rate)
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()  # the old limiter's waiters queue again at the new one
-
-    def spend_to(self, remaining: float | None, age_s: float = 0.0) -> None:
-        """Lower the free budget to what the provider says remains (never raise it).
-
-        The provider counted ``remaining`` when it admitted the call, up to ``age_s`` ago; it
-        has refilled since, and calls sent meanwhile are charged here already, so the figure
-        is aged by the refill before it is compared.
-        """
-        if remaining is None:
-            return
-        free = self.max_rate - self.level()
-        aged = max(min(remaining + age_s * self._per_s, self.max_rate), 0.0)
-        if aged < free:
-            self._level += free - aged
-            self._owed += free - aged
-
-    async def acquire(self, amount: float) -> None:
-        """Wait until ``amount`` (at most ``max_rate``) fits the budget, then spend it."""
-        while True:
-            limiter, moved = self._limiter, self._moved
-            if self._owed:
-                owed, self._owed = min(self._owed, limiter.max_rate), 0.0
-                await limiter.acquire(owed)  # fits at once unless spent elsewhere meanwhile
-                if limiter is not self._limiter:
-                    continue  # replaced meanwhile: the new one carries the level
-            spend = min(amount, limiter.max_rate)
-            if limiter.has_capacity(spend):
-                await limiter.acquire(spend)  # has room: returns without waiting
-            elif not await _wait(limiter, moved, spend):
-                continue  # the rate changed while waiting: queue at the new limiter
-            if limiter is not self._limiter:
-                continue  # admitted by a replaced limiter: the new rate decides
-            self.level()
-            self._level += spend
-            return
-
-
-async def _wait(limiter: AsyncLimiter, moved: asyncio.Event, amount: float) -> bool:
-    """Spend ``amount`` at ``limiter`` once it fits (True), or stop when it is replaced."""
-    waiting = asyncio.ensure_future(limiter.acquire(amount))
-    replaced = asyncio.ensure_future(moved.wait())
-    try:
-        await asyncio.wait({waiting, replaced}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        replaced.cancel()
-        if not waiting.done():
-            waiting.cancel()
-    if waiting.done() and not waiting.cancelled():
-        waiting.result()  # re-raise what the limiter raised, if anything
-        return True
-    return False
+    probe: bool = False  # the one call let through while the provider+model is limited
 
 
 class Governor:
@@ -198,6 +115,10 @@ class Governor:
         self._last_cut = 0.0
         self._out_tokens = 0.0
         self._token_ratio = 1.0
+        self._gate = _Gate()
+        self._pace: Bucket | None = None  # pacing learned from hint-less 429s
+        self._pace_rps = 0.0
+        self._answers: deque[float] = deque(maxlen=512)  # when recent answers arrived
 
     def reconfigure(self, limits: Limits) -> None:
         """Adopt configured limits (from a step's ``limits:``, say) in place."""
@@ -217,27 +138,37 @@ class Governor:
         answer = self._out_tokens or min(max_tokens, 256)
         return prompt_chars / 4 * self._token_ratio + answer
 
+    def held_for(self) -> float:
+        """Seconds every call to this provider+model is held for now (0: not held)."""
+        return max(self._hold_until - time.monotonic(), 0.0)
+
     async def acquire(self, tokens: float, max_wait_s: float) -> Ticket:
         """Wait for a slot, a request and ``tokens``; :class:`WaitTooLong` past ``max_wait_s``."""
         began = time.monotonic()
+        deadline = began + max(max_wait_s, 0.0)
         try:
             async with asyncio.timeout(max(max_wait_s, 0.0)):
-                await self._hold()
+                await self._wait_hold(deadline)
                 await self._take_slot()
                 try:
-                    if self._requests is not None:
-                        await self._requests.acquire(1)
-                    if self._tokens is not None:
-                        await self._tokens.acquire(min(tokens, self._tokens.max_rate))
-                    await self._take_shared(tokens)
-                    await self._hold()
+                    await self._take_budget(tokens)
+                    probe = await self._pass_gate(deadline)
                 except BaseException:
                     await self._give_slot()
                     raise
         except TimeoutError:
             raise WaitTooLong() from None
         now = time.monotonic()
-        return Ticket(now, now - began, tokens)
+        return Ticket(now, now - began, tokens, probe)
+
+    async def _take_budget(self, tokens: float) -> None:
+        if self._requests is not None:
+            await self._requests.acquire(1)
+        elif self._pace is not None:
+            await self._pace.acquire(1)
+        if self._tokens is not None:
+            await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+        await self._take_shared(tokens)
 
     async def _take_shared(self, tokens: float) -> None:
         """Spend the call's share of the budget every process on the store draws from."""
@@ -249,9 +180,23 @@ class Governor:
         if self.tpm and self._tokens is not None:
             await self.shared.take(f"{key}:tokens", min(tokens, self._tokens.max_rate), self.tpm)
 
-    async def _hold(self) -> None:
+    async def _wait_hold(self, deadline: float) -> None:
+        """Sleep out the hold; a hold ending past ``deadline`` gives up at once."""
         while (pause := self._hold_until - time.monotonic()) > 0:
+            if time.monotonic() + pause > deadline:
+                raise WaitTooLong(pause)
             await asyncio.sleep(pause)
+
+    async def _pass_gate(self, deadline: float) -> bool:
+        """Wait out the hold and, while limited, for the probe; True if this call is the probe."""
+        while True:
+            await self._wait_hold(deadline)
+            if not self._gate.limited:
+                return False
+            if not self._gate.probing:
+                self._gate.probing = True
+                return True
+            await self._gate.wait()
 
     async def _take_slot(self) -> None:
         async with self._slot:
@@ -265,10 +210,12 @@ class Governor:
 
     # -- feedback --------------------------------------------------------------------------
     async def succeeded(
-        self, ticket: Ticket, rate: object, tokens_in: int, tokens_out: int, chars: int
+        self, ticket: Ticket, rate: RateInfo | None, tokens_in: int, tokens_out: int, chars: int
     ) -> None:
         """An answer: learn its headers and token use, grow the in-flight limit by 1/limit."""
-        self.learn(rate, time.monotonic() - ticket.started)
+        now = time.monotonic()
+        self.learn(rate, now - ticket.started)
+        self._answers.append(now)
         if chars:
             self._token_ratio += 0.2 * (tokens_in / max(chars / 4, 1.0) - self._token_ratio)
         self._out_tokens += (
@@ -276,27 +223,42 @@ class Governor:
         )
         grow = 1.0 if self._slow_start else 1 / max(self.limit, 1.0)
         self.limit = min(self._ceiling, self.limit + grow)
+        if ticket.probe or ticket.started >= self._gate.since:
+            self._gate.clear()
+        self._grow_pace()
         await self._give_slot()
 
-    async def throttled(self, ticket: Ticket, rate: object, retry_after: float | None) -> None:
-        """A 429: hold every call for the retry delay; halve the limit once per round of calls."""
+    async def throttled(
+        self, ticket: Ticket, rate: RateInfo | None, retry_after: float | None
+    ) -> None:
+        """A 429: hold every call for the hint (or a backoff), then let one probe go first."""
         self.learn(rate)
         now = time.monotonic()
-        if retry_after:
-            self._hold_until = max(self._hold_until, now + min(retry_after, 60.0))
+        first_of_round = ticket.started >= self._last_cut
+        if retry_after is not None and retry_after > 0:
+            hold = retry_after
+            self._gate.bare = 0
+        else:
+            hold = self._gate.backoff_s() if first_of_round or ticket.probe else 0.0
+            if first_of_round:
+                self._slow_pace(now)
+        self._hold_until = max(self._hold_until, now + hold)
+        self._gate.limit(now, was_probe=ticket.probe)
         self._slow_start = False
-        if ticket.started >= self._last_cut:
+        if first_of_round:
             self.limit = max(1.0, min(self.limit, float(self.in_flight)) / 2)
             self._last_cut = now
         await self._give_slot()
 
     async def failed(self, ticket: Ticket) -> None:
-        """Any other outcome: only the slot is returned."""
+        """Any other outcome: the slot is returned (and the probe's turn passes on)."""
+        if ticket.probe:
+            self._gate.passed()
         await self._give_slot()
 
-    def learn(self, rate: object, age_s: float = 0.0) -> None:
-        """Adopt the limits a provider reported (configured limits win)."""
-        if not isinstance(rate, RateInfo):
+    def learn(self, rate: RateInfo | None, age_s: float = 0.0) -> None:
+        """Adopt the limits a provider reported (configured limits win); hold on a spent budget."""
+        if rate is None:
             return
         if rate.requests_limit and not self.configured.rpm:
             self._requests = self._adopt(self._requests, self.rpm, rate.requests_limit)
@@ -308,6 +270,33 @@ class Governor:
             self._requests.spend_to(rate.requests_remaining, age_s)
         if self._tokens is not None:
             self._tokens.spend_to(rate.tokens_remaining, age_s)
+        spent_for = rate.exhausted_for_s()
+        if spent_for > 0:
+            self._hold_until = max(self._hold_until, time.monotonic() + spent_for)
+
+    def _slow_pace(self, now: float) -> None:
+        """Pace at half the rate that got through, when the provider names no request limit."""
+        if self._requests is not None:
+            return
+        if self._pace is None:
+            recent = [t for t in self._answers if now - t <= 10.0]
+            window = min(10.0, max(1.0, now - recent[0])) if recent else 1.0
+            rps = len(recent) / window / 2
+        else:
+            rps = self._pace_rps / 2
+        self._set_pace(max(MIN_PACE_RPS, rps))
+
+    def _grow_pace(self) -> None:
+        if self._pace is not None:
+            self._set_pace(self._pace_rps * (1 + PACE_GROWTH))
+
+    def _set_pace(self, rps: float) -> None:
+        old = self._pace_rps
+        self._pace_rps = rps
+        if self._pace is None:
+            self._pace = Bucket(rps * 60)
+        elif abs(rps - self._pace.per_min / 60) >= 0.1 * old:
+            self._pace.retune(rps * 60)
 
     @staticmethod
     def _adopt(bucket: Bucket | None, old: float | None, new: float) -> Bucket:
@@ -319,7 +308,48 @@ class Governor:
 
     def current(self) -> Limits:
         """The limits in force now (configured or learned) and the in-flight limit."""
-        return Limits(self.rpm, self.tpm, max(1, int(self.limit)))
+        rpm = self.rpm or (round(self._pace_rps * 60, 1) if self._pace else None)
+        return Limits(rpm, self.tpm, max(1, int(self.limit)))
+
+
+class _Gate:
+    """The 429 state of one provider+model: limited since when, and whether a probe is out."""
+
+    def __init__(self) -> None:
+        self.limited = False
+        self.probing = False
+        self.since = float("inf")  # answers to calls sent after this clear the limit
+        self.bare = 0  # hint-less 429s in a row: the backoff's exponent
+        self._changed = asyncio.Event()
+
+    def backoff_s(self) -> float:
+        """About 1 s doubling to 60 s, with jitter, per hint-less 429 in a row."""
+        base = min(FIRST_BACKOFF_S * 2**self.bare, MAX_BACKOFF_S)
+        self.bare += 1
+        return base * (1 + JITTER * random.random())
+
+    def limit(self, now: float, was_probe: bool) -> None:
+        if not self.limited:
+            self.limited, self.since = True, now
+        if was_probe:
+            self.passed()
+
+    def clear(self) -> None:
+        if self.limited or self.probing:
+            self.limited, self.probing, self.bare = False, False, 0
+            self.since = float("inf")
+            self._wake()
+
+    def passed(self) -> None:
+        self.probing = False
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
 
 
 class Governors:

@@ -131,8 +131,12 @@ class FencedStore(Store):
     def begin(self) -> Iterator[Connection]:
         """A write transaction that is refused (:class:`LeaseLost`) if the lease was lost."""
         with super().begin() as conn:
-            check_fence(conn, self.workflow_id, self.owner)
+            self.fence(conn)
             yield conn
+
+    def fence(self, conn: Connection) -> None:
+        """Raise :class:`LeaseLost` unless this run still holds the lease (inside a write)."""
+        check_fence(conn, self.workflow_id, self.owner)
 
 
 _WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]

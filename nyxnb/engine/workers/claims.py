@@ -33,19 +33,20 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, se
 
 from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
 from nyxnb.engine.durable.rows import ItemRow
-from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
 
 CLAIM_TTL_S = 6.0
 MIN_CLAIM_TTL_S = 1.0
+#: A longer TTL only delays the takeover of a dead worker's items (and ``inf`` cannot be a date).
+MAX_CLAIM_TTL_S = 3600.0
 TTL_ENV = "NYXNB_CLAIM_TTL_S"
 POLL_S = 0.05  # how often a fan-out's lead looks for items left by others (or expired)
 
 
 def claim_ttl_s(value: float | None = None) -> float:
-    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (at least 1 s)."""
+    """The claim TTL: ``value``, else ``NYXNB_CLAIM_TTL_S``, else 6 s (1 s to 1 h)."""
     if value is None:
         text = os.environ.get(TTL_ENV, "").strip()
         try:
@@ -54,10 +55,11 @@ def claim_ttl_s(value: float | None = None) -> float:
             raise ConfigError(
                 f"{TTL_ENV}={text!r} is not a number", hint="set it to seconds, e.g. 6"
             ) from None
-    if not value >= MIN_CLAIM_TTL_S:
+    if not MIN_CLAIM_TTL_S <= value <= MAX_CLAIM_TTL_S:  # also refuses nan
+        problem = "too short" if value < MIN_CLAIM_TTL_S else "out of range"
         raise ConfigError(
-            f"claim TTL {value} s is too short",
-            hint=f"use at least {MIN_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
+            f"claim TTL {value:g} s is {problem}",
+            hint=f"use {MIN_CLAIM_TTL_S:g} to {MAX_CLAIM_TTL_S:g} s ({TTL_ENV} or --claim-ttl)",
         )
     return float(value)
 
@@ -271,10 +273,6 @@ class ItemClaimer:
                 if (step_id, idx) not in live:
                     self.refused += 1
                     raise ClaimLost(step_id, idx, self.owner)
-
-    def writer(self) -> GroupWriter:
-        """A group writer whose item commits are fenced by these claims."""
-        return GroupWriter(self.store, write=self.write_batch)
 
     def source(self, step_id: str, rows: Sequence[ItemRow], batch: int, *, lead: bool) -> Source:
         """Where a fan-out takes its next item from (see :class:`Source`)."""

