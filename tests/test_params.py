@@ -64,3 +64,27 @@ def test_gemini_thinking_level_for_gemini_3_and_budget_otherwise():
     assert (plain.top_p, plain.stop_sequences, plain.seed) == (0.3, ["Z"], 4)
     assert plain.service_tier is not None and plain.service_tier.value == "standard"
     assert plain.thinking_config is None
+
+
+def test_served_tier_is_what_the_provider_said_else_what_the_api_offers():
+    from nyxnb.providers.params import served_tier
+
+    assert served_tier("openai", "flex", "flex") == "flex"
+    assert served_tier("openai", "flex", None) == "flex"
+    assert served_tier("anthropic", "flex", None) is None  # Anthropic sells no flex tier
+    assert served_tier("anthropic", None, "standard") == "default"
+    assert served_tier("offline", "priority", None) is None
+
+
+def test_matrix_values_for_reasoning_and_tier_are_defaults_keys():
+    from nyxnb.engine.iterate.variants import parse_matrix, variant_specs
+    from nyxnb.spec import load_spec
+
+    spec = load_spec({"name": "m", "steps": [{"name": "a", "prompt": "x"}]})
+    matrix = parse_matrix(["reasoning=low,4000", "service_tier=flex,default"])
+    variants = dict(variant_specs(spec, matrix))
+    assert len(variants) == 4
+    picked = [(s.defaults.reasoning, s.defaults.service_tier) for s in variants.values()]
+    assert picked[0][0] is not None and picked[0][0].effort == "low"
+    assert picked[2][0] is not None and picked[2][0].budget_tokens == 4000
+    assert {tier for _, tier in picked} == {"flex", "default"}

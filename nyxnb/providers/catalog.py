@@ -79,11 +79,15 @@ def _row(provider: Provider, model: str, key: str) -> ModelRow:
 
 async def endpoint_models(name: str, endpoints: Table) -> EndpointModels:
     """List one endpoint's models (its failure as ``error``, never raised)."""
-    provider = create_provider(name, None, endpoints)
+    try:
+        provider = create_provider(name, None, endpoints)
+    except NyxError as exc:  # an unknown endpoint, a missing SDK extra
+        spec = endpoints.get(name)
+        return EndpointModels(name, spec.spec.api if spec else "?", "?", (), one_line(exc, 200))
     key = key_state(provider)
     try:
         ids = await model_ids(provider)
-    except (NyxError, Exception) as exc:  # noqa: BLE001 - reported per endpoint
+    except Exception as exc:  # noqa: BLE001 - reported per endpoint
         return EndpointModels(name, api_of(provider), key, (), one_line(exc, 200))
     finally:
         await provider.aclose()

@@ -53,6 +53,23 @@ def budget(request: CompletionRequest) -> int | None:
     return BUDGETS[request.reasoning_effort] if request.reasoning_effort else None
 
 
+#: The service tiers each API takes (Anthropic's priority is asked for as ``auto``).
+TIERS_BY_API = {
+    "openai": frozenset({"default", "flex", "priority"}),
+    "google": frozenset({"default", "flex", "priority"}),
+    "anthropic": frozenset({"priority"}),
+}
+
+
+def served_tier(api: str, asked: str | None, reported: str | None) -> str | None:
+    """The tier to record and price a call at: what the provider reported, else what was asked
+    where the API has that tier (None: it has none). Anthropic's and Gemini's ``standard`` is
+    recorded as ``default``."""
+    if reported:
+        return "default" if reported == "standard" else reported
+    return asked if asked in TIERS_BY_API.get(api, frozenset()) else None
+
+
 def _sampling(request: CompletionRequest, stop_name: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if request.temperature is not None:

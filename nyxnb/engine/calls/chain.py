@@ -41,6 +41,7 @@ from nyxnb.providers.base import (
     Provider,
 )
 from nyxnb.providers.endpoints import Table
+from nyxnb.providers.params import served_tier
 from nyxnb.providers.pricing import BY_NAME, price_for
 from nyxnb.providers.registry import create_provider, default_model
 
@@ -197,7 +198,7 @@ class ProviderPool:
 
 def _attempt_from(call: _Call, model: str, n: int, answer: Completion, ms: float) -> Attempt:
     prov = call.pool.provider(call.name)
-    tier = answer.service_tier or call.request.service_tier
+    tier = served_tier(type(prov).name, call.request.service_tier, answer.service_tier)
     attempt = attempt_from(call.name, model, n, answer, ms, prices_as=prov.prices_as, tier=tier)
     if call.request.keep_thinking and answer.thinking:
         attempt.thinking = answer.thinking
