@@ -52,7 +52,7 @@ class Paused(Exception):  # noqa: N818 - a signal, not an error
 
 def request_hash(kind: str, request: CompletionRequest) -> str:
     """Input hash of an LLM step or item: what was asked, of whom, with which limits."""
-    payload = [
+    payload: list[Any] = [
         kind,
         request.system,
         [[m.role, m.content] for m in request.messages],

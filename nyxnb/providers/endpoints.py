@@ -212,7 +212,7 @@ def anthropic_client(provider: Provider, timeout: Any, max_retries: int = 0) -> 
     _require(provider.name, "google.auth", "google-auth", "vertex")
     token = _token_from(provider.name, spec.token_env) if spec.token_env else None
     return anthropic.AsyncAnthropicVertex(
-        region=spec.location, project_id=spec.project, access_token=token, **common
+        region=str(spec.location), project_id=str(spec.project), access_token=token, **common
     )
 
 

@@ -235,8 +235,11 @@ def _totals(store: Store, workflow_id: str, *by: Any) -> list[tuple[Any, Totals]
     with store.reading() as conn:
         for row in conn.execute(query):
             *key, calls, ok, errors, cached, tin, tout, cost, reasoning = row
-            counts = (int(x or 0) for x in (calls, ok, errors, cached, tin, tout))
-            totals = Totals(*counts, float(cost or 0.0), int(reasoning or 0))
+            n = [int(x or 0) for x in (calls, ok, errors, cached, tin, tout, reasoning)]
+            totals = Totals(
+                calls=n[0], ok=n[1], errors=n[2], cached=n[3], input_tokens=n[4],
+                output_tokens=n[5], cost_usd=float(cost or 0.0), reasoning_tokens=n[6],
+            )  # fmt: skip
             out.append((key[0] if key else None, totals))
     return out
 
