@@ -39,6 +39,7 @@ from nyxnb.errors import (
     UnknownEndpoint,
     UnknownProvider,
     VerificationFailed,
+    WorkflowStopped,
 )
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ __all__ = [
     "UnknownProvider",
     "VerificationFailed",
     "WorkflowSpec",
+    "WorkflowStopped",
     "__version__",
     "apply_migration",
     "aresume",

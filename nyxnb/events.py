@@ -153,6 +153,7 @@ class BatchEnded(StepEvent):
     batch_id: str = ""
     succeeded: int = 0
     failed: int = 0  # errored, expired or canceled items (resubmitted or run live)
+    then: str = ""  # what the failed items do next: "live" (at once, full price) | "resubmit"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nyxnb.callspec import ENDPOINT_NAME, CallSettings, EndpointSpec
 from nyxnb.errors import SpecError
@@ -54,6 +62,12 @@ class LimitSpec(_Model):
     concurrency: int | None = Field(default=None, ge=1, le=256)
 
 
+#: The longest ``batch_poll.deadline_h``: a week (providers end a batch within 24-48 h anyway).
+MAX_DEADLINE_H = 168.0
+#: The validation context of a spec read back from the store (:func:`stored_spec`).
+STORED = "stored"
+
+
 class BatchPoll(_Model):
     """Batch polling: backoff from ``initial_s`` up to ``max_s``; cancelled after a deadline.
 
@@ -65,11 +79,29 @@ class BatchPoll(_Model):
     kept, the rest follows ``batch_fallback``. Both take fractions (``deadline_h: 0.5``).
     """
 
-    initial_s: float = Field(default=5.0, gt=0)
-    max_s: float = Field(default=300.0, gt=0)
-    multiplier: float = Field(default=1.5, ge=1)
-    deadline_h: float = Field(default=24.0, gt=0)
-    max_outage_s: float = Field(default=3600.0, gt=0)
+    initial_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    max_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    multiplier: float = Field(default=1.5, ge=1, allow_inf_nan=False)
+    deadline_h: float = 24.0
+    max_outage_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("deadline_h")
+    @classmethod
+    def _check_deadline(cls, hours: float, info: ValidationInfo) -> float:
+        """A finite number of hours up to :data:`MAX_DEADLINE_H`.
+
+        A spec frozen with its workflow by an older nyxnb, which took any number, is read back
+        with the deadline clamped (:func:`stored_spec`): it cannot be corrected any more.
+        """
+        if 0 < hours <= MAX_DEADLINE_H:  # False for nan
+            return hours
+        if (info.context or {}).get(STORED):
+            return MAX_DEADLINE_H
+        raise ValueError(
+            f"batch_poll.deadline_h must be more than 0 and at most {MAX_DEADLINE_H:g} hours, "
+            f"not {hours:g}: it is when a batch still running is cancelled, and providers end "
+            "a batch within 24 h (Gemini 48 h); use e.g. deadline_h: 24"
+        )
 
     @model_validator(mode="after")
     def _check_backoff(self) -> BatchPoll:
@@ -365,6 +397,15 @@ def load_spec_text(text: str, *, source: str = "<spec>", json_text: bool = False
             hint="check indentation and quoting",
         ) from None
     return parse_spec(data, root=root)
+
+
+def stored_spec(data: dict[str, Any]) -> WorkflowSpec:
+    """A spec frozen with its workflow, read back: valid when it was frozen, so read leniently.
+
+    Rules added since (an unbounded ``batch_poll.deadline_h``) clamp instead of refusing, so an
+    old workflow still resumes.
+    """
+    return WorkflowSpec.model_validate(data, context={STORED: True})
 
 
 def load_spec(source: str | Path | dict[str, Any] | WorkflowSpec) -> WorkflowSpec:

@@ -8,7 +8,9 @@ a model losing the prompt-cache prefix.
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +19,13 @@ import pytest
 from sqlalchemy import update
 
 import nyxnb
+from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.errors import SpecError
 from nyxnb.store.models import Workflow
 from nyxnb.store.seed import seed
+from nyxnb.testing import Reset, credit_exhausted, error, rate_limited, server_error
 from nyxnb.testing.batches import FakeBatchServer
-from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items
+from tests.batch_helpers import N_ITEMS, batch_spec, fan_out, ok_items, spawn_run
 
 SHARED = " ".join(f"context{i % 97}" for i in range(1500))  # 1,500 cacheable tokens
 
@@ -156,3 +160,110 @@ def test_the_deadline_check_never_overflows():
     assert not deadline_passed(now, 1e9, now)
     assert not deadline_passed(now, math.inf, now)
     assert deadline_passed(datetime(2026, 12, 1, tzinfo=UTC), 24, now)
+
+
+# --- item 4: batch create follows the classified policy of live calls ---------------------------
+
+FAST_RETRY = RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "google"])
+def test_a_429_and_a_500_on_create_are_waited_out_and_retried(sqlite_store, batch_server, provider):
+    seed(sqlite_store)
+    batch_server.fail_creates(provider, rate_limited(0.05), server_error(500))
+    result = _run(sqlite_store, batch_spec(provider), retry=FAST_RETRY)
+    assert result.ok, result.error
+    items, calls, rows = fan_out(sqlite_store, result.workflow_id)
+    assert ok_items(calls) == list(range(N_ITEMS))
+    assert len(batch_server.book(provider).batches) == 1  # created once, paid once
+    assert [r.state for r in rows] == ["canceled", "canceled", "ended"]
+    assert {c.service_tier for c in calls} == {"batch"}
+
+
+def _out_of_credit_then_openai(store: Any, srv: FakeBatchServer) -> tuple[Any, Any, Any]:
+    """The batched spec on anthropic -> openai, Anthropic out of credit on create; run it."""
+    seed(store)
+    srv.fail_creates("anthropic", credit_exhausted())
+    spec = batch_spec("anthropic")
+    spec["defaults"]["fallback"] = ["openai"]
+    result = _run(store, spec, retry=FAST_RETRY)
+    assert result.ok, result.error
+    _, calls, rows = fan_out(store, result.workflow_id)
+    assert ok_items(calls) == list(range(N_ITEMS))
+    return calls, rows, result
+
+
+def test_credit_exhaustion_on_create_moves_to_the_next_providers_batch(sqlite_store, batch_server):
+    calls, rows, result = _out_of_credit_then_openai(sqlite_store, batch_server)
+    assert {(c.provider, c.service_tier) for c in calls} == {("openai", "batch")}
+    assert [(r.provider, r.state) for r in rows] == [("anthropic", "canceled"), ("openai", "ended")]
+    assert not batch_server.batches.batches and len(batch_server.openai_batches.batches) == 1
+    (moved,) = [e for e in result.events if e.type == "provider_fallback"]
+    assert (moved.from_provider, moved.to_provider, moved.reason) == (
+        "anthropic",
+        "openai",
+        "exhausted",
+    )
+
+
+def test_when_no_provider_can_batch_the_items_run_live(sqlite_store, batch_server):
+    """Anthropic out of credit, the OpenAI endpoint without a Batch API: live on OpenAI."""
+    batch_server.fail_creates("openai", error(404, "Invalid URL (POST /v1/batches)"))
+    calls, rows, result = _out_of_credit_then_openai(sqlite_store, batch_server)
+    assert {(c.provider, c.service_tier) for c in calls} == {("openai", "live")}
+    assert [r.state for r in rows] == ["canceled", "canceled"]
+    reasons = [
+        (e.from_provider, e.to_provider) for e in result.events if e.type == "provider_fallback"
+    ]
+    assert reasons == [("anthropic", "openai"), ("openai", None)]
+
+
+# --- item 5: a create that fails after the provider created the batch pays once -----------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "google"])  # the APIs that can label a batch
+def test_a_create_cut_after_the_batch_was_created_adopts_it(sqlite_store, batch_server, provider):
+    seed(sqlite_store)
+    batch_server.fail_creates(provider, Reset())
+    result = _run(sqlite_store, batch_spec(provider), retry=FAST_RETRY)
+    assert result.ok, result.error
+    book = batch_server.book(provider)
+    assert len(book.batches) == 1  # looked up by its label and adopted, not created again
+    ids = book.submitted_ids()
+    assert len(ids) == len(set(ids)) == N_ITEMS
+    _, calls, rows = fan_out(sqlite_store, result.workflow_id)
+    assert ok_items(calls) == list(range(N_ITEMS))
+    assert [(r.state, r.batch_id) for r in rows] == [("ended", f"{book.id_prefix}0001")]
+    assert [e.adopted for e in result.events if e.type == "batch_submitted"] == [True]
+
+
+# --- item 6: an open batch is in the ledger ----------------------------------------------------
+
+
+def test_an_open_batch_is_in_the_ledger_after_kill_9(sqlite_url, tmp_path, monkeypatch):
+    store = nyxnb.open_store(sqlite_url)
+    seed(store)
+    with FakeBatchServer(delay_s=3.0) as srv:
+        srv.patch_env(monkeypatch)
+        proc = spawn_run(batch_spec("anthropic"), tmp_path, sqlite_url)
+        assert proc.stdout is not None
+        workflow_id = ""
+        for line in proc.stdout:
+            event = json.loads(line)
+            workflow_id = event["workflow_id"]
+            if event["type"] == "batch_progress":  # submitted and polling
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=30)
+        _, calls, _ = fan_out(store, workflow_id)
+        sent = [c for c in calls if c.outcome == "sent"]
+        assert sorted(c.item_idx for c in sent) == list(range(N_ITEMS))
+        assert {c.service_tier for c in sent} == {"batch"}
+        open_usd = sum(c.cost_usd for c in sent)
+        result = nyxnb.resume(workflow_id, store=store)
+        assert result.ok, result.error
+    _, calls, _ = fan_out(store, workflow_id)
+    assert not [c for c in calls if c.outcome == "sent"]  # each settled by its result
+    billed = sum(c.cost_usd for c in calls)
+    assert ok_items(calls) == list(range(N_ITEMS)) and 0 < billed <= open_usd
+    store.engine.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 import nyxnb
 from nyxnb.cli import cli
 from nyxnb.store import open_store
-from nyxnb.store.models import Base, StepItem, Workflow, WorkflowStep
+from nyxnb.store.models import Base, LlmCall, StepItem, Workflow, WorkflowStep
 from nyxnb.store.schema import HEAD
 from nyxnb.store.seed import seed
 
@@ -212,6 +212,17 @@ def test_bad_database_url_is_one_line(url: str) -> None:
         assert ("cannot reach" in line) if url == UNREACHABLE else ("malformed" in line)
 
 
+def test_json_errors_are_one_json_object(db: str) -> None:
+    """With ``--json`` an error was the same plain text line as without it."""
+    for args in (["list", "--tenant", "nope", "--json"], ["--json", "show", "no-such-id"]):
+        line = one_line_error(nyx(db, *args))
+        error = json.loads(line)
+        assert error["kind"] == "NotFound" and "not found" in error["error"], error
+        assert error["hint"] and error["hint"] in error["error"]
+    line = one_line_error(nyx(UNREACHABLE, "tenant", "list", "--json"), "cannot reach")
+    assert json.loads(line)["kind"] == "StoreUnavailable" and "s3cret" not in line
+
+
 # --- --json on every command ---------------------------------------------------------------
 
 
@@ -364,6 +375,22 @@ def test_demo_completes_on_a_fresh_store(sqlite_url: str) -> None:
             steps = s.scalars(select(WorkflowStep).where(WorkflowStep.workflow_id == wf.id))
             assert all(st.status == "completed" for st in steps)
             assert s.scalar(select(func.count()).select_from(StepItem)) > 0
+    finally:
+        store.dispose()
+
+
+def test_a_second_demo_answers_from_the_cache(sqlite_url: str) -> None:
+    """`nyxnb demo` turned the cache off: its second run called every step again."""
+    ok(nyx(sqlite_url, "demo", "--latency-ms", "0"))
+    ok(nyx(sqlite_url, "demo", "--latency-ms", "0"))
+    store = open_store(sqlite_url)
+    try:
+        with store.session() as s:
+            first, second = s.scalars(select(Workflow.id).order_by(Workflow.created_at)).all()[-2:]
+            calls = select(LlmCall.cached).where(LlmCall.workflow_id == second)
+            cached = list(s.scalars(calls))
+            assert cached and all(cached), cached
+            assert s.scalar(select(func.count()).where(LlmCall.workflow_id == first)) == len(cached)
     finally:
         store.dispose()
 

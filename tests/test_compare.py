@@ -57,11 +57,25 @@ def test_compare_cli_json_is_one_document(store, two_runs):
 def test_notebook_view_renders_html_and_a_dataframe(store, two_runs):
     view = nb_compare(list(two_runs), store=store)
     page = view._repr_html_()
-    assert page.count("<details>") >= 2 and "prompt diff" in page and "<table" in page
-    assert "<script" not in page
+    assert "prompt changed" in page and "<table" in page and "<script" not in page
+    assert "<th" in page and ">baseline<" in page and ">revision 1<" in page
+    assert "text-align:left" in page.split("<table")[1]  # inline: no host style re-aligns it
+    assert "<ins>" in page  # word-level changes against the baseline
     df = view.df
-    assert len(df) == 8 and {"step", "prompt", "output", "cost_usd", "score"} <= set(df.columns)
+    assert len(df) == 8 and {"step", "run", "role", "output", "cost_usd", "score"} <= set(
+        df.columns
+    )
+    assert df["workflow"].str.len().max() == 8  # short ids
+    values = df.astype(object).to_numpy().ravel()
+    assert not [v for v in values if v is None or (isinstance(v, float) and v != v)]  # NA only
     assert "changed steps: analysis, synthesis" in repr(view)
+
+
+def test_word_diff_marks_words_not_lines():
+    from nyxnb.notebook.compare import word_diff_html
+
+    marked = word_diff_html("the router outer wall", "the router inner wall")
+    assert marked == "the router <del>outer</del><ins>inner</ins> wall"
 
 
 def test_unknown_id_is_a_clear_error(store, two_runs):

@@ -100,3 +100,13 @@ def test_group_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for name in cli.commands:
         assert re.search(rf"^\s+{re.escape(name)}\s", result.output, flags=re.M), name
+
+
+def test_the_readme_quotes_the_latest_per_item_overhead_of_bench() -> None:
+    """The README quoted 191 us/item while bench/README.md's latest run measured 497."""
+    bench = (README.parent / "bench" / "README.md").read_text(encoding="utf-8")
+    measured = re.findall(r"([\d,]+) us/item at L = 0", bench)
+    readme = README.read_text(encoding="utf-8")
+    quoted = re.search(r"fan-out costs ([\d,]+) us of engine\s+overhead per item", readme)
+    assert measured and quoted, "keep both sentences (or update this test with them)"
+    assert quoted.group(1) == measured[-1]

@@ -187,6 +187,22 @@ def test_resume_reruns_running_and_failed_steps_but_never_committed_items(seeded
     assert not any("=" in c and c.startswith("Feature") for c in Recorder.calls)
 
 
+def test_resuming_a_completed_workflow_keeps_its_times(seeded):
+    """`nyxnb resume` of a completed workflow ran nothing but moved its finished_at."""
+    result = nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded)
+
+    def times() -> tuple[object, object, str]:
+        with seeded.session() as s:
+            wf = s.get_one(Workflow, result.workflow_id)
+            return wf.started_at, wf.finished_at, wf.status
+
+    before = times()
+    Recorder.reset()
+    again = nyxnb.resume(result.workflow_id, store=seeded)
+    assert again.ok and not Recorder.calls
+    assert times() == before and before[1] is not None
+
+
 def test_changed_input_reruns_a_completed_step(seeded):
     result = nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded)
     with seeded.session() as s:

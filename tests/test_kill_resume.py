@@ -63,7 +63,7 @@ def _run_and_signal(
         if event["type"] == "fan_out_progress":
             seen = event["completed"]
             if seen >= after:
-                if sig == signal.SIGSTOP and url.startswith("sqlite"):
+                if sig == signal.SIGSTOP:
                     _stop_between_transactions(proc, url)
                 else:
                     proc.send_signal(sig)
@@ -72,27 +72,69 @@ def _run_and_signal(
 
 
 def _stop_between_transactions(proc: subprocess.Popen[str], url: str) -> None:
-    """SIGSTOP a run on SQLite at a moment it holds no write lock.
+    """SIGSTOP a run at a moment it holds no transaction open.
 
-    SQLite has one writer lock per file and no way to take it from a stopped process: a run
-    stalled inside a write transaction blocks every other writer until it wakes (PostgreSQL
-    only blocks the rows it touched). The stall these tests model is the common one, between
-    two short transactions, so the process is stopped again until no lock is held.
+    A run stalled inside a write transaction keeps its locks until it wakes: on SQLite the
+    file's one write lock (every other writer waits), on PostgreSQL its row and table locks (a
+    tenant move's LOCK TABLE waits, until the server ends the stalled session after
+    NYXNB_PG_IDLE_TX_S).  The stall these tests model is the common one, between two short
+    transactions, so the process is stopped again until it holds none.
     """
-    path = url.split("///", 1)[1]
+    holds = _holds_sqlite_lock if url.startswith("sqlite") else _holds_pg_transaction
     for _ in range(200):
         proc.send_signal(signal.SIGSTOP)
-        probe = sqlite3.connect(path, timeout=0.05, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
+        if not holds(url):
             return
-        except sqlite3.OperationalError:  # stopped mid-transaction: let it finish it
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.01)
-        finally:
-            probe.close()
+        proc.send_signal(signal.SIGCONT)  # stopped mid-transaction: let it finish it
+        time.sleep(0.01)
     raise AssertionError("the run never left its write transaction")
+
+
+def _holds_sqlite_lock(url: str) -> bool:
+    probe = sqlite3.connect(url.split("///", 1)[1], timeout=0.05, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+def _holds_pg_transaction(url: str) -> bool:
+    """Whether another session of this test's database is inside a transaction."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def _set_lease(store, workflow_id: str, seconds: float) -> None:
+    """Make the stopped (or killed) run's lease expire ``seconds`` from now."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from nyxnb.store.models import utcnow
+
+    with store.session() as s:
+        s.execute(
+            update(Workflow)
+            .where(Workflow.id == workflow_id)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        )
 
 
 def _run_and_kill(url: str, spec: str, kill_after: int) -> tuple[str, int]:
@@ -309,24 +351,24 @@ def test_ledger_never_counts_less_than_was_paid_after_kill_9(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["kill-9", "stopped"])
-def test_an_expired_lease_does_not_block_a_tenant_move(
-    store, store_url, tmp_path, monkeypatch, sig
-):
+def test_an_expired_lease_does_not_block_a_tenant_move(store, store_url, tmp_path, sig):
     """A run killed (or stopped) mid fan-out: its live lease blocks moving the project; once
     the lease is past its TTL the move succeeds, a stopped run that wakes up is fenced off, and
     the resumed run finishes in the new tenant with nothing left behind in the old one."""
     from nyxnb.errors import MigrationError
     from nyxnb.tenants.migrate import apply_migration, plan_migration
 
-    monkeypatch.setenv("NYXNB_LEASE_TTL_S", "3")  # the killed run's lease: 3 s after renewal
     seed(store)
     proc, workflow_id, _ = _run_and_signal(store_url, _spec(tmp_path), 6, sig, 100)
     try:
         if sig == signal.SIGKILL:
             proc.wait(timeout=30)
-        with pytest.raises(MigrationError, match="is running"):  # the lease is still live
+        # The lease's times are set here, not waited for: a loaded machine took longer than the
+        # run's short TTL to reach the first move, which then found the lease already expired.
+        _set_lease(store, workflow_id, 60)  # the run stands still holding a live lease
+        with pytest.raises(MigrationError, match="is running"):
             apply_migration(store, plan_migration(store, "BRbase", "nyx", "clarait"), "rename")
-        time.sleep(3.5)  # past the TTL: nobody renewed it
+        _set_lease(store, workflow_id, -1)  # past its TTL: nobody renewed it
         plan = plan_migration(store, "BRbase", "nyx", "clarait")
         assert dict(apply_migration(store, plan, "rename").counts)["workflows"] >= 1
     finally:

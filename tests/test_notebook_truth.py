@@ -42,7 +42,7 @@ def latency(ms: float) -> dict[str, dict[str, object]]:
     return {"offline": {"latency_ms": ms}}
 
 
-def _kill_the_runner(store, workflow_id: str, *, expired_s: float = 10.0) -> None:
+def _kill_the_runner(store, workflow_id: str, *, expired_s: float = 60.0) -> None:
     """What a killed kernel leaves behind: status running, a lease nobody renews."""
     with store.session() as s:
         wf = s.get_one(Workflow, workflow_id)
@@ -108,11 +108,13 @@ def test_a_run_whose_lease_expired_reads_interrupted_in_every_view(seeded) -> No
     assert features.status == "interrupted"  # a half-done fan-out says why it stopped
 
 
-def test_a_live_lease_still_reads_running(seeded) -> None:
+def test_a_live_or_late_lease_still_reads_running(seeded) -> None:
     workflow_id = _paused_run(seeded)
     _kill_the_runner(seeded, workflow_id, expired_s=-30)  # renewed 30 s ahead: someone runs it
     summary = workflow_summary(seeded, workflow_id)
     assert summary.shown_status == "running" and summary.note == ""
+    _kill_the_runner(seeded, workflow_id, expired_s=3)  # a renewal late on a busy store
+    assert workflow_summary(seeded, workflow_id).shown_status == "running"
 
 
 def test_resume_from_an_interrupted_widget_finishes_the_run(seeded) -> None:
@@ -142,7 +144,7 @@ async def _arun_until(store, n_items: int, then: str) -> WorkflowStopped | None:
     )
     while True:
         await asyncio.sleep(0.02)
-        progress = next(iter(_views()), None)
+        progress = next(iter(_views(store)), None)
         row = progress and next(
             (r for r in progress.state.steps.values() if r.name == "features"), None
         )
@@ -159,10 +161,12 @@ async def _arun_until(store, n_items: int, then: str) -> WorkflowStopped | None:
     return None
 
 
-def _views() -> list[WorkflowProgress]:
+def _views(store) -> list[WorkflowProgress]:
+    """The views running a workflow of ``store`` (other tests' runs may still be winding down)."""
     from nyxnb.notebook import widgets
 
-    return [v for views in widgets._VIEWS.values() for v in views if v._runs_it()]
+    views = [v for vs in widgets._VIEWS.values() for v in vs]
+    return [v for v in views if v.store is store and v._runs_it()]
 
 
 def test_a_pause_ends_the_awaited_cell_with_one_line(seeded) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from nyxnb.cli.main import cli
 from nyxnb.engine.durable import lease
@@ -103,6 +103,15 @@ def test_response_cache_is_scoped_by_tenant_unless_shared(sqlite_store, share):
         assert all(cached(again.workflow_id)) and cached(again.workflow_id)  # same tenant
         assert all(cached(other.workflow_id)) is share  # another tenant: only if shared
         assert any(cached(other.workflow_id)) is share
+        every = s.scalar(select(func.count()).select_from(m.LlmCache))
+    # the cache's rows are the tenants': a tenant session counts its own answers only
+    with sqlite_store.tenant("nyx", read_only=True) as s:
+        nyx = s.scalar(select(func.count()).select_from(m.LlmCache))
+    with sqlite_store.tenant("other", read_only=True) as s:
+        others = s.scalar(select(func.count()).select_from(m.LlmCache))
+        assert s.scalar(select(func.count()).select_from(m.LlmCache.__table__)) == others
+    assert nyx and nyx + others == every
+    assert others == (0 if share else nyx)  # shared: the other tenant wrote no answer of its own
 
 
 def test_tenant_session_checks_writes_and_scopes_core_selects(store):

@@ -380,3 +380,23 @@ def test_report_is_frozen_and_data_dir_is_the_checkout():
     assert json.loads(json.dumps(report.to_dict())) == report.counts() | {"created": True}
     assert (data_dir() / "sample.yaml").is_file()
     assert data_dir() == (Path(nyxnb.__file__).parent.parent / "data").resolve()
+
+
+def test_seeded_history_is_dated_in_order(seeded):
+    """The seeded workflows showed finished_at in the sample's year before a created_at of the
+    day they were seeded: every row is created before anything else it records happened."""
+    store, _ = seeded
+    epoch = datetime.fromisoformat(seed_mod.load_sample()["epoch"])
+    with store.session() as s:
+        for model in (m.Workflow, m.WorkflowStep, m.StepItem, m.ProjectSync, m.Project):
+            for row in s.scalars(select(model)):
+                times = {
+                    c.key: getattr(row, c.key)
+                    for c in model.__table__.c
+                    if getattr(row, c.key) is not None and isinstance(getattr(row, c.key), datetime)
+                }
+                created = m.aware(times.pop("created_at"))
+                assert created is not None and created >= epoch, (model, row.id)
+                assert all(created <= m.aware(t) for t in times.values()), (model, times)
+        for wf in s.scalars(select(m.Workflow).where(m.Workflow.finished_at.is_not(None))):
+            assert m.aware(wf.created_at) <= m.aware(wf.started_at) <= m.aware(wf.finished_at)

@@ -22,6 +22,7 @@ from nyxnb.store.models import (
     Base,
     CodePattern,
     Consolidation,
+    LlmCache,
     LlmCall,
     Persona,
     Project,
@@ -53,10 +54,11 @@ ORDER: list[type[Base]] = [
     ProjectSync,
     Consolidation,
     WorkflowInsight,
+    LlmCache,
 ]
 # Leaves: no other tenant's row can point at them, so deleting them cascades nowhere.
 LEAVES = [CodePattern, Persona, StepItem, LlmCall, ProviderBatch, ProjectNote, ProjectSync,
-          Consolidation, WorkflowInsight]  # fmt: skip
+          Consolidation, WorkflowInsight, LlmCache]  # fmt: skip
 _serial = itertools.count(100)
 
 
@@ -82,6 +84,8 @@ def row_kwargs(model: type[Base], parents: dict[type[Base], str], tag: str) -> d
         Consolidation: {"project_id": project, "title": f"{tag} consolidation {n}"},
         WorkflowInsight: {"project_id": project, "workflow_id": workflow,
                           "content": f"{tag} insight {n}"},
+        LlmCache: {"id": f"{tag}-answer-{n}", "provider": "offline", "model": "offline-1",
+                   "text": f"{tag} answer", "stop_reason": "end"},
     }  # fmt: skip
     return by_model[model]
 
@@ -108,10 +112,10 @@ class World:
         return self.not_a(model) | ({self.global_persona} if model is Persona else set())
 
 
-def _add(s: Any, model: type[Base], tenant_id: str | None, **kw: Any) -> str:
+def _add(s: Any, model: type[Base], tenant_id: str | None, /, **kw: Any) -> str:
     if model is not Tenant:
         kw["tenant_id"] = tenant_id
-    obj = model(id=new_id(), **kw)
+    obj = model(**{"id": new_id(), **kw})
     s.add(obj)
     s.flush()
     return obj.id

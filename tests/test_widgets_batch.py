@@ -147,7 +147,10 @@ def test_cancel_batch_button_cancels_a_run_in_this_kernel_and_the_rest_runs_live
     assert "cancel requested: anthropic batch msgbatch_fake0001" in view.note.value
     progress.wait()
     progress._flush(final=True)
-    ended = "anthropic batch msgbatch_fake0001: ended, 6 ok, 6 errored/expired/canceled"
+    ended = (
+        "anthropic batch msgbatch_fake0001: ended, 6 ok, 6 errored/expired/canceled; "
+        "re-run live at full price"  # what became of the canceled items, and at what price
+    )
     assert ended in view.batches.value and ended in progress.summary()
     assert view.cancel.layout.display == "none" and view.cancel.disabled  # nothing live
     assert progress.state.status == "completed"

@@ -217,3 +217,56 @@ def test_an_unbounded_claim_ttl_is_one_line_naming_the_range(
     assert "NYXNB_CLAIM_TTL_S" in from_env.output and "1 to 3600 s" in from_env.output
     with pytest.raises(ConfigError, match="out of range"):
         claim_ttl_s(float(ttl))
+
+
+def test_a_worker_woken_after_its_claims_expired_calls_none_of_them(store, tmp_path):
+    """A helper stopped past its claim TTL (SIGSTOP; here its clock jumps) while another worker
+    took its items over and committed them: on waking, its item source handed out the items it
+    had claimed, so it called them again.  It now asks the store first and drops them."""
+    import asyncio
+
+    from nyxnb.engine.durable.records import load_items
+    from nyxnb.engine.outcomes import ChainResult
+    from nyxnb.providers.base import Completion
+
+    step = claimed_fan_out_step(store, _spec(tmp_path, 6), 6)
+    sleeper = ItemClaimer(store, "sleeper:1:a", ttl_s=1.0)
+    source = sleeper.source(step.id, load_items(store, step.id), 4, lead=False)
+    result = ChainResult(Completion("x", "end_turn", 1, 1, "offline-1", "offline"), [])
+
+    async def scenario() -> list[int]:
+        started = [(await source.next()).idx]  # claims items 0-3, starts item 0
+        with store.engine.begin() as conn:  # ... then stands still past its TTL
+            conn.execute(
+                update(StepItem)
+                .where(StepItem.step_id == step.id)
+                .values(claim_expires_at=utcnow() - timedelta(seconds=1))
+            )
+        other = ItemClaimer(store, "other:2:b")
+        taken = other.claim(step.id, 6)  # the expired items, and the two never claimed
+        with store.engine.begin() as conn:
+            other.write_batch(conn, [item_rows(step, c.idx, "theirs", result) for c in taken[1:]])
+        sleeper.clock = lambda: time.monotonic() + 60  # it wakes up
+        while (row := await source.next()) is not None:
+            started.append(row.idx)
+        return started
+
+    assert asyncio.run(scenario()) == [0]  # nothing started after waking
+    assert sleeper.held == {} and sleeper.lost == 4  # it knows it lost them (item 0 too)
+    committed = {i.idx: i.claimed_by for i in _items_of(store, step.id) if i.output == "theirs"}
+    assert committed == {i: "other:2:b" for i in range(1, 6)}
+
+
+def test_a_heartbeat_drops_claims_taken_over_by_another_worker(store, tmp_path):
+    step = claimed_fan_out_step(store, _spec(tmp_path, 3), 3)
+    mine, other = ItemClaimer(store, "mine:1:a", ttl_s=1.0), ItemClaimer(store, "other:2:b")
+    assert len(mine.claim(step.id, 3)) == 3
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(StepItem)
+            .where(StepItem.step_id == step.id, StepItem.idx == 1)
+            .values(claim_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert [c.idx for c in other.claim(step.id, 3)] == [1]
+    assert mine.renew() == 2 and set(mine.held) == {(step.id, 0), (step.id, 2)}
+    assert mine.still_holds(step.id, 0) and not mine.still_holds(step.id, 1)

@@ -47,12 +47,17 @@ def get_store(ctx: click.Context) -> Store:
 
 
 def fail_line(ctx: click.Context, exc: NyxError | DatabaseError) -> NoReturn:
-    """Print an error as one redacted line on stderr and exit 1."""
+    """Print an error as one redacted line on stderr (a JSON object with ``--json``), exit 1."""
     if isinstance(exc, DatabaseError):
         store = ctx.ensure_object(dict).get("store")
         exc = store_error(exc, store.engine if store is not None else None)
     line = " ".join(redact(str(exc)).split())  # one line, whatever the driver wrote
-    click.echo(f"error: {line}", err=True)
+    if wants_json(ctx):
+        hint = " ".join(redact(getattr(exc, "hint", "")).split()) or None
+        error = {"error": line, "kind": type(exc).__name__, "hint": hint}
+        click.echo(json.dumps(error), err=True)
+    else:
+        click.echo(f"error: {line}", err=True)
     sys.exit(1)
 
 

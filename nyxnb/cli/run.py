@@ -229,8 +229,7 @@ def demo(ctx: click.Context, provider: str, latency_ms: float) -> None:
         store=store,
         tenant="nyx",
         project="BRbase",
-        provider=provider,
-        cache=False,
+        provider=provider,  # the spec's cache: a second demo answers from it
         provider_options={"offline": {"latency_ms": latency_ms}},
     )
     stream_events(ctx, events)

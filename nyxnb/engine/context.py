@@ -41,9 +41,15 @@ from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 Emit = Callable[[ev.Event], None]
 
 
-def _tokens(request: CompletionRequest) -> int:
-    """A rough input-token count (4 characters a token) for a cost estimate."""
-    return (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+def estimate_usd(
+    provider: str, model: str, request: CompletionRequest, *, batch: bool = False
+) -> float:
+    """What a request may cost at most: input at 4 characters a token, ``max_tokens`` out.
+
+    The price of a 'sent' ledger row, written before the call (or the batch) is made.
+    """
+    tokens = (len(request.system) + sum(len(m.content) for m in request.messages)) // 4
+    return price_for(provider, model).cost(tokens, request.max_tokens, batch=batch)
 
 
 class Paused(Exception):  # noqa: N818 - a signal, not an error
@@ -127,6 +133,7 @@ class RunContext:
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
         """Send an event to the consumer."""
@@ -242,7 +249,7 @@ class RunContext:
         """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
         name, entry_model = split_entry(step.chain[0])
         model = request.model or entry_model or default_model(name, self.pool.endpoints)
-        usd = price_for(name, model).cost(_tokens(request), request.max_tokens)
+        usd = estimate_usd(name, model, request)
         row = records.sent_row(step, item_idx, name, model, usd)
         await self.writer.write(records.ItemRows([row], None, None))
         self._sent[(step.id, item_idx)] = row["id"]
@@ -292,6 +299,7 @@ class RunContext:
     def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
         """Skip a completed step whose inputs are unchanged (and remember its output)."""
         if step.status != COMPLETED or step.input_hash != digest or step.output is None:
+            self.executed_steps += 1
             return False
         self.ctx[step.name] = view
         self.step_event(ev.StepCompleted, step, skipped=True)

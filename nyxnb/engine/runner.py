@@ -33,7 +33,7 @@ from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.providers.endpoints import endpoint_table
-from nyxnb.spec import WorkflowSpec
+from nyxnb.spec import stored_spec
 from nyxnb.store import Store
 from nyxnb.store.models import (
     COMPLETED,
@@ -169,7 +169,7 @@ class Runner(RunContext):
             project = s.get_one(Project, wf.project_id)
             self.tenant_id, self.name, self.status = wf.tenant_id, wf.name, wf.status
             self.tenant_slug = s.get_one(Tenant, wf.tenant_id).slug
-            self.spec = WorkflowSpec.model_validate(wf.spec)
+            self.spec = stored_spec(wf.spec)
             self.project = ProjectView(project.name, project.description)
             frozen = wf.personas
         if frozen is None:  # a workflow from before personas were frozen: freeze them now
@@ -182,14 +182,15 @@ class Runner(RunContext):
         self.pool.apply_spec(limits, d.timeouts, d.max_wait_s, endpoints)
 
     async def _started(self) -> None:
+        # a completed workflow keeps its times unless a step runs again (see _finish)
+        times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=RUNNING,
             error=None,
             pause_requested=False,
-            started_at=utcnow(),
-            finished_at=None,
+            **times,
         )
         steps = records.load_steps(self.store, self.workflow_id)
         self.emit(
@@ -220,13 +221,15 @@ class Runner(RunContext):
             records.update_workflow(self.store, self.workflow_id, error=f"digest: {exc}")
 
     def _finish(self, status: str, error: str | None) -> None:
+        unchanged = self.status == COMPLETED == status and not self.executed_steps
+        times = {} if unchanged else {"finished_at": utcnow()}  # a no-op resume moves nothing
         records.update_workflow(
             self.store,
             self.workflow_id,
             status=status,
             error=error,
             pause_requested=False,
-            finished_at=utcnow(),
+            **times,
         )
 
     async def _heartbeat(self) -> None:

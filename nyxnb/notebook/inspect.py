@@ -34,10 +34,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import NullPool
 
+from nyxnb.errors import RunError
 from nyxnb.notebook.progress import money, tokens_text
+from nyxnb.notebook.state import Answered
 from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import LlmCall, Workflow, WorkflowStep
+from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 
 if TYPE_CHECKING:
     import duckdb
@@ -276,7 +278,7 @@ def plot_latency(store: StoreArg, workflow_id: str, *, step: str | None = None) 
         calls = calls[calls["step"] == step]
     items = items_df(store, workflow_id, step=step)
     names = {(r.step, r.idx): r.heading or f"item {r.idx}" for r in items.itertuples()}
-    keys = list(dict.fromkeys(zip(calls["step"], calls["item_idx"].astype(int), strict=True)))
+    keys = sorted(set(zip(calls["step"], calls["item_idx"].astype(int), strict=True)))
     slot = {key: i for i, key in enumerate(keys)}
     fig = _figure(9, 3.9)
     ax = fig.add_subplot()
@@ -395,3 +397,39 @@ def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
         ax.add_patch(Rectangle((60, y - 0.3), 15, 0.6, color="#e0e0e0", linewidth=0))
         ax.add_patch(Rectangle((60, y - 0.3), 15 * share, 0.6, color=color, linewidth=0))
     return fig
+
+
+def answered(store: Store, workflow_id: str) -> dict[int, Answered]:
+    """Per step order: the providers and models whose answers were kept, and cache hits."""
+    query = (
+        select(WorkflowStep.order, LlmCall.provider, LlmCall.model, LlmCall.outcome)
+        .join(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
+        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome.in_(("ok", "cached")))
+        .order_by(LlmCall.created_at)
+    )
+    seen: dict[int, tuple[dict[str, None], dict[str, None], list[int]]] = {}
+    with store.reading() as conn:
+        for order, provider, model, outcome in conn.execute(query):
+            providers, models, counts = seen.setdefault(order, ({}, {}, [0, 0]))
+            providers[provider], models[model] = None, None
+            counts[0], counts[1] = counts[0] + 1, counts[1] + (outcome == "cached")
+    return {
+        order: Answered(", ".join(p), ", ".join(m for m in ms if m), *counts)
+        for order, (p, ms, counts) in seen.items()
+    }
+
+
+def latest_workflow(store: Store, *, tenant: str | None = None, project: str | None = None) -> str:
+    """The id of the most recently created workflow (of ``tenant`` / ``project`` when given)."""
+    query = select(Workflow.id).order_by(Workflow.created_at.desc()).limit(1)
+    if tenant is not None:
+        query = query.join(Tenant, Tenant.id == Workflow.tenant_id).where(Tenant.slug == tenant)
+    if project is not None:
+        query = query.join(Project, Project.id == Workflow.project_id)
+        query = query.where(Project.name == project)
+    with store.reading() as conn:
+        found = conn.scalar(query)
+    if found is None:
+        where = " ".join(x for x in (tenant, project) if x) or "the store"
+        raise RunError(f"no workflow in {where}", hint="run one first (notebook 01's run cell)")
+    return str(found)

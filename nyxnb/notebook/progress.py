@@ -82,10 +82,21 @@ def batch_text(
     return line + (f", submitted {duration(age_s)} ago" if age_s is not None else "")
 
 
-def batch_ended_text(provider: str, batch_id: str, succeeded: int, failed: int) -> str:
-    """An ended batch in one line: ``anthropic batch msgbatch_…: ended, 290 ok, 10 failed``."""
+#: What became of a batch's failed items, by ``batch_fallback``.
+_THEN = {"live": "re-run live at full price", "resubmit": "resubmitted in a new batch"}
+
+
+def batch_ended_text(
+    provider: str, batch_id: str, succeeded: int, failed: int, then: str = ""
+) -> str:
+    """An ended batch in one line, and what became of its failed items:
+
+    ``anthropic batch msgbatch_…: ended, 0 ok, 13 errored/expired/canceled; re-run live at
+    full price``.
+    """
     failures = f", {failed} errored/expired/canceled" if failed else ""
-    return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}"
+    after = f"; {_THEN[then]}" if failed and then in _THEN else ""
+    return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}{after}"
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -206,7 +217,8 @@ class TextProgress:
         self._line(f"      {line}")
 
     def _on_batch_ended(self, e: ev.BatchEnded) -> None:
-        self._line(f"      {batch_ended_text(e.provider, e.batch_id, e.succeeded, e.failed)}")
+        line = batch_ended_text(e.provider, e.batch_id, e.succeeded, e.failed, e.then)
+        self._line(f"      {line}")
 
     def _on_workflow_paused(self, e: ev.WorkflowPaused) -> None:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")

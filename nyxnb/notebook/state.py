@@ -108,6 +108,7 @@ class BatchLine:
     failed: int = 0
     error: str = ""  # the last poll failed
     age_s: float | None = None  # seconds since submission (from the store)
+    then: str = ""  # what its failed items do next (``batch_fallback``: live | resubmit)
 
     @property
     def live(self) -> bool:
@@ -120,7 +121,9 @@ class BatchLine:
         ``age=False`` leaves out "submitted N s ago" (it changes while nothing else does).
         """
         if not self.live:
-            return batch_ended_text(self.provider, self.batch_id, self.succeeded, self.failed)
+            return batch_ended_text(
+                self.provider, self.batch_id, self.succeeded, self.failed, self.then
+            )
         return batch_text(
             self.provider,
             self.batch_id,
@@ -133,8 +136,8 @@ class BatchLine:
         )
 
     @classmethod
-    def of_store(cls, row: BatchSummary) -> BatchLine:
-        """A batch of :func:`~nyxnb.reports.summary.workflow_summary`."""
+    def of_store(cls, row: BatchSummary, then: str = "") -> BatchLine:
+        """A batch of :func:`~nyxnb.reports.summary.workflow_summary` (``then``: its fallback)."""
         succeeded = int(row.counts.get("succeeded", 0))
         state = "canceling" if row.state == "canceling" else "open"
         return cls(
@@ -147,6 +150,7 @@ class BatchLine:
             succeeded=succeeded,
             failed=row.done - succeeded,
             age_s=row.age_s,
+            then=then,
         )
 
 
@@ -279,6 +283,7 @@ class ProgressState:
             line.state = "canceling" if e.canceling or line.state == "canceling" else "open"
         else:
             line.state, line.succeeded, line.failed = "ended", e.succeeded, e.failed
+            line.then = e.then
             line.done, line.poll_s, line.error = e.succeeded + e.failed, 0.0, ""
         row.status = BATCH if line.live else "running"
         row.provider = e.provider or row.provider
@@ -330,7 +335,7 @@ class ProgressState:
                 self.steps[row.order] = row
             else:
                 old.heading = old.heading or row.heading
-        self._load_batches(summary.batches, merge)
+        self._load_batches(summary.batches, merge, summary.batch_fallback)
         if merge:
             return
         self._settle()
@@ -338,9 +343,9 @@ class ProgressState:
         for i, value in enumerate((totals.input_tokens, totals.output_tokens, totals.cost_usd)):
             self.unattributed[i] = max(0, float(value) - self.totals()[i])
 
-    def _load_batches(self, rows: tuple[BatchSummary, ...], merge: bool) -> None:
+    def _load_batches(self, rows: tuple[BatchSummary, ...], merge: bool, then: str) -> None:
         """The store's batches; mid-run (``merge``) the events' lines are newer and stay."""
-        lines = [BatchLine.of_store(r) for r in rows]
+        lines = [BatchLine.of_store(r, then) for r in rows]
         if not merge:
             self.batches = {}
         self.batches.pop(SUBMITTING, None)  # the store says what became of it

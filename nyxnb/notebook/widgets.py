@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import weakref
@@ -38,42 +37,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from sqlalchemy import select
-
 from nyxnb import events as ev
 from nyxnb.engine import api
-from nyxnb.errors import NyxError, RunError, WorkflowStopped
-from nyxnb.notebook.inspect import reader, step_context
+from nyxnb.errors import NyxError, RunError
+from nyxnb.notebook import foreground
+from nyxnb.notebook.inspect import answered, latest_workflow, reader, step_context
+from nyxnb.notebook.kernel import execution_count, live_frontend
 from nyxnb.notebook.progress import TextProgress
-from nyxnb.notebook.state import ACTIVE, Answered, ProgressState, StepRow
+from nyxnb.notebook.state import ACTIVE, ProgressState, StepRow
 from nyxnb.notebook.view import WidgetView, static_html
 from nyxnb.reports.summary import INTERRUPTED, workflow_summary
 from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
 
 log = logging.getLogger(__name__)
-ENV_MODE = "NYXNB_PROGRESS"
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 #: Every view of a workflow in this kernel, so that they all show one truth (see ``_siblings``).
 _VIEWS: dict[str, weakref.WeakSet[WorkflowProgress]] = {}
 TICK_S = 1.0  # while it runs, the clocks (elapsed, ETA) move at least this often
-#: On an interrupt (the toolbar's stop button), how long the cell waits for the pause to land.
-INTERRUPT_WAIT_S = 60.0
-
-
-def live_frontend() -> bool:
-    """True when the running cell came from an interactive frontend that renders widgets."""
-    mode = os.environ.get(ENV_MODE, "auto").strip().lower()
-    if mode in ("widget", "text"):
-        return mode == "widget"
-    from IPython import get_ipython
-
-    kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None:  # plain Python or terminal IPython
-        return False
-    content = (kernel.get_parent("shell") or {}).get("content") or {}  # the running request
-    return bool(content.get("allow_stdin", False))
 
 
 class WorkflowProgress:
@@ -323,46 +304,20 @@ class WorkflowProgress:
             await asyncio.shield(asyncio.wrap_future(future))
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True  # the toolbar's stop button: pause, keep the answers in flight
-            await progress._pause_on_interrupt(future)
+            await foreground.pause_on_interrupt(future, progress.pause)
         except Exception:  # noqa: BLE001 - result() raises it where the caller asks
             pass
         progress._outcome(interrupted)
         return progress
 
-    async def _pause_on_interrupt(self, future: Future[api.RunResult]) -> None:
-        """Ask the run to pause (items in flight finish and are kept) and wait for it to stop."""
-        workflow_id = self.state.workflow_id
-        if workflow_id and not future.done():
-            try:
-                await asyncio.to_thread(self.pause)
-            except RunError:  # it finished (or paused) meanwhile: nothing to pause
-                pass
-        done, _ = await asyncio.to_thread(wait_futures, [future], INTERRUPT_WAIT_S)
-        if not done:
-            wait = f"{INTERRUPT_WAIT_S:.0f} s"
-            print(f"interrupted: pause asked, but the run has not stopped within {wait}; it goes "
-                  "on in the background (the widget follows it)")  # fmt: skip
-
     def _outcome(self, interrupted: bool) -> None:
         """A paused or failed run ends the cell with one line (Run All stops); else nothing."""
-        future = self._future
-        if future is None or not future.done():
-            return
-        if future.exception() is not None:
-            return  # result() raises it where the caller asks (e.g. a lease held elsewhere)
-        result = future.result()
-        if result.status == "completed":
-            if interrupted:
-                print(f"the run had completed before the interrupt: nothing to pause "
-                      f"({result.workflow_id})")  # fmt: skip
-            return
         if self._pending is not None:
             self._pending.exception(timeout=30)  # the last read of the store
         with self._lock:
-            line = self.state.headline(timing=False).partition("\n")[2] or result.error or ""
-        if interrupted and result.status == "paused":
-            line = f"interrupted (■): {line}; the answers in flight were kept"
-        raise WorkflowStopped(result.workflow_id, result.status, line or result.status)
+            why = self.state.headline(timing=False).partition("\n")[2]
+        assert self._future is not None
+        foreground.outcome(self._future, interrupted, why)
 
     @classmethod
     def run(cls, spec: Any = None, *, resume: str | None = None, **kw: Any) -> WorkflowProgress:
@@ -498,7 +453,7 @@ class WorkflowProgress:
         if self._view is not None:
             self._view.render(self.state, None)
         self._handle = display(self._bundle(), raw=True, display_id=True)
-        self._shown_in = _execution_count()
+        self._shown_in = execution_count()
 
     def _update_display(self) -> None:
         # the saved notebook keeps the last state as text, shown where the widget cannot render
@@ -515,60 +470,11 @@ class WorkflowProgress:
 
     def _ipython_display_(self) -> None:
         if self._view is not None:
-            if self._handle is not None and self._shown_in == _execution_count():
+            if self._handle is not None and self._shown_in == execution_count():
                 return  # shown by this very cell (``attach(...)`` as its last line): once
             self._show()
         else:
             print(self.summary())
-
-
-def _execution_count() -> int | None:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return None if shell is None else int(shell.execution_count)
-
-
-def _in_kernel() -> bool:
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
-
-
-def answered(store: Store, workflow_id: str) -> dict[int, Answered]:
-    """Per step order: the providers and models whose answers were kept, and cache hits."""
-    query = (
-        select(WorkflowStep.order, LlmCall.provider, LlmCall.model, LlmCall.outcome)
-        .join(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
-        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome.in_(("ok", "cached")))
-        .order_by(LlmCall.created_at)
-    )
-    seen: dict[int, tuple[dict[str, None], dict[str, None], list[int]]] = {}
-    with store.reading() as conn:
-        for order, provider, model, outcome in conn.execute(query):
-            providers, models, counts = seen.setdefault(order, ({}, {}, [0, 0]))
-            providers[provider], models[model] = None, None
-            counts[0], counts[1] = counts[0] + 1, counts[1] + (outcome == "cached")
-    return {
-        order: Answered(", ".join(p), ", ".join(m for m in ms if m), *counts)
-        for order, (p, ms, counts) in seen.items()
-    }
-
-
-def latest_workflow(store: Store, *, tenant: str | None = None, project: str | None = None) -> str:
-    """The id of the most recently created workflow (of ``tenant`` / ``project`` when given)."""
-    query = select(Workflow.id).order_by(Workflow.created_at.desc()).limit(1)
-    if tenant is not None:
-        query = query.join(Tenant, Tenant.id == Workflow.tenant_id).where(Tenant.slug == tenant)
-    if project is not None:
-        query = query.join(Project, Project.id == Workflow.project_id)
-        query = query.where(Project.name == project)
-    with store.reading() as conn:
-        found = conn.scalar(query)
-    if found is None:
-        where = " ".join(x for x in (tenant, project) if x) or "the store"
-        raise RunError(f"no workflow in {where}", hint="run one first (notebook 01's run cell)")
-    return str(found)
 
 
 __all__ = ["ProgressState", "StepRow", "WorkflowProgress", "latest_workflow", "live_frontend"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anthropic
+from anthropic.types.messages import MessageBatchIndividualResponse
+from pydantic import ValidationError
 
 from nyxnb.providers.anthropic import AnthropicProvider, completion_of
 from nyxnb.providers.base import CompletionRequest
@@ -17,6 +20,9 @@ from nyxnb.providers.batch_base import (
     BatchItemResult,
     BatchStatus,
 )
+
+#: The custom id in a results line too broken to parse.
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
 
 
 class AnthropicBatches(BatchApi):
@@ -51,26 +57,39 @@ class AnthropicBatches(BatchApi):
         }
         return BatchStatus(batch.processing_status == "ended", counts, batch.processing_status)
 
-    async def results(
+    async def item_results(
         self, batch_id: str, requests: Mapping[str, CompletionRequest]
     ) -> AsyncIterator[BatchItemResult]:
-        """Stream the results file, one line per item."""
+        """Stream the results file, one line per item, each read on its own.
+
+        The SDK's decoder raises on the first line that is not JSON and loses the rest of the
+        file; here a malformed line is that item's error (its custom id read from the broken
+        text when it can be; an item without a line at all is errored by ``results``).
+        """
         client = self.provider.client()
         try:
-            lines = await client.messages.batches.results(batch_id)
+            decoder = await client.messages.batches.results(batch_id)
+            async for raw in decoder.http_response.aiter_lines():
+                if raw.strip():
+                    yield self._line(raw, requests)
         except anthropic.AnthropicError as exc:
             raise self.provider._error(exc, client.api_key) from exc
-        async for line in lines:
-            result, cid = line.result, line.custom_id
-            if result.type == "succeeded":
-                request = requests.get(cid)
-                model = self.provider.model_for(request) if request else result.message.model
-                completion = completion_of(result.message, model, self.name)
-                yield BatchItemResult(cid, SUCCEEDED, completion)
-            elif result.type == "errored":
-                yield BatchItemResult(cid, ERRORED, error=str(result.error.error.message))
-            else:
-                yield BatchItemResult(cid, EXPIRED if result.type == "expired" else CANCELED)
+
+    def _line(self, raw: str, requests: Mapping[str, CompletionRequest]) -> BatchItemResult:
+        try:
+            line = MessageBatchIndividualResponse.model_validate_json(raw)
+        except ValidationError as exc:
+            cid = _CUSTOM_ID.search(raw)
+            why = f"malformed result line: {exc.errors()[0]['msg']}"
+            return BatchItemResult(cid[1] if cid else "", ERRORED, error=why)
+        result, cid = line.result, line.custom_id
+        if result.type == "succeeded":
+            request = requests.get(cid)
+            model = self.provider.model_for(request) if request else result.message.model
+            return BatchItemResult(cid, SUCCEEDED, completion_of(result.message, model, self.name))
+        if result.type == "errored":
+            return BatchItemResult(cid, ERRORED, error=str(result.error.error.message))
+        return BatchItemResult(cid, EXPIRED if result.type == "expired" else CANCELED)
 
     async def cancel(self, batch_id: str) -> None:
         """``POST /v1/messages/batches/{id}/cancel``."""

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from nyxnb.errors import MissingKey
 from nyxnb.providers.base import Completion, CompletionRequest, Provider
+from nyxnb.providers.classify import redact
 
 #: Outcomes of one batch item, as every provider reports them (normalised).
 SUCCEEDED, ERRORED, EXPIRED, CANCELED = "succeeded", "errored", "expired", "canceled"
+#: The error of an item the provider's results do not answer readably.
+NO_LINE = "no readable result line for this item in the batch's results"
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,34 @@ class BatchApi(ABC):
     async def status(self, batch_id: str) -> BatchStatus:
         """Retrieve a batch's processing state and counts."""
 
-    @abstractmethod
-    def results(
+    async def results(
         self, batch_id: str, requests: Mapping[str, CompletionRequest]
     ) -> AsyncIterator[BatchItemResult]:
-        """Stream an ended batch's item results (``requests`` by custom id, for the model)."""
+        """Stream an ended batch's item results (``requests`` by custom id, for the model).
+
+        Every item of ``requests`` gets a result: one the provider left without a readable
+        line is ``errored`` (a malformed line is that item's error, the others are ingested).
+        Every error text is redacted here, with the provider's key, whatever the SDK echoed.
+        """
+        secret, seen = self._secret(), set()
+        async for result in self.item_results(batch_id, requests):
+            seen.add(result.custom_id)
+            yield replace(result, error=redact(result.error, secret)) if result.error else result
+        for cid in requests:
+            if cid not in seen:
+                yield BatchItemResult(cid, ERRORED, error=NO_LINE)
+
+    @abstractmethod
+    def item_results(
+        self, batch_id: str, requests: Mapping[str, CompletionRequest]
+    ) -> AsyncIterator[BatchItemResult]:
+        """The provider's results, as read (:meth:`results` completes and redacts them)."""
+
+    def _secret(self) -> str | None:
+        try:
+            return self.provider.api_key() if self.provider.key_env else None
+        except MissingKey:
+            return None
 
     @abstractmethod
     async def cancel(self, batch_id: str) -> None:

@@ -40,7 +40,7 @@ from nyxnb.providers.batch_base import (
     BatchItemResult,
     BatchStatus,
 )
-from nyxnb.providers.classify import HttpFailure, classify, redact
+from nyxnb.providers.classify import HttpFailure, classify
 from nyxnb.providers.google import GoogleProvider, completion_of, config_of, contents_of
 
 #: The Gemini API's limit on one inlined batch-create request; a margin is kept for the JSON.
@@ -129,7 +129,7 @@ class GoogleBatches(BatchApi):
             counts[SUCCEEDED if response.response is not None else ERRORED] += 1
         return BatchStatus(True, counts, state)
 
-    async def results(
+    async def item_results(
         self, batch_id: str, requests: Mapping[str, CompletionRequest]
     ) -> AsyncIterator[BatchItemResult]:
         """Each item's answer from the inlined responses, or why it has none."""
@@ -147,7 +147,7 @@ class GoogleBatches(BatchApi):
         why = f"no response: the batch ended {_state(job)}" + _job_error(job)
         for cid in requests:
             if cid not in seen:
-                yield BatchItemResult(cid, missing, error=redact(why, self.provider._key))
+                yield BatchItemResult(cid, missing, error=why)
 
     async def cancel(self, batch_id: str) -> None:
         """``POST batches/{id}:cancel``."""
@@ -178,7 +178,7 @@ class GoogleBatches(BatchApi):
             error = response.error or types.JobError()
             failure = HttpFailure(_RPC_STATUS.get(error.code or 0, 500), error.message or "")
             message = f"{classify(failure)} (code {error.code}): {failure.message or 'error'}"
-            return BatchItemResult(cid, ERRORED, error=redact(message, self.provider._key))
+            return BatchItemResult(cid, ERRORED, error=message)  # redacted by results()
         model = self.provider.model_for(request)
         return BatchItemResult(cid, SUCCEEDED, completion_of(response.response, model, self.name))
 

@@ -50,7 +50,7 @@ class OfflineBatches(BatchApi):
         counts = {"processing": 0 if ended else n, SUCCEEDED: n if ended else 0}
         return BatchStatus(ended, counts, "ended" if ended else "in_progress")
 
-    async def results(
+    async def item_results(
         self, batch_id: str, requests: Mapping[str, CompletionRequest]
     ) -> AsyncIterator[BatchItemResult]:
         """Every item succeeds with the offline provider's answer (or was canceled)."""

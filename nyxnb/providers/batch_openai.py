@@ -29,7 +29,7 @@ from nyxnb.providers.batch_base import (
     BatchItemResult,
     BatchStatus,
 )
-from nyxnb.providers.classify import HttpFailure, http_error, redact
+from nyxnb.providers.classify import HttpFailure, http_error
 from nyxnb.providers.openai import OpenAIProvider, completion_of
 
 ENDPOINT = "/v1/chat/completions"
@@ -107,7 +107,7 @@ class OpenAIBatches(BatchApi):
         batch = await self._retrieve(batch_id)
         return BatchStatus(batch.status in _ENDED, counts_of(batch), batch.status)
 
-    async def results(
+    async def item_results(
         self, batch_id: str, requests: Mapping[str, CompletionRequest]
     ) -> AsyncIterator[BatchItemResult]:
         """Stream the output file, then the error file; items with no line come last."""
@@ -198,10 +198,10 @@ def counts_of(batch: Batch) -> dict[str, int]:
 
 
 def _batch_errors(batch: Batch) -> str:
-    """Why a whole batch failed (its validation ``errors``), redacted."""
+    """Why a whole batch failed (its validation ``errors``; redacted by ``results``)."""
     data = batch.errors.data if batch.errors and batch.errors.data else []
     text = "; ".join(f"{e.code or 'error'}: {e.message or ''}" for e in data)
-    return redact(text or f"batch {batch.status} without a result for this item")[:500]
+    return (text or f"batch {batch.status} without a result for this item")[:500]
 
 
 def _object(value: object) -> dict[str, Any]:

@@ -11,7 +11,7 @@ run "running".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -33,6 +33,9 @@ from nyxnb.store.models import (
 
 #: What every view shows for a workflow whose lease expired with nobody running it.
 INTERRUPTED = "interrupted"
+#: How long past its expiry a lease must be before the run counts as dead: a live runner renews
+#: every ~1.5 s, but a busy store can delay a renewal by seconds (seen with SQLite under load).
+GRACE_S = 10.0
 _ENDED = ("completed", "failed", "paused")
 
 
@@ -140,6 +143,7 @@ class WorkflowSummary:
     by_provider: tuple[ProviderTotals, ...] = ()
     interrupted_since: datetime | None = None  # set: no runner since then (see :func:`dead_since`)
     total_steps: int = 0  # generated steps included, counted from the spec before they exist
+    batch_fallback: str = ""  # what failed batch items do: live | resubmit (from the spec)
 
     @property
     def shown_status(self) -> str:
@@ -179,13 +183,14 @@ def dead_since(
 ) -> datetime | None:  # fmt: skip
     """When a workflow's runner went away, or None while something runs it (or it ended).
 
-    Dead: it says ``running`` (or a lease was taken) but the lease expired or was never there.
-    A runner renews its lease every ~1.5 s, so an expired lease means nothing runs it.
+    Dead: it says ``running`` (or a lease was taken) but the lease expired (``GRACE_S`` ago) or
+    was never there. A runner renews its lease every ~1.5 s, so such a lease means nothing runs
+    it.
     """
     if status in _ENDED or (status != "running" and not lease_owner):
         return None
     expires = aware(lease_expires_at)
-    if expires is not None and expires >= (now or utcnow()):
+    if expires is not None and expires + timedelta(seconds=GRACE_S) >= (now or utcnow()):
         return None
     since = expires or aware(started_at)
     return since or (now or utcnow())
@@ -273,7 +278,7 @@ def workflow_summary(
     by_step: dict[str, list[StepItem]] = {}
     for item in items:
         by_step.setdefault(item.step_id, []).append(item)
-    whole = _totals(store, workflow_id)
+    whole, (expected, fallback) = _totals(store, workflow_id), _spec_facts(wf.spec)
     return WorkflowSummary(
         id=wf.id,
         name=wf.name,
@@ -300,16 +305,19 @@ def workflow_summary(
             for p, t in _totals(store, workflow_id, LlmCall.provider)
         ),
         interrupted_since=dead_since(wf.status, wf.lease_owner, wf.lease_expires_at, wf.started_at),
-        total_steps=max(len(steps), _expected_steps(wf.spec)),
+        total_steps=max(len(steps), expected),
+        batch_fallback=fallback,
     )
 
 
-def _expected_steps(spec: dict[str, Any] | None) -> int:
-    """The spec's step count, generated steps included (0 if the stored spec no longer parses)."""
+def _spec_facts(spec: dict[str, Any] | None) -> tuple[int, str]:
+    """The spec's step count (generated steps included) and batch fallback; (0, "") if the
+    stored spec no longer parses."""
     try:
-        return WorkflowSpec.model_validate(spec or {}).expected_steps()
+        parsed = WorkflowSpec.model_validate(spec or {})
+        return parsed.expected_steps(), parsed.defaults.batch_fallback
     except (ValueError, StopIteration):  # pydantic's ValidationError is a ValueError
-        return 0
+        return 0, ""
 
 
 def _step(

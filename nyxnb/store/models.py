@@ -314,8 +314,9 @@ class ProviderBatch(TenantOwned, Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class LlmCache(Base):
-    """Content-addressed response cache; ``id`` is the sha256 of the request."""
+class LlmCache(TenantOwned, Base):
+    """Content-addressed response cache; ``id`` is the sha256 of the request (salted by tenant
+    unless the spec shares the cache); each row belongs to the tenant whose run wrote it."""
 
     __tablename__ = "llm_cache"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

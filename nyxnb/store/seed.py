@@ -1,17 +1,15 @@
 """Seed a store with the sample data of the original system (``data/sample.yaml``).
 
 :func:`seed` creates, in ONE transaction: tenants ``nyx`` and ``clarait``, the nine global
-personas, ``nyx``'s BRbase project with its repository, 234 code patterns and history (workflows,
-steps, fan-out items, notes, syncs, consolidations, insights), and ``clarait``'s EMPTY duplicate
-project and repository that blocked the original migration.  Idempotent: tenants, projects,
-repositories and personas are matched by natural key; a project's history is generated only when it
-has no workflows, a repository's patterns only when it has none.  Bulk rows come from word lists
-and ``random.Random`` seeded by the sample's ``seed`` (uuid4 ids; content and timestamps are
-deterministic) and are written with bulk ``INSERT`` statements.
+personas, ``nyx``'s BRbase project with its repository, 234 code patterns and history, and
+``clarait``'s EMPTY duplicate project and repository that blocked the original migration.
+Idempotent: tenants, projects, repositories and personas are matched by natural key; history and
+patterns are generated only where there are none.  Bulk rows (bulk ``INSERT``) come from word
+lists and ``random.Random`` seeded by the sample's ``seed``: uuid4 ids, deterministic content and
+times, every row dated in the sample's history (from its ``epoch``), not on the day it was seeded.
 
-The data files are read from :func:`data_dir`, the ``data/`` folder of the checkout the package was
-imported from (``nyxnb.paths.PACKAGE_ROOT / "data"``); it exists in a source checkout or
-an editable install, not in a wheel -- pass ``data=`` to read another folder.
+The data files are read from :func:`data_dir` (``nyxnb.paths.PACKAGE_ROOT / "data"``): a source
+checkout's or an editable install's, not a wheel's -- pass ``data=`` to read another folder.
 """
 
 from __future__ import annotations
@@ -150,8 +148,9 @@ def _tables_in_insert_order() -> list[type[m.Base]]:
 class _Batch:
     """Rows to insert, per model, written in foreign-key order at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: datetime) -> None:
         self.rows: dict[type[m.Base], list[Row]] = {t: [] for t in _tables_in_insert_order()}
+        self.epoch = epoch  # rows with no time of their own were created then
 
     def add(self, model: type[m.Base], row: Row) -> str:
         row.setdefault("id", m.new_id())
@@ -164,7 +163,11 @@ class _Batch:
     def write(self, s: NyxSession) -> None:
         for model, rows in self.rows.items():
             if rows:
-                s.execute(insert(model), rows)
+                s.execute(insert(model), [self._dated(row) for row in rows])
+
+    def _dated(self, row: Row) -> Row:  # times of the sample's history, not of the seeding day
+        times = [v for v in row.values() if isinstance(v, datetime)] or [self.epoch]
+        return {"created_at": min(times), "updated_at": max(times), **row}
 
     def report(self) -> SeedReport:
         counts = {str(model.__tablename__): len(rows) for model, rows in self.rows.items()}
@@ -174,7 +177,7 @@ class _Batch:
 def seed(store: Store, data: Path | None = None) -> SeedReport:
     """Create the sample tenants, personas, projects and history; idempotent, one transaction."""
     sample = load_sample(data)
-    batch = _Batch()
+    batch = _Batch(datetime.fromisoformat(sample["epoch"]))
     with store.session() as s:
         tenants = {
             t["slug"]: _ensure(s, batch, m.Tenant, {"slug": t["slug"]}, {"name": t["name"]})
@@ -419,8 +422,7 @@ class _History:
         finished: list[SimpleNamespace] = []
         for idx, it in enumerate(st["items"][: done + failed]):
             item = SimpleNamespace(heading=it["heading"], body=it["body"], index=idx)
-            ok = idx < done
-            output = self._design(it) if ok else None
+            output = self._design(it) if (ok := idx < done) else None
             provider = self._provider()[0] if ok else st["provider"]
             batch.add(m.StepItem, {
                 "tenant_id": self.ids["tenant_id"], "step_id": step_id, "idx": idx,
@@ -428,8 +430,7 @@ class _History:
                 "output": output, "status": m.COMPLETED if ok else m.FAILED,
                 "error": None if ok else self.sample["credit_error"], "provider": provider,
             })  # fmt: skip
-            if ok:
-                finished.append(SimpleNamespace(heading=it["heading"], output=output))
+            finished += [SimpleNamespace(heading=it["heading"], output=output)] if ok else []
         return finished
 
     def _output(self, st: Row, ctx: Row, items: list[SimpleNamespace]) -> str:

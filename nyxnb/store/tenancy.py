@@ -7,7 +7,9 @@ is refused), ORM updates and deletes touch only the tenant's rows, and a bulk up
 key naming another tenant's row fails with :class:`NotFound` -- exactly as for a missing id.
 An update may not set another tenant's ``tenant_id``, a new or changed row may not point at
 another tenant's parent (a foreign key), and Core ``select(table)`` statements get the same
-``tenant_id`` criterion as ORM ones.
+``tenant_id`` criterion as ORM ones.  The checks read the values a statement writes by column
+(:func:`_written_rows`): a ``values()`` entry bound under any name is resolved from the
+execution's parameters, so naming a bound parameter differently cannot slip a value past them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from sqlalchemy import Alias, Delete, Insert, Join, Select, Table, Update, event, inspect, select
+from sqlalchemy import (
+    Alias,
+    BindParameter,
+    Delete,
+    Insert,
+    Join,
+    Select,
+    Table,
+    Update,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.sql import ClauseElement, Executable, FromClause, visitors
 from sqlalchemy.sql.base import ExecutableOption
@@ -87,22 +101,73 @@ def _rows(state: ORMExecuteState) -> list[dict[str, Any]]:
     return [dict(params)] if isinstance(params, dict) and params else []
 
 
-def _check_bulk_rows(state: ORMExecuteState, tenant_id: str) -> list[dict[str, Any]]:
-    """Refuse rows naming another tenant, or (bulk update) another tenant's primary key."""
-    table = _owned_table(state)
-    rows = _rows(state) if table is not None else []
-    for row in rows:
-        if row.get("tenant_id", tenant_id) != tenant_id:
-            raise NotFound("tenant", row["tenant_id"], hint="write rows in your own tenant")
-    if table is not None and rows and state.is_update:
-        ids = [row["id"] for row in rows if "id" in row]
-        query = select(table.c.id).where(table.c.id.in_(ids), table.c.tenant_id == tenant_id)
-        found = set(state.session.execute(query).scalars())
-        for missing in ids:
-            if missing not in found:
-                raise NotFound(table.name, missing)
-        _check_parent_values(state.session, table, rows, tenant_id)
+class _Computed:
+    """A column value computed in SQL (not a bound value): a tenant session cannot check it."""
+
+    def __repr__(self) -> str:
+        return "<computed in SQL>"
+
+
+COMPUTED = _Computed()
+
+
+def _statement_values(statement: Any) -> list[dict[str, Any]]:
+    """What an INSERT/UPDATE statement sets itself (``values()``), one dict per VALUES row."""
+    multi = getattr(statement, "_multi_values", ()) or ()
+    rows = [dict(r) for group in multi for r in group]
+    own = dict(
+        getattr(statement, "_ordered_values", None) or getattr(statement, "_values", None) or {}
+    )
+    if own or not rows:
+        rows.append(own)
+    return [{str(getattr(k, "name", k)): v for k, v in row.items()} for row in rows]
+
+
+def _resolve(value: Any, params: dict[str, Any]) -> Any:
+    """The value a ``values()`` entry writes: a bound parameter's (by its own name), a literal's."""
+    if isinstance(value, BindParameter):
+        if value.key in params:
+            return params[value.key]
+        return value.callable() if value.callable is not None else value.value
+    return COMPUTED if isinstance(value, ClauseElement) else value
+
+
+def _written_rows(state: ORMExecuteState, table: Table) -> list[dict[str, Any]]:
+    """The column values each row of an INSERT/UPDATE writes, however they are bound.
+
+    A ``values()`` entry bound under any name is resolved from the execution's parameters;
+    parameters named after a column (with no ``values()`` entry of their own) write it too.
+    Checking parameter keys alone let a value bound as ``bindparam("to")`` through.
+    """
+    rows = []
+    for params in _rows(state) or [{}]:
+        for values in _statement_values(state.statement):
+            row = {key: _resolve(v, params) for key, v in values.items()}
+            row.update({k: v for k, v in params.items() if k in table.c and k not in values})
+            rows.append(row)
     return rows
+
+
+def _check_tenant_values(table: Table, rows: list[dict[str, Any]], tenant_id: str) -> None:
+    """Refuse rows that write another tenant's id (or one computed in SQL)."""
+    for row in rows:
+        value = row.get("tenant_id", tenant_id)
+        if value is COMPUTED:
+            raise CrossTenantWrite(f"{table.name}.tenant_id is computed in SQL; bind a value")
+        if value not in (tenant_id, None):
+            raise NotFound("tenant", value, hint="write rows in your own tenant")
+
+
+def _check_bulk_update_ids(
+    state: ORMExecuteState, table: Table, rows: list[dict[str, Any]], tenant_id: str
+) -> None:
+    """A bulk update by primary key naming another tenant's row: :class:`NotFound`."""
+    ids = [row["id"] for row in rows if "id" in row]
+    query = select(table.c.id).where(table.c.id.in_(ids), table.c.tenant_id == tenant_id)
+    found = set(state.session.execute(query).scalars())
+    for missing in ids:
+        if missing not in found:
+            raise NotFound(table.name, missing)
 
 
 def _check_parent_values(
@@ -118,6 +183,10 @@ def _check_parent_values(
             parent = fk.column.table
             if "tenant_id" not in parent.c or parent.name == "personas":
                 continue
+            if COMPUTED in values:
+                raise CrossTenantWrite(
+                    f"{table.name}.{column.name} is computed in SQL; bind a value"
+                )
             # on the connection: unscoped, so another tenant's parent is seen (and refused)
             query = select(fk.column).where(fk.column.in_(values), parent.c.tenant_id != tenant_id)
             foreign = session.connection().execute(query.limit(1)).scalar()
@@ -185,16 +254,19 @@ def _scope_core_statement(state: ORMExecuteState, tenant_id: str) -> None:
     state.statement = scoped
 
 
-def _check_updated_tenant(state: ORMExecuteState, tenant_id: str) -> None:
-    statement = state.statement
-    if not isinstance(statement, ClauseElement):
-        return
-    params = statement.compile().params
-    if params.get("tenant_id", tenant_id) not in (tenant_id, None):
-        raise NotFound("tenant", params["tenant_id"], hint="write rows in your own tenant")
-    table = _owned_table(state)
-    if table is not None:
-        _check_parent_values(state.session, table, [params], tenant_id)
+def _check_writes(state: ORMExecuteState, tenant_id: str) -> list[dict[str, Any]]:
+    """Check what an INSERT/UPDATE of a tenant-owned table writes; returns its rows."""
+    table = _owned_table(state) if state.is_insert or state.is_update else None
+    if table is None:
+        return []
+    rows = _written_rows(state, table)
+    _check_tenant_values(table, rows, tenant_id)
+    if state.is_update:
+        if state.is_executemany:
+            _check_bulk_update_ids(state, table, rows, tenant_id)
+        # inserts' parents are checked by the database itself (revision 0008, every writer)
+        _check_parent_values(state.session, table, rows, tenant_id)
+    return rows
 
 
 @event.listens_for(NyxSession, "do_orm_execute")
@@ -202,15 +274,11 @@ def _scope_to_tenant(state: ORMExecuteState) -> Any:
     tenant_id = getattr(state.session, "tenant_id", None)
     if tenant_id is None or state.is_column_load:
         return None
-    if state.is_update and not state.is_executemany:
-        _check_updated_tenant(state, tenant_id)
+    rows = _check_writes(state, tenant_id)
     _scope_core_statement(state, tenant_id)
-    if state.is_insert or (state.is_update and state.is_executemany):
-        rows = _check_bulk_rows(state, tenant_id)
-        if state.is_insert and rows and any("tenant_id" not in r for r in rows):
-            return state.invoke_statement(params=[{**r, "tenant_id": tenant_id} for r in rows])
-        if state.is_insert and not rows and _owned_table(state) is not None:
-            _stamp_inline_insert(state, tenant_id)
+    if state.is_insert:
+        return _stamp_insert(state, rows, tenant_id)
+    if state.is_update and state.is_executemany:
         return None
     if state.is_select or state.is_update or state.is_delete:
         state.statement = state.statement.options(
@@ -219,16 +287,19 @@ def _scope_to_tenant(state: ORMExecuteState) -> Any:
     return None
 
 
-def _stamp_inline_insert(state: ORMExecuteState, tenant_id: str) -> None:
-    """``insert(t).values(...)``: refuse another tenant's id, stamp a missing one."""
+def _stamp_insert(state: ORMExecuteState, rows: list[dict[str, Any]], tenant_id: str) -> Any:
+    """Write the session's tenant into rows that name none (the checks refused any other)."""
     statement = state.statement
-    if not isinstance(statement, Insert):
-        return
-    named = statement.compile().params.get("tenant_id")
-    if named is None:
-        state.statement = statement.values(tenant_id=tenant_id)
-    elif named != tenant_id:
-        raise NotFound("tenant", named, hint="write rows in your own tenant")
+    if not rows or all(row.get("tenant_id") is not None for row in rows):
+        return None
+    if not _rows(state) or any("tenant_id" in v for v in _statement_values(statement)):
+        if isinstance(statement, Insert) and not getattr(statement, "_multi_values", ()):
+            state.statement = statement.values(tenant_id=tenant_id)
+        return None
+    params = state.parameters
+    if isinstance(params, dict):  # one row stays one row (a list would make it a bulk insert)
+        return state.invoke_statement(params={**params, "tenant_id": tenant_id})
+    return state.invoke_statement(params=[{**r, "tenant_id": tenant_id} for r in _rows(state)])
 
 
 @event.listens_for(NyxSession, "before_flush")

@@ -14,19 +14,21 @@ polls with HTTP faults or a dropped connection (outages while a batch waits).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nyxnb.testing.batchbook import BatchBook, FakeBatch, Response, text_of, words
+from nyxnb.testing.batches_google import CREATE as GEMINI_CREATE
 from nyxnb.testing.batches_google import ROUTES as GEMINI_ROUTES
 from nyxnb.testing.batches_google import FakeGeminiBatches
 from nyxnb.testing.batches_openai import BATCHES as OPENAI_BATCHES
 from nyxnb.testing.batches_openai import FILES, FakeOpenAIBatches
-from nyxnb.testing.faults import Fault, Reset
+from nyxnb.testing.faults import Fault, Hang, Reset
 from nyxnb.testing.server import (
     FakeProviderServer,
     FakeRequest,
@@ -179,6 +181,8 @@ class FakeBatchServer(FakeProviderServer):
         self.live_caching = live_caching
         #: faults answering the next status polls (retrieve) instead of the batch, in order
         self.poll_faults: deque[Fault | Reset] = deque()
+        #: per provider, what the next batch creates meet (see :meth:`fail_creates`)
+        self.create_faults: dict[str, deque[Fault | Reset | Hang]] = {}
         for method in ("GET", "POST"):
             self.add_route(method, _BATCH.pattern, self._batch_route)
             self.add_route(method, FILES.pattern, self._openai_route)
@@ -204,7 +208,37 @@ class FakeBatchServer(FakeProviderServer):
         self.poll_faults.extend(faults)
         return self
 
+    def fail_creates(self, provider: str, *faults: Fault | Reset | Hang) -> FakeBatchServer:
+        """The next batch creates of ``provider`` meet these, in order.
+
+        A :class:`Fault` (``server_error()``, ``rate_limited()``, ``credit_exhausted()``...)
+        answers instead of creating: nothing is created.  :class:`Reset` and :class:`Hang` come
+        *after* the batch was created -- the connection drops, or the answer is held until the
+        client times out -- the ambiguous failures where the provider holds a batch the client
+        never heard of.
+        """
+        self.create_faults.setdefault(provider, deque()).extend(faults)
+        return self
+
+    async def _created(self, provider: str, create: Callable[[], FakeResponse]) -> FakeResponse:
+        """Answer a batch create (``create`` makes the batch), with the next planned fault."""
+        planned = self.create_faults.get(provider)
+        fault = planned.popleft() if planned else None
+        if isinstance(fault, Fault):
+            return _fault_response(provider, fault, {})
+        answer = create()
+        if isinstance(fault, Reset):
+            raise ConnectionResetError("fake: connection dropped after the batch was created")
+        if isinstance(fault, Hang):
+            await asyncio.sleep(fault.seconds)
+        return answer
+
     async def _batch_route(self, request: FakeRequest) -> FakeResponse:
+        if request.method == "POST" and request.path.split("?")[0] == "/v1/messages/batches":
+            return await self._created("anthropic", lambda: self._anthropic(request))
+        return self._anthropic(request)
+
+    def _anthropic(self, request: FakeRequest) -> FakeResponse:
         match = request.match
         if request.method == "GET" and match is not None and match["id"] and not match["op"]:
             fault = self.poll_faults.popleft() if self.poll_faults else None
@@ -218,12 +252,22 @@ class FakeBatchServer(FakeProviderServer):
         return _response(answer)
 
     async def _openai_route(self, request: FakeRequest) -> FakeResponse:
+        if request.method == "POST" and request.path.split("?")[0] == "/v1/batches":
+            return await self._created("openai", lambda: self._openai(request))
+        return self._openai(request)
+
+    def _openai(self, request: FakeRequest) -> FakeResponse:
         fake = self.openai_batches
         answer = fake.handle(request.method, request.path, request.headers, request.body)
         assert answer is not None  # the routes' patterns are the Files and Batches endpoints'
         return _response(answer)
 
     async def _gemini_route(self, request: FakeRequest) -> FakeResponse:
+        if request.method == "POST" and GEMINI_CREATE.match(request.path.split("?")[0]):
+            return await self._created("google", lambda: self._gemini(request))
+        return self._gemini(request)
+
+    def _gemini(self, request: FakeRequest) -> FakeResponse:
         fake = self.gemini_batches
         answer = fake.handle(request.method, request.path, request.headers, request.body)
         assert answer is not None  # the routes' patterns are the batch and file endpoints'

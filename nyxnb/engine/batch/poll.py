@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +31,18 @@ from nyxnb.store.models import BATCH_CANCELING, aware, utcnow
 
 #: Seconds between two looks at the batch's row (for a cancel) while a wait lasts.
 WAKE_S = 1.0
+
+
+def deadline_passed(submitted: datetime, hours: float, now: datetime) -> bool:
+    """True once ``hours`` have passed since ``submitted``.
+
+    Never raises: a deadline past the calendar's end (``1e9`` hours, infinity, from a spec
+    frozen before ``deadline_h`` was bounded) never passes; a nan one neither.
+    """
+    try:
+        return now > submitted + timedelta(hours=hours)
+    except (OverflowError, ValueError):  # beyond datetime's range, or nan
+        return False
 
 
 class Backoff:
@@ -129,7 +141,7 @@ class BatchWait:
         if self.canceling:
             return
         submitted = aware(self.row.submitted_at) or utcnow()
-        if utcnow() <= submitted + timedelta(hours=self.poll.deadline_h):
+        if not deadline_passed(submitted, self.poll.deadline_h, utcnow()):
             return
         try:
             await self.api.cancel(self.batch_id)

@@ -1,21 +1,31 @@
 """Batch fan-out: pending items go to the provider's batch API at half price, durably.
 
-A ``provider_batches`` row (with the custom ids) is committed before the provider is asked and
-updated with the batch id before any wait, so a resume after a pause, Ctrl-C, kill -9 or a
-kernel restart re-adopts the open batch and polls it; an item in a live batch is never
-submitted again.  Results are ingested item by item (a committed item is skipped when a batch's
-results are read again); errored or expired items go into a new batch or, with
+A ``provider_batches`` row (with the custom ids) is committed before the provider is asked,
+together with a ``sent`` ledger row per request at the batch price, and updated with the batch
+id before any wait, so a resume after a pause, Ctrl-C, kill -9 or a kernel restart re-adopts the
+open batch and polls it; an item in a live batch is never submitted again, and the ledger never
+counts less than the open batch will bill.  Creating the batch follows the classified policy of
+live calls (:mod:`nyxnb.engine.batch.create`); a provider whose batch cannot be created gives
+way to the next provider of the chain with a batch API, else the items run live.  Results are
+ingested item by item (a committed item is skipped when a batch's results are read again), each
+settling its ``sent`` row; errored or expired items go into a new batch or, with
 ``batch_fallback: live``, back to the live fan-out.
+
+Under a worker the step's items are claimed for the whole batch (renewed by the worker's
+heartbeat), so no helping worker calls them live; items handed back to the live fan-out are
+released first, to be claimed and shared like any live item.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 
 from sqlalchemy import select
 
 from nyxnb import events as ev
+from nyxnb.engine.batch.create import BatchCreate, Created, GaveUp
 from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
@@ -23,23 +33,18 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ProviderUnavailable
+from nyxnb.errors import ClaimLost, MissingKey, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.providers.registry import batch_api, create_provider
 from nyxnb.store import Store
-from nyxnb.store.models import (
-    BATCH_CANCELED,
-    BATCH_ENDED,
-    BATCH_LIVE_STATES,
-    BATCH_OPEN,
-    COMPLETED,
-    utcnow,
-)
+from nyxnb.store.models import BATCH_ENDED, BATCH_LIVE_STATES, BATCH_OPEN, COMPLETED, utcnow
 
 #: New batches a step may submit in one run before its leftovers run live.
 MAX_ROUNDS = 3
+#: Results committed together (one group commit) while a batch's results are read.
+INGEST_CHUNK = 256
 #: Called with each ingested item's row and chain result (the fan-out's progress event).
 OnItem = Callable[[ItemRow, ChainResult], None]
 
@@ -67,63 +72,113 @@ class BatchRun:
         on_item: OnItem,
     ) -> None:
         self.runner, self.step, self.on_item = runner, step, on_item
-        self.name, model = parse_entry(step.chain[0])
-        self.model = model or step.model
+        self.entries = [parse_entry(e) for e in step.chain]
         self.rows = {custom_id(step, r.idx, r.input_hash): r for r in rows}
-        self.requests = {
-            cid: requests[r.idx].with_model(self.model) for cid, r in self.rows.items()
-        }
+        self.requests = {cid: requests[r.idx] for cid, r in self.rows.items()}
         self.done = {r.idx for r in rows if r.status == COMPLETED}
         self.failed: set[int] = set()
+        self.skip: set[str] = set()  # providers whose batch could not be created this run
+        self.sent = records.batch_sent_ids(runner.store, step.id)  # idx -> 'sent' row id
         self._submitted: set[str] = set()  # batch rows this run submitted (not adopted)
 
-    def api(self) -> BatchApi | None:
-        """The provider's batch API (None: it has none, or it is down this run)."""
-        if self.name in self.runner.pool.down:
-            return None
-        return batch_api(self.runner.pool.provider(self.name))
+    def _target(self) -> tuple[str, BatchApi] | None:
+        """The chain's first provider that is up and has a batch API (None: run live)."""
+        pool = self.runner.pool
+        for name, _ in self.entries:
+            if name in pool.down or name in self.skip:
+                continue
+            try:
+                api = batch_api(pool.provider(name))
+            except MissingKey as exc:
+                pool.mark_down(name, "auth", str(exc))
+                continue
+            if api is not None:
+                return name, api
+        return None
+
+    def _model(self, name: str) -> str | None:
+        """The model the chain's entry for ``name`` names (None: the request's own)."""
+        return next((m for n, m in self.entries if n == name and m), None)
 
     async def run(self) -> tuple[bool, list[int]]:
         """Drain open batches, submit what is left; (False, []) if paused, else items for live."""
-        api = self.api()
-        if api is None:
-            return True, self._pending()
+        self._claim()
         for round_ in range(MAX_ROUNDS + 1):
             for row in records.open_batches(self.runner.store, self.step.id):
                 adopted = row.id not in self._submitted
-                if not await self._drain(api, row, adopted):
-                    return False, []
+                if not await self._drain(row, adopted):
+                    return self._release(False, [])
             pending = self._pending()
             live_now = self.failed and self.runner.spec.defaults.batch_fallback == "live"
             if not pending or live_now or round_ == MAX_ROUNDS:
-                return True, pending
-            await self._submit(api, pending)
-        return True, self._pending()
+                return self._release(True, pending)
+            submitted = await self._submit(pending)
+            if submitted is None:
+                return self._release(False, [])
+            if not submitted:  # no provider of the chain could take the batch: live
+                return self._release(True, pending)
+        return self._release(True, self._pending())
 
     def _pending(self) -> list[int]:
         return sorted(r.idx for r in self.rows.values() if r.idx not in self.done)
 
-    async def _submit(self, api: BatchApi, pending: list[int]) -> None:
+    def _claim(self) -> None:
+        """Under a worker: claim the step's open items for the batch (no helper calls them)."""
+        if self.runner.claimer is not None:
+            self.runner.claimer.claim(self.step.id, len(self.rows))
+
+    def _release(self, finished: bool, live: list[int]) -> tuple[bool, list[int]]:
+        """Hand the claims back: of the items going live, or of every open item on a pause."""
+        claimer = self.runner.claimer
+        if claimer is not None:
+            claimer.release(self.step.id, live if finished else self._pending())
+        return finished, live
+
+    async def _submit(self, pending: list[int]) -> bool | None:
+        """Create a batch of ``pending`` down the chain; False: none could, None: paused."""
         by_idx = {r.idx: cid for cid, r in self.rows.items()}
-        cids = [by_idx[i] for i in pending]
-        store = self.runner.store
-        row_id = records.insert_batch(store, self.step, self.name, self.model or "", cids)
-        try:
-            batch_id = await api.submit([(cid, self.requests[cid]) for cid in cids], tag=row_id)
-        except Exception:
-            records.update_batch(store, row_id, state=BATCH_CANCELED, ended_at=utcnow())
-            raise
-        records.update_batch(
-            store, row_id, batch_id=batch_id, state=BATCH_OPEN, submitted_at=utcnow()
-        )
+        while (target := self._target()) is not None:
+            name, api = target
+            model = self._model(name)
+            batch = [(by_idx[i], i, self.requests[by_idx[i]].with_model(model)) for i in pending]
+            priced = api.provider.model_for(batch[0][2])
+            outcome = await BatchCreate(self.runner, self.step, api, priced, batch).run()
+            if isinstance(outcome, Created):
+                self._created(name, outcome, len(batch))
+                return True
+            if not isinstance(outcome, GaveUp):
+                self.runner.pause_event.set()
+                return None
+            self.skip.add(name)
+            nxt = self._target()
+            self.runner.step_event(
+                ev.ProviderFallback,
+                self.step,
+                from_provider=name,
+                to_provider=nxt[0] if nxt else None,
+                reason=outcome.kind,
+                message=f"batch create: {outcome.message}"[:300]
+                + ("" if nxt else " (the items run live)"),
+            )
+        return False
+
+    def _created(self, name: str, created: Created, items: int) -> None:
+        self.sent.update(created.sent)
         self.failed.clear()
-        self._submitted.add(row_id)
+        self._submitted.add(created.row_id)
         self.runner.step_event(
-            ev.BatchSubmitted, self.step, provider=self.name, batch_id=batch_id, items=len(cids)
+            ev.BatchSubmitted,
+            self.step,
+            provider=name,
+            batch_id=created.batch_id,
+            items=items,
+            adopted=created.found,
         )
 
-    async def _drain(self, api: BatchApi, row: records.BatchRow, adopted: bool) -> bool:
+    async def _drain(self, row: records.BatchRow, adopted: bool) -> bool:
         """Poll one batch until it ends and ingest it; False if a pause came first."""
+        api = batch_api(self.runner.pool.provider(row.provider))
+        assert api is not None  # it had one when the batch was created
         if row.batch_id is None:
             try:
                 row = await self._orphan(api, row)
@@ -143,10 +198,7 @@ class BatchRun:
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
-        ok = failed = 0
-        async for result in api.results(row.batch_id, self._requests_of(row)):
-            good = self._ingest(result, row.batch_id)
-            ok, failed = ok + good, failed + (not good)
+        ok, failed = await self._ingest_all(api, row)
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
         self.runner.step_event(
             ev.BatchEnded,
@@ -155,6 +207,7 @@ class BatchRun:
             batch_id=row.batch_id,
             succeeded=ok,
             failed=failed,
+            then=self.runner.spec.defaults.batch_fallback if failed else "",
         )
         return True
 
@@ -162,41 +215,81 @@ class BatchRun:
         """A row killed between its commit and the batch id's: adopt a batch labelled with it."""
         found = await api.find(row.id)
         if found is None:  # nothing was submitted (or the API cannot label batches)
-            records.update_batch(self.runner.store, row.id, state=BATCH_CANCELED)
+            idxs = {self.rows[c].idx for c in row.custom_ids if c in self.rows}
+            sent = [self.sent.pop(i) for i in idxs if i in self.sent]
+            records.cancel_batch(self.runner.store, row.id, sent)
             return row
         now, store = utcnow(), self.runner.store
         records.update_batch(store, row.id, batch_id=found, state=BATCH_OPEN, submitted_at=now)
         return dataclasses.replace(row, batch_id=found, submitted_at=now)
 
     def _requests_of(self, row: records.BatchRow) -> dict[str, CompletionRequest]:
-        return {cid: self.requests[cid] for cid in row.custom_ids if cid in self.requests}
+        model = row.model or None
+        return {
+            cid: self.requests[cid].with_model(model)
+            for cid in row.custom_ids
+            if cid in self.requests
+        }
 
-    def _ingest(self, result: BatchItemResult, batch_id: str) -> bool:
-        """Commit one result (skipping stale or already committed items); True if it succeeded."""
-        row = self.rows.get(result.custom_id)
-        if row is None or row.idx in self.done:
+    async def _ingest_all(self, api: BatchApi, row: records.BatchRow) -> tuple[int, int]:
+        """Commit every result of an ended batch (group commits); (succeeded, failed)."""
+        assert row.batch_id is not None
+        ok = failed = 0
+        commits: list[asyncio.Future[None]] = []
+        async for result in api.results(row.batch_id, self._requests_of(row)):
+            good = self._ingest(result, row, commits)
+            ok, failed = ok + good, failed + (not good)
+            if len(commits) >= INGEST_CHUNK:
+                await asyncio.gather(*commits)
+                commits.clear()
+        await asyncio.gather(*commits)
+        return ok, failed
+
+    def _ingest(
+        self, result: BatchItemResult, row: records.BatchRow, commits: list[asyncio.Future[None]]
+    ) -> bool:
+        """Queue one result's commit (skipping stale or committed items); True if it succeeded."""
+        item = self.rows.get(result.custom_id)
+        if item is None or item.idx in self.done or item.idx in self.failed:
             return result.outcome == SUCCEEDED
+        name, batch_id = row.provider, str(row.batch_id)
+        model = row.model or self.runner.pool.provider(name).default_model
         completion = result.completion
-        model = self.model or self.runner.pool.provider(self.name).default_model
         if result.outcome == SUCCEEDED and completion is not None:
-            prices_as = self.runner.pool.provider(self.name).prices_as
+            prices_as = self.runner.pool.provider(name).prices_as
             attempt = attempt_from(
-                self.name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
+                name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
             )
             if completion.stop_reason == STOP_END and completion.text.strip():
+                self.done.add(item.idx)
                 chain = ChainResult(completion, [attempt])
-                records.complete_item(self.runner.store, self.step, row.idx, completion.text, chain)
-                self.runner.count(chain.attempts)
-                self.done.add(row.idx)
-                self.on_item(row, chain)
+                commits.append(asyncio.ensure_future(self._commit(item, chain)))
                 return True
             attempt.outcome, attempt.error_kind = "error", "truncated"
-            attempts = [attempt]
         else:
-            attempts = [_failed_attempt(self.name, model, result, batch_id)]
-        records.record_calls(self.runner.store, self.step, attempts, row.idx)
-        self.failed.add(row.idx)
+            attempt = _failed_attempt(name, model, result, batch_id)
+        self.failed.add(item.idx)
+        rows = records.step_attempt_rows(self.step, [attempt], item.idx)
+        settle = self.sent.pop(item.idx, None)
+        rows_of = records.ItemRows(rows, None, None, (settle,) if settle else ())
+        commits.append(asyncio.ensure_future(self.runner.writer.write(rows_of)))
         return False
+
+    async def _commit(self, item: ItemRow, chain: ChainResult) -> None:
+        """Commit a succeeded item with its ledger row (settling its 'sent' row), then report."""
+        text = chain.completion.text
+        sent = self.sent.pop(item.idx, None)
+        try:
+            await self.runner.writer.write(
+                records.item_rows(self.step, item.idx, text, chain, sent)
+            )
+        except ClaimLost:  # another worker holds the item now: it is theirs to finish
+            self.done.discard(item.idx)
+            if sent is not None:  # the write was rolled back: its 'sent' row stands
+                self.sent[item.idx] = sent
+            return
+        self.runner.count(chain.attempts)
+        self.on_item(item, chain)
 
 
 def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: str) -> Attempt:

@@ -67,9 +67,9 @@ def lookup(conn: Connection, key: str) -> Completion | None:
     )
 
 
-def store_answer(conn: Connection, key: str, answer: Completion) -> None:
+def store_answer(conn: Connection, tenant_id: str, key: str, answer: Completion) -> None:
     """Remember a complete answer (no-op for truncated/refused ones or a known key)."""
-    row = answer_row(key, answer)
+    row = answer_row(tenant_id, key, answer)
     if row is not None:
         store_rows(conn, [row])
 
@@ -80,13 +80,15 @@ def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(insert_ignoring_duplicates(conn, _TABLE), rows)
 
 
-def answer_row(key: str, answer: Completion) -> dict[str, Any] | None:
-    """The ``llm_cache`` row for a complete answer; None for truncated/refused ones."""
+def answer_row(tenant_id: str, key: str, answer: Completion) -> dict[str, Any] | None:
+    """The ``llm_cache`` row (of the run's tenant) for a complete answer; None for truncated or
+    refused ones."""
     if answer.stop_reason != STOP_END:
         return None
     now = utcnow()
     return {
         "id": key,
+        "tenant_id": tenant_id,
         "provider": answer.provider,
         "model": answer.model,
         "text": answer.text,

@@ -14,6 +14,7 @@ from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
+    BATCH_CANCELED,
     BATCH_CANCELING,
     BATCH_LIVE_STATES,
     BATCH_SUBMITTING,
@@ -107,15 +108,16 @@ SENT = "sent"  # an attempt recorded before its call; completed (replaced) by it
 
 
 def sent_row(
-    step: StepRow, item_idx: int | None, provider: str, model: str, usd: float
+    step: StepRow, item_idx: int | None, provider: str, model: str, usd: float, tier: str = "live"
 ) -> dict[str, Any]:
     """The ``llm_calls`` row written before a call (``outcome='sent'``, cost estimated high).
 
     A process killed while the call is in flight leaves it behind, so the ledger (and
     ``max_cost_usd``) never counts less than was paid.  Same keys as every attempt row: rows
-    of one executemany must name the same columns.
+    of one executemany must name the same columns.  A batch request's (``tier='batch'``) is
+    written with its batch's row and stays until the item's result is ingested.
     """
-    attempt = Attempt(provider, model, 1, SENT, cost_usd=usd)
+    attempt = Attempt(provider, model, 1, SENT, cost_usd=usd, service_tier=tier)
     return step_attempt_rows(step, [attempt], item_idx)[0]
 
 
@@ -124,9 +126,9 @@ def _settle(conn: Connection, sent_ids: Sequence[str]) -> None:
         conn.execute(_SETTLE, {"sent_ids": list(sent_ids)})
 
 
-def _remember(conn: Connection, result: ChainResult) -> None:
+def _remember(conn: Connection, step: StepRow, result: ChainResult) -> None:
     if result.cache_key and not result.from_cache:
-        cache.store_answer(conn, result.cache_key, result.completion)
+        cache.store_answer(conn, step.tenant_id, result.cache_key, result.completion)
 
 
 def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
@@ -156,7 +158,7 @@ def complete_step(
         _settle(conn, [sent_id] if sent_id else [])
         if result is not None:
             record_attempts(conn, step, result.attempts, None)
-            _remember(conn, result)
+            _remember(conn, step, result)
         conn.execute(
             update(STEPS)
             .where(STEPS.c.id == step.id)
@@ -220,7 +222,11 @@ def item_rows(
     """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
     calls = step_attempt_rows(step, result.attempts, idx)
     key = result.cache_key
-    entry = cache.answer_row(key, result.completion) if key and not result.from_cache else None
+    entry = (
+        cache.answer_row(step.tenant_id, key, result.completion)
+        if key and not result.from_cache
+        else None
+    )
     update_params = {
         "b_step": step.id,
         "b_idx": idx,
@@ -400,11 +406,21 @@ def open_batches(store: Store, step_id: str) -> list[BatchRow]:
 
 
 def insert_batch(
-    store: Store, step: StepRow, provider: str, model: str, custom_ids: Sequence[str]
+    store: Store,
+    step: StepRow,
+    provider: str,
+    model: str,
+    custom_ids: Sequence[str],
+    sent: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """Commit a ``submitting`` batch row before the provider is asked; returns its row id."""
+    """Commit a ``submitting`` batch row before the provider is asked; returns its row id.
+
+    ``sent``: the ``sent`` ledger rows of its requests (:func:`sent_row`), in the same commit.
+    """
     now, row_id = utcnow(), new_id()
     with store.engine.begin() as conn:
+        if sent:
+            conn.execute(_INSERT_CALLS, list(sent))
         conn.execute(
             insert(BATCHES).values(
                 id=row_id,
@@ -427,6 +443,26 @@ def update_batch(store: Store, row_id: str, **values: Any) -> None:
     """Set columns of one ``provider_batches`` row."""
     with store.engine.begin() as conn:
         conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
+
+
+def cancel_batch(store: Store, row_id: str, sent_ids: Sequence[str]) -> None:
+    """A batch that was never created (or not found): ``canceled``, its 'sent' rows taken back."""
+    with store.engine.begin() as conn:
+        _settle(conn, sent_ids)
+        conn.execute(
+            update(BATCHES)
+            .where(BATCHES.c.id == row_id)
+            .values(_stamp({"state": BATCH_CANCELED, "ended_at": utcnow()}))
+        )
+
+
+def batch_sent_ids(store: Store, step_id: str) -> dict[int, str]:
+    """Item index -> id of its batch request's 'sent' row, for a step (settled on ingest)."""
+    query = select(CALLS.c.item_idx, CALLS.c.id).where(
+        CALLS.c.step_id == step_id, CALLS.c.outcome == SENT, CALLS.c.service_tier == "batch"
+    )
+    with store.reading() as conn:
+        return {int(idx): str(row_id) for idx, row_id in conn.execute(query)}
 
 
 def batch_state(store: Store, row_id: str) -> str | None:

@@ -22,7 +22,7 @@ from nyxnb.engine import api
 from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
-from nyxnb.spec import WorkflowSpec, load_spec
+from nyxnb.spec import WorkflowSpec, load_spec, stored_spec
 from nyxnb.store.database import Store
 from nyxnb.store.models import COMPLETED, Tenant, Workflow, new_id, utcnow
 
@@ -184,7 +184,7 @@ def create_revision(
 ) -> str:
     """Write the revision of ``workflow_id`` for ``spec`` (default: its own); returns its id."""
     old = _old_workflow(store, workflow_id, store.tenant_id(tenant))
-    parsed = load_spec(spec) if spec is not None else WorkflowSpec.model_validate(old.spec)
+    parsed = load_spec(spec) if spec is not None else stored_spec(old.spec)
     with store.session(old.tenant_id, read_only=True) as s:
         slug = s.get_one(Tenant, old.tenant_id).slug
     new = create_workflow(store, parsed, tenant=slug, project=old.project_id, options=options)
@@ -196,8 +196,8 @@ def create_revision(
                 select(STEPS.c.name, STEPS.c.order).where(STEPS.c.workflow_id == new)
             ).mappings()
         ]
-    new_spec = WorkflowSpec.model_validate(_stored_spec(store, new))
-    same_generate = new_spec.generate == WorkflowSpec.model_validate(old.spec).generate
+    new_spec = stored_spec(_stored_spec(store, new))
+    same_generate = new_spec.generate == stored_spec(old.spec).generate
     forced = _forced(steps, from_step)
     if from_step is not None:
         forced |= _generated_names(store, old.id)

@@ -17,13 +17,17 @@ worker sits on unstarted items while another has idle slots.
 
 The commit of an item is fenced: it only updates the row while the claim is still this
 worker's, with the same generation, and not expired -- otherwise :class:`ClaimLost` and the whole
-write (item, ledger rows, cache) is rolled back.  A committed item is never claimed again.
+write (item, ledger rows, cache) is rolled back.  A committed item is never claimed again.  Nor
+is an item called once its claim is lost: a worker that stood still past the TTL (SIGSTOP, a
+suspended laptop) asks the store before it starts any claimed item, and every renewal drops the
+claims it no longer holds (:meth:`ItemClaimer.still_holds`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -119,11 +123,11 @@ def claim_items(
     return sorted(Claim(r.idx, r.claim_generation) for r in rows)
 
 
-def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
-    """Extend every open claim ``owner`` holds; returns how many it holds."""
+def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> set[tuple[str, int, int]]:
+    """Extend every open, unexpired claim ``owner`` holds; returns them (step, idx, generation)."""
     now = utcnow()
     with store.engine.begin() as conn:
-        result = conn.execute(
+        rows = conn.execute(
             update(ITEMS)
             .where(
                 ITEMS.c.claimed_by == owner,
@@ -131,8 +135,9 @@ def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
                 ITEMS.c.claim_expires_at >= now,
             )
             .values(claim_expires_at=now + timedelta(seconds=ttl_s))
-        )
-        return int(result.rowcount)
+            .returning(ITEMS.c.step_id, ITEMS.c.idx, ITEMS.c.claim_generation)
+        ).all()
+    return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
 
 
 def release_claims(store: Store, owner: str, step_id: str, idxs: Sequence[int]) -> None:
@@ -202,24 +207,55 @@ class ItemClaimer:
     def __init__(self, store: Store, owner: str, *, ttl_s: float = CLAIM_TTL_S) -> None:
         self.store, self.owner, self.ttl_s = store, owner, ttl_s
         self.held: dict[tuple[str, int], int] = {}
+        # until when (this process's monotonic clock) a held claim is surely still ours: taken
+        # before the claim or renewal was written, so never later than the stored expiry
+        self._until: dict[tuple[str, int], float] = {}
+        self.clock = time.monotonic  # tests advance it to stand for a stopped process
         self.refused = 0  # commits refused because the claim was lost
+        self.lost = 0  # claims found lost (expired, or taken by another worker) and dropped
 
     def claim(self, step_id: str, limit: int) -> list[Claim]:
         """Claim up to ``limit`` items of a step and remember their generations."""
+        until = self.clock() + self.ttl_s
         got = claim_items(self.store, step_id, self.owner, limit, self.ttl_s)
         for c in got:
             self.held[(step_id, c.idx)] = c.generation
+            self._until[(step_id, c.idx)] = until
         return got
+
+    def still_holds(self, step_id: str, idx: int) -> bool:
+        """Whether this worker still holds the item's claim, so it may start its call.
+
+        Past the claim's TTL on this process's clock (a process stopped or starved that long),
+        the store is asked again (one renewal of every claim): an expired or taken-over claim
+        is dropped, never called -- another worker may have committed the item meanwhile.
+        """
+        key = (step_id, idx)
+        if key in self.held and self.clock() >= self._until.get(key, 0.0):
+            self.renew()
+        return key in self.held
 
     def release(self, step_id: str, idxs: Sequence[int]) -> None:
         """Give unstarted items back."""
         release_claims(self.store, self.owner, step_id, idxs)
         for idx in idxs:
-            self.held.pop((step_id, idx), None)
+            self._drop((step_id, idx))
 
     def renew(self) -> int:
-        """Extend this worker's claims (called by its heartbeat)."""
-        return renew_claims(self.store, self.owner, self.ttl_s)
+        """Extend this worker's claims (its heartbeat); drop the ones it lost; how many it holds."""
+        until = self.clock() + self.ttl_s
+        kept = renew_claims(self.store, self.owner, self.ttl_s)
+        for key, generation in list(self.held.items()):
+            if (*key, generation) in kept:
+                self._until[key] = until
+            else:  # expired while this process stood still, or another worker took it over
+                self._drop(key)
+                self.lost += 1
+        return len(kept)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self.held.pop(key, None)
+        self._until.pop(key, None)
 
     def write_batch(self, conn: Connection, batch: Sequence[ItemRows]) -> None:
         """Commit items only where this worker's claim still stands (else :class:`ClaimLost`).
@@ -244,7 +280,7 @@ class ItemClaimer:
                 ],  # fmt: skip
             )
             for i in items:
-                self.held.pop((i["b_step"], i["b_idx"]), None)
+                self._drop((i["b_step"], i["b_idx"]))
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
 
     def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
@@ -308,17 +344,20 @@ class Source:
     async def next(self) -> ItemRow | None:
         """The next item to run here, or None when there is nothing left for this worker."""
         async with self._lock:
-            while not self._mine:
-                self._cancel_refill()
-                self._take(self.claimer.claim(self.step_id, self.batch))
-                if self._mine:
+            while True:
+                while not self._mine:
+                    self._cancel_refill()
+                    self._take(self.claimer.claim(self.step_id, self.batch))
+                    if self._mine:
+                        break
+                    if not self.lead or not await self._wait_claimable():
+                        return None
+                idx = self._mine.popleft()
+                if self.claimer.still_holds(self.step_id, idx):  # else: lost while we stood
                     break
-                if not self.lead or not await self._wait_claimable():
-                    return None
-            row = self.rows[self._mine.popleft()]
             if not self._mine and self._ahead and self._refill is None:
                 self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
-            return row
+            return self.rows[idx]
 
     async def _wait_claimable(self) -> bool:
         """The lead waits (reading, not claiming) for an item others left or let expire;
