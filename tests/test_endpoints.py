@@ -356,3 +356,18 @@ def test_thinking_text_is_kept_only_when_asked(store, second_server):
         assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
     kept = [(c.reasoning_tokens, c.thinking) for c in calls(store)]
     assert kept == [(5, None), (5, "Let me see")]
+
+
+def test_the_cache_is_per_endpoint_and_its_place(store, second_server):
+    """Same name, same model, another server: not served from the first server's cache."""
+    minimal(store)
+    third = FakeProviderServer().start()
+    try:
+        for srv in (second_server, third):
+            body = one_step(["local:m"]) | {"endpoints": local_endpoint(srv)}
+            body["defaults"]["cache"] = True
+            for _ in range(2):  # the second run of each is a cache hit
+                assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
+        assert second_server.hits["openai"] == 1 and third.hits["openai"] == 1
+    finally:
+        third.stop()

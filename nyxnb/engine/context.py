@@ -30,7 +30,7 @@ from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers.base import CompletionRequest
-from nyxnb.providers.endpoints import split_entry
+from nyxnb.providers.endpoints import cache_identity, split_entry
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import default_model
 from nyxnb.spec import WorkflowSpec
@@ -180,7 +180,8 @@ class RunContext:
     def _cache_lookup(
         self, provider: str, model: str, request: CompletionRequest
     ) -> tuple[str, Any]:
-        key = response_cache.cache_key(provider, model, request)
+        identity = cache_identity(provider, self.pool.endpoints)
+        key = response_cache.cache_key(identity, model, request)
         if not self.spec.defaults.share_cache:  # one tenant never learns what another asked
             key = hashlib.sha256(f"tenant:{self.tenant_id}:{key}".encode()).hexdigest()
         with self.store.reading() as conn:

@@ -96,6 +96,19 @@ def workflow_endpoints(stored_spec: Mapping[str, Any] | None) -> dict[str, Endpo
     return endpoint_table({n: EndpointSpec.model_validate(b) for n, b in raw.items()})
 
 
+def cache_identity(name: str, table: Table | None) -> str:
+    """What a cached answer is keyed by: a built-in's name, or an endpoint's name and place.
+
+    Pointing ``local`` at another server (an Ollama swapped for a vLLM) is a new cache.
+    """
+    endpoint = (table or {}).get(name)
+    if endpoint is None:
+        return name
+    spec = endpoint.spec
+    place = spec.base_url or spec.endpoint or spec.region or f"{spec.project}/{spec.location}"
+    return f"{name}@{spec.api}:{place}"
+
+
 def split_entry(entry: str) -> tuple[str, str | None]:
     """``"local:llama3.1:8b"`` -> ``("local", "llama3.1:8b")`` (the first colon splits)."""
     name, _, model = entry.partition(":")
