@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,15 @@ class RunConfig:
     fenced: bool = True
 
 
+@dataclass
+class Totals:
+    """What a run has spent so far (its ``workflow_completed`` event reports it)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class RunContext:
     """The services of one run that step executors use (set up by the runner)."""
 
@@ -128,7 +137,7 @@ class RunContext:
         )
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
-        self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self.totals = Totals()
         claimer = config.claimer
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
@@ -193,30 +202,32 @@ class RunContext:
         """Run the fallback chain for one request, emitting fallback events."""
 
         def on_fallback(src: str, dst: str | None, kind: str, message: str) -> None:
-            self.step_event(
-                ev.ProviderFallback,
-                step,
-                from_provider=src,
-                to_provider=dst,
-                reason=kind,
-                message=message[:300],
-                item_index=item_idx,
+            self.emit(
+                ev.ProviderFallback(
+                    *self.at(step),
+                    from_provider=src,
+                    to_provider=dst,
+                    reason=kind,
+                    message=message[:300],
+                    item_index=item_idx,
+                )
             )
 
         if (step.id, item_idx) not in self._sent:  # not reserved ahead (fan-out)
             await self._record_sent(step, request, item_idx)
 
         def on_rate_limited(provider: str, model: str, wait_s: float, limits: Limits) -> None:
-            self.step_event(
-                ev.RateLimited,
-                step,
-                provider=provider,
-                model=model,
-                wait_s=round(wait_s, 3),
-                rpm=limits.rpm,
-                tpm=limits.tpm,
-                concurrency=limits.concurrency,
-                item_index=item_idx,
+            self.emit(
+                ev.RateLimited(
+                    *self.at(step),
+                    provider=provider,
+                    model=model,
+                    wait_s=round(wait_s, 3),
+                    rpm=limits.rpm,
+                    tpm=limits.tpm,
+                    concurrency=limits.concurrency,
+                    item_index=item_idx,
+                )
             )
 
         self._step_limits(step)
@@ -244,24 +255,33 @@ class RunContext:
         self.count(result.attempts)
         return result
 
+    def _sent_row(
+        self, step: StepRow, request: CompletionRequest, item_idx: int | None
+    ) -> dict[str, Any]:
+        name, entry_model = split_entry(step.chain[0])
+        model = request.model or entry_model or default_model(name, self.pool.endpoints)
+        usd = estimate_usd(name, model, request)
+        return records.sent_row(step, item_idx, name, model, usd)
+
     async def _record_sent(
         self, step: StepRow, request: CompletionRequest, item_idx: int | None
     ) -> None:
         """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
-        name, entry_model = split_entry(step.chain[0])
-        model = request.model or entry_model or default_model(name, self.pool.endpoints)
-        usd = estimate_usd(name, model, request)
-        row = records.sent_row(step, item_idx, name, model, usd)
-        await self.writer.write(records.ItemRows([row], None, None))
-        self._sent[(step.id, item_idx)] = row["id"]
+        await self.reserve_sent(step, [(item_idx, request)])
 
-    async def reserve_sent(self, step: StepRow, request: CompletionRequest, item_idx: int) -> None:
-        """Commit the 'sent' row of a fan-out item's call ahead of it (while another call runs).
+    async def reserve_sent(
+        self, step: StepRow, calls: Sequence[tuple[int | None, CompletionRequest]]
+    ) -> None:
+        """Commit the 'sent' rows of calls in one write before they are made (a fan-out
+        reserves a block of items ahead while other calls run).
 
         :meth:`call` then starts at once; the database stays off the calls' critical path.  A
         reservation never used (a pause) is taken back with :meth:`take_sent`.
         """
-        await self._record_sent(step, request, item_idx)
+        rows = [self._sent_row(step, request, idx) for idx, request in calls]
+        await self.writer.write(records.ItemRows(rows, None, None), urgent=True)
+        for (idx, _), row in zip(calls, rows, strict=True):
+            self._sent[(step.id, idx)] = row["id"]
 
     def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
         """The id of the 'sent' row of a call that has now finished (its rows complete it)."""
@@ -279,9 +299,9 @@ class RunContext:
     def count(self, attempts: list[Attempt]) -> None:
         """Add attempts to the run's token and cost totals."""
         for a in attempts:
-            self.totals["input_tokens"] += a.input_tokens
-            self.totals["output_tokens"] += a.output_tokens
-            self.totals["cost_usd"] += a.cost_usd
+            self.totals.input_tokens += a.input_tokens
+            self.totals.output_tokens += a.output_tokens
+            self.totals.cost_usd += a.cost_usd
 
     def spent_usd(self) -> float:
         """What this workflow has cost so far, across runs."""
@@ -291,11 +311,9 @@ class RunContext:
         with self.store.reading() as conn:
             return float(conn.scalar(query) or 0.0)
 
-    def step_event(self, cls: type[ev.StepEvent], step: StepRow, **kw: Any) -> None:
-        """Emit a step event with the step's name, order and type filled in."""
-        self.emit(
-            cls(self.workflow_id, name=step.name, order=step.order, step_type=step.type, **kw)
-        )
+    def at(self, step: StepRow) -> tuple[str, str, int, str]:
+        """The fields every step event opens with: ``ev.StepCompleted(*ctx.at(step), ...)``."""
+        return (self.workflow_id, step.name, step.order, step.type)
 
     def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
         """Skip a completed step whose inputs are unchanged (and remember its output)."""
@@ -303,7 +321,7 @@ class RunContext:
             self.executed_steps += 1
             return False
         self.ctx[step.name] = view
-        self.step_event(ev.StepCompleted, step, skipped=True)
+        self.emit(ev.StepCompleted(*self.at(step), skipped=True))
         return True
 
     def fail(
@@ -316,7 +334,7 @@ class RunContext:
         """Record a failed step, emit ``step_failed``, and return the error to raise."""
         sent = self.take_sent(step, item_idx)
         records.fail_step(self.store, step, str(error), attempts or [], item_idx, sent)
-        self.step_event(ev.StepFailed, step, error=str(error), item_index=item_idx)
+        self.emit(ev.StepFailed(*self.at(step), error=str(error), item_index=item_idx))
         if isinstance(error, StepFailed):
             return error
         return StepFailed(str(error), workflow_id=self.workflow_id, step=step.name, item=item_idx)

@@ -39,6 +39,7 @@ from nyxnb.store.models import (
     COMPLETED,
     FAILED,
     PAUSED,
+    PENDING,
     RUNNING,
     Project,
     Tenant,
@@ -108,8 +109,10 @@ class Runner(RunContext):
                 ev.WorkflowCompleted(
                     self.workflow_id,
                     name=self.name,
+                    input_tokens=self.totals.input_tokens,
+                    output_tokens=self.totals.output_tokens,
+                    cost_usd=self.totals.cost_usd,
                     seconds=time.perf_counter() - started,
-                    **self.totals,
                 )
             )
         finally:
@@ -199,7 +202,7 @@ class Runner(RunContext):
                 name=self.name,
                 project=self.project.name,
                 tenant=self.tenant_slug,
-                resumed=self.status != "pending",
+                resumed=self.status != PENDING,
                 total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
@@ -286,13 +289,14 @@ class Runner(RunContext):
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
         records.update_step(self.store, step.id, status=RUNNING, error=None, started_at=utcnow())
-        self.step_event(
-            ev.StepStarted,
-            step,
-            persona=step.persona,
-            provider=step.provider,
-            auto_generated=step.auto_generated,
-            heading=item.heading if item is not None else None,
+        self.emit(
+            ev.StepStarted(
+                *self.at(step),
+                persona=step.persona,
+                provider=step.provider,
+                auto_generated=step.auto_generated,
+                heading=item.heading if item is not None else None,
+            )
         )
         try:
             result = await self.call(step, request)
@@ -305,16 +309,17 @@ class Runner(RunContext):
             sum(a.input_tokens for a in result.attempts),
             sum(a.output_tokens for a in result.attempts),
         )
-        self.step_event(
-            ev.StepCompleted,
-            step,
-            provider=result.provider,
-            model=result.completion.model,
-            cached=result.from_cache,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            cost_usd=sum(a.cost_usd for a in result.attempts),
-            reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
+        self.emit(
+            ev.StepCompleted(
+                *self.at(step),
+                provider=result.provider,
+                model=result.completion.model,
+                cached=result.from_cache,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                cost_usd=sum(a.cost_usd for a in result.attempts),
+                reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
+            )
         )
 
     def _generated_item(self, step: StepRow) -> ItemView | None:
@@ -334,7 +339,7 @@ class Runner(RunContext):
         digest = hashlib.sha256(json.dumps([rules, texts]).encode()).hexdigest()
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
-        self.step_event(ev.StepStarted, step, persona=None, provider=None)
+        self.emit(ev.StepStarted(*self.at(step), persona=None, provider=None))
         report = check_code(repository, patterns, texts)
         if report.violations and config.fail_on_violation:
             err = StepFailed(
@@ -347,7 +352,7 @@ class Runner(RunContext):
         records.complete_step(self.store, step, output, digest)
         records.update_step(self.store, step.id, score=report.score)
         self.ctx[step.name] = StepView(step.name, output)
-        self.step_event(ev.StepCompleted, step)
+        self.emit(ev.StepCompleted(*self.at(step)))
 
     def _previous_user_step(self, step: StepRow) -> str | None:
         earlier = [n for n in self.ctx if n != step.name]

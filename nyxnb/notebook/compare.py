@@ -123,7 +123,9 @@ def _row_html(row: CompareRow) -> str:
 def to_html(result: Comparison) -> str:
     """The comparison as an HTML table: a row per step, a column per run, scores on top."""
     head = "".join(
-        f'<th style="{_CELL}">{role}<br><small>{html.escape(lbl)} · {wid[:8]}</small></th>'
+        f'<th style="{_CELL}">{role}<br><small>{html.escape(lbl)}'
+        + ("" if wid[:8] in lbl else f" · {wid[:8]}")
+        + "</small></th>"
         for role, lbl, wid in zip(_roles(result), result.labels, result.workflow_ids, strict=True)
     )
     rows = _scores_row(result) + "".join(_row_html(r) for r in result.rows)

@@ -134,10 +134,12 @@ class TextProgress:
     def _on_workflow_started(self, e: ev.WorkflowStarted) -> None:
         self._total_steps = e.total_steps
         verb = "resuming" if e.resumed else "running"
-        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}")
+        steps = f": {e.total_steps} steps, #0-#{e.total_steps - 1}" if e.total_steps else ""
+        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}{steps}")
 
     def _step(self, order: int) -> str:
-        return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
+        """A step by its ``order``, numbered as in the widget, ``steps_df`` and ``nyxnb show``."""
+        return f"#{order}"
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
         self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona) if x)
@@ -158,7 +160,7 @@ class TextProgress:
         self._last = now
         text = (
             f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
-            f"  #{e.fan_out_index} {e.fan_out_heading[:40]}"
+            f"  item {e.fan_out_index} {e.fan_out_heading[:40]}"
         )
         who = answered_by(e.provider, e.model, e.cached)
         text += f" ({who})" if who else ""

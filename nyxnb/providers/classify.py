@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from nyxnb.errors import ProviderError, ProviderRefused, ProviderUnavailable
+from nyxnb.errors import ErrorKind, ProviderError, ProviderRefused, ProviderUnavailable
 from nyxnb.providers import hints
 from nyxnb.providers.base import REFUSED_KINDS
 from nyxnb.providers.hints import rate_info
 from nyxnb.rates import RateInfo
 
 #: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
-TIMEOUT, CONNECTION = "timeout", "connection"
+TIMEOUT, CONNECTION = ErrorKind.TIMEOUT, ErrorKind.CONNECTION
 
 _EXHAUSTED_CODES = frozenset(
     {
@@ -233,7 +233,7 @@ def sdk_error(
     elif isinstance(exc, sdk.APIConnectionError):
         kind = CONNECTION
     else:
-        kind = "server"  # response validation and other SDK-side failures
+        kind = ErrorKind.SERVER  # response validation and other SDK-side failures
     return make_error(provider, kind, str(exc), secret=key)
 
 

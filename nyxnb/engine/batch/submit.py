@@ -33,7 +33,7 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ClaimLost, MissingKey, ProviderUnavailable
+from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.endpoints import workflow_endpoints
@@ -90,7 +90,7 @@ class BatchRun:
             try:
                 api = batch_api(pool.provider(name))
             except MissingKey as exc:
-                pool.mark_down(name, "auth", str(exc))
+                pool.mark_down(name, ErrorKind.AUTH, str(exc))
                 continue
             if api is not None:
                 return name, api
@@ -124,12 +124,12 @@ class BatchRun:
 
     def _claim(self) -> None:
         """Under a worker: claim the step's open items for the batch (no helper calls them)."""
-        if self.runner.claimer is not None:
-            self.runner.claimer.claim(self.step.id, len(self.rows))
+        if self.runner.config.claimer is not None:
+            self.runner.config.claimer.claim(self.step.id, len(self.rows))
 
     def _release(self, finished: bool, live: list[int]) -> tuple[bool, list[int]]:
         """Hand the claims back: of the items going live, or of every open item on a pause."""
-        claimer = self.runner.claimer
+        claimer = self.runner.config.claimer
         if claimer is not None:
             claimer.release(self.step.id, live if finished else self._pending())
         return finished, live
@@ -151,14 +151,15 @@ class BatchRun:
                 return None
             self.skip.add(name)
             nxt = self._target()
-            self.runner.step_event(
-                ev.ProviderFallback,
-                self.step,
-                from_provider=name,
-                to_provider=nxt[0] if nxt else None,
-                reason=outcome.kind,
-                message=f"batch create: {outcome.message}"[:300]
-                + ("" if nxt else " (the items run live)"),
+            live = "" if nxt else " (the items run live)"
+            self.runner.emit(
+                ev.ProviderFallback(
+                    *self.runner.at(self.step),
+                    from_provider=name,
+                    to_provider=nxt[0] if nxt else None,
+                    reason=outcome.kind,
+                    message=f"batch create: {outcome.message}"[:300] + live,
+                )
             )
         return False
 
@@ -166,13 +167,14 @@ class BatchRun:
         self.sent.update(created.sent)
         self.failed.clear()
         self._submitted.add(created.row_id)
-        self.runner.step_event(
-            ev.BatchSubmitted,
-            self.step,
-            provider=name,
-            batch_id=created.batch_id,
-            items=items,
-            adopted=created.found,
+        self.runner.emit(
+            ev.BatchSubmitted(
+                *self.runner.at(self.step),
+                provider=name,
+                batch_id=created.batch_id,
+                items=items,
+                adopted=created.found,
+            )
         )
 
     async def _drain(self, row: records.BatchRow, adopted: bool) -> bool:
@@ -188,26 +190,28 @@ class BatchRun:
         if row.batch_id is None:
             return True
         if adopted:
-            self.runner.step_event(
-                ev.BatchSubmitted,
-                self.step,
-                provider=row.provider,
-                batch_id=row.batch_id,
-                items=len(row.custom_ids),
-                adopted=True,
+            self.runner.emit(
+                ev.BatchSubmitted(
+                    *self.runner.at(self.step),
+                    provider=row.provider,
+                    batch_id=row.batch_id,
+                    items=len(row.custom_ids),
+                    adopted=True,
+                )
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
         ok, failed = await self._ingest_all(api, row)
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
-        self.runner.step_event(
-            ev.BatchEnded,
-            self.step,
-            provider=row.provider,
-            batch_id=row.batch_id,
-            succeeded=ok,
-            failed=failed,
-            then=self.runner.spec.defaults.batch_fallback if failed else "",
+        self.runner.emit(
+            ev.BatchEnded(
+                *self.runner.at(self.step),
+                provider=row.provider,
+                batch_id=row.batch_id,
+                succeeded=ok,
+                failed=failed,
+                then=self.runner.spec.defaults.batch_fallback if failed else "",
+            )
         )
         return True
 
@@ -265,7 +269,7 @@ class BatchRun:
                 chain = ChainResult(completion, [attempt])
                 commits.append(asyncio.ensure_future(self._commit(item, chain)))
                 return True
-            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
         else:
             attempt = _failed_attempt(name, model, result, batch_id)
         self.failed.add(item.idx)
@@ -298,7 +302,7 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
         model,
         1,
         "error",
-        error_kind=result.outcome,
+        error_kind=ErrorKind(result.outcome),
         error=result.error[:500] or f"batch item {result.outcome}",
         batch_id=batch_id,
         service_tier="batch",

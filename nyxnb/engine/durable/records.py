@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
 from nyxnb.engine.durable import cache
-from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
@@ -206,16 +206,6 @@ def fail_step(
         )
 
 
-@dataclass(frozen=True)
-class ItemRows:
-    """Everything that commits one completed fan-out item."""
-
-    calls: list[dict[str, Any]]
-    cache: dict[str, Any] | None
-    item: dict[str, Any] | None  # None: ledger rows only (a 'sent' attempt)
-    settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete
-
-
 def item_rows(
     step: StepRow, idx: int, output: str, result: ChainResult, sent_id: str | None = None
 ) -> ItemRows:
@@ -227,16 +217,8 @@ def item_rows(
         if key and not result.from_cache
         else None
     )
-    update_params = {
-        "b_step": step.id,
-        "b_idx": idx,
-        "status": COMPLETED,
-        "output": output,
-        "error": None,
-        "provider": result.provider,
-        "updated_at": utcnow(),
-    }
-    return ItemRows(calls, entry, update_params, (sent_id,) if sent_id else ())
+    item = ItemUpdate(step.id, idx, output, result.provider, utcnow())
+    return ItemRows(calls, entry, item, (sent_id,) if sent_id else ())
 
 
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
@@ -246,7 +228,7 @@ def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
     if calls:
         conn.execute(_INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
-    items = [b.item for b in batch if b.item is not None]
+    items = [b.item.params() for b in batch if b.item is not None]
     if items:
         conn.execute(_COMPLETE_ITEM, items)
 

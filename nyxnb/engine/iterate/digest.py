@@ -21,7 +21,16 @@ from nyxnb.errors import NotFound, RunError
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import LlmCall, Workflow, WorkflowInsight, WorkflowStep, new_id, utcnow
+from nyxnb.store.models import (
+    COMPLETED,
+    FAILED,
+    LlmCall,
+    Workflow,
+    WorkflowInsight,
+    WorkflowStep,
+    new_id,
+    utcnow,
+)
 
 INSIGHTS: Table = WorkflowInsight.__table__  # type: ignore[assignment]
 DIGEST_PROMPT = """\
@@ -99,7 +108,7 @@ def _step_facts(steps: list[WorkflowStep]) -> list[Insight]:
         if s.type == "judge" and s.score is not None:
             target = (s.config or {}).get("target")
             out.append(Insight("fact:score", f"{s.name} scored {target} {s.score:g}"))
-        if s.status == "failed":
+        if s.status == FAILED:
             out.append(Insight("fact:failed", f"{s.name} failed: {(s.error or '')[:200]}"))
     return out
 
@@ -163,7 +172,7 @@ async def adigest(
         if wf is None:
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
         s.expunge(wf)
-    if wf.status not in ("completed", "failed"):
+    if wf.status not in (COMPLETED, FAILED):
         raise RunError(f"workflow {workflow_id} is {wf.status}: digest a finished run",
                        hint=f"finish it first: `nyxnb resume {workflow_id}`")  # fmt: skip
     found = facts(store, workflow_id)

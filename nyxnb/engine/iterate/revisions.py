@@ -19,12 +19,13 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from nyxnb.engine import api
+from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
 from nyxnb.spec import WorkflowSpec, load_spec, stored_spec
 from nyxnb.store.database import Store
-from nyxnb.store.models import COMPLETED, Tenant, Workflow, new_id, utcnow
+from nyxnb.store.models import COMPLETED, PENDING, Tenant, Workflow, new_id, utcnow
 
 SpecArg = WorkflowSpec | dict[str, Any] | str | Path
 _DEFINITION = ("type", "persona", "provider", "fallback", "model", "prompt", "config")
@@ -160,7 +161,7 @@ def _copy_generated(
                 "tenant_id": new_steps[0]["tenant_id"],
                 "workflow_id": new_steps[0]["workflow_id"],
                 "order": first + offset,
-                "status": COMPLETED if reuse else "pending",
+                "status": COMPLETED if reuse else PENDING,
                 "output": s["output"] if reuse else None,
                 "input_hash": s["input_hash"] if reuse else None,
                 "reused_from": s["id"] if reuse else None,
@@ -251,25 +252,44 @@ def rerun_job(
     tenant: str | None = None,
     provider: str | None = None,
     cache: bool | None = None,
-    **kw: Any,
+    drive: api.Drive | None = None,
 ) -> api.Job:
     """Create the revision and return the job that runs it (its events carry the new id)."""
     st = api._store(store)
+    options = RunOptions(provider=provider, cache=cache)
     new = create_revision(
-        st,
-        workflow_id,
-        spec,
-        from_step=from_step,
-        tenant=tenant,
-        options=RunOptions(provider=provider, cache=cache),
+        st, workflow_id, spec, from_step=from_step, tenant=tenant, options=options
     )
-    return api.Job(st, new, st.tenant_id(tenant), **kw)
+    return (drive or api.Drive()).job(st, new, st.tenant_id(tenant))
 
 
-def rerun(workflow_id: str, spec: SpecArg | None = None, **kw: Any) -> api.RunResult:
+def rerun(
+    workflow_id: str,
+    spec: SpecArg | None = None,
+    *,
+    from_step: str | None = None,
+    store: api.StoreArg = None,
+    tenant: str | None = None,
+    provider: str | None = None,
+    cache: bool | None = None,
+    on_event: api.OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: api.ProviderOptions | None = None,
+) -> api.RunResult:
     """Re-run ``workflow_id`` with ``spec`` as a new revision, to the end (sync; notebooks too).
 
     Unchanged steps take the old outputs without a provider call; ``from_step`` forces that step
     and every one after it to run again.  Returns the new workflow's :class:`RunResult`.
     """
-    return api._collect(api.job_events_sync(rerun_job(workflow_id, spec, **kw)))
+    drive = api.Drive(on_event, retry, provider_options)
+    job = rerun_job(
+        workflow_id,
+        spec,
+        from_step=from_step,
+        store=store,
+        tenant=tenant,
+        provider=provider,
+        cache=cache,
+        drive=drive,
+    )
+    return api._collect(api.job_events_sync(job))

@@ -35,8 +35,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
-from nyxnb.engine.durable.rows import ItemRow
+from nyxnb.engine.durable.records import ITEMS, write_items
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Store
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
@@ -271,23 +271,23 @@ class ItemClaimer:
                 _FENCED_COMPLETE,
                 [
                     {
-                        **i,
+                        **i.params(),
                         "b_owner": self.owner,
-                        "b_gen": self.held[(i["b_step"], i["b_idx"])],
+                        "b_gen": self.held[(i.step_id, i.idx)],
                         "b_now": now,
                     }
                     for i in items
-                ],  # fmt: skip
+                ],
             )
             for i in items:
-                self._drop((i["b_step"], i["b_idx"]))
+                self._drop((i.step_id, i.idx))
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
 
-    def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
+    def _check(self, conn: Connection, items: Sequence[ItemUpdate], now: datetime) -> None:
         """Lock the batch's rows and raise :class:`ClaimLost` for the first claim not ours."""
         by_step: dict[str, list[int]] = {}
         for i in items:
-            by_step.setdefault(str(i["b_step"]), []).append(int(str(i["b_idx"])))
+            by_step.setdefault(i.step_id, []).append(i.idx)
         live: set[tuple[str, int]] = set()
         for step_id, idxs in by_step.items():
             query = (

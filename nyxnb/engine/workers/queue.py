@@ -24,7 +24,7 @@ from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store
-from nyxnb.store.models import QUEUED, RUNNING, utcnow
+from nyxnb.store.models import PENDING, QUEUED, RUNNING, utcnow
 
 
 def submit(
@@ -91,7 +91,7 @@ def shared_fan_outs(store: Store, *, tenant_id: str | None = None) -> list[Share
     now = utcnow()
     claimable = exists().where(
         ITEMS.c.step_id == STEPS.c.id,
-        ITEMS.c.status.in_(("pending", RUNNING)),
+        ITEMS.c.status.in_((PENDING, RUNNING)),
         or_(ITEMS.c.claimed_by.is_(None), ITEMS.c.claim_expires_at < now),
     )
     query = (
