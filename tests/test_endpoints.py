@@ -371,3 +371,32 @@ def test_the_cache_is_per_endpoint_and_its_place(store, second_server):
         assert second_server.hits["openai"] == 1 and third.hits["openai"] == 1
     finally:
         third.stop()
+
+
+def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(store, monkeypatch):
+    from nyxnb.testing.batches import FakeBatchServer
+    from tests.batch_helpers import batch_spec, fan_out
+
+    minimal(store)
+    monkeypatch.setenv("PROXY_KEY", "key-proxy")
+    monkeypatch.setenv("AZ_KEY", "key-azure")
+    with FakeBatchServer() as srv:
+        body = batch_spec("proxy:gpt-4o-mini", n=3)
+        body["endpoints"] = {
+            "proxy": {"api": "openai", "base_url": f"{srv.url}/v1", "key_env": "PROXY_KEY"}
+        }
+        result = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
+        assert result.ok, result.error
+        created = [r for r in srv.received if r.path == "/v1/batches" and r.method == "POST"]
+        assert created and created[0].headers["authorization"] == "Bearer key-proxy"
+        _, ledger, batches = fan_out(store, result.workflow_id)
+        assert {b.provider for b in batches} == {"proxy"}
+        assert {(c.provider, c.service_tier) for c in ledger} == {("proxy", "batch")}
+
+        body = batch_spec("az:gpt-4o-mini", n=3)  # Azure batches through storage: runs live
+        body["endpoints"] = {"az": {"api": "azure-openai", "endpoint": srv.url,
+                                    "api_version": "2024-10-21", "key_env": "AZ_KEY"}}  # fmt: skip
+        result = nyxnb.run(body, tenant="nyx", project="BRbase", store=store)
+        assert result.ok, result.error
+        _, ledger, batches = fan_out(store, result.workflow_id)
+        assert batches == [] and {(c.provider, c.service_tier) for c in ledger} == {("az", "live")}
