@@ -400,3 +400,23 @@ def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(s
         assert result.ok, result.error
         _, ledger, batches = fan_out(store, result.workflow_id)
         assert batches == [] and {(c.provider, c.service_tier) for c in ledger} == {("az", "live")}
+
+
+def test_cli_provider_and_matrix_take_endpoint_model_entries(
+    store, fake_server, second_server, tmp_path
+):
+    minimal(store)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(
+        json.dumps(one_step("openai") | {"endpoints": local_endpoint(second_server)})
+    )
+    url = store.url.render_as_string(hide_password=False)
+    common = ["--db", url, "run", str(spec_file), "--tenant", "nyx", "--project", "BRbase"]
+    one = CliRunner().invoke(cli, [*common, "--provider", "local:llama3.1:8b"])
+    assert one.exit_code == 0, one.output
+    assert second_server.received[-1].json()["model"] == "llama3.1:8b"
+    both = CliRunner().invoke(cli, [*common, "--matrix", "provider=local:qwen3:0.6b,openai"])
+    assert both.exit_code == 0, both.output
+    assert second_server.received[-1].json()["model"] == "qwen3:0.6b"
+    assert fake_server.hits["openai"] == 1
+    assert {c.provider for c in calls(store)} == {"local", "openai"}
