@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fa
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
@@ -33,8 +35,9 @@ from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.endpoints import cache_identity, split_entry
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import default_model
+from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
@@ -128,13 +131,13 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
 
-    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+    def __init__(self, store: Database, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
         self.workflow_id, self.config, self._emit = workflow_id, config, emit
         self.owner = config.owner or lease.new_owner()
-        #: The run's writes: fenced by its lease (refused once another run took over).
-        self.store: Store = (
-            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
-        )
+        #: The run's one way to the database: its writes are fenced by its lease (refused once
+        #: another run took over); no raw engine to write around the fence.
+        gateway = Gateway.of(store)
+        self.store: Gateway = gateway.fenced(workflow_id, self.owner) if config.fenced else gateway
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
         self.totals = Totals()
@@ -142,6 +145,7 @@ class RunContext:
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self._progress_at: dict[str, float] = {}  # step -> when its last Generating was sent
         self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
@@ -231,6 +235,43 @@ class RunContext:
             )
 
         self._step_limits(step)
+        watching = PROGRESS.set(self._progress_hook(step, item_idx))
+        try:
+            return await self._call(step, request, on_fallback, on_rate_limited, item_idx)
+        finally:
+            PROGRESS.reset(watching)
+
+    def _progress_hook(self, step: StepRow, item_idx: int | None) -> ProgressHook:
+        """Streamed progress of one call as ``Generating`` events, one a second per step."""
+
+        def on_progress(p: StreamProgress) -> None:
+            now = time.monotonic()
+            if not p.waiting and now - self._progress_at.get(step.name, 0.0) < 1.0:
+                return
+            self._progress_at[step.name] = now
+            self.emit(
+                ev.Generating(
+                    *self.at(step),
+                    provider=p.provider,
+                    model=p.model,
+                    tokens=p.tokens,
+                    tokens_per_s=round(p.tokens_per_s, 1),
+                    waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
+                    first_byte_s=p.first_byte_s,
+                    item_index=item_idx,
+                )
+            )
+
+        return on_progress
+
+    async def _call(
+        self,
+        step: StepRow,
+        request: CompletionRequest,
+        on_fallback: Any,
+        on_rate_limited: Any,
+        item_idx: int | None,
+    ) -> ChainResult:
         prompt = request.messages[0].content
         with telemetry.call_span(
             self.workflow_id, step.name, step.chain, step.model, item_idx, prompt

@@ -24,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.context import Emit, Paused, RunConfig, RunContext, request_hash
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.rows import StepConfig, StepRow
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import generated_rows
@@ -34,7 +35,7 @@ from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.providers.endpoints import endpoint_table
 from nyxnb.spec import stored_spec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import (
     COMPLETED,
     FAILED,
@@ -58,7 +59,7 @@ class Runner(RunContext):
     """Executes one workflow under its lease, emitting events."""
 
     def __init__(
-        self, store: Store, workflow_id: str, config: RunConfig | None = None, *, emit: Emit
+        self, store: Database, workflow_id: str, config: RunConfig | None = None, *, emit: Emit
     ) -> None:
         config = config or RunConfig()
         super().__init__(store, workflow_id, config, emit=emit)
@@ -66,10 +67,10 @@ class Runner(RunContext):
         self.pool = ProviderPool(
             config.retry,
             {k: dict(v) for k, v in options.items()} if options is not None else None,
-            shared=SharedBudget(store),
+            shared=SharedBudget(Gateway.of(store)),
         )
         self.tenant_id = config.tenant_id
-        self._plain = store  # lease bookkeeping; the run's own writes go through the fence
+        self._plain = Gateway.of(store)  # lease bookkeeping; the run's writes: self.store
         self.current: StepRow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------

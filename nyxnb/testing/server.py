@@ -63,7 +63,7 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
-from nyxnb.testing.streams import aws_event_stream, stream_events
+from nyxnb.testing.streams import aws_event_stream, stream_events, wants_stream
 from nyxnb.testing.wire import (
     DEFAULT_MODELS,
     fault_body,
@@ -239,10 +239,14 @@ class FakeProviderServer:
         output_tpm: int | None = None,
         model: str | None = None,
         burst_s: float = 1.0,
+        hints: bool = True,
     ) -> FakeProviderServer:
-        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``)."""
+        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``).
+
+        ``hints=False``: answer with no rate headers and 429s without any retry hint.
+        """
         self._queue(provider)
-        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s), model)
+        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s, hints), model)
         return self
 
     def pending(self, provider: str) -> int:
@@ -365,7 +369,7 @@ class FakeProviderServer:
             if req.path.split("?")[0].endswith("/invoke-with-response-stream"):  # Bedrock
                 frames = aws_event_stream(stream_events(provider, payload))
                 await _write_stream(writer, frames, act, verdict.headers, _AWS_STREAM)
-            elif body.get("stream") is True or ":streamGenerateContent" in req.path:
+            elif wants_stream(req.path, body):
                 await _write_stream(writer, stream_events(provider, payload), act, verdict.headers)
             else:
                 await _write(writer, FakeResponse(200, payload, verdict.headers))

@@ -38,7 +38,7 @@ from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.providers.registry import batch_api, create_provider
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import BATCH_ENDED, BATCH_LIVE_STATES, BATCH_OPEN, COMPLETED, utcnow
 
 #: New batches a step may submit in one run before its leftovers run live.
@@ -309,7 +309,7 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
     )
 
 
-async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]]:
+async def cancel_batches(store: Database, workflow_id: str) -> list[tuple[str, str]]:
     """Ask the providers to cancel a workflow's live batches; (provider, batch id) of each.
 
     Each row then says ``canceling`` and stays live: a run polling it (in this process or
