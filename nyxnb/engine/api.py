@@ -26,7 +26,7 @@ from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import RunError
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store.database import Store, open_store
+from nyxnb.store.database import Database, Store, open_store
 from nyxnb.store.models import COMPLETED, FAILED, PAUSED, RUNNING, Status, Workflow
 
 OnEvent = Callable[[ev.Event], None]
@@ -63,7 +63,7 @@ def _store(store: StoreArg) -> Store:
 class Job:
     """A workflow to execute and how: the common input of the async and sync drivers."""
 
-    store: Store
+    store: Database
     workflow_id: str
     tenant_id: str | None = None
     on_event: OnEvent | None = None
@@ -97,7 +97,7 @@ class Drive:
     retry: RetryPolicy | None = None
     provider_options: ProviderOptions | None = None
 
-    def job(self, store: Store, workflow_id: str, tenant_id: str | None) -> Job:
+    def job(self, store: Database, workflow_id: str, tenant_id: str | None) -> Job:
         """The job that runs ``workflow_id`` this way."""
         return Job(store, workflow_id, tenant_id, self.on_event, self.retry, self.provider_options)
 

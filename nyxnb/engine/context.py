@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fa
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
@@ -31,10 +33,12 @@ from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers import structured
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.endpoints import cache_identity, split_entry
 from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import provider_class
+from nyxnb.providers.registry import default_model
+from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
@@ -58,7 +62,7 @@ class Paused(Exception):  # noqa: N818 - a signal, not an error
 
 def request_hash(kind: str, request: CompletionRequest) -> str:
     """Input hash of an LLM step or item: what was asked, of whom, with which limits."""
-    payload = [
+    payload: list[Any] = [
         kind,
         request.system,
         [[m.role, m.content] for m in request.messages],
@@ -66,9 +70,30 @@ def request_hash(kind: str, request: CompletionRequest) -> str:
         request.max_tokens,
         request.temperature,
     ]
+    knobs = response_cache.call_knobs(request)
+    if knobs:  # only when set: a workflow from before call settings keeps its hashes
+        payload.append(knobs)
     if request.output_schema is not None:
         payload.append(structured.schema_text(request.output_schema))
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def call_settings(step: StepRow, spec: WorkflowSpec) -> dict[str, Any]:
+    """The request fields of a step's call settings, each from the step or else ``defaults``."""
+    c, d = step.config, spec.defaults
+    reasoning = c.reasoning or d.reasoning
+    stop = c.stop if c.stop is not None else d.stop
+    keep = c.keep_thinking if c.keep_thinking is not None else d.keep_thinking
+    return {
+        "temperature": c.temperature if c.temperature is not None else d.temperature,
+        "top_p": c.top_p if c.top_p is not None else d.top_p,
+        "stop": tuple(stop or ()),
+        "seed": c.seed if c.seed is not None else d.seed,
+        "service_tier": c.service_tier or d.service_tier,
+        "reasoning_effort": reasoning.effort if reasoning else None,
+        "reasoning_budget": reasoning.budget_tokens if reasoning else None,
+        "keep_thinking": bool(keep),
+    }
 
 
 @dataclass(frozen=True)
@@ -109,13 +134,13 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
 
-    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+    def __init__(self, store: Database, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
         self.workflow_id, self.config, self._emit = workflow_id, config, emit
         self.owner = config.owner or lease.new_owner()
-        #: The run's writes: fenced by its lease (refused once another run took over).
-        self.store: Store = (
-            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
-        )
+        #: The run's one way to the database: its writes are fenced by its lease (refused once
+        #: another run took over); no raw engine to write around the fence.
+        gateway = Gateway.of(store)
+        self.store: Gateway = gateway.fenced(workflow_id, self.owner) if config.fenced else gateway
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
         self.totals = Totals()
@@ -123,6 +148,7 @@ class RunContext:
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self._progress_at: dict[str, float] = {}  # step -> when its last Generating was sent
         self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
@@ -164,14 +190,15 @@ class RunContext:
             prompt,
             model=step.model,
             max_tokens=step.config.max_tokens or self.spec.defaults.max_tokens,
-            temperature=self.spec.defaults.temperature,
+            **call_settings(step, self.spec),
             output_schema=step.config.output_schema,
         )
 
     def _cache_lookup(
         self, provider: str, model: str, request: CompletionRequest
     ) -> tuple[str, Any]:
-        key = response_cache.cache_key(provider, model, request)
+        identity = cache_identity(provider, self.pool.endpoints)
+        key = response_cache.cache_key(identity, model, request)
         if not self.spec.defaults.share_cache:  # one tenant never learns what another asked
             key = hashlib.sha256(f"tenant:{self.tenant_id}:{key}".encode()).hexdigest()
         with self.store.reading() as conn:
@@ -212,6 +239,43 @@ class RunContext:
             )
 
         self._step_limits(step)
+        watching = PROGRESS.set(self._progress_hook(step, item_idx))
+        try:
+            return await self._call(step, request, on_fallback, on_rate_limited, item_idx)
+        finally:
+            PROGRESS.reset(watching)
+
+    def _progress_hook(self, step: StepRow, item_idx: int | None) -> ProgressHook:
+        """Streamed progress of one call as ``Generating`` events, one a second per step."""
+
+        def on_progress(p: StreamProgress) -> None:
+            now = time.monotonic()
+            if not p.waiting and now - self._progress_at.get(step.name, 0.0) < 1.0:
+                return
+            self._progress_at[step.name] = now
+            self.emit(
+                ev.Generating(
+                    *self.at(step),
+                    provider=p.provider,
+                    model=p.model,
+                    tokens=p.tokens,
+                    tokens_per_s=round(p.tokens_per_s, 1),
+                    waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
+                    first_byte_s=p.first_byte_s,
+                    item_index=item_idx,
+                )
+            )
+
+        return on_progress
+
+    async def _call(
+        self,
+        step: StepRow,
+        request: CompletionRequest,
+        on_fallback: Any,
+        on_rate_limited: Any,
+        item_idx: int | None,
+    ) -> ChainResult:
         prompt = request.messages[0].content
         with telemetry.call_span(
             self.workflow_id, step.name, step.chain, step.model, item_idx, prompt
@@ -239,8 +303,8 @@ class RunContext:
     def _sent_row(
         self, step: StepRow, request: CompletionRequest, item_idx: int | None
     ) -> dict[str, Any]:
-        name = step.chain[0].partition(":")[0]
-        model = request.model or provider_class(name).default_model
+        name, entry_model = split_entry(step.chain[0])
+        model = request.model or entry_model or default_model(name, self.pool.endpoints)
         usd = estimate_usd(name, model, request)
         return records.sent_row(step, item_idx, name, model, usd)
 

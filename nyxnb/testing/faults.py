@@ -41,6 +41,7 @@ class Reply:
     stall_s: float = 0
     #: a request asking for a JSON schema gets JSON that does not parse (an invalid answer)
     invalid_json: bool = False
+    thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,38 @@ def rate_limited(retry_after_s: float = 1.0) -> Fault:
         code="rate_limit_exceeded",
         headers={"retry-after": seconds},
         variants={"google": gemini},
+    )
+
+
+def flex_unavailable() -> Fault:
+    """OpenAI's 429 when flex processing has no capacity ("429 Resource Unavailable" in OpenAI's
+    flex-processing guide): no retry hint, and not a quota exhaustion; it waits like any 429."""
+    return Fault(
+        429,
+        "Resource Unavailable: there is not enough capacity for flex processing right now.",
+        code="resource_unavailable",
+        type="resource_unavailable",
+    )
+
+
+def bare_rate_limited() -> Fault:
+    """A 429 with no hint at all: no headers, no ``RetryInfo``, no "try again in" (as recorded).
+
+    Gemini's shared-capacity "Resource exhausted. Please try again later." and OpenAI or
+    Anthropic 429s relayed by gateways that drop headers look like this.
+    """
+    gemini = Fault(429, "Resource exhausted. Please try again later.", type="RESOURCE_EXHAUSTED")
+    anthropic = Fault(
+        429,
+        "This request would exceed your account's rate limit. Please try again later.",
+        type="rate_limit_error",
+    )
+    return Fault(
+        429,
+        "Rate limit reached for requests",
+        code="rate_limit_exceeded",
+        type="requests",
+        variants={"google": gemini, "anthropic": anthropic},
     )
 
 

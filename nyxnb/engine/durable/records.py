@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from nyxnb.engine.durable import cache
 from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import (
     BATCH_CANCELED,
     BATCH_CANCELING,
@@ -145,20 +145,20 @@ def _remember(conn: Connection, step: StepRow, result: ChainResult) -> None:
         cache.store_answer(conn, step.tenant_id, result.cache_key, result.completion)
 
 
-def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
+def update_workflow(store: Database, workflow_id: str, **values: Any) -> None:
     """Set columns of one workflow."""
     with store.begin() as conn:
         conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == workflow_id).values(_stamp(values)))
 
 
-def update_step(store: Store, step_id: str, **values: Any) -> None:
+def update_step(store: Database, step_id: str, **values: Any) -> None:
     """Set columns of one step."""
     with store.begin() as conn:
         conn.execute(update(STEPS).where(STEPS.c.id == step_id).values(_stamp(values)))
 
 
 def complete_step(
-    store: Store,
+    store: Database,
     step: StepRow,
     output: str,
     input_hash: str,
@@ -191,7 +191,7 @@ def complete_step(
         )
 
 
-def reset_running_steps(store: Store, workflow_id: str) -> None:
+def reset_running_steps(store: Database, workflow_id: str) -> None:
     """Put steps left ``running`` by an interrupted run back to ``pending``."""
     with store.begin() as conn:
         conn.execute(
@@ -202,7 +202,7 @@ def reset_running_steps(store: Store, workflow_id: str) -> None:
 
 
 def fail_step(
-    store: Store,
+    store: Database,
     step: StepRow,
     error: str,
     attempts: Sequence[Attempt] = (),
@@ -247,14 +247,16 @@ def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
         conn.execute(_COMPLETE_ITEM, items)
 
 
-def complete_item(store: Store, step: StepRow, idx: int, output: str, result: ChainResult) -> None:
+def complete_item(
+    store: Database, step: StepRow, idx: int, output: str, result: ChainResult
+) -> None:
     """Commit one fan-out item in its own transaction."""
     with store.begin() as conn:
         write_items(conn, [item_rows(step, idx, output, result)])
 
 
 def fail_item(
-    store: Store,
+    store: Database,
     step: StepRow,
     idx: int,
     error: str,
@@ -273,7 +275,7 @@ def fail_item(
 
 
 def sync_items(
-    store: Store, step: StepRow, wanted: Sequence[tuple[str, str, str]]
+    store: Database, step: StepRow, wanted: Sequence[tuple[str, str, str]]
 ) -> list[ItemRow]:
     """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
 
@@ -315,7 +317,7 @@ def sync_items(
         return _step_items(conn, step.id)
 
 
-def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
+def load_steps(store: Database, workflow_id: str) -> list[StepRow]:
     """Every step of a workflow, in order."""
     with store.reading() as conn:
         return [
@@ -326,7 +328,7 @@ def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
         ]
 
 
-def load_items(store: Store, step_id: str, *, full: bool = False) -> list[ItemRow]:
+def load_items(store: Database, step_id: str, *, full: bool = False) -> list[ItemRow]:
     """Every item row of a step, in order; ``full`` also reads each item's prompt (``input``).
 
     A dataset row's columns (``data``) are never read here: they are read once, streamed, when
@@ -346,7 +348,7 @@ def _step_items(conn: Connection, step_id: str, full: bool = False) -> list[Item
 
 
 def iter_dataset_rows(
-    store: Store, step_id: str
+    store: Database, step_id: str
 ) -> Iterator[tuple[int, str, str | None, dict[str, Any]]]:
     """A dataset step's rows, streamed in order: (idx, heading, key, columns)."""
     query = (
@@ -359,7 +361,9 @@ def iter_dataset_rows(
             yield r[0], r[1], r[2], r[3] or {}
 
 
-def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
+def replace_generated_steps(
+    store: Database, workflow_id: str, rows: Sequence[dict[str, Any]]
+) -> None:
     """Swap the workflow's generated steps for ``rows`` (ledger rows survive: SET NULL)."""
     with store.begin() as conn:
         conn.execute(
@@ -387,7 +391,7 @@ class BatchRow:
     submitted_at: datetime | None
 
 
-def open_batches(store: Store, step_id: str) -> list[BatchRow]:
+def open_batches(store: Database, step_id: str) -> list[BatchRow]:
     """The step's live batches (submitting or open), oldest first."""
     query = (
         select(BATCHES)
@@ -410,7 +414,7 @@ def open_batches(store: Store, step_id: str) -> list[BatchRow]:
 
 
 def insert_batch(
-    store: Store,
+    store: Database,
     step: StepRow,
     provider: str,
     model: str,
@@ -422,7 +426,7 @@ def insert_batch(
     ``sent``: the ``sent`` ledger rows of its requests (:func:`sent_row`), in the same commit.
     """
     now, row_id = utcnow(), new_id()
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         if sent:
             conn.execute(_INSERT_CALLS, list(sent))
         conn.execute(
@@ -443,15 +447,15 @@ def insert_batch(
     return row_id
 
 
-def update_batch(store: Store, row_id: str, **values: Any) -> None:
+def update_batch(store: Database, row_id: str, **values: Any) -> None:
     """Set columns of one ``provider_batches`` row."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
 
 
-def cancel_batch(store: Store, row_id: str, sent_ids: Sequence[str]) -> None:
+def cancel_batch(store: Database, row_id: str, sent_ids: Sequence[str]) -> None:
     """A batch that was never created (or not found): ``canceled``, its 'sent' rows taken back."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         _settle(conn, sent_ids)
         conn.execute(
             update(BATCHES)
@@ -460,7 +464,7 @@ def cancel_batch(store: Store, row_id: str, sent_ids: Sequence[str]) -> None:
         )
 
 
-def batch_sent_ids(store: Store, step_id: str) -> dict[int, str]:
+def batch_sent_ids(store: Database, step_id: str) -> dict[int, str]:
     """Item index -> id of its batch request's 'sent' row, for a step (settled on ingest)."""
     query = select(CALLS.c.item_idx, CALLS.c.id).where(
         CALLS.c.step_id == step_id, CALLS.c.outcome == SENT, CALLS.c.service_tier == "batch"
@@ -469,27 +473,27 @@ def batch_sent_ids(store: Store, step_id: str) -> dict[int, str]:
         return {int(idx): str(row_id) for idx, row_id in conn.execute(query)}
 
 
-def batch_state(store: Store, row_id: str) -> str | None:
+def batch_state(store: Database, row_id: str) -> str | None:
     """The ``state`` of one ``provider_batches`` row (None if it is gone)."""
     with store.reading() as conn:
         state = conn.scalar(select(BATCHES.c.state).where(BATCHES.c.id == row_id))
     return None if state is None else str(state)
 
 
-def mark_canceling(store: Store, workflow_id: str, batch_id: str) -> None:
+def mark_canceling(store: Database, workflow_id: str, batch_id: str) -> None:
     """A cancel was asked for a live batch: its row says ``canceling`` until it is ingested."""
     query = update(BATCHES).where(
         BATCHES.c.workflow_id == workflow_id,
         BATCHES.c.batch_id == batch_id,
         BATCHES.c.state.in_(BATCH_LIVE_STATES),
     )
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(query.values(_stamp({"state": BATCH_CANCELING})))
 
 
 def record_calls(
-    store: Store, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
+    store: Database, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
 ) -> None:
     """Insert ledger rows on their own (a batch item that errored or expired)."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         record_attempts(conn, step, attempts, item_idx)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection
 
 from nyxnb.engine.durable.records import ItemRows, write_items
-from nyxnb.store.database import RECONNECT_S, Store
+from nyxnb.store.database import RECONNECT_S, Database
 
 Write = Callable[[Connection, Sequence[ItemRows]], None]
 _Batch = list[tuple[ItemRows, asyncio.Future[None]]]
@@ -42,7 +42,7 @@ class GroupWriter:
     more to join them, so a fast fan-out commits in a few large transactions, not one per turn.
     """
 
-    def __init__(self, store: Store, write: Write = write_items) -> None:
+    def __init__(self, store: Database, write: Write = write_items) -> None:
         self._store, self._write = store, write  # write: fenced by item claims in a worker
         self._batch: _Batch = []
         self._conn: Connection | None = None

@@ -24,7 +24,7 @@ from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
 from nyxnb.spec import WorkflowSpec, load_spec, stored_spec
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import COMPLETED, PENDING, Tenant, Workflow, new_id, utcnow
 
 SpecArg = WorkflowSpec | dict[str, Any] | str | Path
@@ -43,7 +43,7 @@ class Revision:
     finished_at: datetime | None
 
 
-def _old_workflow(store: Store, workflow_id: str, tenant_id: str | None) -> Workflow:
+def _old_workflow(store: Database, workflow_id: str, tenant_id: str | None) -> Workflow:
     with store.session(tenant_id, read_only=True) as s:
         wf = s.get(Workflow, workflow_id)
         if wf is None:
@@ -134,11 +134,11 @@ def _copy_rows_by_key(conn: Any, old_step_id: str, new_step_id: str) -> None:
 
 
 def _carry_over(
-    store: Store, old_id: str, new_id_: str, forced: set[str], same_generate: bool
+    store: Database, old_id: str, new_id_: str, forced: set[str], same_generate: bool
 ) -> list[str]:
     """Pre-populate the new workflow from the old; returns the names of the steps taken over."""
     taken: list[str] = []
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         old = {
             r["name"]: dict(r)
             for r in conn.execute(select(STEPS).where(STEPS.c.workflow_id == old_id)).mappings()
@@ -206,7 +206,7 @@ def _copy_generated(
 
 
 def create_revision(
-    store: Store,
+    store: Database,
     workflow_id: str,
     spec: SpecArg | None = None,
     *,
@@ -220,7 +220,7 @@ def create_revision(
     with store.session(old.tenant_id, read_only=True) as s:
         slug = s.get_one(Tenant, old.tenant_id).slug
     new = create_workflow(store, parsed, tenant=slug, project=old.project_id, options=options)
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == new).values(revision_of=old.id))
         steps = [
             dict(r)
@@ -237,13 +237,13 @@ def create_revision(
     return new
 
 
-def _stored_spec(store: Store, workflow_id: str) -> dict[str, Any]:
+def _stored_spec(store: Database, workflow_id: str) -> dict[str, Any]:
     with store.reading() as conn:
         spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
     return dict(spec or {})
 
 
-def _generated_names(store: Store, workflow_id: str) -> set[str]:
+def _generated_names(store: Database, workflow_id: str) -> set[str]:
     query = select(STEPS.c.name).where(
         STEPS.c.workflow_id == workflow_id, STEPS.c.auto_generated.is_(True)
     )
@@ -251,7 +251,7 @@ def _generated_names(store: Store, workflow_id: str) -> set[str]:
         return set(conn.scalars(query))
 
 
-def lineage(store: Store, workflow_id: str, *, tenant: str | None = None) -> list[Revision]:
+def lineage(store: Database, workflow_id: str, *, tenant: str | None = None) -> list[Revision]:
     """Every workflow of ``workflow_id``'s lineage (its root and all revisions), oldest first."""
     root = _old_workflow(store, workflow_id, store.tenant_id(tenant))
     with store.session(root.tenant_id, read_only=True) as s:
