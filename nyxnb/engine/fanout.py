@@ -112,6 +112,7 @@ class _FanOut:
         self._commits: list[asyncio.Task[None]] = []
         self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
         self._block: asyncio.Future[None] | None = None  # the next block being reserved
+        self._blocks: list[asyncio.Future[None]] = []
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
         self.cached = 0
@@ -127,8 +128,8 @@ class _FanOut:
         finally:
             for task in (*workers, *self._commits):
                 task.cancel()
-            if self._block is not None:
-                await asyncio.gather(self._block, return_exceptions=True)
+            # every block, also one whose failure (a lost lease) no worker waited for
+            await asyncio.gather(*self._blocks, return_exceptions=True)
             self._take_back()
             if self._source is not None:
                 self._source.release_unstarted()
@@ -154,6 +155,7 @@ class _FanOut:
         while True:
             if len(self._ready) <= self.limit and self._pending and self._block is None:
                 self._block = asyncio.ensure_future(self._reserve_block())
+                self._blocks.append(self._block)
             if self._ready:
                 return self._ready.popleft()
             if self._block is None:
