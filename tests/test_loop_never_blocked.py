@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.engine.durable.lease import FencedStore
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.store import Store, database, open_store
 from nyxnb.store.models import Workflow
 from tests.helpers import minimal
@@ -71,13 +71,14 @@ def test_a_database_fault_in_one_workflow_does_not_stall_another(store_url, monk
     minimal(open_store(store_url)).dispose()
     store_a, store_b = open_store(store_url), open_store(store_url)
     fault = _Fault(store_a)
-    real_fence = FencedStore.fence
+    real_fence = Gateway.fence
 
-    def fence(self: FencedStore, conn: Connection) -> None:  # first in every write of a run
-        fault.check(self)
+    def fence(self: Gateway, conn: Connection) -> None:  # first in every write of a run
+        if self.owner is not None:  # a run's own gateway
+            fault.check(self._store)
         real_fence(self, conn)
 
-    monkeypatch.setattr(FencedStore, "fence", fence)
+    monkeypatch.setattr(Gateway, "fence", fence)
     seen_a: Seen = []
     seen_b: Seen = []
 

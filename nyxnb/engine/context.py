@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_lin
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
+from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Database
 from nyxnb.store.models import COMPLETED, LlmCall
@@ -121,6 +123,7 @@ class RunContext:
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self._progress_at: dict[str, float] = {}  # step -> when its last Generating was sent
         self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
@@ -209,6 +212,43 @@ class RunContext:
             )
 
         self._step_limits(step)
+        watching = PROGRESS.set(self._progress_hook(step, item_idx))
+        try:
+            return await self._call(step, request, on_fallback, on_rate_limited, item_idx)
+        finally:
+            PROGRESS.reset(watching)
+
+    def _progress_hook(self, step: StepRow, item_idx: int | None) -> ProgressHook:
+        """Streamed progress of one call as ``Generating`` events, one a second per step."""
+
+        def on_progress(p: StreamProgress) -> None:
+            now = time.monotonic()
+            if not p.waiting and now - self._progress_at.get(step.name, 0.0) < 1.0:
+                return
+            self._progress_at[step.name] = now
+            self.emit(
+                ev.Generating(
+                    *self.at(step),
+                    provider=p.provider,
+                    model=p.model,
+                    tokens=p.tokens,
+                    tokens_per_s=round(p.tokens_per_s, 1),
+                    waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
+                    first_byte_s=p.first_byte_s,
+                    item_index=item_idx,
+                )
+            )
+
+        return on_progress
+
+    async def _call(
+        self,
+        step: StepRow,
+        request: CompletionRequest,
+        on_fallback: Any,
+        on_rate_limited: Any,
+        item_idx: int | None,
+    ) -> ChainResult:
         prompt = request.messages[0].content
         with telemetry.call_span(
             self.workflow_id, step.name, step.chain, step.model, item_idx, prompt

@@ -265,7 +265,7 @@ class ProgressState:
             to = e.to_provider or "none left"
             self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider
-        elif isinstance(e, ev.RateLimited):
+        elif isinstance(e, ev.RateLimited | ev.Generating):
             row.heading = e.summary  # "waiting for openai: 600 rpm" until the next item lands
         elif isinstance(e, ev.BatchSubmitted | ev.BatchProgress | ev.BatchEnded):
             self._apply_batch(row, e)

@@ -15,7 +15,9 @@
 - truncated / refused answers and bad_request / context_too_long: never accepted; next provider.
 
 Until a provider has answered once in a run, only one call at a time may go to it (a probe), so
-a provider that is out of credit is called once per run, not once per concurrent item.
+a provider that is out of credit is called once per run, not once per concurrent item.  A call
+that gets no byte at all within its first-byte timeout finds the provider hung: it is marked down
+for the run (when a fallback is left), so every item waiting for it moves on at once.
 """
 
 from __future__ import annotations
@@ -359,7 +361,9 @@ async def _after_failure(call: _Call, exc: ProviderError) -> _Outcome:
     call.tries += 1
     if exc.kind in REFUSED_KINDS or pool.unhealthy(name):
         pool.mark_down(name, exc.kind, exc.message)
-    moves_on = exc.kind == "timeout" and not call.last  # a hung provider: fall back at once
+    if exc.hung and not call.last:  # no byte at all: one hung call is enough to know
+        pool.mark_down(name, exc.kind, f"hung: {exc.message}")
+    moves_on = exc.kind == "timeout" and not call.last  # fall back at once
     if (
         exc.kind in TRANSIENT_KINDS
         and call.tries < pool.retry.max_attempts
