@@ -420,3 +420,17 @@ def test_cli_provider_and_matrix_take_endpoint_model_entries(
     assert second_server.received[-1].json()["model"] == "qwen3:0.6b"
     assert fake_server.hits["openai"] == 1
     assert {c.provider for c in calls(store)} == {"local", "openai"}
+
+
+def test_a_named_anthropic_endpoint_has_its_own_url_and_key(store, fake_server, second_server,
+                                                            monkeypatch):  # fmt: skip
+    """Not the built-in's ANTHROPIC_BASE_URL nor ANTHROPIC_API_KEY: its own."""
+    minimal(store)
+    monkeypatch.setenv("TEAM_CLAUDE_KEY", "key-team")
+    body = one_step(["team:claude-haiku-4-5"])
+    body["endpoints"] = {"team": {"api": "anthropic", "base_url": second_server.url,
+                                  "key_env": "TEAM_CLAUDE_KEY"}}  # fmt: skip
+    assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
+    assert fake_server.hits["anthropic"] == 0 and second_server.hits["anthropic"] == 1
+    headers = second_server.received[-1].headers  # this SDK sends the key as a bearer token
+    assert "key-team" in (headers.get("x-api-key"), headers.get("authorization", "")[7:])

@@ -214,9 +214,11 @@ def anthropic_client(provider: Provider, timeout: Any, max_retries: int = 0) -> 
     common: dict[str, Any] = {"max_retries": max_retries, "timeout": timeout}
     if spec is not None and spec.base_url:
         common["base_url"] = spec.base_url
-    if spec is None or spec.api == "anthropic":
-        key = api_key_or_placeholder(provider) if spec is not None else provider.api_key()
-        return anthropic.AsyncAnthropic(api_key=key, **common)
+    if spec is None:  # the built-in: the SDK reads ANTHROPIC_BASE_URL
+        return anthropic.AsyncAnthropic(api_key=provider.api_key(), **common)
+    if spec.api == "anthropic":  # a named endpoint never follows ANTHROPIC_BASE_URL
+        common.setdefault("base_url", "https://api.anthropic.com")
+        return anthropic.AsyncAnthropic(api_key=api_key_or_placeholder(provider), **common)
     if spec.api == "anthropic-bedrock":
         _require(provider.name, "boto3", "boto3", "bedrock")
         return anthropic.AsyncAnthropicBedrock(
