@@ -434,3 +434,25 @@ def test_a_named_anthropic_endpoint_has_its_own_url_and_key(store, fake_server, 
     assert fake_server.hits["anthropic"] == 0 and second_server.hits["anthropic"] == 1
     headers = second_server.received[-1].headers  # this SDK sends the key as a bearer token
     assert "key-team" in (headers.get("x-api-key"), headers.get("authorization", "")[7:])
+
+
+def test_a_named_endpoint_without_base_url_is_the_vendors_not_the_env_override(fake_server):
+    """The built-ins follow ANTHROPIC_BASE_URL / OPENAI_BASE_URL (the fake); named ones do not."""
+    import asyncio
+
+    from nyxnb.providers.endpoints import endpoint_table
+    from nyxnb.providers.registry import create_provider
+
+    table = endpoint_table({n: nyxnb.load_spec(one_step("offline") | {"endpoints": {
+        n: {"api": api, "key_env": "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"}
+    }}).endpoints[n] for n, api in (("claude", "anthropic"), ("gpt", "openai"))})  # fmt: skip
+
+    async def urls() -> list[str]:
+        out = []
+        for name in ("claude", "gpt"):
+            provider = create_provider(name, None, table)
+            out.append(str(provider.client().base_url))
+            await provider.aclose()
+        return out
+
+    assert asyncio.run(urls()) == ["https://api.anthropic.com", "https://api.openai.com/v1/"]
