@@ -446,13 +446,22 @@ def test_a_named_endpoint_without_base_url_is_the_vendors_not_the_env_override(f
     table = endpoint_table({n: nyxnb.load_spec(one_step("offline") | {"endpoints": {
         n: {"api": api, "key_env": "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"}
     }}).endpoints[n] for n, api in (("claude", "anthropic"), ("gpt", "openai"))})  # fmt: skip
+    gemini = {"api": "google", "key_env": "GEMINI_API_KEY"}
+    table |= endpoint_table(
+        nyxnb.load_spec(one_step("offline") | {"endpoints": {"gem": gemini}}).endpoints
+    )
 
     async def urls() -> list[str]:
         out = []
-        for name in ("claude", "gpt"):
+        for name in ("claude", "gpt", "gem"):
             provider = create_provider(name, None, table)
-            out.append(str(provider.client().base_url))
+            client = provider.client()
+            url = client._api_client._http_options.base_url if name == "gem" else client.base_url
+            out.append(str(url))
             await provider.aclose()
         return out
 
-    assert asyncio.run(urls()) == ["https://api.anthropic.com", "https://api.openai.com/v1/"]
+    assert asyncio.run(urls()) == [
+        "https://api.anthropic.com", "https://api.openai.com/v1/",
+        "https://generativelanguage.googleapis.com/",
+    ]  # fmt: skip
