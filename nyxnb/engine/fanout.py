@@ -155,6 +155,9 @@ class _FanOut:
         while True:
             if len(self._ready) <= self.limit and self._pending and self._block is None:
                 self._block = asyncio.ensure_future(self._reserve_block())
+                # its failure reaches the workers awaiting it; when they were cancelled first
+                # (another worker failed), it must still count as seen, not as a stray traceback
+                self._block.add_done_callback(_seen)
             if self._ready:
                 return self._ready.popleft()
             if self._block is None:
@@ -412,3 +415,9 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     before = fan.completed
     await fan.run()
     return fan.completed - before
+
+
+def _seen(task: asyncio.Future[None]) -> None:
+    """Mark a finished task's exception as retrieved (it is raised where it is awaited)."""
+    if not task.cancelled():
+        task.exception()

@@ -88,8 +88,7 @@ class Runner(RunContext):
         started = time.perf_counter()
         try:
             with telemetry.workflow_span(self.workflow_id, self.name, self.tenant_id):
-                await self._started()
-                await self._run_all()
+                await self._run_all(await self._started())
         except Paused:
             self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
@@ -185,7 +184,8 @@ class Runner(RunContext):
         endpoints = endpoint_table(self.spec.endpoints)
         self.pool.apply_spec(limits, d.timeouts, d.max_wait_s, endpoints)
 
-    async def _started(self) -> None:
+    async def _started(self) -> list[StepRow]:
+        """Mark the workflow running and announce it; returns its steps as they stand."""
         # a completed workflow keeps its times unless a step runs again (see _finish)
         times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
@@ -207,6 +207,7 @@ class Runner(RunContext):
                 total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
+        return steps
 
     async def _digest(self) -> None:
         """The spec's ``digest:`` block: insights written once the run completed."""
@@ -260,8 +261,8 @@ class Runner(RunContext):
         return {s.name: s.status for s in records.load_steps(self.store, self.workflow_id)}
 
     # -- the loop --------------------------------------------------------------------------
-    async def _run_all(self) -> None:
-        user = [s for s in records.load_steps(self.store, self.workflow_id) if not s.auto_generated]
+    async def _run_all(self, steps: list[StepRow]) -> None:
+        user = [s for s in steps if not s.auto_generated]
         for step in user:
             await self._run_step(step)
         for step in self._sync_generated(len(user)):
