@@ -382,6 +382,7 @@ def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(s
     monkeypatch.setenv("AZ_KEY", "key-azure")
     with FakeBatchServer() as srv:
         body = batch_spec("proxy:gpt-4o-mini", n=3)
+        body["defaults"]["service_tier"] = "flex"  # for the live step; a batch is its own tier
         body["endpoints"] = {
             "proxy": {"api": "openai", "base_url": f"{srv.url}/v1", "key_env": "PROXY_KEY"}
         }
@@ -389,6 +390,10 @@ def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(s
         assert result.ok, result.error
         created = [r for r in srv.received if r.path == "/v1/batches" and r.method == "POST"]
         assert created and created[0].headers["authorization"] == "Bearer key-proxy"
+        live = [r.json() for r in srv.received if r.path.endswith("/chat/completions")]
+        assert [b["service_tier"] for b in live] == ["flex"]  # the analysis step
+        uploads = [r.body for r in srv.received if r.path == "/v1/files" and r.method == "POST"]
+        assert uploads and all(b"service_tier" not in body for body in uploads)
         _, ledger, batches = fan_out(store, result.workflow_id)
         assert {b.provider for b in batches} == {"proxy"}
         assert {(c.provider, c.service_tier) for c in ledger} == {("proxy", "batch")}

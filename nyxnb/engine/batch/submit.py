@@ -74,7 +74,11 @@ class BatchRun:
         self.runner, self.step, self.on_item = runner, step, on_item
         self.entries = [parse_entry(e) for e in step.chain]
         self.rows = {custom_id(step, r.idx, r.input_hash): r for r in rows}
-        self.requests = {cid: requests[r.idx] for cid, r in self.rows.items()}
+        # a batch is its own tier: a step's flex or priority tier is for its live calls
+        self.requests = {
+            cid: dataclasses.replace(requests[r.idx], service_tier=None)
+            for cid, r in self.rows.items()
+        }
         self.done = {r.idx for r in rows if r.status == COMPLETED}
         self.failed: set[int] = set()
         self.skip: set[str] = set()  # providers whose batch could not be created this run
