@@ -33,6 +33,7 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
+from nyxnb.providers.endpoints import endpoint_table
 from nyxnb.spec import stored_spec
 from nyxnb.store import Database
 from nyxnb.store.models import (
@@ -180,7 +181,8 @@ class Runner(RunContext):
         self.personas = frozen
         d = self.spec.defaults
         limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
-        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
+        endpoints = endpoint_table(self.spec.endpoints)
+        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s, endpoints)
 
     async def _started(self) -> list[StepRow]:
         """Mark the workflow running and announce it; returns its steps as they stand."""
@@ -318,6 +320,7 @@ class Runner(RunContext):
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 cost_usd=sum(a.cost_usd for a in result.attempts),
+                reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
             )
         )
 
