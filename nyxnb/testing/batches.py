@@ -38,9 +38,10 @@ from nyxnb.testing.server import (
     prompt_of,
     reply_body,
 )
+from nyxnb.testing.streams import stream_events
 
 _BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
-_GENERATE = r"^/[^/]+/models/[^/:]+:generateContent$"
+_GENERATE = r"^/[^/]+/models/[^/:]+:(?:generateContent|streamGenerateContent)$"
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -280,24 +281,32 @@ class FakeBatchServer(FakeProviderServer):
         params = request.json()
         self._next("anthropic", request.path, params)
         with self.batches._lock:
-            n = len(self.requests)
-            body = json.dumps(self.batches.message(params, n)).encode()
-        return _response((200, _JSON, body))
+            body = self.batches.message(params, len(self.requests))
+        return _answer("anthropic", request, params, body)
 
     async def _cached_completion(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
         self._next("openai", request.path, params)
         with self.openai_batches._lock:
-            body = json.dumps(self.openai_batches.completion(params, len(self.requests)))
-        return _response((200, _JSON, body.encode()))
+            body = self.openai_batches.completion(params, len(self.requests))
+        return _answer("openai", request, params, body)
 
     async def _cached_generate(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
         self._next("google", request.path, params)
         model = request.path.split("/models/", 1)[1].split(":", 1)[0]
         with self.gemini_batches._lock:
-            answer = self.gemini_batches.response({"model": model, **params}, len(self.requests))
-        return _response((200, _JSON, json.dumps(answer).encode()))
+            body = self.gemini_batches.response({"model": model, **params}, len(self.requests))
+        return _answer("google", request, params, body)
+
+
+def _answer(
+    provider: str, request: FakeRequest, params: Mapping[str, Any], body: dict[str, Any]
+) -> FakeResponse:
+    """A live answer with cache accounting: streamed when the call asked for a stream."""
+    if params.get("stream") is True or ":streamGenerateContent" in request.path:
+        return FakeResponse(200, events=tuple(stream_events(provider, body)))
+    return FakeResponse(200, body)
 
 
 def _response(answer: Response) -> FakeResponse:

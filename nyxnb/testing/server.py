@@ -86,12 +86,17 @@ class FakeRequest:
 
 @dataclass(frozen=True)
 class FakeResponse:
-    """What a route handler answers: a JSON-able object or raw bytes."""
+    """What a route handler answers: a JSON-able object or raw bytes, or a stream of events.
+
+    ``events`` (server-sent events, e.g. :func:`~nyxnb.testing.streams.stream_events`) make it
+    a streamed 200 instead, as a live call that asked for a stream gets.
+    """
 
     status: int
     body: object = None
     headers: Mapping[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    events: tuple[bytes, ...] | None = None
 
 
 Handler = Callable[[FakeRequest], Awaitable[FakeResponse]]
@@ -299,7 +304,11 @@ class FakeProviderServer:
             match = pattern.search(path)
             if method == req.method and match:
                 request = FakeRequest(req.method, req.path, req.headers, req.body, match)
-                await _write(writer, await handler(request))
+                response = await handler(request)
+                if response.events is not None:
+                    await _write_stream(writer, list(response.events), Reply(), response.headers)
+                else:
+                    await _write(writer, response)
                 return True
         target = route(req.path) if req.method == "POST" else None
         if target is None:
