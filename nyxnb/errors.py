@@ -3,7 +3,9 @@
     NyxError                      root: catch this to catch everything nyxnb raises
     ├── ConfigError               bad configuration or input from the user
     │   ├── MissingKey            a provider's API key is not in the environment
+    │   ├── MissingExtra          an endpoint needs an optional SDK extra that is not installed
     │   └── UnknownProvider       a provider name nobody registered
+    │       └── UnknownEndpoint   an ``endpoint:model`` naming no endpoint
     ├── StoreError                the store cannot do what was asked
     │   ├── StoreUnavailable      cannot connect / malformed URL
     │   ├── StoreVersionError     the store was written by a newer nyxnb
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 from nyxnb.rates import RateInfo
@@ -56,6 +59,35 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     first = text[0] if text else ""
     label = type(exc).__name__
     return redact(f"{label}: {first}" if first else label)[:limit]
+
+
+class ErrorKind(StrEnum):
+    """Why a provider call failed (``ProviderError.kind``, ``llm_calls.error_kind``); the
+    fallback chain decides on it (see the sets in :mod:`nyxnb.providers.base`)."""
+
+    # refused: mark the provider down, move on
+    EXHAUSTED = "exhausted"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    # transient: retry, then try elsewhere
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    # rejected: the answer is unusable, move on
+    TRUNCATED = "truncated"
+    REFUSED = "refused"
+    EMPTY = "empty"
+    # fatal: this request fails everywhere alike
+    BAD_REQUEST = "bad_request"
+    CONTEXT_TOO_LONG = "context_too_long"
+    # a judge's grade without a valid SCORE line
+    MALFORMED = "malformed"
+    # a batch item that did not succeed, as the provider's batch API reports it
+    ERRORED = "errored"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
 
 class NyxError(Exception):
@@ -100,6 +132,29 @@ class UnknownProvider(ConfigError):
         self.name = name
         super().__init__(
             f"unknown provider {name!r}", hint=f"choose one of: {', '.join(sorted(known))}"
+        )
+
+
+class UnknownEndpoint(UnknownProvider):
+    """A chain entry naming neither a provider nor an endpoint of the spec or config files."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        ConfigError.__init__(
+            self,
+            f"unknown provider or endpoint {name!r}",
+            hint=f"known: {', '.join(sorted(known))}; or declare it under `endpoints:` in the "
+            "spec, the project's nyxnb.yaml or ~/.config/nyxnb/nyxnb.yaml",
+        )
+
+
+class MissingExtra(ConfigError):
+    """An endpoint's API needs an optional package that is not installed."""
+
+    def __init__(self, endpoint: str, package: str, extra: str) -> None:
+        self.endpoint, self.package, self.extra = endpoint, package, extra
+        super().__init__(
+            f"endpoint {endpoint!r} needs {package}", hint=f"pip install 'nyxnb[{extra}]'"
         )
 
 
@@ -230,19 +285,19 @@ class BudgetExceeded(RunError):
 
 
 class ProviderError(NyxError):
-    """One provider call failed; ``kind`` is one of :data:`nyxnb.providers.ERROR_KINDS`."""
+    """One provider call failed; ``kind`` (an :class:`ErrorKind`) says why."""
 
     def __init__(
         self,
         message: str,
         *,
         provider: str,
-        kind: str,
+        kind: ErrorKind | str,
         retry_after: float | None = None,
         hint: str | None = None,
     ) -> None:
         self.provider = provider
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.retry_after = retry_after
         #: what the provider's rate-limit headers said, if it sent any
         self.rate: RateInfo | None = None
@@ -275,7 +330,7 @@ class ChainExhausted(ProviderError):
         super().__init__(
             f"every provider failed: {detail}",
             provider="chain",
-            kind="exhausted",
+            kind=ErrorKind.EXHAUSTED,
             hint="check keys and credit, or add a provider to the step's fallback list",
         )
 

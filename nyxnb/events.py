@@ -69,6 +69,7 @@ class FanOutProgress(StepEvent):
     input_tokens: int = 0  # of this item's calls
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class StepCompleted(StepEvent):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,33 @@ class RateLimited(StepEvent):
         limits = [f"{self.rpm:g} rpm" if self.rpm else "", f"{self.tpm:g} tpm" if self.tpm else ""]
         said = ", ".join(x for x in limits if x) or f"{self.concurrency or 1} in flight"
         return f"waiting for {self.provider}: {said}"
+
+
+@dataclass(frozen=True)
+class Generating(StepEvent):
+    """An answer is being streamed (or, ``waiting_s`` set, its first byte is waited for)."""
+
+    type: ClassVar[str] = "generating"
+    provider: str = ""
+    model: str = ""
+    tokens: int = 0  # output tokens so far (estimated from the text)
+    tokens_per_s: float = 0.0
+    waiting_s: float | None = None  # no byte yet after this long: the provider may be hung
+    first_byte_s: float = 0.0  # when a silent provider is given up
+    item_index: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """``item 3: anthropic writing, 412 tokens at 51 tok/s`` or a wait for a silent one."""
+        item = f"item {self.item_index + 1}: " if self.item_index is not None else ""
+        if self.waiting_s is not None:
+            return (
+                f"{item}{self.provider} has sent nothing for {self.waiting_s:.0f} s "
+                f"(gives up at {self.first_byte_s:g} s)"
+            )
+        return (
+            f"{item}{self.provider} writing, {self.tokens} tokens at {self.tokens_per_s:.0f} tok/s"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""Notebook 01 in a real browser: JupyterLab 4 driven by Debian's chromium through selenium.
+"""Notebooks 01 and 06 in a real browser: JupyterLab 4 driven by Debian's chromium (selenium).
 
 What a researcher does, checked against the store: open the notebook, Run All, see the progress
 render as a widget (not text) and update, press Pause during the run and see the workflow paused
-in the store, press Resume and see it complete, restart the kernel (the old widget shows it is
-not live), run the attach cell. A screenshot of each state goes to ``$CI_ARTIFACTS`` (default
-``tests/artifacts/``, gitignored); ``widget.png`` there is the README's picture
+in the store and the cell end in one line (Run All stops there), press Resume and see it
+complete, restart the kernel (the old widget turns into an honest static copy), run the attach
+cell (one widget). Press the toolbar's stop button (■) during a run: it pauses, in one line.
+Restart the kernel during a run: the attach cell says the run is *interrupted* (no runner) and
+its Resume finishes it. Notebook 06's compare view is left-aligned as the browser computes it,
+whatever JupyterLab's table style says. A screenshot of each state goes to ``$CI_ARTIFACTS``
+(default ``tests/artifacts/``, gitignored); ``widget.png`` there is the README's picture
 (``notebooks/_render_readme_png.py`` copies it to ``data/widget.png``).
 
 Skips, saying why, when chromium, chromedriver, selenium or JupyterLab is missing (``.ci/run``
@@ -14,6 +18,7 @@ installs them all).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -81,7 +86,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'browser-test'\n")
     shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("*.db*"))
     (tmp_path / "notebooks").mkdir()
-    shutil.copy(ROOT / "notebooks" / "01_run_workflow.ipynb", tmp_path / "notebooks")
+    for name in ("01_run_workflow.ipynb", "06_iterate_and_compare.ipynb"):
+        shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks")
     return tmp_path
 
 
@@ -185,11 +191,44 @@ class Page:
             )
         )
 
+    def outputs(self, index: int) -> list[dict[str, Any]]:
+        """The outputs of cell ``index`` as the notebook model holds them (nbformat JSON)."""
+        return list(
+            self.js(
+                "const nb = window.jupyterapp.shell.currentWidget.content;"
+                f"return nb.model.cells.get({index}).toJSON().outputs || [];"
+            )
+        )
+
+    def error_of(self, index: int) -> dict[str, Any] | None:
+        return next((o for o in self.outputs(index) if o.get("output_type") == "error"), None)
+
+    def interrupt(self) -> None:
+        """Press the notebook toolbar's stop button (■), as a researcher does."""
+        found = self.d.find_elements(
+            "css selector", ".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']"
+        )
+        if found:
+            found[0].click()
+        else:  # the button's markup changed: the same request through the session
+            self.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                    ".interrupt();")  # fmt: skip
+
+    def restart(self) -> None:
+        self.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart();")
+        _until("the restarted kernel", lambda: self.kernel_status() == "idle", timeout=60,
+               every=0.3)  # fmt: skip
+
+    def shown(self, css: str, widget: Any = None) -> bool:
+        """An element of the (last) widget is displayed."""
+        found = (widget or self.widgets()[-1]).find_elements("css selector", css)
+        return bool(found) and found[0].is_displayed()
+
     def widgets(self) -> list[Any]:
         return self.d.find_elements("css selector", ".nyxnb-progress")
 
     def header(self) -> str:
-        return str(self.widgets()[-1].find_element("css selector", ".widget-html").text)
+        return str(self.widgets()[-1].find_element("css selector", ".nyxnb-header").text)
 
     def button(self, kind: str) -> Any:
         found = self.widgets()[-1].find_elements("css selector", f"button.nyxnb-{kind}")
@@ -253,6 +292,12 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     _until("paused in the store", lambda: page.status() == "paused", timeout=30)
     _until("a Resume button", lambda: page.button("resume") is not None, timeout=20)
     assert "paused" in page.header() and page.button("pause") is None
+    # the pause ends the cell in one line, no traceback, and Run All stops there
+    run = page.cell_index("run")
+    error = _until("the run cell's one line", lambda: page.error_of(run), timeout=30)
+    assert error["ename"] == "WorkflowStopped" and len(error["traceback"]) == 1, error
+    assert error["traceback"][0].startswith("paused at step "), error
+    assert not page.outputs(run + 2)  # the step table cell did not run on a half-done workflow
     page.shot("paused")
 
     # Resume continues the same workflow in the background, to the end
@@ -264,21 +309,75 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     _until("Pause disabled", lambda: not page.button("pause").is_enabled(), timeout=10)
     page.shot("completed")
 
-    # restart the kernel: the old widget is no longer live; the attach cell shows the store
-    page.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart();")
-    _until("the restarted kernel", lambda: page.kernel_status() == "idle", timeout=60, every=0.3)
-    _until(
-        "the stale widget marked disconnected",
-        lambda: page.widgets()[-1].find_elements("css selector", ".jupyter-widgets-disconnected"),
-        timeout=20,
-    )
+    # restart the kernel: the old widget is a static copy that says so, without dead buttons
+    page.restart()
+    _until("the stale widget's note", lambda: page.shown(".nyxnb-stale"), timeout=20)
+    assert not page.shown(".nyxnb-live") and not page.button("pause")
     page.shot("restarted")
     before = len(page.widgets())
     page.run_cell(page.cell_index("attach"))
-    _until("the attached widget", lambda: len(page.widgets()) > before or
-           "completed" in page.widgets()[-1].text, timeout=60)  # fmt: skip
+    _until("the attached widget", lambda: len(page.widgets()) > before, timeout=60)
     try:
         _until("the attached state", lambda: "completed, 19/19 steps" in page.header(), timeout=30)
     finally:
         page.shot("attached")
-    assert not page.widgets()[-1].find_elements("css selector", ".jupyter-widgets-disconnected")
+    assert len(page.widgets()) == before + 1  # attach(...) as the cell's last line: drawn once
+    assert not page.shown(".nyxnb-stale")
+
+
+def test_stop_button_pauses_and_a_restart_mid_run_reads_interrupted(lab, browser, project) -> None:
+    page = Page(browser, f"sqlite:///{project}/browser.db")
+    browser.get(f"{lab}/lab/tree/notebooks/01_run_workflow.ipynb?reset")
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+    page.command("notebook:run-all-cells")
+    _until("the progress widget", lambda: page.widgets() and "running" in page.header())
+    _until("a few steps done", lambda: re.search(r"running, [2-9]/19", page.header()))
+
+    # the toolbar's stop button: the awaited run pauses; the cell ends in one line
+    page.interrupt()
+    run = page.cell_index("run")
+    error = _until("the run cell's one line", lambda: page.error_of(run), timeout=60)
+    assert page.status() == "paused", error
+    assert error["ename"] == "WorkflowStopped" and len(error["traceback"]) == 1, error
+    assert error["traceback"][0].startswith("interrupted (■): paused at step "), error
+    assert not page.outputs(run + 2)  # Run All stopped at the paused run
+    _until("a Resume button", lambda: page.button("resume") is not None, timeout=20)
+    page.shot("interrupted")
+
+    # Resume, then restart the kernel mid-run: nothing runs it any more
+    page.click("resume")
+    _until("running again", lambda: page.status() == "running" and "running" in page.header())
+    page.restart()
+    assert page.status() == "running"  # the stored status stays; no view may say so
+    _until("the stale widget's note", lambda: page.shown(".nyxnb-stale"), timeout=20)
+    before = len(page.widgets())
+    page.run_cell(page.cell_index("attach"))
+    _until("the attached widget", lambda: len(page.widgets()) > before, timeout=60)
+    try:
+        _until("interrupted", lambda: "interrupted: no runner since" in page.header(), timeout=60)
+    finally:
+        page.shot("dead-run")
+    assert "running" not in page.header().splitlines()[0]
+    page.click("resume")  # a dead run resumes from the widget that shows it
+    _until("completed", lambda: "completed, 19/19 steps" in page.header(), timeout=90)
+    assert page.status() == "completed"
+
+
+def test_compare_view_is_left_aligned_in_jupyterlab(lab, browser, project) -> None:
+    page = Page(browser, f"sqlite:///{project}/browser.db")
+    browser.get(f"{lab}/lab/tree/notebooks/06_iterate_and_compare.ipynb?reset")
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+    page.command("notebook:run-all-cells")
+    table = _until("the compare table", lambda: browser.find_elements("css selector",
+                   ".nyx-cmp"), timeout=120)[0]  # fmt: skip
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", table)
+    aligns = browser.execute_script(
+        "return [...arguments[0].querySelectorAll('td, th')]"
+        ".map(c => window.getComputedStyle(c).textAlign);",
+        table,
+    )
+    path = str(ARTIFACTS / "compare.png")
+    browser.save_screenshot(path)
+    assert aligns and set(aligns) == {"left"}, sorted(set(aligns))
+    headers = table.find_elements("css selector", "th")
+    assert "baseline" in headers[1].text and "revision 1" in headers[2].text

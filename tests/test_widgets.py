@@ -387,7 +387,7 @@ def test_text_progress_names_the_fallback_that_answered() -> None:
     text(ev.StepStarted("wf", **step, persona="Athena", provider="anthropic"))
     text(ev.StepCompleted("wf", **step, provider="google", model="gemini-2.5-flash"))
     assert out.getvalue().splitlines()[-1] == (
-        "  [1/5] analysis (llm, Athena, google gemini-2.5-flash (fallback from anthropic)) done"
+        "  #0 analysis (llm, Athena, google gemini-2.5-flash (fallback from anthropic)) done"
     )
 
 

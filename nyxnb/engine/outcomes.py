@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nyxnb.errors import ErrorKind
 from nyxnb.providers.base import Completion
 
 
@@ -20,7 +21,7 @@ class Attempt:
     model: str
     attempt: int
     outcome: str  # ok | error | cached
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     error: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -30,7 +31,11 @@ class Attempt:
     latency_ms: float = 0.0
     cached: bool = False
     batch_id: str | None = None
-    service_tier: str = "live"  # live | batch
+    service_tier: str = "live"  # live | batch: how it was processed (the batch API or not)
+    #: the provider's tier the call was served at (flex | priority | default; None: no tiers)
+    api_tier: str | None = None
+    reasoning_tokens: int = 0  # thinking/reasoning tokens, included in output_tokens
+    thinking: str | None = None  # thinking text, only with ``keep_thinking: true``
 
 
 @dataclass

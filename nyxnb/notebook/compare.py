@@ -70,7 +70,8 @@ def _meta(c: RunCell) -> str:
     who = html.escape(" ".join(x for x in (c.provider, c.model) if x) or "—")
     return (
         f"{status} · {who}<br><span class=meta>{tokens_text(c.input_tokens, c.output_tokens)} "
-        f"tokens · {money(c.cost_usd)} · {c.latency_ms / 1000:.1f} s"
+        f"tokens{f' ({c.reasoning_tokens:,} reasoning)' if c.reasoning_tokens else ''} · "
+        f"{money(c.cost_usd)} · {c.latency_ms / 1000:.1f} s"
         + (f" · {c.violations} violations" if c.violations is not None else "")
         + "</span>"
     )
@@ -122,7 +123,9 @@ def _row_html(row: CompareRow) -> str:
 def to_html(result: Comparison) -> str:
     """The comparison as an HTML table: a row per step, a column per run, scores on top."""
     head = "".join(
-        f'<th style="{_CELL}">{role}<br><small>{html.escape(lbl)} · {wid[:8]}</small></th>'
+        f'<th style="{_CELL}">{role}<br><small>{html.escape(lbl)}'
+        + ("" if wid[:8] in lbl else f" · {wid[:8]}")
+        + "</small></th>"
         for role, lbl, wid in zip(_roles(result), result.labels, result.workflow_ids, strict=True)
     )
     rows = _scores_row(result) + "".join(_row_html(r) for r in result.rows)

@@ -18,9 +18,24 @@ from concurrent.futures import wait as wait_futures
 
 from nyxnb.engine.api import RunResult
 from nyxnb.errors import RunError, WorkflowStopped
+from nyxnb.store.models import COMPLETED, PAUSED
 
 #: On an interrupt, how long the cell waits for the pause to land (items in flight finish).
 INTERRUPT_WAIT_S = 60.0
+#: How often the awaiting cell wakes the kernel's loop (see :func:`wait_awake`).
+WAKE_S = 0.2
+
+
+async def wait_awake(waiting: asyncio.Future[RunResult]) -> RunResult:
+    """Await ``waiting``, waking the loop every ``WAKE_S``.
+
+    ipykernel 7 turns SIGINT (the stop button) into a callback that cancels the cell, added to
+    its loop without waking it: a cell that awaits only a thread's future saw the cancel when
+    the run ended, seconds or minutes later. Waking the loop lets the cancel land at once.
+    """
+    while not waiting.done():
+        await asyncio.wait({waiting}, timeout=WAKE_S)
+    return waiting.result()
 
 
 async def pause_on_interrupt(future: Future[RunResult], pause: Callable[[], None]) -> None:
@@ -42,15 +57,15 @@ def outcome(future: Future[RunResult], interrupted: bool, why: str) -> None:
     if not future.done() or future.exception() is not None:
         return  # still running, or result() raises it where the caller asks
     result = future.result()
-    if result.status == "completed":
+    if result.status == COMPLETED:
         if interrupted:
             print(f"the run had completed before the interrupt: nothing to pause "
                   f"({result.workflow_id})")  # fmt: skip
         return
     line = why or result.error or result.status
-    if interrupted and result.status == "paused":
+    if interrupted and result.status == PAUSED:
         line = f"interrupted (■): {line}; the answers in flight were kept"
     raise WorkflowStopped(result.workflow_id, result.status, line)
 
 
-__all__ = ["INTERRUPT_WAIT_S", "outcome", "pause_on_interrupt"]
+__all__ = ["INTERRUPT_WAIT_S", "WAKE_S", "outcome", "pause_on_interrupt", "wait_awake"]

@@ -118,6 +118,7 @@ class TextProgress:
         self._total_steps = 0
         self._started: dict[str, str] = {}
         self._configured: dict[str, str | None] = {}
+        self._generating_at = 0.0
 
     def __call__(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
@@ -134,10 +135,12 @@ class TextProgress:
     def _on_workflow_started(self, e: ev.WorkflowStarted) -> None:
         self._total_steps = e.total_steps
         verb = "resuming" if e.resumed else "running"
-        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}")
+        steps = f": {e.total_steps} steps, #0-#{e.total_steps - 1}" if e.total_steps else ""
+        self._line(f"{verb} {e.name} [{e.workflow_id}] on {e.project}{steps}")
 
     def _step(self, order: int) -> str:
-        return f"[{order + 1}/{self._total_steps}]" if self._total_steps else f"[{order + 1}]"
+        """A step by its ``order``, numbered as in the widget, ``steps_df`` and ``nyxnb show``."""
+        return f"#{order}"
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
         self._started[e.name] = ", ".join(x for x in (e.step_type, e.persona) if x)
@@ -158,7 +161,7 @@ class TextProgress:
         self._last = now
         text = (
             f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
-            f"  #{e.fan_out_index} {e.fan_out_heading[:40]}"
+            f"  item {e.fan_out_index} {e.fan_out_heading[:40]}"
         )
         who = answered_by(e.provider, e.model, e.cached)
         text += f" ({who})" if who else ""
@@ -199,6 +202,13 @@ class TextProgress:
 
     def _on_rate_limited(self, e: ev.RateLimited) -> None:
         self._line(f"      {e.summary} ({e.wait_s:.1f}s)")
+
+    def _on_generating(self, e: ev.Generating) -> None:
+        now = time.monotonic()
+        if e.waiting_s is None and now - self._generating_at < self.every_s:
+            return  # a silent provider is always named; streamed progress is throttled
+        self._generating_at = now
+        self._line(f"      {e.summary}")
 
     def _on_batch_submitted(self, e: ev.BatchSubmitted) -> None:
         verb = "re-adopted" if e.adopted else "submitted"

@@ -24,23 +24,30 @@ from typing import Any
 
 from nyxnb.notebook.state import _HEAD, ProgressState, StepRow
 from nyxnb.reports.summary import INTERRUPTED
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, RUNNING
 
 _COLORS = {
-    "completed": "green",
-    "running": "royalblue",
+    COMPLETED: "green",
+    RUNNING: "royalblue",
     "batch": "darkviolet",
-    "failed": "crimson",
-    "paused": "orange",
+    FAILED: "crimson",
+    PAUSED: "orange",
     INTERRUPTED: "crimson",
 }
 STALE_NOTE = "static copy of the progress widget (kernel restarted: re-run the attach cell)"
 #: Collapse completed steps into one line from this many steps on.
 COMPACT_FROM = 8
 _STYLE = """<style>
+.nyxnb-progress .nyxnb-row, .nyxnb-progress .nyxnb-head {overflow: hidden; flex-wrap: nowrap;}
+.nyxnb-progress .nyxnb-row > .widget-inline-hbox, .nyxnb-progress .nyxnb-row > * {flex: 0 0 auto;}
+.nyxnb-progress .nyxnb-row .widget-html, .nyxnb-progress .nyxnb-head .widget-html
+  {overflow: hidden; flex: 0 0 auto;}
 .nyxnb-progress .nyxnb-row .widget-html-content, .nyxnb-progress .nyxnb-head .widget-html-content
-  {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+  {white-space: nowrap; overflow: hidden; text-overflow: ellipsis; min-width: 0; width: 100%;}
 .nyxnb-progress .nyxnb-row {height: 1.9em; align-items: center;}
-.nyxnb-progress .jupyter-widgets-disconnected::before {content: none !important; display: none;}
+.nyxnb-progress .nyxnb-header .widget-html-content {white-space: nowrap;}
+.nyxnb-progress .jupyter-widgets-disconnected::before,
+.nyxnb-progress.jupyter-widgets-disconnected::before {content: none !important; display: none;}
 .nyxnb-progress .nyxnb-stale {display: none;}
 .nyxnb-progress.jupyter-widgets-disconnected .nyxnb-stale {display: block !important;}
 .nyxnb-progress.jupyter-widgets-disconnected .nyxnb-live {display: none !important;}
@@ -67,8 +74,8 @@ def _cell(text: str, color: str | None = None) -> str:
 class WidgetView:
     """ipywidgets: Pause/Resume, a header with totals and timing, a row per step, batches."""
 
-    WIDTHS = ("2.2em", "11em", "10em", "8em", "8em", "8em", "7em", "4.5em", "13em", "12em")
-    BAR = "8em"
+    WIDTHS = ("2.2em", "9.5em", "8.5em", "7.5em", "6em", "7em", "6.5em", "4em", "10.5em", "10em")
+    BAR = "7em"
 
     def __init__(
         self,
@@ -108,21 +115,21 @@ class WidgetView:
         buttons = w.HBox([self.pause, self.resume, self.cancel])
         buttons.add_class("nyxnb-live")
         self.header.layout.flex = "1 1 auto"
+        self.header.add_class("nyxnb-header")
         controls = w.HBox([buttons, self.header, self.note])
         head = self._line([f"<b>{h}</b>" for h in _HEAD], bar=None)
         head.add_class("nyxnb-head")
         self.grid = w.VBox([head])
-        compact = w.HBox([self.all_steps, self.done_line])
-        compact.add_class("nyxnb-live")
-        self.compact_box = compact
+        self.all_steps.add_class("nyxnb-live")
+        self.compact_box = w.HBox([self.all_steps, self.done_line])
         self.box = w.VBox(
-            [w.HTML(_STYLE), self.stale, controls, self.stream, compact, self.grid, self.batches,
-             self.fallbacks]
+            [w.HTML(_STYLE), self.stale, controls, self.stream, self.compact_box, self.grid,
+             self.batches, self.fallbacks]
         )  # fmt: skip
         self.box.add_class("nyxnb-progress")
         self.rows: dict[int, tuple[list[Any], Any, Any]] = {}
         self._state: ProgressState | None = None
-        self.controls("pending")
+        self.controls(PENDING)
 
     def _line(self, values: list[str], bar: Any) -> Any:
         w, widths = self.w, self.WIDTHS
@@ -143,15 +150,19 @@ class WidgetView:
                 line = self._line([""] * len(_HEAD), bar)
                 self.rows[row.order] = ([c for c in line.children if c is not bar], bar, line)
                 self.grid.children = [*self.grid.children, line]
-            hide = compact and row.status == "completed"
+            hide = compact and row.status == COMPLETED
             self.rows[row.order][2].layout.display = "none" if hide else None
-            if orders is None or row.order in orders or row.status in ("running", "batch"):
+            if orders is None or row.order in orders or row.status in (RUNNING, "batch"):
                 self._row(row, now)
         self._summary_line(rows, compact)
+        shown = not compact or any(r.status != "completed" for r in rows)
+        self.grid.children[0].layout.display = None if shown else "none"  # no empty table
         head, _, why = state.headline().partition("\n")
         color = _COLORS.get(state.status, "black") if why else "black"
         why_html = f'<br><span style="color:{color}">{html.escape(why)}</span>' if why else ""
         self.header.value = f"<b>{html.escape(head)}</b>{why_html}"
+        self.stream.value = f"<small>{html.escape(state.stream_line)}</small>"
+        self.stream.layout.display = None if state.stream_line else "none"
         recent = [html.escape(f"fallback {f}") for f in state.fallbacks[-5:]]
         self.fallbacks.value = "<br>".join(recent)
         lines = [html.escape(line) for line in state.batch_lines()]
@@ -164,14 +175,14 @@ class WidgetView:
         for cell, value in zip(cells, row.cells(now), strict=True):
             cell.value = _cell(value)
         cells[6].value = _cell(row.status, _COLORS.get(row.status, "gray"))
-        busy = not row.items_total and row.status == "running"  # one call: a full, pale bar
+        busy = not row.items_total and row.status == RUNNING  # one call: a full, pale bar
         done = row.items_done / row.items_total if row.items_total else 1.0 * busy
-        bar.value = 1.0 if row.status == "completed" else done
-        styles = {"completed": "success", "failed": "danger", INTERRUPTED: "danger"}
+        bar.value = 1.0 if row.status == COMPLETED else done
+        styles = {COMPLETED: "success", FAILED: "danger", INTERRUPTED: "danger"}
         bar.bar_style = "info" if busy else styles.get(row.status, "")
 
     def _summary_line(self, rows: list[StepRow], compact: bool) -> None:
-        done = [r for r in rows if r.status == "completed"]
+        done = [r for r in rows if r.status == COMPLETED]
         self.compact_box.layout.display = None if len(rows) >= COMPACT_FROM else "none"
         if not compact or not done:
             self.done_line.value = ""
@@ -197,13 +208,13 @@ class WidgetView:
 
     def controls(self, status: str) -> None:
         """Pause -> Pausing -> (paused) Resume -> Resuming -> (running) Pause."""
-        resumable = status in ("paused", INTERRUPTED)
-        if status != "running":
+        resumable = status in (PAUSED, INTERRUPTED)
+        if status != RUNNING:
             self.pausing = False
         if not resumable:
             self.resuming = False
         self.pause.description = "Pausing" if self.pausing else "Pause"
-        self.pause.disabled = status != "running" or self.pausing
+        self.pause.disabled = status != RUNNING or self.pausing
         self.pause.layout.display = "none" if resumable else None
         self.resume.description = "Resuming" if self.resuming else "Resume"
         self.resume.disabled = self.resuming

@@ -20,6 +20,10 @@ from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
     BATCH_LIVE_STATES,
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    RUNNING,
     LlmCall,
     Project,
     ProviderBatch,
@@ -36,7 +40,7 @@ INTERRUPTED = "interrupted"
 #: How long past its expiry a lease must be before the run counts as dead: a live runner renews
 #: every ~1.5 s, but a busy store can delay a renewal by seconds (seen with SQLite under load).
 GRACE_S = 10.0
-_ENDED = ("completed", "failed", "paused")
+_ENDED = (COMPLETED, FAILED, PAUSED)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Totals:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class StepSummary:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
     items: tuple[ItemSummary, ...] | None = None  # None: not read (``with_items=False``)
 
 
@@ -185,7 +191,7 @@ def dead_since(
     was never there. A runner renews its lease every ~1.5 s, so such a lease means nothing runs
     it.
     """
-    if status in _ENDED or (status != "running" and not lease_owner):
+    if status in _ENDED or (status != RUNNING and not lease_owner):
         return None
     expires = aware(lease_expires_at)
     if expires is not None and expires + timedelta(seconds=GRACE_S) >= (now or utcnow()):
@@ -225,6 +231,7 @@ _TOTAL_COLS = (
     func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
     func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
     func.coalesce(func.sum(LlmCall.cost_usd), 0.0).label("cost_usd"),
+    func.coalesce(func.sum(LlmCall.reasoning_tokens), 0).label("reasoning_tokens"),
 )
 
 
@@ -236,9 +243,13 @@ def _totals(store: Store, workflow_id: str, *by: Any) -> list[tuple[Any, Totals]
     out = []
     with store.reading() as conn:
         for row in conn.execute(query):
-            *key, calls, ok, errors, cached, tin, tout, cost = row
-            counts = (int(x or 0) for x in (calls, ok, errors, cached, tin, tout))
-            out.append((key[0] if key else None, Totals(*counts, float(cost or 0.0))))
+            *key, calls, ok, errors, cached, tin, tout, cost, reasoning = row
+            n = [int(x or 0) for x in (calls, ok, errors, cached, tin, tout, reasoning)]
+            totals = Totals(
+                calls=n[0], ok=n[1], errors=n[2], cached=n[3], input_tokens=n[4],
+                output_tokens=n[5], cost_usd=float(cost or 0.0), reasoning_tokens=n[6],
+            )  # fmt: skip
+            out.append((key[0] if key else None, totals))
     return out
 
 
@@ -332,11 +343,12 @@ def _step(
         score=step.score,
         reused_from=step.reused_from,
         items_total=len(items),
-        items_done=sum(i.status == "completed" for i in items),
+        items_done=sum(i.status == COMPLETED for i in items),
         claims=_claims(items),
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost_usd,
+        reasoning_tokens=totals.reasoning_tokens,
         items=tuple(
             ItemSummary(i.idx, i.heading, i.status, i.provider, i.output, i.error) for i in items
         )
@@ -371,7 +383,7 @@ def _claims(items: list[StepItem]) -> dict[str, int]:
     """Open item claims per worker (a shared fan-out: who holds what)."""
     held: dict[str, int] = {}
     for item in items:
-        if item.status == "running" and item.claimed_by:
+        if item.status == RUNNING and item.claimed_by:
             held[item.claimed_by] = held.get(item.claimed_by, 0) + 1
     return held
 

@@ -38,10 +38,10 @@ from nyxnb.testing.server import (
     prompt_of,
     reply_body,
 )
-from nyxnb.testing.streams import stream_events
+from nyxnb.testing.streams import streamed, wants_stream
 
 _BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
-_GENERATE = r"^/[^/]+/models/[^/:]+:(?:generateContent|streamGenerateContent)$"
+_GENERATE = r"^/[^/]+/models/[^/:]+:(?:stream)?[gG]enerateContent$"
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -281,32 +281,31 @@ class FakeBatchServer(FakeProviderServer):
         params = request.json()
         self._next("anthropic", request.path, params)
         with self.batches._lock:
-            body = self.batches.message(params, len(self.requests))
-        return _answer("anthropic", request, params, body)
+            n = len(self.requests)
+            message = self.batches.message(params, n)
+        return _live("anthropic", request, message)
 
     async def _cached_completion(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
         self._next("openai", request.path, params)
         with self.openai_batches._lock:
-            body = self.openai_batches.completion(params, len(self.requests))
-        return _answer("openai", request, params, body)
+            completion = self.openai_batches.completion(params, len(self.requests))
+        return _live("openai", request, completion)
 
     async def _cached_generate(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
         self._next("google", request.path, params)
         model = request.path.split("/models/", 1)[1].split(":", 1)[0]
         with self.gemini_batches._lock:
-            body = self.gemini_batches.response({"model": model, **params}, len(self.requests))
-        return _answer("google", request, params, body)
+            answer = self.gemini_batches.response({"model": model, **params}, len(self.requests))
+        return _live("google", request, answer)
 
 
-def _answer(
-    provider: str, request: FakeRequest, params: Mapping[str, Any], body: dict[str, Any]
-) -> FakeResponse:
-    """A live answer with cache accounting: streamed when the call asked for a stream."""
-    if params.get("stream") is True or ":streamGenerateContent" in request.path:
-        return FakeResponse(200, events=tuple(stream_events(provider, body)))
-    return FakeResponse(200, body)
+def _live(provider: str, request: FakeRequest, body: dict[str, Any]) -> FakeResponse:
+    """A live answer, streamed when the request asks for a stream (every live call does)."""
+    if wants_stream(request.path, request.json()):
+        return FakeResponse(200, streamed(provider, body), content_type="text/event-stream")
+    return _response((200, _JSON, json.dumps(body).encode()))
 
 
 def _response(answer: Response) -> FakeResponse:

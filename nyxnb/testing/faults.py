@@ -39,6 +39,7 @@ class Reply:
     chunk_delay_ms: float = 0
     #: a streamed answer falls silent this long after its first chunk (a stalled answer)
     stall_s: float = 0
+    thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,38 @@ def rate_limited(retry_after_s: float = 1.0) -> Fault:
         code="rate_limit_exceeded",
         headers={"retry-after": seconds},
         variants={"google": gemini},
+    )
+
+
+def flex_unavailable() -> Fault:
+    """OpenAI's 429 when flex processing has no capacity ("429 Resource Unavailable" in OpenAI's
+    flex-processing guide): no retry hint, and not a quota exhaustion; it waits like any 429."""
+    return Fault(
+        429,
+        "Resource Unavailable: there is not enough capacity for flex processing right now.",
+        code="resource_unavailable",
+        type="resource_unavailable",
+    )
+
+
+def bare_rate_limited() -> Fault:
+    """A 429 with no hint at all: no headers, no ``RetryInfo``, no "try again in" (as recorded).
+
+    Gemini's shared-capacity "Resource exhausted. Please try again later." and OpenAI or
+    Anthropic 429s relayed by gateways that drop headers look like this.
+    """
+    gemini = Fault(429, "Resource exhausted. Please try again later.", type="RESOURCE_EXHAUSTED")
+    anthropic = Fault(
+        429,
+        "This request would exceed your account's rate limit. Please try again later.",
+        type="rate_limit_error",
+    )
+    return Fault(
+        429,
+        "Rate limit reached for requests",
+        code="rate_limit_exceeded",
+        type="requests",
+        variants={"google": gemini, "anthropic": anthropic},
     )
 
 

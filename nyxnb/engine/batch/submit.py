@@ -30,14 +30,15 @@ from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
 from nyxnb.engine.durable import records
-from nyxnb.engine.durable.records import BATCHES
+from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ClaimLost, MissingKey, ProviderUnavailable
+from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
+from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.providers.registry import batch_api, create_provider
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import BATCH_ENDED, BATCH_LIVE_STATES, BATCH_OPEN, COMPLETED, utcnow
 
 #: New batches a step may submit in one run before its leftovers run live.
@@ -90,7 +91,7 @@ class BatchRun:
             try:
                 api = batch_api(pool.provider(name))
             except MissingKey as exc:
-                pool.mark_down(name, "auth", str(exc))
+                pool.mark_down(name, ErrorKind.AUTH, str(exc))
                 continue
             if api is not None:
                 return name, api
@@ -168,14 +169,15 @@ class BatchRun:
                 return None
             self.skip.add(name)
             nxt = self._target()
-            self.runner.step_event(
-                ev.ProviderFallback,
-                self.step,
-                from_provider=name,
-                to_provider=nxt[0] if nxt else None,
-                reason=outcome.kind,
-                message=f"batch create: {outcome.message}"[:300]
-                + ("" if nxt else " (the items run live)"),
+            live = "" if nxt else " (the items run live)"
+            self.runner.emit(
+                ev.ProviderFallback(
+                    *self.runner.at(self.step),
+                    from_provider=name,
+                    to_provider=nxt[0] if nxt else None,
+                    reason=outcome.kind,
+                    message=f"batch create: {outcome.message}"[:300] + live,
+                )
             )
         return False
 
@@ -183,13 +185,14 @@ class BatchRun:
         self.sent.update(created.sent)
         self.failed.clear()
         self._submitted.add(created.row_id)
-        self.runner.step_event(
-            ev.BatchSubmitted,
-            self.step,
-            provider=name,
-            batch_id=created.batch_id,
-            items=items,
-            adopted=created.found,
+        self.runner.emit(
+            ev.BatchSubmitted(
+                *self.runner.at(self.step),
+                provider=name,
+                batch_id=created.batch_id,
+                items=items,
+                adopted=created.found,
+            )
         )
 
     async def _drain(self, row: records.BatchRow, adopted: bool) -> bool:
@@ -205,13 +208,14 @@ class BatchRun:
         if row.batch_id is None:
             return True
         if adopted:
-            self.runner.step_event(
-                ev.BatchSubmitted,
-                self.step,
-                provider=row.provider,
-                batch_id=row.batch_id,
-                items=len(row.custom_ids),
-                adopted=True,
+            self.runner.emit(
+                ev.BatchSubmitted(
+                    *self.runner.at(self.step),
+                    provider=row.provider,
+                    batch_id=row.batch_id,
+                    items=len(row.custom_ids),
+                    adopted=True,
+                )
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
@@ -221,14 +225,15 @@ class BatchRun:
         if row.id in self._lost:  # a result another worker's claim refused: read it again
             return True
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
-        self.runner.step_event(
-            ev.BatchEnded,
-            self.step,
-            provider=row.provider,
-            batch_id=row.batch_id,
-            succeeded=ok,
-            failed=failed,
-            then=self.runner.spec.defaults.batch_fallback if failed else "",
+        self.runner.emit(
+            ev.BatchEnded(
+                *self.runner.at(self.step),
+                provider=row.provider,
+                batch_id=row.batch_id,
+                succeeded=ok,
+                failed=failed,
+                then=self.runner.spec.defaults.batch_fallback if failed else "",
+            )
         )
         return True
 
@@ -277,13 +282,16 @@ class BatchRun:
         model = row.model or self.runner.pool.provider(name).default_model
         completion = result.completion
         if result.outcome == SUCCEEDED and completion is not None:
-            attempt = attempt_from(name, model, 1, completion, 0.0, batch_id=batch_id)
+            prices_as = self.runner.pool.provider(name).prices_as
+            attempt = attempt_from(
+                name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
+            )
             if completion.stop_reason == STOP_END and completion.text.strip():
                 self.done.add(item.idx)
                 chain = ChainResult(completion, [attempt])
                 commits.append(asyncio.ensure_future(self._commit(item, chain, row.id)))
                 return True
-            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
         else:
             attempt = _failed_attempt(name, model, result, batch_id)
         self.failed.add(item.idx)
@@ -321,14 +329,14 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
         model,
         1,
         "error",
-        error_kind=result.outcome,
+        error_kind=ErrorKind(result.outcome),
         error=result.error[:500] or f"batch item {result.outcome}",
         batch_id=batch_id,
         service_tier="batch",
     )
 
 
-async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]]:
+async def cancel_batches(store: Database, workflow_id: str) -> list[tuple[str, str]]:
     """Ask the providers to cancel a workflow's live batches; (provider, batch id) of each.
 
     Each row then says ``canceling`` and stays live: a run polling it (in this process or
@@ -343,9 +351,11 @@ async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]
     )
     with store.reading() as conn:
         rows = [(str(p), str(b)) for p, b in conn.execute(query)]
+        spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
+    endpoints = workflow_endpoints(spec) if rows else {}
     done = []
     for provider_name, batch_id in rows:
-        provider = create_provider(provider_name)
+        provider = create_provider(provider_name, None, endpoints)
         api = batch_api(provider)
         try:
             if api is not None:

@@ -15,7 +15,9 @@
 - truncated / refused answers and bad_request / context_too_long: never accepted; next provider.
 
 Until a provider has answered once in a run, only one call at a time may go to it (a probe), so
-a provider that is out of credit is called once per run, not once per concurrent item.
+a provider that is out of credit is called once per run, not once per concurrent item.  A call
+that gets no byte at all within its first-byte timeout finds the provider hung: it is marked down
+for the run (when a fallback is left), so every item waiting for it moves on at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
+from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, ProviderError
 from nyxnb.providers.base import (
     REFUSED_KINDS,
     STOP_END,
@@ -40,8 +42,10 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import create_provider, provider_class
+from nyxnb.providers.endpoints import Table
+from nyxnb.providers.params import served_tier
+from nyxnb.providers.pricing import BY_NAME, price_for
+from nyxnb.providers.registry import create_provider, default_model
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,23 @@ class ProviderPool:
         self.sleep = sleep
         self.governors = Governors(limits, shared=shared)
         self.timeouts: dict[str, float] = {}
-        self.down: dict[str, tuple[str, str]] = {}
+        self.endpoints: Table = {}
+        self.down: dict[str, tuple[ErrorKind, str]] = {}
         self._providers: dict[str, Provider] = {}
         self._health: dict[str, _Health] = {}
 
     def apply_spec(
-        self, limits: dict[str, Limits], timeouts: dict[str, float], max_wait_s: float
+        self,
+        limits: dict[str, Limits],
+        timeouts: dict[str, float],
+        max_wait_s: float,
+        endpoints: Table | None = None,
     ) -> None:
-        """Take a spec's ``defaults.limits``, ``defaults.timeouts`` and ``max_wait_s``.
+        """Take a spec's ``defaults.limits``, ``defaults.timeouts``, ``max_wait_s`` and endpoints.
 
         Options given to the pool (the API's ``provider_options``, the CLI) win over the spec.
         """
+        self.endpoints = dict(endpoints or {})
         self.governors.configure(limits)
         self.timeouts = dict(timeouts)
         self.retry = replace(self.retry, max_wait_s=max_wait_s)
@@ -134,12 +144,12 @@ class ProviderPool:
     def provider(self, name: str) -> Provider:
         """The run's instance of provider ``name`` (its key checked on first use)."""
         if name not in self._providers:
-            prov = create_provider(name, self._options(name))
+            prov = create_provider(name, self._options(name), self.endpoints)
             prov.check_ready()
             self._providers[name] = prov
         return self._providers[name]
 
-    def mark_down(self, name: str, kind: str, message: str) -> None:
+    def mark_down(self, name: str, kind: ErrorKind, message: str) -> None:
         """Stop calling ``name`` for the rest of the run."""
         self.down.setdefault(name, (kind, message))
 
@@ -188,15 +198,32 @@ class ProviderPool:
         self._providers.clear()
 
 
-def _attempt_from(name: str, model: str, n: int, answer: Completion, ms: float) -> Attempt:
-    return attempt_from(name, model, n, answer, ms)
+def _attempt_from(call: _Call, model: str, n: int, answer: Completion, ms: float) -> Attempt:
+    prov = call.pool.provider(call.name)
+    tier = served_tier(type(prov).name, call.request.service_tier, answer.service_tier)
+    attempt = attempt_from(call.name, model, n, answer, ms, prices_as=prov.prices_as, tier=tier)
+    if call.request.keep_thinking and answer.thinking:
+        attempt.thinking = answer.thinking
+    return attempt
 
 
 def attempt_from(
-    name: str, model: str, n: int, answer: Completion, ms: float, batch_id: str | None = None
+    name: str,
+    model: str,
+    n: int,
+    answer: Completion,
+    ms: float,
+    batch_id: str | None = None,
+    *,
+    prices_as: str | None | object = BY_NAME,
+    tier: str | None = None,
 ) -> Attempt:
-    """The ledger attempt of an answer, priced live or (with ``batch_id``) at the batch tier."""
-    cost = price_for(name, answer.model or model).cost(
+    """The ledger attempt of an answer, priced live or (with ``batch_id``) at the batch tier.
+
+    ``tier`` (the service tier the provider served, e.g. ``flex``) picks that tier's rates;
+    ``prices_as`` is the endpoint's genai-prices id (default: the built-in provider ``name``).
+    """
+    cost = price_for(name, answer.model or model, prices_as=prices_as, tier=tier).cost(
         answer.input_tokens,
         answer.output_tokens,
         answer.cached_input_tokens,
@@ -216,22 +243,24 @@ def attempt_from(
         latency_ms=ms,
         batch_id=batch_id,
         service_tier="live" if batch_id is None else "batch",
+        api_tier=tier,
+        reasoning_tokens=answer.reasoning_tokens,
     )
 
 
-def _rejection(answer: Completion) -> str | None:
+def _rejection(answer: Completion) -> ErrorKind | None:
     if answer.stop_reason == STOP_MAX_TOKENS:
-        return "truncated"
+        return ErrorKind.TRUNCATED
     if answer.stop_reason == STOP_REFUSAL:
-        return "refused"
+        return ErrorKind.REFUSED
     if not answer.text.strip():
-        return "empty"
+        return ErrorKind.EMPTY
     return None
 
 
 @dataclass(frozen=True)
 class _Failure:
-    kind: str
+    kind: ErrorKind
     message: str
     reported: bool = True  # False: skipped silently, another item already reported it
 
@@ -249,7 +278,7 @@ class _Call:
     waited_s: float = 0.0
     tries: int = 0
 
-    def record(self, model: str, kind: str, message: str, ms: float) -> None:
+    def record(self, model: str, kind: ErrorKind, message: str, ms: float) -> None:
         n = len([a for a in self.attempts if a.provider == self.name]) + 1
         self.attempts.append(Attempt(self.name, model, n, "error", kind, message, latency_ms=ms))
 
@@ -273,8 +302,8 @@ async def _try_provider(call: _Call) -> Completion | _Failure:
     try:
         health = call.pool.health(call.name)
     except MissingKey as exc:
-        call.pool.mark_down(call.name, "auth", str(exc))
-        return _Failure("auth", str(exc))
+        call.pool.mark_down(call.name, ErrorKind.AUTH, str(exc))
+        return _Failure(ErrorKind.AUTH, str(exc))
     if not health.proven:
         async with health.lock:
             if call.name in call.pool.down:  # the probe ahead of us found it down: no call
@@ -290,8 +319,8 @@ async def _tries(call: _Call) -> Completion | _Failure:
         try:
             model = pool.provider(name).model_for(request)
         except MissingKey as exc:
-            pool.mark_down(name, "auth", str(exc))
-            return _Failure("auth", str(exc))
+            pool.mark_down(name, ErrorKind.AUTH, str(exc))
+            return _Failure(ErrorKind.AUTH, str(exc))
         gov = pool.governors.get(name, model)
         try:
             ticket = await gov.acquire(
@@ -299,7 +328,7 @@ async def _tries(call: _Call) -> Completion | _Failure:
                 pool.retry.max_wait_s - call.waited_s,
             )
         except WaitTooLong as exc:
-            return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, exc.hold_s))
+            return _Failure(ErrorKind.RATE_LIMITED, _too_long(pool.retry.max_wait_s, exc.hold_s))
         call.waited_s += ticket.waited_s
         if ticket.waited_s >= 1.0:
             call.report(gov, ticket.waited_s)
@@ -341,7 +370,8 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
             await gov.throttled(ticket, exc.rate, exc.retry_after)
             call.report(gov, gov.held_for())
             if gov.held_for() > pool.retry.max_wait_s - call.waited_s:  # a quota hours away
-                return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, gov.held_for()))
+                too_long = _too_long(pool.retry.max_wait_s, gov.held_for())
+                return _Failure(ErrorKind.RATE_LIMITED, too_long)
             return None  # waiting is not an attempt: no retry is used up
         await gov.failed(ticket)
         return await _after_failure(call, exc)
@@ -358,7 +388,9 @@ async def _after_failure(call: _Call, exc: ProviderError) -> _Outcome:
     call.tries += 1
     if exc.kind in REFUSED_KINDS or pool.unhealthy(name):
         pool.mark_down(name, exc.kind, exc.message)
-    moves_on = exc.kind == "timeout" and not call.last  # a hung provider: fall back at once
+    if exc.hung and not call.last:  # no byte at all: one hung call is enough to know
+        pool.mark_down(name, exc.kind, f"hung: {exc.message}")
+    moves_on = exc.kind == "timeout" and not call.last  # fall back at once
     if (
         exc.kind in TRANSIENT_KINDS
         and call.tries < pool.retry.max_attempts
@@ -374,7 +406,7 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     """Accept an answer, or record why not (an empty answer is retried like a 5xx)."""
     pool, name = call.pool, call.name
     n = len([a for a in call.attempts if a.provider == name]) + 1
-    record = _attempt_from(name, model, n, answer, (time.perf_counter() - started) * 1000)
+    record = _attempt_from(call, model, n, answer, (time.perf_counter() - started) * 1000)
     call.attempts.append(record)
     kind = _rejection(answer)
     if kind is None:
@@ -382,10 +414,10 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     record.outcome, record.error_kind = "error", kind
     stop = answer.raw_stop_reason or answer.stop_reason
     record.error = f"answer {kind} (stop reason {stop})"
-    if kind == "empty":
+    if kind == ErrorKind.EMPTY:
         call.tries += 1
         if pool.unhealthy(name):
-            pool.mark_down(name, "server", "empty answers")
+            pool.mark_down(name, ErrorKind.SERVER, "empty answers")
         elif call.tries < pool.retry.max_attempts:
             await pool.sleep(pool.retry.delay(call.tries, None))
             return None
@@ -415,7 +447,7 @@ async def complete_with_fallback(
             continue
         key = None
         if cache is not None:
-            key, hit = cache(name, req.model or provider_class(name).default_model, req)
+            key, hit = cache(name, req.model or default_model(name, pool.endpoints), req)
             if hit is not None:
                 attempts.append(
                     Attempt(

@@ -1,4 +1,5 @@
-"""Typed rows the engine passes between its modules: a step, its config, a fan-out item.
+"""Typed rows the engine passes between its modules: a step, its config, a fan-out item, and
+the rows that commit a completed item.
 
 They are read from ``workflow_steps`` / ``step_items`` once per use and never mutated; a change is
 a write through :mod:`nyxnb.engine.durable.records` followed by a fresh read.
@@ -8,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from nyxnb.callspec import ReasoningSpec
 from nyxnb.spec import ItemSpec
+from nyxnb.store.models import COMPLETED
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,14 @@ class StepConfig:
     item_idx: int | None = None  # implementation-prompt: which item of ``source``
     heading: str | None = None
     batch: bool | None = None  # fan-out: through the batch API (None: the spec default)
+    # the step's own call settings (None: ``defaults``'); see nyxnb.callspec.CallSettings
+    reasoning: ReasoningSpec | None = None
+    keep_thinking: bool | None = None
+    service_tier: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> StepConfig:
@@ -38,11 +52,19 @@ class StepConfig:
         items = data.pop("items", None)
         source = data.pop("from", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("reasoning") is not None:
+            known["reasoning"] = ReasoningSpec.model_validate(known["reasoning"])
+        if known.get("stop") is not None:
+            known["stop"] = tuple(known["stop"])
         return cls(
-            items=tuple(ItemSpec.model_validate(i) for i in items) if items is not None else None,
+            items=_ITEMS.validate_python(items) if items is not None else None,
             source=source,
             **known,
         )
+
+
+#: Validates a fan-out's stored items in one call (one ``model_validate`` per item cost ~5 us).
+_ITEMS: TypeAdapter[tuple[ItemSpec, ...]] = TypeAdapter(tuple[ItemSpec, ...])
 
 
 @dataclass(frozen=True)
@@ -111,3 +133,36 @@ class ItemRow:
     def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:
         """An item from a result row of ``select(step_items)``."""
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ItemUpdate:
+    """A completed fan-out item's row: which item, and what it now holds."""
+
+    step_id: str
+    idx: int
+    output: str
+    provider: str
+    updated_at: datetime
+
+    def params(self) -> dict[str, object]:
+        """The bind parameters of the item's UPDATE (``b_*`` name the row)."""
+        return {
+            "b_step": self.step_id,
+            "b_idx": self.idx,
+            "status": COMPLETED,
+            "output": self.output,
+            "error": None,
+            "provider": self.provider,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """Everything that commits one completed fan-out item."""
+
+    calls: list[dict[str, Any]]
+    cache: dict[str, Any] | None
+    item: ItemUpdate | None  # None: ledger rows only (a 'sent' attempt)
+    settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete
