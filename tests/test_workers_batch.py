@@ -71,13 +71,13 @@ def test_a_helping_worker_sends_the_shared_prefix_for_caching(store, store_url, 
     """2 workers share a live fan-out: every item's request, the helper's too, marks the
     prefix the prompts share with ``cache_control``."""
     seed(store)
-    srv.set_default("anthropic", Reply(latency_ms=150))
-    spec = batch_spec("anthropic", batch=False, n=24)
+    srv.set_default("anthropic", Reply(latency_ms=400))
+    spec = batch_spec("anthropic", batch=False, n=32)
     spec["steps"][1]["prompt"] = SHARED + "\n\nDesign {{ item.heading }}"
     workflow_id = _submit_to_workers(store, store_url, spec, 2)
     items = [b for p, path, b in srv.requests if path == "/v1/messages" and SHARED[:50] in str(b)]
 
-    assert len(items) == 24
+    assert len(items) == 32
     for params in items:
         first = params["messages"][0]["content"]
         assert isinstance(first, list) and first[0]["cache_control"] == {"type": "ephemeral"}
