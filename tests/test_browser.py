@@ -276,7 +276,7 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     _until("the widget to update", lambda: page.header() != first and "running" in page.header())
     assert "/19 steps" in first  # the total is known from the start
     page.shot("running")
-    page.shot("widget", widget_only=True)
+    page.shot("widget", widget_only=True)  # the README's picture
 
     # Pause during the (foreground) run: the click is handled while the cell runs
     page.click("pause")
@@ -323,6 +323,30 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
         page.shot("attached")
     assert len(page.widgets()) == before + 1  # attach(...) as the cell's last line: drawn once
     assert not page.shown(".nyxnb-stale")
+    assert not [
+        e
+        for e in browser.find_elements("css selector", ".nyxnb-progress-static")
+        if e.is_displayed()
+    ]  # fmt: skip - widgets render: their static copies hide
+
+    # reload the page: the first run's widget has no model (its kernel is gone); its static
+    # copy shows instead of "Error displaying widget: model not found"
+    page.command("docmanager:save")
+    saved = "return !window.jupyterapp.shell.currentWidget.context.model.dirty;"
+    _until("the notebook saved", lambda: page.js(saved), timeout=20)
+    browser.refresh()
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+
+    def static_copy() -> bool:
+        found = browser.find_elements("css selector", ".nyxnb-progress-static")
+        return any(e.is_displayed() and "completed, 19/19" in e.text for e in found)
+
+    try:
+        _until("the static copy", static_copy, timeout=30)
+    finally:
+        page.shot("reloaded")
+    errors = browser.find_elements("xpath", "//*[contains(text(), 'Error displaying widget')]")
+    assert not [e for e in errors if e.is_displayed()]
 
 
 def test_stop_button_pauses_and_a_restart_mid_run_reads_interrupted(lab, browser, project) -> None:

@@ -62,7 +62,7 @@ class StepRow:
     took_s: float | None = None  # how long it ran, once completed in this run
 
     def timing(self, now: float | None = None) -> str:
-        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 items/s · ETA 0:05``)."""
+        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 it/s · ETA 0:05``)."""
         if self.took_s is not None:
             return clock(self.took_s)
         if self.started_s is None or self.status not in _UNDER_WAY:

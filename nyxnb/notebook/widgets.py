@@ -83,6 +83,7 @@ class WorkflowProgress:
         self._timer: threading.Timer | None = None
         self._ticker: threading.Timer | None = None
         self._handle: Any = None
+        self._static: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._future: Future[api.RunResult] | None = None
@@ -440,12 +441,17 @@ class WorkflowProgress:
         self._background(lambda: api.resume(workflow_id, **kw))
 
     def _bundle(self) -> dict[str, Any]:
+        """The widget's output: the view, and the table as text where widgets do not render."""
         data: dict[str, Any] = {"text/plain": self.state.table()}
-        if self._view is not None:  # the saved notebook shows the HTML: a static, stale copy
-            data["text/html"] = static_html(self.state)
+        if self._view is not None:
             view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
             data["application/vnd.jupyter.widget-view+json"] = view
         return data
+
+    def _static_bundle(self) -> dict[str, Any]:
+        """A second output, the static copy: hidden while the widget renders (live, or dead
+        after a restart), shown where it cannot (a reload after the kernel went away)."""
+        return {"text/html": static_html(self.state)}
 
     def _show(self) -> None:
         from IPython.display import display
@@ -453,13 +459,16 @@ class WorkflowProgress:
         if self._view is not None:
             self._view.render(self.state, None)
         self._handle = display(self._bundle(), raw=True, display_id=True)
+        self._static = display(self._static_bundle(), raw=True, display_id=True)
         self._shown_in = execution_count()
 
     def _update_display(self) -> None:
-        # the saved notebook keeps the last state as text, shown where the widget cannot render
+        # the saved notebook keeps the last state, shown where the widget cannot render
         self._shown_status = self.state.status
         if self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
+        if self._static is not None:
+            self._static.update(self._static_bundle(), raw=True)
 
     def summary(self) -> str:
         """The step table as text: status, items, provider, tokens and cost."""

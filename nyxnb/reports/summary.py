@@ -237,8 +237,9 @@ def _totals(store: Store, workflow_id: str, *by: Any) -> list[tuple[Any, Totals]
     with store.reading() as conn:
         for row in conn.execute(query):
             *key, calls, ok, errors, cached, tin, tout, cost = row
-            counts = (int(x or 0) for x in (calls, ok, errors, cached, tin, tout))
-            out.append((key[0] if key else None, Totals(*counts, float(cost or 0.0))))
+            n = [int(x or 0) for x in (calls, ok, errors, cached, tin, tout)]
+            totals = Totals(n[0], n[1], n[2], n[3], n[4], n[5], float(cost or 0.0))
+            out.append((key[0] if key else None, totals))
     return out
 
 
