@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only fanout,growth,resume,cache,import,memory,migrate,ratelimit]`.
+"""`python -m bench [--quick] [--only fanout,growth,...,ratelimit,bare429,streaming]`.
 
 Prints a table of medians (min-max) with ratios against the physical limit and the peers, and
 writes everything to bench/results/latest.json.
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="Smaller sizes, 3 repeats.")
     parser.add_argument(
-        "--only", default="fanout,growth,resume,cache,import,memory,migrate,ratelimit"
+        "--only",
+        default="fanout,growth,resume,cache,import,memory,migrate,ratelimit,bare429,streaming",
     )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
@@ -137,7 +138,23 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
         grouped = bench_ratelimit(1 if quick else 3)
         out["ratelimit"] = [[vars(c) for c in cells] for cells in grouped]
         lines += report(grouped)
+    if "bare429" in only:
+        from bench.ratelimit import bench_bare, report_bare
+
+        out["bare429"] = bare = bench_bare(1 if quick else 3)
+        lines += report_bare(bare)
+    if "streaming" in only:
+        lines += _streaming(quick, out)
     return lines
+
+
+def _streaming(quick: bool, out: dict[str, Any]) -> list[str]:
+    """The streamed path against the bare SDK; a 40 s answer; a hung provider."""
+    from bench.streaming import bench_slow_and_hung, bench_stream, report
+
+    out["streaming"] = rows = bench_stream(2 if quick else 5, 100 if quick else 200)
+    out["slow_and_hung"] = slow_hung = None if quick else bench_slow_and_hung()
+    return report(rows, slow_hung)
 
 
 def _migrate(quick: bool, out: dict[str, Any]) -> list[str]:

@@ -150,7 +150,7 @@ class _Cookbook:
         return failed
 
 
-def _nyxnb(n: int, c: int, folder: Path) -> tuple[int, float]:
+def _nyxnb(n: int, c: int, folder: Path, provider: str = "openai") -> tuple[int, float]:
     import nyxnb
     from nyxnb.store import open_store
     from nyxnb.store.models import StepItem
@@ -160,7 +160,7 @@ def _nyxnb(n: int, c: int, folder: Path) -> tuple[int, float]:
     seed(store)
     spec = {
         "name": "ratelimited",
-        "defaults": {"provider": "openai", "fallback": [], "cache": False, "concurrency": c},
+        "defaults": {"provider": provider, "fallback": [], "cache": False, "concurrency": c},
         "steps": [
             {
                 "name": "features",
@@ -215,6 +215,67 @@ def bench_ratelimit(repeats: int = 3, n: int = N) -> list[list[Cell]]:
     return grouped
 
 
+BARE_RPM, BARE_N = 120, 60  # a provider that says nothing: 2 requests a second, 60 items
+
+
+def bench_bare(repeats: int = 3, n: int = BARE_N) -> list[dict[str, Any]]:
+    """nyxnb against a provider answering bare 429s (no headers, no hint), per provider."""
+    from nyxnb.testing import FakeProviderServer, Reply
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, FakeProviderServer() as srv:
+        saved = {k: os.environ.get(k) for k in srv.env()}
+        os.environ.update(srv.env())
+        try:
+            for provider in ("openai", "anthropic", "google"):
+                for _ in range(repeats):
+                    srv.reset()
+                    srv.set_default(provider, Reply(output_tokens=OUT_TOKENS))
+                    srv.set_latency(provider, LATENCY_MS)
+                    srv.limit(provider, rpm=BARE_RPM, hints=False)
+                    failed, wall = _nyxnb(n, 32, Path(tmp), provider)
+                    arrivals = sorted(t for p, t in srv.arrivals if p == provider)
+                    rows.append(
+                        {"provider": provider, "n": n, "wall_s": wall, "failed": failed,
+                         "requests": len(arrivals), "throttled": srv.throttled[provider],
+                         "peak_per_s": _peak_per_s(arrivals), "pace_s": n / BARE_RPM * 60}
+                    )  # fmt: skip
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return rows
+
+
+def _peak_per_s(arrivals: list[float]) -> int:
+    """The most requests that arrived within any one second."""
+    peak, start = 0, 0
+    for end, t in enumerate(arrivals):
+        while t - arrivals[start] >= 1.0:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+def report_bare(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: requests per item and the peak request rate against bare 429s."""
+    lines = [
+        "",
+        f"## Bare 429s (limit {BARE_RPM} rpm, no headers, no retry hint; N={BARE_N}, C=32; "
+        "median of runs)",
+        "",
+        "| provider | wall / pace | requests / items | peak requests in 1 s | items failed |",
+        "|---|---|---|---|---|",
+    ]
+    for provider in dict.fromkeys(r["provider"] for r in rows):
+        mine = [r for r in rows if r["provider"] == provider]
+        ratio = statistics.median(r["wall_s"] / r["pace_s"] for r in mine)
+        per_item = statistics.median(r["requests"] / r["n"] for r in mine)
+        peak = statistics.median(r["peak_per_s"] for r in mine)
+        failed = statistics.median(r["failed"] for r in mine)
+        lines.append(f"| {provider} | {ratio:.2f}x | {per_item:.2f}x | {peak:g} | {failed:g} |")
+    return lines
+
+
 def report(grouped: list[list[Cell]]) -> list[str]:
     """Markdown lines: medians of wall / pace, share of 429s and failed items."""
     first = grouped[0][0]
@@ -241,4 +302,4 @@ def report(grouped: list[list[Cell]]) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(report(bench_ratelimit(1))))
+    print("\n".join(report(bench_ratelimit(1)) + report_bare(bench_bare(1))))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 from nyxnb.rates import RateInfo
@@ -56,6 +57,35 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     first = text[0] if text else ""
     label = type(exc).__name__
     return redact(f"{label}: {first}" if first else label)[:limit]
+
+
+class ErrorKind(StrEnum):
+    """Why a provider call failed (``ProviderError.kind``, ``llm_calls.error_kind``); the
+    fallback chain decides on it (see the sets in :mod:`nyxnb.providers.base`)."""
+
+    # refused: mark the provider down, move on
+    EXHAUSTED = "exhausted"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    # transient: retry, then try elsewhere
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    # rejected: the answer is unusable, move on
+    TRUNCATED = "truncated"
+    REFUSED = "refused"
+    EMPTY = "empty"
+    # fatal: this request fails everywhere alike
+    BAD_REQUEST = "bad_request"
+    CONTEXT_TOO_LONG = "context_too_long"
+    # a judge's grade without a valid SCORE line
+    MALFORMED = "malformed"
+    # a batch item that did not succeed, as the provider's batch API reports it
+    ERRORED = "errored"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
 
 class NyxError(Exception):
@@ -230,19 +260,19 @@ class BudgetExceeded(RunError):
 
 
 class ProviderError(NyxError):
-    """One provider call failed; ``kind`` is one of :data:`nyxnb.providers.ERROR_KINDS`."""
+    """One provider call failed; ``kind`` (an :class:`ErrorKind`) says why."""
 
     def __init__(
         self,
         message: str,
         *,
         provider: str,
-        kind: str,
+        kind: ErrorKind | str,
         retry_after: float | None = None,
         hint: str | None = None,
     ) -> None:
         self.provider = provider
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.retry_after = retry_after
         #: what the provider's rate-limit headers said, if it sent any
         self.rate: RateInfo | None = None
@@ -275,7 +305,7 @@ class ChainExhausted(ProviderError):
         super().__init__(
             f"every provider failed: {detail}",
             provider="chain",
-            kind="exhausted",
+            kind=ErrorKind.EXHAUSTED,
             hint="check keys and credit, or add a provider to the step's fallback list",
         )
 

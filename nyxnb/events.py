@@ -123,6 +123,33 @@ class RateLimited(StepEvent):
 
 
 @dataclass(frozen=True)
+class Generating(StepEvent):
+    """An answer is being streamed (or, ``waiting_s`` set, its first byte is waited for)."""
+
+    type: ClassVar[str] = "generating"
+    provider: str = ""
+    model: str = ""
+    tokens: int = 0  # output tokens so far (estimated from the text)
+    tokens_per_s: float = 0.0
+    waiting_s: float | None = None  # no byte yet after this long: the provider may be hung
+    first_byte_s: float = 0.0  # when a silent provider is given up
+    item_index: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """``item 3: anthropic writing, 412 tokens at 51 tok/s`` or a wait for a silent one."""
+        item = f"item {self.item_index + 1}: " if self.item_index is not None else ""
+        if self.waiting_s is not None:
+            return (
+                f"{item}{self.provider} has sent nothing for {self.waiting_s:.0f} s "
+                f"(gives up at {self.first_byte_s:g} s)"
+            )
+        return (
+            f"{item}{self.provider} writing, {self.tokens} tokens at {self.tokens_per_s:.0f} tok/s"
+        )
+
+
+@dataclass(frozen=True)
 class BatchSubmitted(StepEvent):
     type: ClassVar[str] = "batch_submitted"
     provider: str = ""

@@ -57,3 +57,19 @@ def claimed_fan_out_step(store: Store, spec_path: str, n: int) -> Any:
     step = load_steps(store, workflow_id)[0]
     sync_items(store, step, [(f"h{i}", f"in{i}", f"x{i}") for i in range(n)])
     return step
+
+
+def fan_out_spec(name: str, n: int, chain: tuple[str, ...], **defaults: Any) -> dict[str, Any]:
+    """One n-item fan-out on ``chain`` (first provider, then its fallbacks), cache off."""
+    return {
+        "name": name,
+        "defaults": {"provider": chain[0], "fallback": list(chain[1:]), "cache": False, **defaults},
+        "steps": [
+            {
+                "name": "features",
+                "type": "fan-out",
+                "items": [{"heading": f"Feature {i}"} for i in range(n)],
+                "prompt": "Design {{ item.heading }}",
+            }
+        ],
+    }

@@ -24,6 +24,7 @@ from nyxnb.testing import (
     malformed,
     reset,
 )
+from nyxnb.testing.limits import Limit, RateLimits
 
 
 @pytest.fixture
@@ -131,13 +132,28 @@ def test_anthropic_limits_send_ratelimit_headers_and_retry_after(srv) -> None:
     client = anthropic.Anthropic(max_retries=0)
     msg = [{"role": "user", "content": "hi"}]
     raw = client.messages.with_raw_response.create(model="m", max_tokens=5, messages=msg)
-    for part in ("requests", "input-tokens", "output-tokens"):
+    for part in ("requests", "input-tokens", "output-tokens", "tokens"):
         assert f"anthropic-ratelimit-{part}-limit" in raw.headers
-        assert raw.headers[f"anthropic-ratelimit-{part}-reset"].endswith("Z")
+        reset = raw.headers[f"anthropic-ratelimit-{part}-reset"]
+        assert reset.endswith("Z") and "." not in reset  # whole seconds, as the real API sends
+    assert raw.headers["anthropic-ratelimit-tokens-limit"] == "150000"  # input + output
+    assert "retry-after" in raw.headers and "date" in raw.headers  # on a 200 too, as recorded
     with pytest.raises(anthropic.RateLimitError) as caught:
         client.messages.create(model="m", max_tokens=5, messages=msg)
     assert caught.value.response.headers["retry-after"] == "1"
     assert caught.value.type == "rate_limit_error"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
+def test_limits_without_hints_send_bare_429s(srv, provider) -> None:
+    limits = RateLimits()
+    limits.set(provider, Limit(rpm=60, hints=False))
+    assert limits.admit(provider, "m", 1, 1).headers == {}  # no rate headers on answers
+    verdict = limits.admit(provider, "m", 1, 1)
+    assert verdict.fault is not None and verdict.headers == {}
+    fault = verdict.fault.for_provider(provider)
+    assert fault.status == 429 and not fault.headers and not fault.details
+    assert "try again in" not in fault.message.lower() and "retry in" not in fault.message
 
 
 def test_gemini_limit_is_resource_exhausted_with_retry_info(srv) -> None:

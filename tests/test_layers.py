@@ -238,3 +238,24 @@ def test_no_module_over_500_lines() -> None:
         and (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
     }
     assert long == {}
+
+
+def test_the_engine_reaches_the_database_only_through_its_gateway() -> None:
+    """17 writes went through ``store.engine.begin()``, around the run's fence and its
+    reconnect retries.  No module of the engine but the gateway may touch a raw engine."""
+    found = []
+    for path in sorted((PACKAGE / "engine").rglob("*.py")):
+        if path.name == "gateway.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            raw = isinstance(node, ast.Attribute) and node.attr in ("engine", "_engine")
+            if raw and not (isinstance(node.value, ast.Name) and node.value.id == "nyxnb"):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+            name = (
+                node.func.id
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                else ""
+            )
+            if name == "create_engine":
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} create_engine")
+    assert found == []

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DatabaseError
 from nyxnb import events as ev
 from nyxnb.errors import NyxError, redact
 from nyxnb.store.database import Store, open_store, store_error
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -92,16 +93,16 @@ def stream_events(ctx: click.Context, events: Iterator[ev.Event]) -> None:
     from nyxnb.notebook.progress import TextProgress
 
     show = (lambda e: click.echo(e.to_json())) if wants_json(ctx) else TextProgress()
-    status, workflow_id = "failed", ""
+    status, workflow_id = FAILED, ""
     try:
         for event in events:
             show(event)
             workflow_id = event.workflow_id
             if isinstance(event, ev.WorkflowCompleted):
-                status = "completed"
+                status = COMPLETED
             elif isinstance(event, ev.WorkflowPaused):
-                status = "paused"
+                status = PAUSED
     except KeyboardInterrupt:
         click.echo(f"interrupted: paused; continue with: nyxnb resume {workflow_id}", err=True)
         sys.exit(130)
-    sys.exit(0 if status == "completed" else 1)
+    sys.exit(0 if status == COMPLETED else 1)

@@ -10,6 +10,7 @@ from nyxnb.cli.common import emit, get_store, stream_events, table, wants_json, 
 from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine import api
 from nyxnb.reports.summary import WorkflowSummary, list_workflows, workflow_summary
+from nyxnb.store.models import RUNNING
 
 
 @click.command()
@@ -92,7 +93,7 @@ def _show_text(data: WorkflowSummary) -> str:
         head += f" (stored: {data.status})\n{data.note}"
     if data.error:
         head += f"\nerror: {data.error}"
-    if data.lease_owner and data.shown_status == "running":
+    if data.lease_owner and data.shown_status == RUNNING:
         head += f"\nrun by: {data.lease_owner}"
     for s in data.steps:
         for owner, n in s.claims.items():

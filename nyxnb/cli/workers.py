@@ -14,6 +14,7 @@ from nyxnb.cli.options import RunFlags, run_flags
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import MAX_CLAIM_TTL_S, MIN_CLAIM_TTL_S
 from nyxnb.engine.workers.worker import Worker, WorkerOptions, WorkerStats, live_workers
+from nyxnb.store.models import QUEUED
 
 
 @click.command()
@@ -30,7 +31,7 @@ def submit(ctx: click.Context, spec: str, flags: RunFlags) -> None:
         project=flags.project,
         options=flags.options,
     )
-    emit(ctx, {"workflow_id": workflow_id, "status": "queued"}, workflow_id)
+    emit(ctx, {"workflow_id": workflow_id, "status": QUEUED}, workflow_id)
 
 
 def _print_event(event: ev.Event) -> None:

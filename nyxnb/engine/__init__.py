@@ -13,8 +13,10 @@ Where a behaviour lives (runner, context and fan-out at the top, where a reader 
 - ``calls/``: one call's way to an answer. The fallback chain and where a failed call is retried
   (``calls/chain.py``), where the rate limit is learned and waited for (``calls/governor.py``),
   the rate budget shared through the store (``calls/budget.py``)
-- ``durable/``: what survives a crash. The writes (``durable/records.py``), the typed rows read
-  back (``durable/rows.py``), group commit (``durable/writer.py``), run leases and the fence
+- ``durable/``: what survives a crash. The one gateway to the database, every write fenced by
+  the run's lease and retried over a reconnect (``durable/gateway.py``; no other module of the
+  engine touches a raw engine), the writes (``durable/records.py``), the typed rows read back
+  (``durable/rows.py``), group commit (``durable/writer.py``), run leases and the fence
   (``durable/lease.py``), the response cache (``durable/cache.py``)
 - ``batch/``: batch fan-out at half price: submit and ingest (``batch/submit.py``), polling a
   batch until it ends (``batch/poll.py``)

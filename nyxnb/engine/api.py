@@ -15,7 +15,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,14 @@ from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import RunError
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import Workflow
+from nyxnb.store.database import Database, Store, open_store
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, RUNNING, Status, Workflow
 
 OnEvent = Callable[[ev.Event], None]
 StoreArg = Store | str | None
+SpecArg = WorkflowSpec | dict[str, Any] | str | Path
+#: Options per provider name, e.g. ``{"offline": {"latency_ms": 20}}``.
+ProviderOptions = Mapping[str, Mapping[str, object]]
 _DONE = object()
 #: On Ctrl-C (or a consumer that stops early) answers already in flight are paid for: wait up
 #: to this long for them to be committed before cancelling what is left.
@@ -42,14 +45,14 @@ class RunResult:
     """The outcome of a run: final status, every event, and the error if it failed."""
 
     workflow_id: str
-    status: str
+    status: Status
     events: list[ev.Event] = field(default_factory=list)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when the workflow completed."""
-        return self.status == "completed"
+        return self.status == COMPLETED
 
 
 def _store(store: StoreArg) -> Store:
@@ -60,12 +63,12 @@ def _store(store: StoreArg) -> Store:
 class Job:
     """A workflow to execute and how: the common input of the async and sync drivers."""
 
-    store: Store
+    store: Database
     workflow_id: str
     tenant_id: str | None = None
     on_event: OnEvent | None = None
     retry: RetryPolicy | None = None
-    provider_options: dict[str, dict[str, object]] | None = None
+    provider_options: ProviderOptions | None = None
     runner_ready: Callable[[Runner], None] | None = None
 
     def runner(self, sink: Callable[[Any], None]) -> Runner:
@@ -84,6 +87,19 @@ class Job:
         if self.runner_ready is not None:
             self.runner_ready(runner)
         return runner
+
+
+@dataclass(frozen=True)
+class Drive:
+    """How a job is driven: where its events go, the retry policy, options per provider."""
+
+    on_event: OnEvent | None = None
+    retry: RetryPolicy | None = None
+    provider_options: ProviderOptions | None = None
+
+    def job(self, store: Database, workflow_id: str, tenant_id: str | None) -> Job:
+        """The job that runs ``workflow_id`` this way."""
+        return Job(store, workflow_id, tenant_id, self.on_event, self.retry, self.provider_options)
 
 
 async def _drive(runner: Runner, sink: Callable[[Any], None]) -> None:
@@ -143,35 +159,22 @@ def _drain(sink: queue.SimpleQueue[Any], deadline: float | None) -> bool:
 
 
 def new_job(
-    spec: WorkflowSpec | dict[str, Any] | str | Path,
-    *,
-    tenant: str,
-    project: str,
-    store: StoreArg = None,
-    provider: str | None = None,
-    concurrency: int | None = None,
-    cache: bool | None = None,
-    max_cost_usd: float | None = None,
-    batch: bool | None = None,
-    **kw: Any,
+    spec: SpecArg, tenant: str, project: str, store: StoreArg, options: RunOptions, drive: Drive
 ) -> Job:
     """Create the workflow for ``spec`` and return the job that runs it."""
     st = _store(store)
-    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
     workflow_id = create_workflow(st, spec, tenant=tenant, project=project, options=options)
-    return Job(st, workflow_id, st.find_tenant(tenant).id, **kw)
+    return drive.job(st, workflow_id, st.find_tenant(tenant).id)
 
 
-def resume_job(
-    workflow_id: str, *, store: StoreArg = None, tenant: str | None = None, **kw: Any
-) -> Job:
+def resume_job(workflow_id: str, store: StoreArg, tenant: str | None, drive: Drive) -> Job:
     """The job that resumes ``workflow_id`` (scoped to ``tenant`` when given)."""
     st = _store(store)
-    return Job(st, workflow_id, st.tenant_id(tenant), **kw)
+    return drive.job(st, workflow_id, st.tenant_id(tenant))
 
 
 async def arun(
-    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    spec: SpecArg,
     *,
     tenant: str,
     project: str,
@@ -183,28 +186,17 @@ async def arun(
     batch: bool | None = None,
     on_event: OnEvent | None = None,
     retry: RetryPolicy | None = None,
-    provider_options: dict[str, dict[str, object]] | None = None,
+    provider_options: ProviderOptions | None = None,
 ) -> AsyncIterator[ev.Event]:
     """Create a workflow from ``spec`` and run it, yielding events (the first names its id).
 
-    ``provider`` runs every step on that one provider; ``batch`` sends every fan-out through
-    the provider's batch API; ``on_event`` is called with each event
-    (on the loop's thread); ``provider_options`` maps a provider name to its options.
+    ``provider`` runs every step on that one provider; ``concurrency``, ``cache`` and
+    ``max_cost_usd`` override the spec's; ``batch`` sends every fan-out through the provider's
+    batch API; ``on_event`` is called with each event (on the loop's thread); ``retry`` is the
+    retry policy; ``provider_options`` maps a provider name to its options.
     """
-    job = new_job(
-        spec,
-        tenant=tenant,
-        project=project,
-        store=store,
-        provider=provider,
-        concurrency=concurrency,
-        cache=cache,
-        max_cost_usd=max_cost_usd,
-        batch=batch,
-        on_event=on_event,
-        retry=retry,
-        provider_options=provider_options,
-    )
+    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
+    job = new_job(spec, tenant, project, store, options, Drive(on_event, retry, provider_options))
     async for event in job_events(job):
         yield event
 
@@ -216,17 +208,10 @@ async def aresume(
     tenant: str | None = None,
     on_event: OnEvent | None = None,
     retry: RetryPolicy | None = None,
-    provider_options: dict[str, dict[str, object]] | None = None,
+    provider_options: ProviderOptions | None = None,
 ) -> AsyncIterator[ev.Event]:
     """Resume a workflow: every step that is not completed runs, in order."""
-    job = resume_job(
-        workflow_id,
-        store=store,
-        tenant=tenant,
-        on_event=on_event,
-        retry=retry,
-        provider_options=provider_options,
-    )
+    job = resume_job(workflow_id, store, tenant, Drive(on_event, retry, provider_options))
     async for event in job_events(job):
         yield event
 
@@ -247,43 +232,93 @@ class _LoopThread:
             return cls._loop
 
 
-def run_iter(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> Iterator[ev.Event]:
-    """Sync iterator over a new run's events (same arguments as :func:`arun`)."""
-    return job_events_sync(new_job(spec, **kw))
+def run_iter(
+    spec: SpecArg,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+    batch: bool | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: ProviderOptions | None = None,
+) -> Iterator[ev.Event]:
+    """Sync iterator over a new run's events (the keywords of :func:`arun`)."""
+    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
+    drive = Drive(on_event, retry, provider_options)
+    return job_events_sync(new_job(spec, tenant, project, store, options, drive))
 
 
-def resume_iter(workflow_id: str, **kw: Any) -> Iterator[ev.Event]:
-    """Sync iterator over a resumed run's events (same arguments as :func:`aresume`)."""
-    return job_events_sync(resume_job(workflow_id, **kw))
+def resume_iter(
+    workflow_id: str,
+    *,
+    store: StoreArg = None,
+    tenant: str | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: ProviderOptions | None = None,
+) -> Iterator[ev.Event]:
+    """Sync iterator over a resumed run's events (the keywords of :func:`aresume`)."""
+    drive = Drive(on_event, retry, provider_options)
+    return job_events_sync(resume_job(workflow_id, store, tenant, drive))
 
 
 def _collect(events: Iterator[ev.Event]) -> RunResult:
     seen: list[ev.Event] = []
-    workflow_id, status, error = "", "failed", None
+    workflow_id, status, error = "", FAILED, None
     for event in events:
         seen.append(event)
         workflow_id = event.workflow_id
         if isinstance(event, ev.WorkflowCompleted):
-            status = "completed"
+            status = COMPLETED
         elif isinstance(event, ev.WorkflowPaused):
-            status = "paused"
+            status = PAUSED
         elif isinstance(event, ev.WorkflowFailed):
-            status, error = "failed", event.error
+            status, error = FAILED, event.error
     return RunResult(workflow_id, status, seen, error)
 
 
-def run(spec: WorkflowSpec | dict[str, Any] | str | Path, **kw: Any) -> RunResult:
+def run(
+    spec: SpecArg,
+    *,
+    tenant: str,
+    project: str,
+    store: StoreArg = None,
+    provider: str | None = None,
+    concurrency: int | None = None,
+    cache: bool | None = None,
+    max_cost_usd: float | None = None,
+    batch: bool | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: ProviderOptions | None = None,
+) -> RunResult:
     """Create and run a workflow to the end (sync; works in notebooks); see :func:`arun`."""
-    return _collect(run_iter(spec, **kw))
+    options = RunOptions(provider, concurrency, cache, max_cost_usd, batch)
+    drive = Drive(on_event, retry, provider_options)
+    return _collect(job_events_sync(new_job(spec, tenant, project, store, options, drive)))
 
 
-def resume(workflow_id: str, **kw: Any) -> RunResult:
+def resume(
+    workflow_id: str,
+    *,
+    store: StoreArg = None,
+    tenant: str | None = None,
+    on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: ProviderOptions | None = None,
+) -> RunResult:
     """Resume a workflow to the end (sync; works in notebooks); see :func:`aresume`."""
-    return _collect(resume_iter(workflow_id, **kw))
+    drive = Drive(on_event, retry, provider_options)
+    return _collect(job_events_sync(resume_job(workflow_id, store, tenant, drive)))
 
 
 def submit(
-    spec: WorkflowSpec | dict[str, Any] | str | Path,
+    spec: SpecArg,
     *,
     tenant: str,
     project: str,
@@ -307,7 +342,7 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
     tenant_id = st.tenant_id(tenant)
     with st.session(tenant_id) as s:
         workflow = s.get_one(Workflow, workflow_id)
-        if workflow.status != "running":
+        if workflow.status != RUNNING:
             raise RunError(
                 f"workflow {workflow_id} is {workflow.status}, not running: nothing to pause",
                 hint=_not_running_hint(workflow_id, workflow.status),
@@ -316,9 +351,9 @@ def pause(workflow_id: str, *, store: StoreArg = None, tenant: str | None = None
 
 
 def _not_running_hint(workflow_id: str, status: str) -> str:
-    if status == "completed":
+    if status == COMPLETED:
         return f"it finished; see its outputs with `nyxnb show {workflow_id}`"
-    if status == "paused":
+    if status == PAUSED:
         return f"it is already paused; `nyxnb resume {workflow_id}` continues it"
     return f"`nyxnb resume {workflow_id}` runs it (every step not completed)"
 

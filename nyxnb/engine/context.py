@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy, complete_with_fa
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.records import write_items
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.durable.writer import GroupWriter
@@ -32,8 +34,9 @@ from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_lin
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
+from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
@@ -87,6 +90,15 @@ class RunConfig:
     fenced: bool = True
 
 
+@dataclass
+class Totals:
+    """What a run has spent so far (its ``workflow_completed`` event reports it)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class RunContext:
     """The services of one run that step executors use (set up by the runner)."""
 
@@ -97,20 +109,21 @@ class RunContext:
     personas: dict[str, str]
     pool: ProviderPool
 
-    def __init__(self, store: Store, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
+    def __init__(self, store: Database, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
         self.workflow_id, self.config, self._emit = workflow_id, config, emit
         self.owner = config.owner or lease.new_owner()
-        #: The run's writes: fenced by its lease (refused once another run took over).
-        self.store: Store = (
-            lease.FencedStore(store, workflow_id, self.owner) if config.fenced else store
-        )
+        #: The run's one way to the database: its writes are fenced by its lease (refused once
+        #: another run took over); no raw engine to write around the fence.
+        gateway = Gateway.of(store)
+        self.store: Gateway = gateway.fenced(workflow_id, self.owner) if config.fenced else gateway
         self.pause_event = asyncio.Event()
         self.ctx: dict[str, StepView] = {}
-        self.totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self.totals = Totals()
         claimer = config.claimer
         self.writer = GroupWriter(self.store, claimer.write_batch if claimer else write_items)
         self._sent: dict[tuple[str, int | None], str] = {}
         self._limited_steps: set[str] = set()
+        self._progress_at: dict[str, float] = {}  # step -> when its last Generating was sent
         self.executed_steps = 0  # steps this run executed (not skipped as already done)
 
     def emit(self, event: ev.Event) -> None:
@@ -170,33 +183,72 @@ class RunContext:
         """Run the fallback chain for one request, emitting fallback events."""
 
         def on_fallback(src: str, dst: str | None, kind: str, message: str) -> None:
-            self.step_event(
-                ev.ProviderFallback,
-                step,
-                from_provider=src,
-                to_provider=dst,
-                reason=kind,
-                message=message[:300],
-                item_index=item_idx,
+            self.emit(
+                ev.ProviderFallback(
+                    *self.at(step),
+                    from_provider=src,
+                    to_provider=dst,
+                    reason=kind,
+                    message=message[:300],
+                    item_index=item_idx,
+                )
             )
 
         if (step.id, item_idx) not in self._sent:  # not reserved ahead (fan-out)
             await self._record_sent(step, request, item_idx)
 
         def on_rate_limited(provider: str, model: str, wait_s: float, limits: Limits) -> None:
-            self.step_event(
-                ev.RateLimited,
-                step,
-                provider=provider,
-                model=model,
-                wait_s=round(wait_s, 3),
-                rpm=limits.rpm,
-                tpm=limits.tpm,
-                concurrency=limits.concurrency,
-                item_index=item_idx,
+            self.emit(
+                ev.RateLimited(
+                    *self.at(step),
+                    provider=provider,
+                    model=model,
+                    wait_s=round(wait_s, 3),
+                    rpm=limits.rpm,
+                    tpm=limits.tpm,
+                    concurrency=limits.concurrency,
+                    item_index=item_idx,
+                )
             )
 
         self._step_limits(step)
+        watching = PROGRESS.set(self._progress_hook(step, item_idx))
+        try:
+            return await self._call(step, request, on_fallback, on_rate_limited, item_idx)
+        finally:
+            PROGRESS.reset(watching)
+
+    def _progress_hook(self, step: StepRow, item_idx: int | None) -> ProgressHook:
+        """Streamed progress of one call as ``Generating`` events, one a second per step."""
+
+        def on_progress(p: StreamProgress) -> None:
+            now = time.monotonic()
+            if not p.waiting and now - self._progress_at.get(step.name, 0.0) < 1.0:
+                return
+            self._progress_at[step.name] = now
+            self.emit(
+                ev.Generating(
+                    *self.at(step),
+                    provider=p.provider,
+                    model=p.model,
+                    tokens=p.tokens,
+                    tokens_per_s=round(p.tokens_per_s, 1),
+                    waiting_s=round(p.elapsed_s, 1) if p.waiting else None,
+                    first_byte_s=p.first_byte_s,
+                    item_index=item_idx,
+                )
+            )
+
+        return on_progress
+
+    async def _call(
+        self,
+        step: StepRow,
+        request: CompletionRequest,
+        on_fallback: Any,
+        on_rate_limited: Any,
+        item_idx: int | None,
+    ) -> ChainResult:
         prompt = request.messages[0].content
         with telemetry.call_span(
             self.workflow_id, step.name, step.chain, step.model, item_idx, prompt
@@ -221,24 +273,33 @@ class RunContext:
         self.count(result.attempts)
         return result
 
+    def _sent_row(
+        self, step: StepRow, request: CompletionRequest, item_idx: int | None
+    ) -> dict[str, Any]:
+        name = step.chain[0].partition(":")[0]
+        model = request.model or provider_class(name).default_model
+        usd = estimate_usd(name, model, request)
+        return records.sent_row(step, item_idx, name, model, usd)
+
     async def _record_sent(
         self, step: StepRow, request: CompletionRequest, item_idx: int | None
     ) -> None:
         """Commit an ``outcome='sent'`` ledger row before the call (group-committed)."""
-        name = step.chain[0].partition(":")[0]
-        model = request.model or provider_class(name).default_model
-        usd = estimate_usd(name, model, request)
-        row = records.sent_row(step, item_idx, name, model, usd)
-        await self.writer.write(records.ItemRows([row], None, None))
-        self._sent[(step.id, item_idx)] = row["id"]
+        await self.reserve_sent(step, [(item_idx, request)])
 
-    async def reserve_sent(self, step: StepRow, request: CompletionRequest, item_idx: int) -> None:
-        """Commit the 'sent' row of a fan-out item's call ahead of it (while another call runs).
+    async def reserve_sent(
+        self, step: StepRow, calls: Sequence[tuple[int | None, CompletionRequest]]
+    ) -> None:
+        """Commit the 'sent' rows of calls in one write before they are made (a fan-out
+        reserves a block of items ahead while other calls run).
 
         :meth:`call` then starts at once; the database stays off the calls' critical path.  A
         reservation never used (a pause) is taken back with :meth:`take_sent`.
         """
-        await self._record_sent(step, request, item_idx)
+        rows = [self._sent_row(step, request, idx) for idx, request in calls]
+        await self.writer.write(records.ItemRows(rows, None, None), urgent=True)
+        for (idx, _), row in zip(calls, rows, strict=True):
+            self._sent[(step.id, idx)] = row["id"]
 
     def take_sent(self, step: StepRow, item_idx: int | None = None) -> str | None:
         """The id of the 'sent' row of a call that has now finished (its rows complete it)."""
@@ -256,9 +317,9 @@ class RunContext:
     def count(self, attempts: list[Attempt]) -> None:
         """Add attempts to the run's token and cost totals."""
         for a in attempts:
-            self.totals["input_tokens"] += a.input_tokens
-            self.totals["output_tokens"] += a.output_tokens
-            self.totals["cost_usd"] += a.cost_usd
+            self.totals.input_tokens += a.input_tokens
+            self.totals.output_tokens += a.output_tokens
+            self.totals.cost_usd += a.cost_usd
 
     def spent_usd(self) -> float:
         """What this workflow has cost so far, across runs."""
@@ -268,11 +329,9 @@ class RunContext:
         with self.store.reading() as conn:
             return float(conn.scalar(query) or 0.0)
 
-    def step_event(self, cls: type[ev.StepEvent], step: StepRow, **kw: Any) -> None:
-        """Emit a step event with the step's name, order and type filled in."""
-        self.emit(
-            cls(self.workflow_id, name=step.name, order=step.order, step_type=step.type, **kw)
-        )
+    def at(self, step: StepRow) -> tuple[str, str, int, str]:
+        """The fields every step event opens with: ``ev.StepCompleted(*ctx.at(step), ...)``."""
+        return (self.workflow_id, step.name, step.order, step.type)
 
     def skip_if_done(self, step: StepRow, digest: str, view: StepView) -> bool:
         """Skip a completed step whose inputs are unchanged (and remember its output)."""
@@ -280,7 +339,7 @@ class RunContext:
             self.executed_steps += 1
             return False
         self.ctx[step.name] = view
-        self.step_event(ev.StepCompleted, step, skipped=True)
+        self.emit(ev.StepCompleted(*self.at(step), skipped=True))
         return True
 
     def fail(
@@ -293,7 +352,7 @@ class RunContext:
         """Record a failed step, emit ``step_failed``, and return the error to raise."""
         sent = self.take_sent(step, item_idx)
         records.fail_step(self.store, step, str(error), attempts or [], item_idx, sent)
-        self.step_event(ev.StepFailed, step, error=str(error), item_index=item_idx)
+        self.emit(ev.StepFailed(*self.at(step), error=str(error), item_index=item_idx))
         if isinstance(error, StepFailed):
             return error
         return StepFailed(str(error), workflow_id=self.workflow_id, step=step.name, item=item_idx)

@@ -22,11 +22,13 @@ from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import provider_class
 from nyxnb.spec import ItemSpec
-from nyxnb.store.models import COMPLETED, PENDING, RUNNING, utcnow
+from nyxnb.store.models import COMPLETED, FAILED, PENDING, RUNNING, utcnow
 from nyxnb.templates import ItemView, StepView
 
 #: Seconds a pause lets calls in flight finish (answers paid for are kept) before cancelling them.
 PAUSE_GRACE_S = 2.0
+#: Items whose 'sent' rows are reserved in one write, as a multiple of the concurrency.
+RESERVE_BLOCK = 4
 
 
 def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
@@ -108,8 +110,8 @@ class _FanOut:
             else None
         )
         self._commits: list[asyncio.Task[None]] = []
-        self._reserved: list[asyncio.Future[None]] = []  # 'sent' rows committed ahead
-        self._unused: list[int] = []  # items reserved but never called (a pause)
+        self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
+        self._block: asyncio.Future[None] | None = None  # the next block being reserved
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
         self.cached = 0
@@ -125,49 +127,50 @@ class _FanOut:
         finally:
             for task in (*workers, *self._commits):
                 task.cancel()
-            await asyncio.gather(*self._reserved, return_exceptions=True)
+            if self._block is not None:
+                await asyncio.gather(self._block, return_exceptions=True)
             self._take_back()
             if self._source is not None:
                 self._source.release_unstarted()
         return not self._stopped
 
-    async def _next(self) -> ItemRow | None:
-        if self._source is not None:
-            return await self._source.next()
-        return self._pending.popleft() if self._pending else None
-
     async def _worker(self) -> None:
         if self._source is not None:  # shared claims: take an item only when it starts
-            while not self._paused() and (row := await self._next()) is not None:
+            while not self._paused() and (row := await self._source.next()) is not None:
                 await self._item(row)
             return
-        row = None if self._paused() else await self._next()
-        while row is not None:
-            # The next item's 'sent' row is committed while this call runs, so the next call
-            # starts without waiting for the database (the same flush as this item's rows).
-            # Only while there is more than every worker can take: concurrency never drops.
-            ahead = await self._next() if len(self._pending) >= self.limit else None
-            reserve = self._reserve(ahead) if ahead is not None else None
-            try:
-                await self._item(row)
-            except BaseException:
-                if ahead is not None:
-                    self._unused.append(ahead.idx)
-                raise
-            if reserve is not None:
-                await reserve
-            if self._paused():
-                if ahead is not None:  # never called: its 'sent' row is taken back
-                    self._unused.append(ahead.idx)
+        while not self._paused() and (row := await self._next_reserved()) is not None:
+            if self._paused():  # paused while the block was written: never called
+                self._ready.appendleft(row)
                 return
-            row = ahead if ahead is not None else await self._next()
+            await self._item(row)
 
-    def _reserve(self, row: ItemRow) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(
-            self.runner.reserve_sent(self.step, self.requests[row.idx], row.idx)
-        )
-        self._reserved.append(task)
-        return task
+    async def _next_reserved(self) -> ItemRow | None:
+        """The next item whose 'sent' row is committed, reserving the next block ahead.
+
+        Blocks of :data:`RESERVE_BLOCK` x concurrency items are reserved in one write while
+        the calls of the last block run, so a call never waits for the database.
+        """
+        while True:
+            if len(self._ready) <= self.limit and self._pending and self._block is None:
+                self._block = asyncio.ensure_future(self._reserve_block())
+            if self._ready:
+                return self._ready.popleft()
+            if self._block is None:
+                return None
+            await asyncio.shield(self._block)
+
+    async def _reserve_block(self) -> None:
+        size = min(len(self._pending), self.limit * RESERVE_BLOCK)
+        rows = [self._pending.popleft() for _ in range(size)]
+        try:
+            await self.runner.reserve_sent(self.step, [(r.idx, self.requests[r.idx]) for r in rows])
+        except BaseException:
+            self._pending.extendleft(reversed(rows))
+            raise
+        finally:
+            self._block = None
+        self._ready.extend(rows)
 
     def _paused(self) -> bool:
         if self.runner.pause_event.is_set():
@@ -176,7 +179,9 @@ class _FanOut:
 
     def _take_back(self) -> None:
         """Delete the 'sent' rows reserved for calls that were never made (a pause)."""
-        sent = tuple(filter(None, (self.runner.take_sent(self.step, i) for i in self._unused)))
+        unused = (self.runner.take_sent(self.step, r.idx) for r in self._ready)
+        sent = tuple(filter(None, unused))
+        self._ready.clear()
         if not sent:
             return
         try:
@@ -242,19 +247,20 @@ class _FanOut:
         who = (result.provider, result.completion.model)
         self.answered[who] = self.answered.get(who, 0) + 1
         self.cached += result.from_cache
-        self.runner.step_event(
-            ev.FanOutProgress,
-            self.step,
-            fan_out_index=idx + 1,
-            fan_out_total=self.total,
-            fan_out_heading=row.heading,
-            completed=self.completed,
-            provider=result.provider,
-            model=result.completion.model,
-            cached=result.from_cache,
-            input_tokens=sum(a.input_tokens for a in result.attempts),
-            output_tokens=sum(a.output_tokens for a in result.attempts),
-            cost_usd=sum(a.cost_usd for a in result.attempts),
+        self.runner.emit(
+            ev.FanOutProgress(
+                *self.runner.at(self.step),
+                fan_out_index=idx + 1,
+                fan_out_total=self.total,
+                fan_out_heading=row.heading,
+                completed=self.completed,
+                provider=result.provider,
+                model=result.completion.model,
+                cached=result.from_cache,
+                input_tokens=sum(a.input_tokens for a in result.attempts),
+                output_tokens=sum(a.output_tokens for a in result.attempts),
+                cost_usd=sum(a.cost_usd for a in result.attempts),
+            )
         )
 
 
@@ -291,20 +297,42 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     _check_budget(runner, step, [requests[r.idx] for r in rows if r.status != COMPLETED])
     records.update_step(runner.store, step.id, status=RUNNING, error=None, started_at=utcnow())
     fan = _FanOut(runner, step, rows, requests)
-    runner.step_event(
-        ev.StepStarted,
-        step,
-        persona=step.persona,
-        provider=step.provider,
-        total_items=fan.total,
-        done_items=fan.completed,
+    runner.emit(
+        ev.StepStarted(
+            *runner.at(step),
+            persona=step.persona,
+            provider=step.provider,
+            total_items=fan.total,
+            done_items=fan.completed,
+        )
     )
     finished = await _execute(runner, step, fan)
+    _raise_failures(runner, step, fan)
+    if not finished:
+        records.update_step(runner.store, step.id, status=PENDING)
+        runner.check_pause()
+    final = records.load_items(runner.store, step.id)
+    records.complete_step(runner.store, step, _step_output(final), digest)
+    runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
+    answered = fan.answered or {(step.provider, step.model or ""): 0}
+    runner.emit(
+        ev.StepCompleted(
+            *runner.at(step),
+            provider=", ".join(dict.fromkeys(p for p, _ in answered)),
+            model=", ".join(dict.fromkeys(m for _, m in answered if m)) or None,
+            cached=bool(fan.answered) and fan.cached == sum(fan.answered.values()),
+            cached_items=fan.cached,
+        )
+    )
+
+
+def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
+    """Fail the step if any item failed (here, or under another worker's claim)."""
     if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
-            (r.idx, ChainExhausted([("worker", "failed", r.error or "")]))
+            (r.idx, ChainExhausted([("worker", FAILED, r.error or "")]))
             for r in records.load_items(runner.store, step.id)
-            if r.status == "failed"
+            if r.status == FAILED
         ]
     if fan.failures:
         idx, exc = fan.failures[0]
@@ -318,21 +346,6 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
             ),
             item_idx=idx,
         )
-    if not finished:
-        records.update_step(runner.store, step.id, status=PENDING)
-        runner.check_pause()
-    final = records.load_items(runner.store, step.id)
-    records.complete_step(runner.store, step, _step_output(final), digest)
-    runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
-    answered = fan.answered or {(step.provider, step.model or ""): 0}
-    runner.step_event(
-        ev.StepCompleted,
-        step,
-        provider=", ".join(dict.fromkeys(p for p, _ in answered)),
-        model=", ".join(dict.fromkeys(m for _, m in answered if m)) or None,
-        cached=bool(fan.answered) and fan.cached == sum(fan.answered.values()),
-        cached_items=fan.cached,
-    )
 
 
 #: A common prefix of the items' prompts shorter than this is not worth a cache breakpoint.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nyxnb.errors import ErrorKind
 from nyxnb.providers.base import Completion
 
 
@@ -20,7 +21,7 @@ class Attempt:
     model: str
     attempt: int
     outcome: str  # ok | error | cached
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     error: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from nyxnb.errors import NotFound
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import CodePattern, Repository
 
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
@@ -52,7 +52,7 @@ class CheckReport:
         return head + ("\n" + "\n".join(lines) + "\n" if lines else "\nNo violations.\n")
 
 
-def load_patterns(store: Store, tenant_id: str, repository: str) -> list[CodePattern]:
+def load_patterns(store: Database, tenant_id: str, repository: str) -> list[CodePattern]:
     """The code patterns of ``OWNER/REPO`` in the tenant."""
     owner, _, repo = repository.partition("/")
     with store.session(tenant_id) as s:

@@ -24,6 +24,7 @@ from nyxnb.engine.calls.chain import ProviderPool
 from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.context import Emit, Paused, RunConfig, RunContext, request_hash
 from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable.gateway import Gateway
 from nyxnb.engine.durable.rows import StepConfig, StepRow
 from nyxnb.engine.fanout import run_fan_out
 from nyxnb.engine.generated import generated_rows
@@ -33,11 +34,12 @@ from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
 from nyxnb.spec import stored_spec
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import (
     COMPLETED,
     FAILED,
     PAUSED,
+    PENDING,
     RUNNING,
     Project,
     Tenant,
@@ -56,7 +58,7 @@ class Runner(RunContext):
     """Executes one workflow under its lease, emitting events."""
 
     def __init__(
-        self, store: Store, workflow_id: str, config: RunConfig | None = None, *, emit: Emit
+        self, store: Database, workflow_id: str, config: RunConfig | None = None, *, emit: Emit
     ) -> None:
         config = config or RunConfig()
         super().__init__(store, workflow_id, config, emit=emit)
@@ -64,10 +66,10 @@ class Runner(RunContext):
         self.pool = ProviderPool(
             config.retry,
             {k: dict(v) for k, v in options.items()} if options is not None else None,
-            shared=SharedBudget(store),
+            shared=SharedBudget(Gateway.of(store)),
         )
         self.tenant_id = config.tenant_id
-        self._plain = store  # lease bookkeeping; the run's own writes go through the fence
+        self._plain = Gateway.of(store)  # lease bookkeeping; the run's writes: self.store
         self.current: StepRow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -107,8 +109,10 @@ class Runner(RunContext):
                 ev.WorkflowCompleted(
                     self.workflow_id,
                     name=self.name,
+                    input_tokens=self.totals.input_tokens,
+                    output_tokens=self.totals.output_tokens,
+                    cost_usd=self.totals.cost_usd,
                     seconds=time.perf_counter() - started,
-                    **self.totals,
                 )
             )
         finally:
@@ -197,7 +201,7 @@ class Runner(RunContext):
                 name=self.name,
                 project=self.project.name,
                 tenant=self.tenant_slug,
-                resumed=self.status != "pending",
+                resumed=self.status != PENDING,
                 total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
@@ -284,13 +288,14 @@ class Runner(RunContext):
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
         records.update_step(self.store, step.id, status=RUNNING, error=None, started_at=utcnow())
-        self.step_event(
-            ev.StepStarted,
-            step,
-            persona=step.persona,
-            provider=step.provider,
-            auto_generated=step.auto_generated,
-            heading=item.heading if item is not None else None,
+        self.emit(
+            ev.StepStarted(
+                *self.at(step),
+                persona=step.persona,
+                provider=step.provider,
+                auto_generated=step.auto_generated,
+                heading=item.heading if item is not None else None,
+            )
         )
         try:
             result = await self.call(step, request)
@@ -303,15 +308,16 @@ class Runner(RunContext):
             sum(a.input_tokens for a in result.attempts),
             sum(a.output_tokens for a in result.attempts),
         )
-        self.step_event(
-            ev.StepCompleted,
-            step,
-            provider=result.provider,
-            model=result.completion.model,
-            cached=result.from_cache,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            cost_usd=sum(a.cost_usd for a in result.attempts),
+        self.emit(
+            ev.StepCompleted(
+                *self.at(step),
+                provider=result.provider,
+                model=result.completion.model,
+                cached=result.from_cache,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                cost_usd=sum(a.cost_usd for a in result.attempts),
+            )
         )
 
     def _generated_item(self, step: StepRow) -> ItemView | None:
@@ -331,7 +337,7 @@ class Runner(RunContext):
         digest = hashlib.sha256(json.dumps([rules, texts]).encode()).hexdigest()
         if self.skip_if_done(step, digest, StepView(step.name, step.output)):
             return
-        self.step_event(ev.StepStarted, step, persona=None, provider=None)
+        self.emit(ev.StepStarted(*self.at(step), persona=None, provider=None))
         report = check_code(repository, patterns, texts)
         if report.violations and config.fail_on_violation:
             err = StepFailed(
@@ -344,7 +350,7 @@ class Runner(RunContext):
         records.complete_step(self.store, step, output, digest)
         records.update_step(self.store, step.id, score=report.score)
         self.ctx[step.name] = StepView(step.name, output)
-        self.step_event(ev.StepCompleted, step)
+        self.emit(ev.StepCompleted(*self.at(step)))
 
     def _previous_user_step(self, step: StepRow) -> str | None:
         earlier = [n for n in self.ctx if n != step.name]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from nyxnb.errors import MissingKey, NotFound, SpecError
 from nyxnb.providers.registry import create_provider, provider_class
 from nyxnb.spec import StepSpec, WorkflowSpec, load_spec
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import PENDING, Persona, Project, Repository, Workflow, WorkflowStep
 
 
@@ -56,7 +56,7 @@ def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
     return WorkflowSpec.model_validate(data)
 
 
-def personas_for(store: Store, tenant_id: str) -> dict[str, str]:
+def personas_for(store: Database, tenant_id: str) -> dict[str, str]:
     """Persona name -> system prompt visible to a tenant (its own override global ones)."""
     with store.session(tenant_id, read_only=True) as s:
         rows = s.scalars(select(Persona)).all()
@@ -118,7 +118,7 @@ def _check_ready(spec: WorkflowSpec) -> None:
             raise MissingKey(", ".join(p.name for p in providers), [names])
 
 
-def _check_repositories(store: Store, spec: WorkflowSpec, tenant_id: str) -> None:
+def _check_repositories(store: Database, spec: WorkflowSpec, tenant_id: str) -> None:
     for i, step in enumerate(spec.steps):
         if step.type == "pattern-check" and step.repository:
             owner, _, repo = step.repository.partition("/")
@@ -167,7 +167,7 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
     }
 
 
-def find_project(store: Store, tenant_id: str, project: str) -> Project:
+def find_project(store: Database, tenant_id: str, project: str) -> Project:
     """A tenant's project by name or id, or :class:`NotFound`."""
     with store.session(tenant_id) as s:
         found = s.scalar(select(Project).where((Project.name == project) | (Project.id == project)))
@@ -177,7 +177,7 @@ def find_project(store: Store, tenant_id: str, project: str) -> Project:
 
 
 def create_workflow(
-    store: Store,
+    store: Database,
     spec: WorkflowSpec | dict[str, Any] | str | Path,
     *,
     tenant: str,

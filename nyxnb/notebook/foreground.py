@@ -18,6 +18,7 @@ from concurrent.futures import wait as wait_futures
 
 from nyxnb.engine.api import RunResult
 from nyxnb.errors import RunError, WorkflowStopped
+from nyxnb.store.models import COMPLETED, PAUSED
 
 #: On an interrupt, how long the cell waits for the pause to land (items in flight finish).
 INTERRUPT_WAIT_S = 60.0
@@ -56,13 +57,13 @@ def outcome(future: Future[RunResult], interrupted: bool, why: str) -> None:
     if not future.done() or future.exception() is not None:
         return  # still running, or result() raises it where the caller asks
     result = future.result()
-    if result.status == "completed":
+    if result.status == COMPLETED:
         if interrupted:
             print(f"the run had completed before the interrupt: nothing to pause "
                   f"({result.workflow_id})")  # fmt: skip
         return
     line = why or result.error or result.status
-    if interrupted and result.status == "paused":
+    if interrupted and result.status == PAUSED:
         line = f"interrupted (■): {line}; the answers in flight were kept"
     raise WorkflowStopped(result.workflow_id, result.status, line)
 

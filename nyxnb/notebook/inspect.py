@@ -39,7 +39,18 @@ from nyxnb.notebook.progress import money, tokens_text
 from nyxnb.notebook.state import Answered
 from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import LlmCall, Project, Tenant, Workflow, WorkflowStep
+from nyxnb.store.models import (
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    PENDING,
+    RUNNING,
+    LlmCall,
+    Project,
+    Tenant,
+    Workflow,
+    WorkflowStep,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,12 +59,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 StoreArg = Store | str | None
-_STATUS_COLORS = {
-    "completed": "#2e7d32",
-    "running": "#1565c0",
-    "failed": "#c62828",
-    "paused": "#ef6c00",
-    "pending": "#bdbdbd",
+_STATUS_COLORS: dict[str, str] = {
+    COMPLETED: "#2e7d32",
+    RUNNING: "#1565c0",
+    FAILED: "#c62828",
+    PAUSED: "#ef6c00",
+    PENDING: "#bdbdbd",
 }
 
 
@@ -367,7 +378,7 @@ def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
     ax.set_axis_off()
     ax.set_xlim(0, 100)
     ax.set_ylim(len(steps) + 2.1, -0.1)
-    t, done = summary.totals, sum(s.status == "completed" for s in steps)
+    t, done = summary.totals, sum(s.status == COMPLETED for s in steps)
     head = (
         f"{summary.name}: {summary.shown_status}, {done}/{summary.total_steps} steps · "
         f"{tokens_text(t.input_tokens, t.output_tokens)} tokens · {money(t.cost_usd)}"
@@ -389,7 +400,7 @@ def plot_progress(store: StoreArg, workflow_id: str) -> Figure:
             status = name == "status"
             ax.text(x, y, value, va="center", fontsize=9, color=color if status else "black",
                     weight="bold" if status else "normal")  # fmt: skip
-        share = s.items_done / total if total else float(s.status == "completed")
+        share = s.items_done / total if total else float(s.status == COMPLETED)
         ax.add_patch(Rectangle((60, y - 0.3), 15, 0.6, color="#e0e0e0", linewidth=0))
         ax.add_patch(Rectangle((60, y - 0.3), 15 * share, 0.6, color=color, linewidth=0))
     return fig

@@ -118,6 +118,7 @@ class TextProgress:
         self._total_steps = 0
         self._started: dict[str, str] = {}
         self._configured: dict[str, str | None] = {}
+        self._generating_at = 0.0
 
     def __call__(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
@@ -201,6 +202,13 @@ class TextProgress:
 
     def _on_rate_limited(self, e: ev.RateLimited) -> None:
         self._line(f"      {e.summary} ({e.wait_s:.1f}s)")
+
+    def _on_generating(self, e: ev.Generating) -> None:
+        now = time.monotonic()
+        if e.waiting_s is None and now - self._generating_at < self.every_s:
+            return  # a silent provider is always named; streamed progress is throttled
+        self._generating_at = now
+        self._line(f"      {e.summary}")
 
     def _on_batch_submitted(self, e: ev.BatchSubmitted) -> None:
         verb = "re-adopted" if e.adopted else "submitted"

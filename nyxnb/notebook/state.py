@@ -24,12 +24,13 @@ from nyxnb.notebook.progress import (
     tokens_text,
 )
 from nyxnb.reports.summary import INTERRUPTED, BatchSummary, WorkflowSummary
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, QUEUED, RUNNING
 
 _HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "time", "current")
 #: Statuses in which a run is under way (or about to be): a view follows them.
-ACTIVE = ("pending", "queued", "running")
+ACTIVE = (PENDING, QUEUED, RUNNING)
 #: Step statuses of work under way; when the run stops they say why it stopped.
-_UNDER_WAY = ("running", "batch")
+_UNDER_WAY = (RUNNING, "batch")
 
 
 def clip(text: str, width: int) -> str:
@@ -47,7 +48,7 @@ class StepRow:
     persona: str | None = None
     provider: str | None = None  # configured until a call answers, then who answered
     model: str | None = None  # the model that answered (None until one did)
-    status: str = "pending"
+    status: str = PENDING
     items_done: int = 0
     items_total: int = 0  # fan-out items; 0 for single-call steps
     heading: str = ""  # current fan-out item, or the implementation prompt's feature
@@ -169,7 +170,7 @@ class ProgressState:
 
     workflow_id: str = ""
     name: str = ""
-    status: str = "pending"
+    status: str = PENDING
     error: str | None = None
     total_steps: int = 0  # known when the run starts (generated steps included)
     steps: dict[int, StepRow] = field(default_factory=dict)
@@ -202,16 +203,16 @@ class ProgressState:
         """Fold one event in; returns the row it touched, if any."""
         self.workflow_id = e.workflow_id
         if isinstance(e, ev.WorkflowStarted):
-            self.name, self.status, self.error, self.note = e.name, "running", None, ""
+            self.name, self.status, self.error, self.note = e.name, RUNNING, None, ""
             self.total_steps = max(self.total_steps, e.total_steps)
             self.run_totals, self.started_s, self.ended_s = [0, 0, 0.0], time.time(), None
         elif isinstance(e, ev.WorkflowCompleted):
-            self.status = "completed"
+            self.status = COMPLETED
             # fan-out events may not carry tokens: book the rest of the run on the workflow
             for i, v in enumerate((e.input_tokens, e.output_tokens, e.cost_usd)):
                 self.unattributed[i] += max(0, v - self.run_totals[i])
         elif isinstance(e, ev.WorkflowPaused | ev.WorkflowFailed):
-            self.status = "paused" if isinstance(e, ev.WorkflowPaused) else "failed"
+            self.status = PAUSED if isinstance(e, ev.WorkflowPaused) else FAILED
             self.error = getattr(e, "error", None)
         elif isinstance(e, ev.StepEvent):
             return self._apply_step(e)
@@ -223,9 +224,9 @@ class ProgressState:
         """The run stopped: work under way says why (a paused fan-out says paused, not pending)."""
         if self.status in ACTIVE:
             return
-        why = self.status if self.status in ("paused", INTERRUPTED) else "pending"
+        why = self.status if self.status in (PAUSED, INTERRUPTED) else PENDING
         for row in self.steps.values():
-            partly = row.status == "pending" and 0 < row.items_done < row.items_total
+            partly = row.status == PENDING and 0 < row.items_done < row.items_total
             if row.status in _UNDER_WAY or partly:
                 row.status = why
         for line in self.batches.values():  # nobody here polls them now
@@ -236,19 +237,19 @@ class ProgressState:
         if row is None or row.name != e.name:
             row = self.steps[e.order] = StepRow(e.order, e.name, e.step_type)
         if isinstance(e, ev.StepStarted):
-            row.status, row.persona, row.auto_generated = "running", e.persona, e.auto_generated
+            row.status, row.persona, row.auto_generated = RUNNING, e.persona, e.auto_generated
             row.provider = e.provider or row.provider
             row.items_total, row.items_done = e.total_items or 0, e.done_items
             row.started_s, row.done_at_start, row.took_s = time.time(), e.done_items, None
             row.heading = getattr(e, "heading", None) or row.heading
         elif isinstance(e, ev.FanOutProgress):
-            row.status, row.items_done, row.items_total = "running", e.completed, e.fan_out_total
+            row.status, row.items_done, row.items_total = RUNNING, e.completed, e.fan_out_total
             row.heading, row.provider = e.fan_out_heading, e.provider or row.provider
             row.model, row.cached_items = e.model or row.model, row.cached_items + e.cached
             tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
             self._add(row, *tokens)
         elif isinstance(e, ev.StepCompleted):
-            row.status, row.items_done = "completed", row.items_total
+            row.status, row.items_done = COMPLETED, row.items_total
             row.took_s = time.time() - row.started_s if row.started_s and not e.skipped else None
             if not e.skipped:
                 row.provider, row.model = e.provider or row.provider, e.model or row.model
@@ -258,13 +259,13 @@ class ProgressState:
             else:
                 self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
         elif isinstance(e, ev.StepFailed):
-            row.status = "failed"
+            row.status = FAILED
         elif isinstance(e, ev.ProviderFallback):
             item = f" item {e.item_index + 1}" if e.item_index is not None else ""
             to = e.to_provider or "none left"
             self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider
-        elif isinstance(e, ev.RateLimited):
+        elif isinstance(e, ev.RateLimited | ev.Generating):
             row.heading = e.summary  # "waiting for openai: 600 rpm" until the next item lands
         elif isinstance(e, ev.BatchSubmitted | ev.BatchProgress | ev.BatchEnded):
             self._apply_batch(row, e)
@@ -285,7 +286,7 @@ class ProgressState:
             line.state, line.succeeded, line.failed = "ended", e.succeeded, e.failed
             line.then = e.then
             line.done, line.poll_s, line.error = e.succeeded + e.failed, 0.0, ""
-        row.status = BATCH if line.live else "running"
+        row.status = BATCH if line.live else RUNNING
         row.provider = e.provider or row.provider
         row.heading = f"batch {line.done}/{line.total}" if line.live else row.heading
 
@@ -328,7 +329,7 @@ class ProgressState:
                 row.cached = who.calls > 0 and who.cached == who.calls
                 row.cached_items = who.cached if row.type == "fan-out" else 0
             timed = before.get(row.order)
-            if timed is not None and timed.name == row.name and row.status == "completed":
+            if timed is not None and timed.name == row.name and row.status == COMPLETED:
                 row.took_s = timed.took_s  # the store has no clocks: keep what the events timed
             old = self.steps.get(row.order)
             if old is None or old.name != row.name or not merge:
@@ -353,7 +354,7 @@ class ProgressState:
             self.batches.setdefault(line.batch_id, line)
         for line in self.live_batches():  # a step waiting on a batch shows it
             step = self.steps.get(line.order) if line.order is not None else None
-            if step is not None and step.status == "running":
+            if step is not None and step.status == RUNNING:
                 step.status, step.heading = BATCH, f"batch {line.done}/{line.total}"
 
     def headline(self, timing: bool = True) -> str:
@@ -361,21 +362,21 @@ class ProgressState:
 
         ``timing=False`` leaves the clock out (it changes while nothing else does).
         """
-        done = sum(r.status == "completed" for r in self.steps.values())
+        done = sum(r.status == COMPLETED for r in self.steps.values())
         tokens_in, tokens_out, cost = self.totals()
         total = max(self.total_steps, len(self.steps))
         line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps · "
         line += f"{tokens_text(tokens_in, tokens_out)} tokens · {money(cost)}"
         line += f" · {self.timing()}" if timing and self.started_s else ""
         why = self.note or (f"error: {self.error}" if self.error else "")
-        if self.status == "paused" and not why:
+        if self.status == PAUSED and not why:
             why = f"paused{self._where()}; resume with `nyxnb resume {self.workflow_id}`"
         return line + (f"\n{why}" if why else "")
 
     def _where(self) -> str:
         """`` at step 1 (features, 4/13 items)``: the first step not completed."""
         rows = sorted(self.steps.values(), key=lambda r: r.order)
-        row = next((r for r in rows if r.status != "completed"), None)
+        row = next((r for r in rows if r.status != COMPLETED), None)
         if row is None:
             return ""
         items = f", {row.items_done}/{row.items_total} items" if row.items_total else ""
@@ -392,7 +393,7 @@ class ProgressState:
             return f"took {clock(elapsed)}"
         done = [r for r in self.steps.values() if r.took_s is not None]
         total = max(self.total_steps, len(self.steps))
-        left = total - sum(r.status == "completed" for r in self.steps.values())
+        left = total - sum(r.status == COMPLETED for r in self.steps.values())
         text = f"elapsed {clock(elapsed)}"
         running = [r for r in self.steps.values() if r.status in _UNDER_WAY and r.items_total]
         eta = sum(r.took_s or 0 for r in done) / len(done) * left if done else None

@@ -24,13 +24,14 @@ from typing import Any
 
 from nyxnb.notebook.state import _HEAD, ProgressState, StepRow
 from nyxnb.reports.summary import INTERRUPTED
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, RUNNING
 
 _COLORS = {
-    "completed": "green",
-    "running": "royalblue",
+    COMPLETED: "green",
+    RUNNING: "royalblue",
     "batch": "darkviolet",
-    "failed": "crimson",
-    "paused": "orange",
+    FAILED: "crimson",
+    PAUSED: "orange",
     INTERRUPTED: "crimson",
 }
 STALE_NOTE = "static copy of the progress widget (kernel restarted: re-run the attach cell)"
@@ -139,7 +140,7 @@ class WidgetView:
         self.box.add_class("nyxnb-progress")
         self.rows: dict[int, tuple[list[Any], Any, Any]] = {}
         self._state: ProgressState | None = None
-        self.controls("pending")
+        self.controls(PENDING)
 
     def _line(self, values: list[str], bar: Any) -> Any:
         w, widths = self.w, self.WIDTHS
@@ -160,9 +161,9 @@ class WidgetView:
                 line = self._line([""] * len(_HEAD), bar)
                 self.rows[row.order] = ([c for c in line.children if c is not bar], bar, line)
                 self.grid.children = [*self.grid.children, line]
-            hide = compact and row.status == "completed"
+            hide = compact and row.status == COMPLETED
             self.rows[row.order][2].layout.display = "none" if hide else None
-            if orders is None or row.order in orders or row.status in ("running", "batch"):
+            if orders is None or row.order in orders or row.status in (RUNNING, "batch"):
                 self._row(row, now)
         self._summary_line(rows, compact)
         shown = not compact or any(r.status != "completed" for r in rows)
@@ -185,14 +186,14 @@ class WidgetView:
         for cell, value in zip(cells, row.cells(now), strict=True):
             cell.value = _cell(value)
         cells[6].value = _cell(row.status, _COLORS.get(row.status, "gray"))
-        busy = not row.items_total and row.status == "running"  # one call: a full, pale bar
+        busy = not row.items_total and row.status == RUNNING  # one call: a full, pale bar
         done = row.items_done / row.items_total if row.items_total else 1.0 * busy
-        bar.value = 1.0 if row.status == "completed" else done
-        styles = {"completed": "success", "failed": "danger", INTERRUPTED: "danger"}
+        bar.value = 1.0 if row.status == COMPLETED else done
+        styles = {COMPLETED: "success", FAILED: "danger", INTERRUPTED: "danger"}
         bar.bar_style = "info" if busy else styles.get(row.status, "")
 
     def _summary_line(self, rows: list[StepRow], compact: bool) -> None:
-        done = [r for r in rows if r.status == "completed"]
+        done = [r for r in rows if r.status == COMPLETED]
         self.compact_box.layout.display = None if len(rows) >= COMPACT_FROM else "none"
         if not compact or not done:
             self.done_line.value = ""
@@ -218,13 +219,13 @@ class WidgetView:
 
     def controls(self, status: str) -> None:
         """Pause -> Pausing -> (paused) Resume -> Resuming -> (running) Pause."""
-        resumable = status in ("paused", INTERRUPTED)
-        if status != "running":
+        resumable = status in (PAUSED, INTERRUPTED)
+        if status != RUNNING:
             self.pausing = False
         if not resumable:
             self.resuming = False
         self.pause.description = "Pausing" if self.pausing else "Pause"
-        self.pause.disabled = status != "running" or self.pausing
+        self.pause.disabled = status != RUNNING or self.pausing
         self.pause.layout.display = "none" if resumable else None
         self.resume.description = "Resuming" if self.resuming else "Resume"
         self.resume.disabled = self.resuming

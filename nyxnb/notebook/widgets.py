@@ -48,6 +48,7 @@ from nyxnb.notebook.state import ACTIVE, ProgressState, StepRow
 from nyxnb.notebook.view import WidgetView, static_html
 from nyxnb.reports.summary import INTERRUPTED, workflow_summary
 from nyxnb.store.database import Store, open_store
+from nyxnb.store.models import PAUSED, PENDING, RUNNING
 
 log = logging.getLogger(__name__)
 _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
@@ -150,7 +151,7 @@ class WorkflowProgress:
             changed = self.state.status != self._shown_status
             if final or changed:  # the saved form follows
                 self._update_display()
-            if self._view is not None and self.state.status == "running" and not final:
+            if self._view is not None and self.state.status == RUNNING and not final:
                 self._tick()
         if changed:
             self._siblings()
@@ -245,7 +246,7 @@ class WorkflowProgress:
                 self.refresh()
             except NyxError:
                 return
-            abandoned = self.state.status == "pending" and time.monotonic() - started > 30
+            abandoned = self.state.status == PENDING and time.monotonic() - started > 30
             if self.state.status not in ACTIVE or abandoned:  # abandoned: nobody runs it
                 return
 
@@ -367,7 +368,7 @@ class WorkflowProgress:
 
     def _ask_pause(self) -> bool:
         """Pause if it still runs; False (and no error) when it already stopped."""
-        if self.state.status != "running" or not self.state.workflow_id:
+        if self.state.status != RUNNING or not self.state.workflow_id:
             return False
         try:
             self.pause()
@@ -430,7 +431,7 @@ class WorkflowProgress:
     def _on_resume(self, button: Any) -> None:
         """Resume the paused workflow in the background (the kernel stays free)."""
         view, workflow_id = self._view, self.state.workflow_id
-        if view is None or not workflow_id or self.state.status not in ("paused", INTERRUPTED):
+        if view is None or not workflow_id or self.state.status not in (PAUSED, INTERRUPTED):
             return
         if self._future is not None and not self._future.done():
             return  # the paused run has not returned yet

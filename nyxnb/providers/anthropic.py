@@ -74,12 +74,14 @@ class AnthropicProvider(Provider):
         timeout = self.options.http_timeout(anthropic.Timeout, streamed=True)
         answer = _Answer(watch)
         try:
-            stream = await watch.open(
-                client.messages.create(**self.params(request), stream=True, timeout=timeout)
-            )
-            rate = rate_info(stream.response.headers)
-            async for event in watch.events(stream):
-                answer.add(event)
+            async with watch:
+                params = self.params(request)
+                stream = await client.messages.create(**params, stream=True, timeout=timeout)
+                watch.opened()
+                rate = rate_info(stream.response.headers)
+                async for event in stream:
+                    watch.tick()
+                    answer.add(event)
         except Exception as exc:
             raise self._error(exc, client.api_key) from exc
         try:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nyxnb.errors import ErrorKind as K
 from nyxnb.errors import MissingKey
 from nyxnb.providers.streaming import (
     DEFAULT_IDLE_S,
@@ -20,10 +21,10 @@ from nyxnb.providers.streaming import (
 from nyxnb.rates import RateInfo
 
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
-REFUSED_KINDS = frozenset({"exhausted", "auth", "not_found"})  # mark provider down, move on
-TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server", "timeout", "connection"})
-REJECTED_KINDS = frozenset({"truncated", "refused", "empty"})  # answer unusable: move on
-FATAL_KINDS = frozenset({"bad_request", "context_too_long"})  # this request fails everywhere alike
+REFUSED_KINDS = frozenset({K.EXHAUSTED, K.AUTH, K.NOT_FOUND})  # mark provider down, move on
+TRANSIENT_KINDS = frozenset({K.RATE_LIMITED, K.OVERLOADED, K.SERVER, K.TIMEOUT, K.CONNECTION})
+REJECTED_KINDS = frozenset({K.TRUNCATED, K.REFUSED, K.EMPTY})  # answer unusable: move on
+FATAL_KINDS = frozenset({K.BAD_REQUEST, K.CONTEXT_TOO_LONG})  # fails everywhere alike
 ERROR_KINDS = REFUSED_KINDS | TRANSIENT_KINDS | REJECTED_KINDS | FATAL_KINDS
 
 #: Seconds a call may wait for its answer's first byte unless the spec or CLI says otherwise.

@@ -10,17 +10,19 @@ import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from nyxnb.errors import ProviderError, ProviderRefused, ProviderUnavailable
+from nyxnb.errors import ErrorKind, ProviderError, ProviderRefused, ProviderUnavailable
 from nyxnb.providers import hints
 from nyxnb.providers.base import REFUSED_KINDS
 from nyxnb.providers.hints import rate_info
 from nyxnb.rates import RateInfo
 
 #: Exceptions a call can fail with besides an HTTP status: ``timeout`` and ``connection``.
-TIMEOUT, CONNECTION = "timeout", "connection"
+TIMEOUT, CONNECTION = ErrorKind.TIMEOUT, ErrorKind.CONNECTION
 
 _EXHAUSTED_CODES = frozenset(
     {
@@ -143,6 +145,27 @@ def _is_quota_exhausted(failure: HttpFailure) -> bool:
     return retry_after(failure) is None
 
 
+def _per_day(failure: HttpFailure) -> bool:
+    """A Gemini ``QuotaFailure`` of a per-day quota, or OpenAI's "requests per day" text."""
+    ids = [
+        str(v.get("quotaId", "")).lower()
+        for d in failure.details
+        if _rpc_type(d) == "QuotaFailure"
+        for v in _list(d)
+    ]
+    return any("perday" in i for i in ids) or "per day" in failure.text
+
+
+def _pacific_midnight() -> str:
+    """The next midnight in US Pacific time (when Gemini's daily quotas reset), in UTC."""
+    try:
+        now = datetime.now(ZoneInfo("America/Los_Angeles"))
+    except ZoneInfoNotFoundError:  # no time zone database on this machine
+        return "midnight US Pacific time"
+    midnight = datetime.combine(now.date() + timedelta(days=1), time(0), now.tzinfo)
+    return f"{midnight.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def _rpc_type(detail: Mapping[str, Any]) -> str:
     return str(detail.get("@type", "")).rsplit(".", 1)[-1]
 
@@ -190,6 +213,8 @@ def http_error(provider: str, failure: HttpFailure, *, secret: str | None = None
     kind = classify(failure)
     delay = retry_after(failure) if kind in ("rate_limited", "overloaded", "server") else None
     message = f"HTTP {failure.status}: {failure.message or failure.error_type or 'error'}"
+    if kind == "exhausted" and _per_day(failure):
+        message += f" (a daily quota: it resets at {_pacific_midnight()})"
     error = make_error(provider, kind, message, secret=secret, retry_after=delay)
     error.rate = rate_info(failure.headers) or _quota_rate(failure.details)
     return error
@@ -233,7 +258,7 @@ def sdk_error(
     elif isinstance(exc, sdk.APIConnectionError):
         kind = CONNECTION
     else:
-        kind = "server"  # response validation and other SDK-side failures
+        kind = ErrorKind.SERVER  # response validation and other SDK-side failures
     return make_error(provider, kind, str(exc), secret=key)
 
 

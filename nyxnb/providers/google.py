@@ -76,13 +76,13 @@ class GoogleProvider(Provider):
         answer = _Answer(watch)
 
         async def stream(client: genai.Client) -> None:
-            chunks = await watch.open(
-                client.aio.models.generate_content_stream(
+            async with watch:
+                chunks = await client.aio.models.generate_content_stream(
                     model=model, contents=contents_of(request), config=config
                 )
-            )
-            async for chunk in watch.events(chunks):
-                answer.add(chunk)
+                async for chunk in chunks:
+                    watch.tick()
+                    answer.add(chunk)
 
         await self.sdk_call(stream)
         try:

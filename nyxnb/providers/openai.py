@@ -69,12 +69,14 @@ class OpenAIProvider(Provider):
         timeout = self.options.http_timeout(openai.Timeout, streamed=True)
         answer = _Answer(watch)
         try:
-            stream = await watch.open(
-                client.chat.completions.create(**self.params(request), **_STREAMED, timeout=timeout)
-            )
-            rate = rate_info(stream.response.headers)
-            async for chunk in watch.events(stream):
-                answer.add(chunk)
+            async with watch:
+                params = self.params(request) | _STREAMED
+                stream = await client.chat.completions.create(**params, timeout=timeout)
+                watch.opened()
+                rate = rate_info(stream.response.headers)
+                async for chunk in stream:
+                    watch.tick()
+                    answer.add(chunk)
         except Exception as exc:
             raise self._error(exc, client.api_key) from exc
         try:
@@ -117,12 +119,11 @@ class _Answer:
             if delta.content:
                 self.text.append(delta.content)
                 self.watch.wrote(delta.content)
-            refusal = getattr(delta, "refusal", None)
-            if refusal:
-                self.refusal.append(refusal)
-            reasoning = getattr(delta, "reasoning_content", None)  # OpenAI-compatible servers
-            if isinstance(reasoning, str):
-                self.watch.wrote(reasoning)
+            if delta.refusal:
+                self.refusal.append(delta.refusal)
+            extra = delta.model_extra
+            if extra and isinstance(extra.get("reasoning_content"), str):  # compatible servers
+                self.watch.wrote(extra["reasoning_content"])
             self.finish = choice.finish_reason or self.finish
 
     def completion(self, model: str, provider: str) -> Completion:

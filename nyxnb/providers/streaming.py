@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 #: Seconds to wait for the first byte of an answer from a model that thinks first.
 REASONING_FIRST_BYTE_S = 180.0
@@ -26,7 +26,6 @@ _REASONING_MODEL = re.compile(
     r"^(o[1-9]|gpt-5|gpt-oss|deepseek-r|qwq|.*reason|.*thinking|gemini-(2\.5-pro|3)|claude-opus)",
     re.IGNORECASE,
 )
-T = TypeVar("T")
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -34,14 +33,24 @@ def is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_MODEL.match(model.rpartition("/")[2]))
 
 
+#: Seconds without a first byte before progress names the provider as possibly hung.
+SILENT_NOTICE_S = 5.0
+
+
 @dataclass(frozen=True)
 class StreamProgress:
-    """How far the answer being generated is: output tokens so far (estimated) and their rate."""
+    """How far the answer being generated is: output tokens so far (estimated) and their rate.
+
+    ``waiting`` is True while no byte has come yet (``elapsed_s`` of silence, given up at
+    ``first_byte_s``).
+    """
 
     provider: str
     model: str
     tokens: int
     elapsed_s: float
+    waiting: bool = False
+    first_byte_s: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,7 +73,13 @@ class StreamCut(Exception):  # noqa: N818 - translated to a ProviderError by the
 
 
 class Watch:
-    """One streamed answer: its timeouts, and its progress reported to :data:`PROGRESS`."""
+    """One streamed answer: its timeouts, and its progress reported to :data:`PROGRESS`.
+
+    Use as ``async with watch:`` around the request and the reading of its events, calling
+    :meth:`tick` when the answer starts and on each event (and :meth:`wrote` with its text).  A
+    single timer per call (not one per event) cancels the reading when the provider falls
+    silent too long; leaving the block then raises :class:`StreamCut`.
+    """
 
     def __init__(self, provider: str, model: str, first_byte_s: float, idle_s: float) -> None:
         self.provider, self.model = provider, model
@@ -73,29 +88,59 @@ class Watch:
         self._hook = PROGRESS.get()
         self._began = time.monotonic()
         self._next_report = 0.0
+        self._first = True  # no event yet
+        self._cut = False
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def open(self, opening: Awaitable[T]) -> T:
-        """Await the request until its answer starts (the status line and headers)."""
-        try:
-            async with asyncio.timeout(self.first_byte_s):
-                return await opening
-        except TimeoutError:
-            raise StreamCut(True, self.first_byte_s) from None
+    async def __aenter__(self) -> Watch:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._last = self._loop.time()
+        self._arm(self._last + min(self.first_byte_s, SILENT_NOTICE_S))
+        return self
 
-    async def events(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The stream's events, each within its timeout (no ``async with`` spans a ``yield``)."""
-        it, first = aiter(stream), True
-        while True:
-            limit = self.first_byte_s if first else self.idle_s
-            try:
-                async with asyncio.timeout(limit):
-                    event = await anext(it)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise StreamCut(first, limit, self.chars // 4) from None
-            first = False
-            yield event
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._cut and kind is asyncio.CancelledError and self._task is not None:
+            if self._task.uncancel() > 0:
+                return  # cancelled from outside as well: let that cancellation through
+            limit = self.first_byte_s if self._first else self.idle_s
+            raise StreamCut(self._first, limit, self.chars // 4)
+
+    def tick(self) -> None:
+        """The provider sent something: the silence starts again."""
+        assert self._loop is not None
+        self._last = self._loop.time()
+        self._first = False
+
+    def opened(self) -> None:
+        """The answer's headers came: its first event gets ``first_byte_s`` again."""
+        assert self._loop is not None
+        self._last = self._loop.time()
+
+    def _arm(self, at: float) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        """The timer: cut a silence past its limit, else look again when it could be."""
+        assert self._loop is not None and self._task is not None
+        now = self._loop.time()
+        limit = self.first_byte_s if self._first else self.idle_s
+        deadline = self._last + limit
+        if now >= deadline:
+            self._cut = True
+            self._task.cancel()
+            return
+        if self._first and self._hook is not None and now - self._last >= SILENT_NOTICE_S:
+            waited = time.monotonic() - self._began
+            self._hook(StreamProgress(self.provider, self.model, 0, waited, True, limit))
+        notice = now + SILENT_NOTICE_S if self._first else deadline
+        self._arm(min(deadline, notice))
 
     def wrote(self, text: str | None) -> None:
         """Count generated text (visible or thinking) and report progress about 4 times a second."""

@@ -20,6 +20,10 @@ from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store
 from nyxnb.store.models import (
     BATCH_LIVE_STATES,
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    RUNNING,
     LlmCall,
     Project,
     ProviderBatch,
@@ -36,7 +40,7 @@ INTERRUPTED = "interrupted"
 #: How long past its expiry a lease must be before the run counts as dead: a live runner renews
 #: every ~1.5 s, but a busy store can delay a renewal by seconds (seen with SQLite under load).
 GRACE_S = 10.0
-_ENDED = ("completed", "failed", "paused")
+_ENDED = (COMPLETED, FAILED, PAUSED)
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def dead_since(
     was never there. A runner renews its lease every ~1.5 s, so such a lease means nothing runs
     it.
     """
-    if status in _ENDED or (status != "running" and not lease_owner):
+    if status in _ENDED or (status != RUNNING and not lease_owner):
         return None
     expires = aware(lease_expires_at)
     if expires is not None and expires + timedelta(seconds=GRACE_S) >= (now or utcnow()):
@@ -333,7 +337,7 @@ def _step(
         score=step.score,
         reused_from=step.reused_from,
         items_total=len(items),
-        items_done=sum(i.status == "completed" for i in items),
+        items_done=sum(i.status == COMPLETED for i in items),
         claims=_claims(items),
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
@@ -372,7 +376,7 @@ def _claims(items: list[StepItem]) -> dict[str, int]:
     """Open item claims per worker (a shared fan-out: who holds what)."""
     held: dict[str, int] = {}
     for item in items:
-        if item.status == "running" and item.claimed_by:
+        if item.status == RUNNING and item.claimed_by:
             held[item.claimed_by] = held.get(item.claimed_by, 0) + 1
     return held
 

@@ -6,6 +6,7 @@ May import the ground modules (``nyxnb.errors``, ``nyxnb.paths``) and nothing el
 
 from nyxnb.store.database import (
     ENV_URL,
+    Database,
     Store,
     default_db_path,
     open_store,
@@ -13,4 +14,12 @@ from nyxnb.store.database import (
 )
 from nyxnb.store.tenancy import NyxSession
 
-__all__ = ["ENV_URL", "NyxSession", "Store", "default_db_path", "open_store", "resolve_url"]
+__all__ = [
+    "ENV_URL",
+    "Database",
+    "NyxSession",
+    "Store",
+    "default_db_path",
+    "open_store",
+    "resolve_url",
+]

@@ -21,9 +21,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -144,6 +144,36 @@ def _configure_sqlite(engine: Engine) -> None:
         # work (Store.reading) begins deferred and never makes a writer wait.
         read_only = conn.get_execution_options().get(READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class Database(Protocol):
+    """What the engine uses of a store: a :class:`Store`, or the engine's gateway to one
+    (``nyxnb.engine.durable.gateway``), which has no raw engine to write around its fence."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    def begin(self) -> AbstractContextManager[Connection]: ...
+
+    def connect(self) -> Connection: ...
+
+    def fence(self, conn: Connection) -> None: ...
+
+    def transient(self, exc: BaseException) -> bool: ...
+
+    def reading(self) -> AbstractContextManager[Connection]: ...
+
+    def session(
+        self, tenant_id: str | None = None, *, read_only: bool = False
+    ) -> AbstractContextManager[NyxSession]: ...
+
+    def tenant(
+        self, slug_or_id: str, *, read_only: bool = False
+    ) -> AbstractContextManager[NyxSession]: ...
+
+    def find_tenant(self, slug_or_id: str) -> models.Tenant: ...
+
+    def tenant_id(self, slug_or_id: str | None) -> str | None: ...
 
 
 class Store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, overload
 
 from sqlalchemy import (
@@ -27,9 +28,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
-# Status values are a contract shared with users' SQL.
-PENDING, RUNNING, COMPLETED, FAILED, PAUSED = "pending", "running", "completed", "failed", "paused"
-QUEUED = "queued"  # submitted, waiting for a worker (nyxnb.engine.workers.queue)
+
+class Status(StrEnum):
+    """The status of a workflow, step or item.  The values are a contract shared with users'
+    SQL; a ``StrEnum`` member equals its string, so rows read back compare equal."""
+
+    PENDING = "pending"
+    QUEUED = "queued"  # a workflow submitted, waiting for a worker (nyxnb.engine.workers.queue)
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+
+
+# The module-level names every caller already uses: aliases of the members.
+PENDING, QUEUED, RUNNING = Status.PENDING, Status.QUEUED, Status.RUNNING
+COMPLETED, FAILED, PAUSED = Status.COMPLETED, Status.FAILED, Status.PAUSED
 STEP_STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 WORKFLOW_STATUSES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, PAUSED)
 
@@ -282,10 +296,23 @@ class LlmCall(TenantOwned, Base):
     service_tier: Mapped[str] = mapped_column(String(16), default="live")  # live | batch
 
 
-#: ``provider_batches.state`` values; ``submitting``, ``open`` and ``canceling`` (a cancel was
-#: asked, the results are not read yet) are live batches.
-BATCH_SUBMITTING, BATCH_OPEN, BATCH_CANCELING = "submitting", "open", "canceling"
-BATCH_ENDED, BATCH_CANCELED = "ended", "canceled"
+class BatchState(StrEnum):
+    """The state of a provider batch row (``provider_batches.state``); ``submitting``, ``open``
+    and ``canceling`` (a cancel was asked, the results are not read yet) are live batches."""
+
+    SUBMITTING = "submitting"
+    OPEN = "open"
+    CANCELING = "canceling"
+    ENDED = "ended"
+    CANCELED = "canceled"
+
+
+BATCH_SUBMITTING, BATCH_OPEN, BATCH_CANCELING = (
+    BatchState.SUBMITTING,
+    BatchState.OPEN,
+    BatchState.CANCELING,
+)
+BATCH_ENDED, BATCH_CANCELED = BatchState.ENDED, BatchState.CANCELED
 BATCH_LIVE_STATES = (BATCH_SUBMITTING, BATCH_OPEN, BATCH_CANCELING)
 
 

@@ -223,7 +223,7 @@ def _seed_project(
 @dataclass(frozen=True)
 class _WfPlan:
     name: str
-    status: str
+    status: m.Status
     area: int
     auto: bool
     trap: bool
@@ -343,7 +343,7 @@ class _History:
         row |= {"error": error, "started_at": start if running else None}
         return batch.add(m.Workflow, row | {"finished_at": self.clock if ended else None})
 
-    def _states(self, plan: _WfPlan, steps: list[Row]) -> list[str]:
+    def _states(self, plan: _WfPlan, steps: list[Row]) -> list[m.Status]:
         n = len(steps)
         if plan.status in (m.COMPLETED, m.PENDING):
             return [plan.status] * n

@@ -38,9 +38,10 @@ from nyxnb.testing.server import (
     prompt_of,
     reply_body,
 )
+from nyxnb.testing.streams import streamed, wants_stream
 
 _BATCH = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<op>results|cancel))?)?$")
-_GENERATE = r"^/[^/]+/models/[^/:]+:generateContent$"
+_GENERATE = r"^/[^/]+/models/[^/:]+:(?:stream)?[gG]enerateContent$"
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -281,15 +282,15 @@ class FakeBatchServer(FakeProviderServer):
         self._next("anthropic", request.path, params)
         with self.batches._lock:
             n = len(self.requests)
-            body = json.dumps(self.batches.message(params, n)).encode()
-        return _response((200, _JSON, body))
+            message = self.batches.message(params, n)
+        return _live("anthropic", request, message)
 
     async def _cached_completion(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
         self._next("openai", request.path, params)
         with self.openai_batches._lock:
-            body = json.dumps(self.openai_batches.completion(params, len(self.requests)))
-        return _response((200, _JSON, body.encode()))
+            completion = self.openai_batches.completion(params, len(self.requests))
+        return _live("openai", request, completion)
 
     async def _cached_generate(self, request: FakeRequest) -> FakeResponse:
         params = request.json()
@@ -297,7 +298,14 @@ class FakeBatchServer(FakeProviderServer):
         model = request.path.split("/models/", 1)[1].split(":", 1)[0]
         with self.gemini_batches._lock:
             answer = self.gemini_batches.response({"model": model, **params}, len(self.requests))
-        return _response((200, _JSON, json.dumps(answer).encode()))
+        return _live("google", request, answer)
+
+
+def _live(provider: str, request: FakeRequest, body: dict[str, Any]) -> FakeResponse:
+    """A live answer, streamed when the request asks for a stream (every live call does)."""
+    if wants_stream(request.path, request.json()):
+        return FakeResponse(200, streamed(provider, body), content_type="text/event-stream")
+    return _response((200, _JSON, json.dumps(body).encode()))
 
 
 def _response(answer: Response) -> FakeResponse:

@@ -121,6 +121,27 @@ def rate_limited(retry_after_s: float = 1.0) -> Fault:
     )
 
 
+def bare_rate_limited() -> Fault:
+    """A 429 with no hint at all: no headers, no ``RetryInfo``, no "try again in" (as recorded).
+
+    Gemini's shared-capacity "Resource exhausted. Please try again later." and OpenAI or
+    Anthropic 429s relayed by gateways that drop headers look like this.
+    """
+    gemini = Fault(429, "Resource exhausted. Please try again later.", type="RESOURCE_EXHAUSTED")
+    anthropic = Fault(
+        429,
+        "This request would exceed your account's rate limit. Please try again later.",
+        type="rate_limit_error",
+    )
+    return Fault(
+        429,
+        "Rate limit reached for requests",
+        code="rate_limit_exceeded",
+        type="requests",
+        variants={"google": gemini, "anthropic": anthropic},
+    )
+
+
 def overloaded() -> Fault:
     """Anthropic's 529 overloaded_error (Gemini and OpenAI: 503 "model is overloaded")."""
     busy = Fault(503, "The model is overloaded. Please try again later.")

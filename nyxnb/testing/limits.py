@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from nyxnb.testing.faults import Fault
+from nyxnb.testing.faults import Fault, bare_rate_limited
 
 _RPC = "type.googleapis.com/google.rpc."
 
@@ -37,6 +37,8 @@ class Limit:
     tpm: int | None = None
     output_tpm: int | None = None
     burst_s: float = 1.0
+    #: False: say nothing (no rate headers, 429s without any retry hint), like a gateway
+    hints: bool = True
 
 
 @dataclass
@@ -116,11 +118,18 @@ class RateLimits:
             waits = {kind: b.wait_for(wants[kind][1]) for kind, b in buckets.items()}
             over = max(waits, key=lambda k: waits[k]) if waits else None
             if over is not None and waits[over] > 0:
+                if not limit.hints:
+                    return Verdict({}, bare_rate_limited())
                 headers = _headers(provider, buckets)
                 return Verdict(headers, _fault(provider, model, over, buckets[over], waits[over]))
             for kind, b in buckets.items():
                 b.level -= min(wants[kind][1], b.capacity)
-            return Verdict(_headers(provider, buckets))
+            if not limit.hints:
+                return Verdict({})
+            headers = _headers(provider, buckets)
+            if provider == "anthropic":  # Anthropic sends retry-after on its 200s too
+                headers["retry-after"] = str(max(1, math.ceil(min(waits.values(), default=0))))
+            return Verdict(headers)
 
     def _bucket(
         self, provider: str, model: str, kind: str, per_min: int, burst_s: float, now: float
@@ -152,14 +161,25 @@ def _headers(provider: str, buckets: dict[str, _Bucket]) -> dict[str, str]:
     elif provider == "anthropic":
         names = {"requests": "requests", "tokens": "input-tokens", "output": "output-tokens"}
         for kind, b in buckets.items():
-            at = datetime.now(UTC) + timedelta(seconds=b.reset_s())
-            prefix = f"anthropic-ratelimit-{names[kind]}"
-            headers[f"{prefix}-limit"] = str(b.per_min)
-            headers[f"{prefix}-remaining"] = str(math.floor(b.level))
-            headers[f"{prefix}-reset"] = at.isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            )
+            _anthropic_headers(headers, names[kind], b.per_min, b.level, b.reset_s())
+        if "tokens" in buckets or "output" in buckets:  # the combined budget, as sent
+            parts = [buckets[k] for k in ("tokens", "output") if k in buckets]
+            limit = sum(b.per_min for b in parts)
+            level = sum(b.level for b in parts)
+            _anthropic_headers(headers, "tokens", limit, level, max(b.reset_s() for b in parts))
     return headers
+
+
+def _anthropic_headers(
+    headers: dict[str, str], name: str, limit: int, level: float, reset_s: float
+) -> None:
+    """Anthropic's ``anthropic-ratelimit-{name}-*``: its resets are whole seconds, truncated, so
+    a reset due within the second reads as earlier than the answer's ``Date``."""
+    at = (datetime.now(UTC) + timedelta(seconds=reset_s)).replace(microsecond=0)
+    prefix = f"anthropic-ratelimit-{name}"
+    headers[f"{prefix}-limit"] = str(limit)
+    headers[f"{prefix}-remaining"] = str(math.floor(level))
+    headers[f"{prefix}-reset"] = at.isoformat().replace("+00:00", "Z")
 
 
 def _fault(provider: str, model: str, kind: str, bucket: _Bucket, wait_s: float) -> Fault:

@@ -63,7 +63,7 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
-from nyxnb.testing.streams import stream_events
+from nyxnb.testing.streams import stream_events, wants_stream
 from nyxnb.testing.wire import fault_body, prompt_of, reply_body, request_tokens, route
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
@@ -226,10 +226,14 @@ class FakeProviderServer:
         output_tpm: int | None = None,
         model: str | None = None,
         burst_s: float = 1.0,
+        hints: bool = True,
     ) -> FakeProviderServer:
-        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``)."""
+        """Enforce requests/tokens per minute on ``provider`` (each model apart, or ``model``).
+
+        ``hints=False``: answer with no rate headers and 429s without any retry hint.
+        """
         self._queue(provider)
-        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s), model)
+        self.limits.set(provider, Limit(rpm, tpm, output_tpm, burst_s, hints), model)
         return self
 
     def pending(self, provider: str) -> int:
@@ -340,7 +344,7 @@ class FakeProviderServer:
             await _write(writer, _fault_response(provider, act, verdict.headers))
         elif isinstance(act, Reply):
             payload = reply_body(provider, act, model, prompt_of(provider, body), n)
-            if body.get("stream") is True or ":streamGenerateContent" in req.path:
+            if wants_stream(req.path, body):
                 await _write_stream(writer, stream_events(provider, payload), act, verdict.headers)
             else:
                 await _write(writer, FakeResponse(200, payload, verdict.headers))

@@ -24,6 +24,16 @@ def _pieces(text: str) -> list[str]:
     return [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)] if text else []
 
 
+def wants_stream(path: str, body: Mapping[str, Any]) -> bool:
+    """True when a request asks for a streamed answer (``stream: true`` or Gemini's stream)."""
+    return body.get("stream") is True or ":streamGenerateContent" in path
+
+
+def streamed(provider: str, body: Mapping[str, Any]) -> bytes:
+    """A whole reply body as one server-sent-event body (for routes that answer at once)."""
+    return b"".join(stream_events(provider, body))
+
+
 def _sse(data: object, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data)}\n\n".encode()
@@ -70,7 +80,8 @@ def _anthropic(body: Mapping[str, Any]) -> list[bytes]:
 
 
 def _openai(body: Mapping[str, Any]) -> list[bytes]:
-    head = {k: body[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    head = {k: body.get(k) for k in ("id", "created", "model")}
+    head |= {"object": "chat.completion.chunk"}
     choice = body["choices"][0]
     message = choice["message"]
 
@@ -89,8 +100,8 @@ def _openai(body: Mapping[str, Any]) -> list[bytes]:
 
 
 def _gemini(body: Mapping[str, Any]) -> list[bytes]:
-    usage = dict(body["usageMetadata"])
-    head = {"modelVersion": body["modelVersion"], "responseId": body["responseId"]}
+    usage = dict(body.get("usageMetadata") or {})
+    head = {k: body[k] for k in ("modelVersion", "responseId") if k in body}
     early_usage = {k: v for k, v in usage.items() if k != "candidatesTokenCount"}
     if "candidates" not in body:  # a blocked prompt: one chunk with the feedback
         return [_gemini_sse(dict(body))]

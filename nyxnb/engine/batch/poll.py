@@ -108,17 +108,18 @@ class BatchWait:
         return status.ended
 
     def _progress(self, poll_s: float, error: str = "") -> None:
-        self.runner.step_event(
-            ev.BatchProgress,
-            self.step,
-            provider=self.row.provider,
-            batch_id=self.batch_id,
-            done=self.last.done,
-            total=len(self.row.custom_ids),
-            counts=self.last.counts,
-            poll_s=poll_s,
-            canceling=self.canceling,
-            error=error,
+        self.runner.emit(
+            ev.BatchProgress(
+                *self.runner.at(self.step),
+                provider=self.row.provider,
+                batch_id=self.batch_id,
+                done=self.last.done,
+                total=len(self.row.custom_ids),
+                counts=self.last.counts,
+                poll_s=poll_s,
+                canceling=self.canceling,
+                error=error,
+            )
         )
 
     def _failed_poll(self, exc: ProviderUnavailable) -> float | None:

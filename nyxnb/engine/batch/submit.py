@@ -33,11 +33,11 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ClaimLost, MissingKey, ProviderUnavailable
+from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.registry import batch_api, create_provider
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.models import BATCH_ENDED, BATCH_LIVE_STATES, BATCH_OPEN, COMPLETED, utcnow
 
 #: New batches a step may submit in one run before its leftovers run live.
@@ -89,7 +89,7 @@ class BatchRun:
             try:
                 api = batch_api(pool.provider(name))
             except MissingKey as exc:
-                pool.mark_down(name, "auth", str(exc))
+                pool.mark_down(name, ErrorKind.AUTH, str(exc))
                 continue
             if api is not None:
                 return name, api
@@ -150,14 +150,15 @@ class BatchRun:
                 return None
             self.skip.add(name)
             nxt = self._target()
-            self.runner.step_event(
-                ev.ProviderFallback,
-                self.step,
-                from_provider=name,
-                to_provider=nxt[0] if nxt else None,
-                reason=outcome.kind,
-                message=f"batch create: {outcome.message}"[:300]
-                + ("" if nxt else " (the items run live)"),
+            live = "" if nxt else " (the items run live)"
+            self.runner.emit(
+                ev.ProviderFallback(
+                    *self.runner.at(self.step),
+                    from_provider=name,
+                    to_provider=nxt[0] if nxt else None,
+                    reason=outcome.kind,
+                    message=f"batch create: {outcome.message}"[:300] + live,
+                )
             )
         return False
 
@@ -165,13 +166,14 @@ class BatchRun:
         self.sent.update(created.sent)
         self.failed.clear()
         self._submitted.add(created.row_id)
-        self.runner.step_event(
-            ev.BatchSubmitted,
-            self.step,
-            provider=name,
-            batch_id=created.batch_id,
-            items=items,
-            adopted=created.found,
+        self.runner.emit(
+            ev.BatchSubmitted(
+                *self.runner.at(self.step),
+                provider=name,
+                batch_id=created.batch_id,
+                items=items,
+                adopted=created.found,
+            )
         )
 
     async def _drain(self, row: records.BatchRow, adopted: bool) -> bool:
@@ -187,26 +189,28 @@ class BatchRun:
         if row.batch_id is None:
             return True
         if adopted:
-            self.runner.step_event(
-                ev.BatchSubmitted,
-                self.step,
-                provider=row.provider,
-                batch_id=row.batch_id,
-                items=len(row.custom_ids),
-                adopted=True,
+            self.runner.emit(
+                ev.BatchSubmitted(
+                    *self.runner.at(self.step),
+                    provider=row.provider,
+                    batch_id=row.batch_id,
+                    items=len(row.custom_ids),
+                    adopted=True,
+                )
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
         ok, failed = await self._ingest_all(api, row)
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
-        self.runner.step_event(
-            ev.BatchEnded,
-            self.step,
-            provider=row.provider,
-            batch_id=row.batch_id,
-            succeeded=ok,
-            failed=failed,
-            then=self.runner.spec.defaults.batch_fallback if failed else "",
+        self.runner.emit(
+            ev.BatchEnded(
+                *self.runner.at(self.step),
+                provider=row.provider,
+                batch_id=row.batch_id,
+                succeeded=ok,
+                failed=failed,
+                then=self.runner.spec.defaults.batch_fallback if failed else "",
+            )
         )
         return True
 
@@ -261,7 +265,7 @@ class BatchRun:
                 chain = ChainResult(completion, [attempt])
                 commits.append(asyncio.ensure_future(self._commit(item, chain)))
                 return True
-            attempt.outcome, attempt.error_kind = "error", "truncated"
+            attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
         else:
             attempt = _failed_attempt(name, model, result, batch_id)
         self.failed.add(item.idx)
@@ -294,14 +298,14 @@ def _failed_attempt(name: str, model: str, result: BatchItemResult, batch_id: st
         model,
         1,
         "error",
-        error_kind=result.outcome,
+        error_kind=ErrorKind(result.outcome),
         error=result.error[:500] or f"batch item {result.outcome}",
         batch_id=batch_id,
         service_tier="batch",
     )
 
 
-async def cancel_batches(store: Store, workflow_id: str) -> list[tuple[str, str]]:
+async def cancel_batches(store: Database, workflow_id: str) -> list[tuple[str, str]]:
     """Ask the providers to cancel a workflow's live batches; (provider, batch id) of each.
 
     Each row then says ``canceling`` and stays live: a run polling it (in this process or

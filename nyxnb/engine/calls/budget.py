@@ -15,7 +15,7 @@ import time
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
-from nyxnb.store import Store
+from nyxnb.store import Database
 from nyxnb.store.database import insert_ignoring_duplicates
 from nyxnb.store.models import RateBucket
 
@@ -28,7 +28,7 @@ _BUCKETS: Table = RateBucket.__table__  # type: ignore[assignment]
 class SharedBudget:
     """The leases of one process on a store's rate buckets."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
         self._credit: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}

@@ -15,7 +15,9 @@
 - truncated / refused answers and bad_request / context_too_long: never accepted; next provider.
 
 Until a provider has answered once in a run, only one call at a time may go to it (a probe), so
-a provider that is out of credit is called once per run, not once per concurrent item.
+a provider that is out of credit is called once per run, not once per concurrent item.  A call
+that gets no byte at all within its first-byte timeout finds the provider hung: it is marked down
+for the run (when a fallback is left), so every item waiting for it moves on at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ChainExhausted, MissingKey, ProviderError
+from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, ProviderError
 from nyxnb.providers.base import (
     REFUSED_KINDS,
     STOP_END,
@@ -109,7 +111,7 @@ class ProviderPool:
         self.sleep = sleep
         self.governors = Governors(limits, shared=shared)
         self.timeouts: dict[str, float] = {}
-        self.down: dict[str, tuple[str, str]] = {}
+        self.down: dict[str, tuple[ErrorKind, str]] = {}
         self._providers: dict[str, Provider] = {}
         self._health: dict[str, _Health] = {}
 
@@ -139,7 +141,7 @@ class ProviderPool:
             self._providers[name] = prov
         return self._providers[name]
 
-    def mark_down(self, name: str, kind: str, message: str) -> None:
+    def mark_down(self, name: str, kind: ErrorKind, message: str) -> None:
         """Stop calling ``name`` for the rest of the run."""
         self.down.setdefault(name, (kind, message))
 
@@ -219,19 +221,19 @@ def attempt_from(
     )
 
 
-def _rejection(answer: Completion) -> str | None:
+def _rejection(answer: Completion) -> ErrorKind | None:
     if answer.stop_reason == STOP_MAX_TOKENS:
-        return "truncated"
+        return ErrorKind.TRUNCATED
     if answer.stop_reason == STOP_REFUSAL:
-        return "refused"
+        return ErrorKind.REFUSED
     if not answer.text.strip():
-        return "empty"
+        return ErrorKind.EMPTY
     return None
 
 
 @dataclass(frozen=True)
 class _Failure:
-    kind: str
+    kind: ErrorKind
     message: str
     reported: bool = True  # False: skipped silently, another item already reported it
 
@@ -249,7 +251,7 @@ class _Call:
     waited_s: float = 0.0
     tries: int = 0
 
-    def record(self, model: str, kind: str, message: str, ms: float) -> None:
+    def record(self, model: str, kind: ErrorKind, message: str, ms: float) -> None:
         n = len([a for a in self.attempts if a.provider == self.name]) + 1
         self.attempts.append(Attempt(self.name, model, n, "error", kind, message, latency_ms=ms))
 
@@ -273,8 +275,8 @@ async def _try_provider(call: _Call) -> Completion | _Failure:
     try:
         health = call.pool.health(call.name)
     except MissingKey as exc:
-        call.pool.mark_down(call.name, "auth", str(exc))
-        return _Failure("auth", str(exc))
+        call.pool.mark_down(call.name, ErrorKind.AUTH, str(exc))
+        return _Failure(ErrorKind.AUTH, str(exc))
     if not health.proven:
         async with health.lock:
             if call.name in call.pool.down:  # the probe ahead of us found it down: no call
@@ -290,8 +292,8 @@ async def _tries(call: _Call) -> Completion | _Failure:
         try:
             model = pool.provider(name).model_for(request)
         except MissingKey as exc:
-            pool.mark_down(name, "auth", str(exc))
-            return _Failure("auth", str(exc))
+            pool.mark_down(name, ErrorKind.AUTH, str(exc))
+            return _Failure(ErrorKind.AUTH, str(exc))
         gov = pool.governors.get(name, model)
         try:
             ticket = await gov.acquire(
@@ -299,7 +301,7 @@ async def _tries(call: _Call) -> Completion | _Failure:
                 pool.retry.max_wait_s - call.waited_s,
             )
         except WaitTooLong as exc:
-            return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, exc.hold_s))
+            return _Failure(ErrorKind.RATE_LIMITED, _too_long(pool.retry.max_wait_s, exc.hold_s))
         call.waited_s += ticket.waited_s
         if ticket.waited_s >= 1.0:
             call.report(gov, ticket.waited_s)
@@ -341,7 +343,8 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
             await gov.throttled(ticket, exc.rate, exc.retry_after)
             call.report(gov, gov.held_for())
             if gov.held_for() > pool.retry.max_wait_s - call.waited_s:  # a quota hours away
-                return _Failure("rate_limited", _too_long(pool.retry.max_wait_s, gov.held_for()))
+                too_long = _too_long(pool.retry.max_wait_s, gov.held_for())
+                return _Failure(ErrorKind.RATE_LIMITED, too_long)
             return None  # waiting is not an attempt: no retry is used up
         await gov.failed(ticket)
         return await _after_failure(call, exc)
@@ -358,7 +361,9 @@ async def _after_failure(call: _Call, exc: ProviderError) -> _Outcome:
     call.tries += 1
     if exc.kind in REFUSED_KINDS or pool.unhealthy(name):
         pool.mark_down(name, exc.kind, exc.message)
-    moves_on = exc.kind == "timeout" and not call.last  # a hung provider: fall back at once
+    if exc.hung and not call.last:  # no byte at all: one hung call is enough to know
+        pool.mark_down(name, exc.kind, f"hung: {exc.message}")
+    moves_on = exc.kind == "timeout" and not call.last  # fall back at once
     if (
         exc.kind in TRANSIENT_KINDS
         and call.tries < pool.retry.max_attempts
@@ -382,10 +387,10 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     record.outcome, record.error_kind = "error", kind
     stop = answer.raw_stop_reason or answer.stop_reason
     record.error = f"answer {kind} (stop reason {stop})"
-    if kind == "empty":
+    if kind == ErrorKind.EMPTY:
         call.tries += 1
         if pool.unhealthy(name):
-            pool.mark_down(name, "server", "empty answers")
+            pool.mark_down(name, ErrorKind.SERVER, "empty answers")
         elif call.tries < pool.retry.max_attempts:
             await pool.sleep(pool.retry.delay(call.tries, None))
             return None

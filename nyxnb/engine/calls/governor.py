@@ -42,8 +42,8 @@ SLOW_START = 4
 MAX_IN_FLIGHT = 256
 #: Backoff of hint-less 429s: FIRST_BACKOFF_S doubling to MAX_BACKOFF_S, times 1..1+JITTER.
 FIRST_BACKOFF_S, MAX_BACKOFF_S, JITTER = 1.0, 60.0, 0.25
-#: Pace of a provider that 429s without saying its limits: never below MIN_PACE_RPS; each
-#: answer adds PACE_GROWTH of the pace (about 5% a second).
+#: Pace of a provider that 429s without saying its limits: never below MIN_PACE_RPS; it grows
+#: by PACE_GROWTH a second (5%: back to the limit ~14 s after a halving).
 MIN_PACE_RPS, PACE_GROWTH = 0.2, 0.05
 
 
@@ -280,15 +280,17 @@ class Governor:
             return
         if self._pace is None:
             recent = [t for t in self._answers if now - t <= 10.0]
-            window = min(10.0, max(1.0, now - recent[0])) if recent else 1.0
-            rps = len(recent) / window / 2
+            if not recent:
+                return  # nothing got through yet: no rate to pace at (the backoff holds)
+            rps = len(recent) / min(10.0, max(1.0, now - recent[0])) / 2
         else:
             rps = self._pace_rps / 2
         self._set_pace(max(MIN_PACE_RPS, rps))
 
     def _grow_pace(self) -> None:
+        """Grow the pace by PACE_GROWTH a second, whatever the rate (per answer: growth / rate)."""
         if self._pace is not None:
-            self._set_pace(self._pace_rps * (1 + PACE_GROWTH))
+            self._set_pace(self._pace_rps * (1 + min(PACE_GROWTH / self._pace_rps, 1.0)))
 
     def _set_pace(self, rps: float) -> None:
         old = self._pace_rps

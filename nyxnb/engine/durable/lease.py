@@ -6,11 +6,11 @@ holder renews it every ``HEARTBEAT_S``; a killed holder's lease expires after ``
 holder on this host whose process is gone is detected at once.
 
 Fencing: the owner token is new for every run (``host:pid:nonce``), so it serves as the lease's
-generation.  A run writes through a :class:`FencedStore`, whose every write transaction first
-reads the lease row (``FOR SHARE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the
-write lock) and refuses with :class:`LeaseLost` unless the token is still its own -- so a runner
-that was stopped past its TTL (SIGSTOP, a suspended laptop) and woke after another run took over
-can never write over that run's work.
+generation.  A run writes through its fenced gateway (:mod:`nyxnb.engine.durable.gateway`),
+whose every write transaction first reads the lease row (``FOR SHARE`` on PostgreSQL; SQLite's
+``BEGIN IMMEDIATE`` already holds the write lock) and refuses with :class:`LeaseLost` unless the
+token is still its own -- so a runner that was stopped past its TTL (SIGSTOP, a suspended laptop)
+and woke after another run took over can never write over that run's work.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import Connection, Table, and_, bindparam, select, update
 
 from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import Workflow, aware, utcnow
 
 #: How long a lease outlives its last renewal: 6 s, or ``NYXNB_LEASE_TTL_S`` (tests shorten it).
@@ -67,7 +65,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def acquire(
-    store: Store,
+    store: Database,
     workflow_id: str,
     owner: str,
     *,
@@ -96,7 +94,7 @@ def acquire(
         )
 
 
-def renew(store: Store, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> bool:
+def renew(store: Database, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> bool:
     """Extend the lease by ``ttl_s``; False if it was lost."""
     now = utcnow()
     with store.session() as s:
@@ -109,7 +107,7 @@ def renew(store: Store, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> b
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def release(store: Store, workflow_id: str, owner: str) -> None:
+def release(store: Database, workflow_id: str, owner: str) -> None:
     """Give the lease up (no-op if someone else holds it)."""
     with store.session() as s:
         s.execute(
@@ -118,25 +116,6 @@ def release(store: Store, workflow_id: str, owner: str) -> None:
             .values(lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
-
-
-class FencedStore(Store):
-    """The store as one run writes to it: each write transaction checks the run's lease first."""
-
-    def __init__(self, store: Store, workflow_id: str, owner: str) -> None:
-        self.__dict__.update(store.__dict__)  # the same engine, pools and session makers
-        self.workflow_id, self.owner = workflow_id, owner
-
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A write transaction that is refused (:class:`LeaseLost`) if the lease was lost."""
-        with super().begin() as conn:
-            self.fence(conn)
-            yield conn
-
-    def fence(self, conn: Connection) -> None:
-        """Raise :class:`LeaseLost` unless this run still holds the lease (inside a write)."""
-        check_fence(conn, self.workflow_id, self.owner)
 
 
 _WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]

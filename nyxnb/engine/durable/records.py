@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
 from nyxnb.engine.durable import cache
-from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import (
     BATCH_CANCELED,
     BATCH_CANCELING,
@@ -131,20 +131,20 @@ def _remember(conn: Connection, step: StepRow, result: ChainResult) -> None:
         cache.store_answer(conn, step.tenant_id, result.cache_key, result.completion)
 
 
-def update_workflow(store: Store, workflow_id: str, **values: Any) -> None:
+def update_workflow(store: Database, workflow_id: str, **values: Any) -> None:
     """Set columns of one workflow."""
     with store.begin() as conn:
         conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == workflow_id).values(_stamp(values)))
 
 
-def update_step(store: Store, step_id: str, **values: Any) -> None:
+def update_step(store: Database, step_id: str, **values: Any) -> None:
     """Set columns of one step."""
     with store.begin() as conn:
         conn.execute(update(STEPS).where(STEPS.c.id == step_id).values(_stamp(values)))
 
 
 def complete_step(
-    store: Store,
+    store: Database,
     step: StepRow,
     output: str,
     input_hash: str,
@@ -177,7 +177,7 @@ def complete_step(
         )
 
 
-def reset_running_steps(store: Store, workflow_id: str) -> None:
+def reset_running_steps(store: Database, workflow_id: str) -> None:
     """Put steps left ``running`` by an interrupted run back to ``pending``."""
     with store.begin() as conn:
         conn.execute(
@@ -188,7 +188,7 @@ def reset_running_steps(store: Store, workflow_id: str) -> None:
 
 
 def fail_step(
-    store: Store,
+    store: Database,
     step: StepRow,
     error: str,
     attempts: Sequence[Attempt] = (),
@@ -206,16 +206,6 @@ def fail_step(
         )
 
 
-@dataclass(frozen=True)
-class ItemRows:
-    """Everything that commits one completed fan-out item."""
-
-    calls: list[dict[str, Any]]
-    cache: dict[str, Any] | None
-    item: dict[str, Any] | None  # None: ledger rows only (a 'sent' attempt)
-    settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete
-
-
 def item_rows(
     step: StepRow, idx: int, output: str, result: ChainResult, sent_id: str | None = None
 ) -> ItemRows:
@@ -227,16 +217,8 @@ def item_rows(
         if key and not result.from_cache
         else None
     )
-    update_params = {
-        "b_step": step.id,
-        "b_idx": idx,
-        "status": COMPLETED,
-        "output": output,
-        "error": None,
-        "provider": result.provider,
-        "updated_at": utcnow(),
-    }
-    return ItemRows(calls, entry, update_params, (sent_id,) if sent_id else ())
+    item = ItemUpdate(step.id, idx, output, result.provider, utcnow())
+    return ItemRows(calls, entry, item, (sent_id,) if sent_id else ())
 
 
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
@@ -246,19 +228,21 @@ def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
     if calls:
         conn.execute(_INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
-    items = [b.item for b in batch if b.item is not None]
+    items = [b.item.params() for b in batch if b.item is not None]
     if items:
         conn.execute(_COMPLETE_ITEM, items)
 
 
-def complete_item(store: Store, step: StepRow, idx: int, output: str, result: ChainResult) -> None:
+def complete_item(
+    store: Database, step: StepRow, idx: int, output: str, result: ChainResult
+) -> None:
     """Commit one fan-out item in its own transaction."""
     with store.begin() as conn:
         write_items(conn, [item_rows(step, idx, output, result)])
 
 
 def fail_item(
-    store: Store,
+    store: Database,
     step: StepRow,
     idx: int,
     error: str,
@@ -277,7 +261,7 @@ def fail_item(
 
 
 def sync_items(
-    store: Store, step: StepRow, wanted: Sequence[tuple[str, str, str]]
+    store: Database, step: StepRow, wanted: Sequence[tuple[str, str, str]]
 ) -> list[ItemRow]:
     """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
 
@@ -333,7 +317,7 @@ def sync_items(
         return _step_items(conn, step.id)
 
 
-def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
+def load_steps(store: Database, workflow_id: str) -> list[StepRow]:
     """Every step of a workflow, in order."""
     with store.reading() as conn:
         return [
@@ -344,7 +328,7 @@ def load_steps(store: Store, workflow_id: str) -> list[StepRow]:
         ]
 
 
-def load_items(store: Store, step_id: str) -> list[ItemRow]:
+def load_items(store: Database, step_id: str) -> list[ItemRow]:
     """Every item row of a step, in order."""
     with store.reading() as conn:
         return _step_items(conn, step_id)
@@ -355,7 +339,9 @@ def _step_items(conn: Connection, step_id: str) -> list[ItemRow]:
     return [ItemRow.from_mapping(r) for r in conn.execute(query).mappings()]
 
 
-def replace_generated_steps(store: Store, workflow_id: str, rows: Sequence[dict[str, Any]]) -> None:
+def replace_generated_steps(
+    store: Database, workflow_id: str, rows: Sequence[dict[str, Any]]
+) -> None:
     """Swap the workflow's generated steps for ``rows`` (ledger rows survive: SET NULL)."""
     with store.begin() as conn:
         conn.execute(
@@ -383,7 +369,7 @@ class BatchRow:
     submitted_at: datetime | None
 
 
-def open_batches(store: Store, step_id: str) -> list[BatchRow]:
+def open_batches(store: Database, step_id: str) -> list[BatchRow]:
     """The step's live batches (submitting or open), oldest first."""
     query = (
         select(BATCHES)
@@ -406,7 +392,7 @@ def open_batches(store: Store, step_id: str) -> list[BatchRow]:
 
 
 def insert_batch(
-    store: Store,
+    store: Database,
     step: StepRow,
     provider: str,
     model: str,
@@ -418,7 +404,7 @@ def insert_batch(
     ``sent``: the ``sent`` ledger rows of its requests (:func:`sent_row`), in the same commit.
     """
     now, row_id = utcnow(), new_id()
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         if sent:
             conn.execute(_INSERT_CALLS, list(sent))
         conn.execute(
@@ -439,15 +425,15 @@ def insert_batch(
     return row_id
 
 
-def update_batch(store: Store, row_id: str, **values: Any) -> None:
+def update_batch(store: Database, row_id: str, **values: Any) -> None:
     """Set columns of one ``provider_batches`` row."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(BATCHES).where(BATCHES.c.id == row_id).values(_stamp(values)))
 
 
-def cancel_batch(store: Store, row_id: str, sent_ids: Sequence[str]) -> None:
+def cancel_batch(store: Database, row_id: str, sent_ids: Sequence[str]) -> None:
     """A batch that was never created (or not found): ``canceled``, its 'sent' rows taken back."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         _settle(conn, sent_ids)
         conn.execute(
             update(BATCHES)
@@ -456,7 +442,7 @@ def cancel_batch(store: Store, row_id: str, sent_ids: Sequence[str]) -> None:
         )
 
 
-def batch_sent_ids(store: Store, step_id: str) -> dict[int, str]:
+def batch_sent_ids(store: Database, step_id: str) -> dict[int, str]:
     """Item index -> id of its batch request's 'sent' row, for a step (settled on ingest)."""
     query = select(CALLS.c.item_idx, CALLS.c.id).where(
         CALLS.c.step_id == step_id, CALLS.c.outcome == SENT, CALLS.c.service_tier == "batch"
@@ -465,27 +451,27 @@ def batch_sent_ids(store: Store, step_id: str) -> dict[int, str]:
         return {int(idx): str(row_id) for idx, row_id in conn.execute(query)}
 
 
-def batch_state(store: Store, row_id: str) -> str | None:
+def batch_state(store: Database, row_id: str) -> str | None:
     """The ``state`` of one ``provider_batches`` row (None if it is gone)."""
     with store.reading() as conn:
         state = conn.scalar(select(BATCHES.c.state).where(BATCHES.c.id == row_id))
     return None if state is None else str(state)
 
 
-def mark_canceling(store: Store, workflow_id: str, batch_id: str) -> None:
+def mark_canceling(store: Database, workflow_id: str, batch_id: str) -> None:
     """A cancel was asked for a live batch: its row says ``canceling`` until it is ingested."""
     query = update(BATCHES).where(
         BATCHES.c.workflow_id == workflow_id,
         BATCHES.c.batch_id == batch_id,
         BATCHES.c.state.in_(BATCH_LIVE_STATES),
     )
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(query.values(_stamp({"state": BATCH_CANCELING})))
 
 
 def record_calls(
-    store: Store, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
+    store: Database, step: StepRow, attempts: Sequence[Attempt], item_idx: int | None
 ) -> None:
     """Insert ledger rows on their own (a batch item that errored or expired)."""
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         record_attempts(conn, step, attempts, item_idx)

@@ -1,4 +1,5 @@
-"""Typed rows the engine passes between its modules: a step, its config, a fan-out item.
+"""Typed rows the engine passes between its modules: a step, its config, a fan-out item, and
+the rows that commit a completed item.
 
 They are read from ``workflow_steps`` / ``step_items`` once per use and never mutated; a change is
 a write through :mod:`nyxnb.engine.durable.records` followed by a fresh read.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from nyxnb.spec import ItemSpec
+from nyxnb.store.models import COMPLETED
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,14 @@ class StepConfig:
         source = data.pop("from", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(
-            items=tuple(ItemSpec.model_validate(i) for i in items) if items is not None else None,
+            items=_ITEMS.validate_python(items) if items is not None else None,
             source=source,
             **known,
         )
+
+
+#: Validates a fan-out's stored items in one call (one ``model_validate`` per item cost ~5 us).
+_ITEMS: TypeAdapter[tuple[ItemSpec, ...]] = TypeAdapter(tuple[ItemSpec, ...])
 
 
 @dataclass(frozen=True)
@@ -111,3 +120,36 @@ class ItemRow:
     def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:
         """An item from a result row of ``select(step_items)``."""
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ItemUpdate:
+    """A completed fan-out item's row: which item, and what it now holds."""
+
+    step_id: str
+    idx: int
+    output: str
+    provider: str
+    updated_at: datetime
+
+    def params(self) -> dict[str, object]:
+        """The bind parameters of the item's UPDATE (``b_*`` name the row)."""
+        return {
+            "b_step": self.step_id,
+            "b_idx": self.idx,
+            "status": COMPLETED,
+            "output": self.output,
+            "error": None,
+            "provider": self.provider,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """Everything that commits one completed fan-out item."""
+
+    calls: list[dict[str, Any]]
+    cache: dict[str, Any] | None
+    item: ItemUpdate | None  # None: ledger rows only (a 'sent' attempt)
+    settle: tuple[str, ...] = ()  # ids of the 'sent' rows these rows complete

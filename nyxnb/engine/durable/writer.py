@@ -22,31 +22,46 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection
 
 from nyxnb.engine.durable.records import ItemRows, write_items
-from nyxnb.store.database import RECONNECT_S, Store
+from nyxnb.store.database import RECONNECT_S, Database
 
 Write = Callable[[Connection, Sequence[ItemRows]], None]
 _Batch = list[tuple[ItemRows, asyncio.Future[None]]]
 
 
-class GroupWriter:
-    """Batches item writes made in one loop turn into one transaction; one per run."""
+#: An item commit nobody waits on to start a call may wait this long for others to join it.
+COALESCE_S = 0.01
+#: A batch this large is flushed at the end of the loop turn, whatever the window.
+MAX_BATCH = 512
 
-    def __init__(self, store: Store, write: Write = write_items) -> None:
+
+class GroupWriter:
+    """Batches the writes of a run into few transactions on one connection; one per run.
+
+    An ``urgent`` write (a 'sent' row a call waits for) is flushed at the end of the current
+    loop turn; other writes (items whose calls already ended) wait up to :data:`COALESCE_S` for
+    more to join them, so a fast fan-out commits in a few large transactions, not one per turn.
+    """
+
+    def __init__(self, store: Database, write: Write = write_items) -> None:
         self._store, self._write = store, write  # write: fenced by item claims in a worker
         self._batch: _Batch = []
         self._conn: Connection | None = None
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._retry_until: float | None = None  # set while the server is away
         self.flushes = 0  # transactions committed (the bench and tests read it)
 
-    async def write(self, rows: ItemRows) -> None:
-        """Commit one item's rows (with others of this loop turn); returns once durable."""
+    async def write(self, rows: ItemRows, *, urgent: bool = False) -> None:
+        """Commit rows (with others of this loop turn, or of the window); returns once durable."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
         self._batch.append((rows, done))
+        if urgent or len(self._batch) >= MAX_BATCH:
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._flush)
+        elif self._timer is None and not self._scheduled:
+            self._timer = loop.call_later(COALESCE_S, self._flush)
         await done
 
     def close(self) -> None:
@@ -58,6 +73,9 @@ class GroupWriter:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self._batch = self._batch, []
         if not batch:
             return

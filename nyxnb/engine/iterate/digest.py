@@ -19,8 +19,17 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.workflows import personas_for
 from nyxnb.errors import NotFound, RunError
 from nyxnb.providers.base import CompletionRequest
-from nyxnb.store.database import Store, open_store
-from nyxnb.store.models import LlmCall, Workflow, WorkflowInsight, WorkflowStep, new_id, utcnow
+from nyxnb.store.database import Database, Store, open_store
+from nyxnb.store.models import (
+    COMPLETED,
+    FAILED,
+    LlmCall,
+    Workflow,
+    WorkflowInsight,
+    WorkflowStep,
+    new_id,
+    utcnow,
+)
 
 INSIGHTS: Table = WorkflowInsight.__table__  # type: ignore[assignment]
 DIGEST_PROMPT = """\
@@ -42,7 +51,7 @@ class Insight:
     content: str
 
 
-def _calls(store: Store, workflow_id: str) -> list[tuple[str | None, LlmCall]]:
+def _calls(store: Database, workflow_id: str) -> list[tuple[str | None, LlmCall]]:
     query = (
         select(WorkflowStep.name, LlmCall)
         .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
@@ -98,12 +107,12 @@ def _step_facts(steps: list[WorkflowStep]) -> list[Insight]:
         if s.type == "judge" and s.score is not None:
             target = (s.config or {}).get("target")
             out.append(Insight("fact:score", f"{s.name} scored {target} {s.score:g}"))
-        if s.status == "failed":
+        if s.status == FAILED:
             out.append(Insight("fact:failed", f"{s.name} failed: {(s.error or '')[:200]}"))
     return out
 
 
-def facts(store: Store, workflow_id: str) -> list[Insight]:
+def facts(store: Database, workflow_id: str) -> list[Insight]:
     """The deterministic facts of a run."""
     with store.session(read_only=True) as s:
         wf = s.get(Workflow, workflow_id)
@@ -116,7 +125,7 @@ def facts(store: Store, workflow_id: str) -> list[Insight]:
 
 
 async def _write_digest(
-    store: Store, wf: Workflow, found: list[Insight], persona: str, chain: list[str]
+    store: Database, wf: Workflow, found: list[Insight], persona: str, chain: list[str]
 ) -> str:
     steps = records.load_steps(store, wf.id)
     outputs = "\n".join(f"## {s.name}\n{(s.output or '')[:600]}" for s in steps)
@@ -133,7 +142,7 @@ async def _write_digest(
     rows = records.attempt_rows(
         result.attempts, tenant_id=wf.tenant_id, workflow_id=wf.id, step_id=None, item_idx=None
     )
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(insert(records.CALLS), rows)
     return result.completion.text
 
@@ -147,7 +156,7 @@ def _chain(wf: Workflow, provider: str | list[str] | None) -> list[str]:
 
 
 async def adigest(
-    store: Store,
+    store: Database,
     workflow_id: str,
     *,
     tenant_id: str | None = None,
@@ -161,7 +170,7 @@ async def adigest(
         if wf is None:
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
         s.expunge(wf)
-    if wf.status not in ("completed", "failed"):
+    if wf.status not in (COMPLETED, FAILED):
         raise RunError(f"workflow {workflow_id} is {wf.status}: digest a finished run",
                        hint=f"finish it first: `nyxnb resume {workflow_id}`")  # fmt: skip
     found = facts(store, workflow_id)
@@ -169,7 +178,7 @@ async def adigest(
         text = await _write_digest(store, wf, found, persona, _chain(wf, provider))
         found.append(Insight("digest", text))
     now = utcnow()
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(delete(INSIGHTS).where(INSIGHTS.c.workflow_id == workflow_id))
         conn.execute(insert(INSIGHTS), [
             {"id": new_id(), "tenant_id": wf.tenant_id, "project_id": wf.project_id,

@@ -16,7 +16,7 @@ from nyxnb.engine.context import RunContext, request_hash
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.outcomes import Attempt
-from nyxnb.errors import ChainExhausted, StepFailed
+from nyxnb.errors import ChainExhausted, ErrorKind, StepFailed
 from nyxnb.store.models import RUNNING, utcnow
 from nyxnb.templates import StepView
 
@@ -77,7 +77,7 @@ def judge_prompt(ctx: RunContext, step: StepRow) -> str:
 def _malformed(attempts: list[Attempt], text: str) -> list[Attempt]:
     message = f"grade without a valid SCORE line: {text[:120]!r}"
     return [
-        dataclasses.replace(a, outcome="error", error_kind="malformed", error=message)
+        dataclasses.replace(a, outcome="error", error_kind=ErrorKind.MALFORMED, error=message)
         if a.outcome in ("ok", "cached")
         else a
         for a in attempts
@@ -92,7 +92,7 @@ async def run_judge(ctx: RunContext, step: StepRow) -> None:
     if ctx.skip_if_done(step, digest, StepView(step.name, step.output)):
         return
     records.update_step(ctx.store, step.id, status=RUNNING, error=None, started_at=utcnow())
-    ctx.step_event(ev.StepStarted, step, persona=step.persona, provider=step.provider)
+    ctx.emit(ev.StepStarted(*ctx.at(step), persona=step.persona, provider=step.provider))
     for _ in range(GRADE_TRIES):
         ctx.check_pause()
         try:
@@ -109,7 +109,7 @@ async def run_judge(ctx: RunContext, step: StepRow) -> None:
         records.complete_step(ctx.store, step, text, digest, result, ctx.take_sent(step))
         records.update_step(ctx.store, step.id, score=score)
         ctx.ctx[step.name] = StepView(step.name, text)
-        ctx.step_event(ev.StepCompleted, step, provider=result.provider)
+        ctx.emit(ev.StepCompleted(*ctx.at(step), provider=result.provider))
         return
     err = StepFailed(
         f"no valid score in {GRADE_TRIES} grades (expected a line 'SCORE: N', 0..{scale})",

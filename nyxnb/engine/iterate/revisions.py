@@ -19,12 +19,13 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from nyxnb.engine import api
+from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.errors import NotFound, SpecError
 from nyxnb.spec import WorkflowSpec, load_spec, stored_spec
-from nyxnb.store.database import Store
-from nyxnb.store.models import COMPLETED, Tenant, Workflow, new_id, utcnow
+from nyxnb.store.database import Database
+from nyxnb.store.models import COMPLETED, PENDING, Tenant, Workflow, new_id, utcnow
 
 SpecArg = WorkflowSpec | dict[str, Any] | str | Path
 _DEFINITION = ("type", "persona", "provider", "fallback", "model", "prompt", "config")
@@ -42,7 +43,7 @@ class Revision:
     finished_at: datetime | None
 
 
-def _old_workflow(store: Store, workflow_id: str, tenant_id: str | None) -> Workflow:
+def _old_workflow(store: Database, workflow_id: str, tenant_id: str | None) -> Workflow:
     with store.session(tenant_id, read_only=True) as s:
         wf = s.get(Workflow, workflow_id)
         if wf is None:
@@ -102,11 +103,11 @@ def _copy_items(conn: Any, old_step_id: str, new_step: dict[str, Any]) -> None:
 
 
 def _carry_over(
-    store: Store, old_id: str, new_id_: str, forced: set[str], same_generate: bool
+    store: Database, old_id: str, new_id_: str, forced: set[str], same_generate: bool
 ) -> list[str]:
     """Pre-populate the new workflow from the old; returns the names of the steps taken over."""
     taken: list[str] = []
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         old = {
             r["name"]: dict(r)
             for r in conn.execute(select(STEPS).where(STEPS.c.workflow_id == old_id)).mappings()
@@ -160,7 +161,7 @@ def _copy_generated(
                 "tenant_id": new_steps[0]["tenant_id"],
                 "workflow_id": new_steps[0]["workflow_id"],
                 "order": first + offset,
-                "status": COMPLETED if reuse else "pending",
+                "status": COMPLETED if reuse else PENDING,
                 "output": s["output"] if reuse else None,
                 "input_hash": s["input_hash"] if reuse else None,
                 "reused_from": s["id"] if reuse else None,
@@ -174,7 +175,7 @@ def _copy_generated(
 
 
 def create_revision(
-    store: Store,
+    store: Database,
     workflow_id: str,
     spec: SpecArg | None = None,
     *,
@@ -188,7 +189,7 @@ def create_revision(
     with store.session(old.tenant_id, read_only=True) as s:
         slug = s.get_one(Tenant, old.tenant_id).slug
     new = create_workflow(store, parsed, tenant=slug, project=old.project_id, options=options)
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(update(WORKFLOWS).where(WORKFLOWS.c.id == new).values(revision_of=old.id))
         steps = [
             dict(r)
@@ -205,13 +206,13 @@ def create_revision(
     return new
 
 
-def _stored_spec(store: Store, workflow_id: str) -> dict[str, Any]:
+def _stored_spec(store: Database, workflow_id: str) -> dict[str, Any]:
     with store.reading() as conn:
         spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
     return dict(spec or {})
 
 
-def _generated_names(store: Store, workflow_id: str) -> set[str]:
+def _generated_names(store: Database, workflow_id: str) -> set[str]:
     query = select(STEPS.c.name).where(
         STEPS.c.workflow_id == workflow_id, STEPS.c.auto_generated.is_(True)
     )
@@ -219,7 +220,7 @@ def _generated_names(store: Store, workflow_id: str) -> set[str]:
         return set(conn.scalars(query))
 
 
-def lineage(store: Store, workflow_id: str, *, tenant: str | None = None) -> list[Revision]:
+def lineage(store: Database, workflow_id: str, *, tenant: str | None = None) -> list[Revision]:
     """Every workflow of ``workflow_id``'s lineage (its root and all revisions), oldest first."""
     root = _old_workflow(store, workflow_id, store.tenant_id(tenant))
     with store.session(root.tenant_id, read_only=True) as s:
@@ -251,25 +252,44 @@ def rerun_job(
     tenant: str | None = None,
     provider: str | None = None,
     cache: bool | None = None,
-    **kw: Any,
+    drive: api.Drive | None = None,
 ) -> api.Job:
     """Create the revision and return the job that runs it (its events carry the new id)."""
     st = api._store(store)
+    options = RunOptions(provider=provider, cache=cache)
     new = create_revision(
-        st,
-        workflow_id,
-        spec,
-        from_step=from_step,
-        tenant=tenant,
-        options=RunOptions(provider=provider, cache=cache),
+        st, workflow_id, spec, from_step=from_step, tenant=tenant, options=options
     )
-    return api.Job(st, new, st.tenant_id(tenant), **kw)
+    return (drive or api.Drive()).job(st, new, st.tenant_id(tenant))
 
 
-def rerun(workflow_id: str, spec: SpecArg | None = None, **kw: Any) -> api.RunResult:
+def rerun(
+    workflow_id: str,
+    spec: SpecArg | None = None,
+    *,
+    from_step: str | None = None,
+    store: api.StoreArg = None,
+    tenant: str | None = None,
+    provider: str | None = None,
+    cache: bool | None = None,
+    on_event: api.OnEvent | None = None,
+    retry: RetryPolicy | None = None,
+    provider_options: api.ProviderOptions | None = None,
+) -> api.RunResult:
     """Re-run ``workflow_id`` with ``spec`` as a new revision, to the end (sync; notebooks too).
 
     Unchanged steps take the old outputs without a provider call; ``from_step`` forces that step
     and every one after it to run again.  Returns the new workflow's :class:`RunResult`.
     """
-    return api._collect(api.job_events_sync(rerun_job(workflow_id, spec, **kw)))
+    drive = api.Drive(on_event, retry, provider_options)
+    job = rerun_job(
+        workflow_id,
+        spec,
+        from_step=from_step,
+        store=store,
+        tenant=tenant,
+        provider=provider,
+        cache=cache,
+        drive=drive,
+    )
+    return api._collect(api.job_events_sync(job))

@@ -35,10 +35,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.durable.records import ITEMS, ItemRows, write_items
-from nyxnb.engine.durable.rows import ItemRow
+from nyxnb.engine.durable.records import ITEMS, write_items
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate
 from nyxnb.errors import ClaimLost, ConfigError
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import FAILED, PENDING, RUNNING, utcnow
 
 CLAIM_TTL_S = 6.0
@@ -93,7 +93,7 @@ def _claimable(step_id: str, now: datetime) -> ColumnElement[bool]:
 
 
 def claim_items(
-    store: Store, step_id: str, owner: str, limit: int, ttl_s: float = CLAIM_TTL_S
+    store: Database, step_id: str, owner: str, limit: int, ttl_s: float = CLAIM_TTL_S
 ) -> list[Claim]:
     """Claim up to ``limit`` open items of a step whose claim is free or expired."""
     if limit <= 0:
@@ -118,15 +118,17 @@ def claim_items(
         )
         .returning(ITEMS.c.idx, ITEMS.c.claim_generation)
     )
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         rows = conn.execute(claim).all()
     return sorted(Claim(r.idx, r.claim_generation) for r in rows)
 
 
-def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> set[tuple[str, int, int]]:
+def renew_claims(
+    store: Database, owner: str, ttl_s: float = CLAIM_TTL_S
+) -> set[tuple[str, int, int]]:
     """Extend every open, unexpired claim ``owner`` holds; returns them (step, idx, generation)."""
     now = utcnow()
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         rows = conn.execute(
             update(ITEMS)
             .where(
@@ -140,11 +142,11 @@ def renew_claims(store: Store, owner: str, ttl_s: float = CLAIM_TTL_S) -> set[tu
     return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
 
 
-def release_claims(store: Store, owner: str, step_id: str, idxs: Sequence[int]) -> None:
+def release_claims(store: Database, owner: str, step_id: str, idxs: Sequence[int]) -> None:
     """Hand unstarted items back (drain): pending again, free for any worker at once."""
     if not idxs:
         return
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         conn.execute(
             update(ITEMS)
             .where(
@@ -166,7 +168,7 @@ class StepProgress:
     failed: int
 
 
-def step_progress(store: Store, step_id: str) -> StepProgress:
+def step_progress(store: Database, step_id: str) -> StepProgress:
     """Count a step's open, claimable and failed items (one read)."""
     now = utcnow()
     free = or_(ITEMS.c.claimed_by.is_(None), ITEMS.c.claim_expires_at < now)
@@ -204,7 +206,7 @@ _FENCED_COMPLETE = (
 class ItemClaimer:
     """One worker's claims: its token, and the generation of every item it holds."""
 
-    def __init__(self, store: Store, owner: str, *, ttl_s: float = CLAIM_TTL_S) -> None:
+    def __init__(self, store: Database, owner: str, *, ttl_s: float = CLAIM_TTL_S) -> None:
         self.store, self.owner, self.ttl_s = store, owner, ttl_s
         self.held: dict[tuple[str, int], int] = {}
         # until when (this process's monotonic clock) a held claim is surely still ours: taken
@@ -271,23 +273,23 @@ class ItemClaimer:
                 _FENCED_COMPLETE,
                 [
                     {
-                        **i,
+                        **i.params(),
                         "b_owner": self.owner,
-                        "b_gen": self.held[(i["b_step"], i["b_idx"])],
+                        "b_gen": self.held[(i.step_id, i.idx)],
                         "b_now": now,
                     }
                     for i in items
-                ],  # fmt: skip
+                ],
             )
             for i in items:
-                self._drop((i["b_step"], i["b_idx"]))
+                self._drop((i.step_id, i.idx))
         write_items(conn, [replace(b, item=None) for b in batch])  # ledger, cache, settle
 
-    def _check(self, conn: Connection, items: Sequence[dict[str, object]], now: datetime) -> None:
+    def _check(self, conn: Connection, items: Sequence[ItemUpdate], now: datetime) -> None:
         """Lock the batch's rows and raise :class:`ClaimLost` for the first claim not ours."""
         by_step: dict[str, list[int]] = {}
         for i in items:
-            by_step.setdefault(str(i["b_step"]), []).append(int(str(i["b_idx"])))
+            by_step.setdefault(i.step_id, []).append(i.idx)
         live: set[tuple[str, int]] = set()
         for step_id, idxs in by_step.items():
             query = (

@@ -23,12 +23,12 @@ from nyxnb.engine.durable import lease, records
 from nyxnb.engine.durable.records import ITEMS, STEPS, WORKFLOWS
 from nyxnb.engine.workflows import RunOptions, create_workflow
 from nyxnb.spec import WorkflowSpec
-from nyxnb.store.database import Store
-from nyxnb.store.models import QUEUED, RUNNING, utcnow
+from nyxnb.store.database import Database
+from nyxnb.store.models import PENDING, QUEUED, RUNNING, utcnow
 
 
 def submit(
-    store: Store,
+    store: Database,
     spec: WorkflowSpec | dict[str, Any] | str | Path,
     *,
     tenant: str,
@@ -51,7 +51,7 @@ def _runnable(now: Any, tenant_id: str | None) -> Any:
 
 
 def claim_next(
-    store: Store, owner: str, *, tenant_id: str | None = None, ttl_s: float = lease.TTL_S
+    store: Database, owner: str, *, tenant_id: str | None = None, ttl_s: float = lease.TTL_S
 ) -> str | None:
     """Take the run lease (for ``ttl_s``) of the oldest queued or crashed-and-expired workflow."""
     now = utcnow()
@@ -62,7 +62,7 @@ def claim_next(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    with store.engine.begin() as conn:
+    with store.begin() as conn:
         workflow_id = conn.scalar(query)
         if workflow_id is None:
             return None
@@ -86,12 +86,12 @@ class SharedFanOut:
     step_id: str
 
 
-def shared_fan_outs(store: Store, *, tenant_id: str | None = None) -> list[SharedFanOut]:
+def shared_fan_outs(store: Database, *, tenant_id: str | None = None) -> list[SharedFanOut]:
     """Fan-outs a worker with spare capacity can help: running, leased, with claimable items."""
     now = utcnow()
     claimable = exists().where(
         ITEMS.c.step_id == STEPS.c.id,
-        ITEMS.c.status.in_(("pending", RUNNING)),
+        ITEMS.c.status.in_((PENDING, RUNNING)),
         or_(ITEMS.c.claimed_by.is_(None), ITEMS.c.claim_expires_at < now),
     )
     query = (
@@ -112,7 +112,7 @@ def shared_fan_outs(store: Store, *, tenant_id: str | None = None) -> list[Share
         return [SharedFanOut(r[0], r[1]) for r in conn.execute(query)]
 
 
-def busy(store: Store, *, tenant_id: str | None = None) -> bool:
+def busy(store: Database, *, tenant_id: str | None = None) -> bool:
     """True while any workflow is queued or running (a worker with --exit-when-idle stays)."""
     query = select(WORKFLOWS.c.id).where(WORKFLOWS.c.status.in_((QUEUED, RUNNING))).limit(1)
     if tenant_id:
@@ -121,6 +121,6 @@ def busy(store: Store, *, tenant_id: str | None = None) -> bool:
         return conn.scalar(query) is not None
 
 
-def requeue(store: Store, workflow_id: str) -> None:
+def requeue(store: Database, workflow_id: str) -> None:
     """Put a drained workflow back in the queue for another worker."""
     records.update_workflow(store, workflow_id, status=QUEUED, finished_at=None)

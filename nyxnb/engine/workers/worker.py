@@ -32,7 +32,7 @@ from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import NyxError
-from nyxnb.store.database import Store
+from nyxnb.store.database import Database
 from nyxnb.store.models import PAUSED, RUNNING, StepItem, Workflow, aware, utcnow
 from nyxnb.store.models import Worker as WorkerRow
 
@@ -69,7 +69,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         options: WorkerOptions | None = None,
         *,
         on_event: Callable[[ev.Event], None] | None = None,
@@ -179,7 +179,7 @@ class Worker:
     # -- registry and heartbeat -------------------------------------------------------------
     def _register(self) -> None:
         host, pid, now = socket.gethostname(), os.getpid(), utcnow()
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             conn.execute(
                 insert(WORKERS).values(
                     id=self.owner.rsplit(":", 1)[-1] + "-" + str(pid),
@@ -197,7 +197,7 @@ class Worker:
             )
 
     def _set_row(self, **values: object) -> None:
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             conn.execute(
                 update(WORKERS)
                 .where(WORKERS.c.owner == self.owner)
@@ -205,7 +205,7 @@ class Worker:
             )
 
     def _unregister(self) -> None:
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             conn.execute(delete(WORKERS).where(WORKERS.c.owner == self.owner))
 
     async def _heartbeat(self) -> None:
@@ -226,12 +226,12 @@ class Worker:
             runner.pause_event.set()
 
 
-def _status(store: Store, workflow_id: str) -> str | None:
+def _status(store: Database, workflow_id: str) -> str | None:
     with store.reading() as conn:
         return conn.scalar(select(Workflow.status).where(Workflow.id == workflow_id))
 
 
-def _leading(store: Store, owner: str) -> str | None:
+def _leading(store: Database, owner: str) -> str | None:
     with store.reading() as conn:
         return conn.scalar(select(Workflow.id).where(Workflow.lease_owner == owner).limit(1))
 
@@ -250,7 +250,7 @@ class LiveWorker:
     heartbeat_age_s: float
 
 
-def live_workers(store: Store) -> list[LiveWorker]:
+def live_workers(store: Database) -> list[LiveWorker]:
     """Workers whose heartbeat is recent, with the item claims they hold now."""
     now = utcnow()
     held = (
