@@ -86,7 +86,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'browser-test'\n")
     shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("*.db*"))
     (tmp_path / "notebooks").mkdir()
-    for name in ("01_run_workflow.ipynb", "06_iterate_and_compare.ipynb"):
+    for name in ("01_run_workflow.ipynb", "05_resume_and_recover.ipynb",
+                 "06_iterate_and_compare.ipynb"):  # fmt: skip
         shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks")
     return tmp_path
 
@@ -405,3 +406,27 @@ def test_compare_view_is_left_aligned_in_jupyterlab(lab, browser, project) -> No
     assert aligns and set(aligns) == {"left"}, sorted(set(aligns))
     headers = table.find_elements("css selector", "th")
     assert "baseline" in headers[1].text and "revision 1" in headers[2].text
+
+
+def test_cancel_batch_in_notebook_05_says_what_happened_and_what_it_cost(
+    lab, browser, project
+) -> None:
+    page = Page(browser, f"sqlite:///{project}/browser.db")
+    browser.get(f"{lab}/lab/tree/notebooks/05_resume_and_recover.ipynb?reset")
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+    page.command("notebook:run-all-cells")
+
+    def offline_batch() -> bool:  # the last widget is the offline batch's, waiting 30 s
+        return "offline batch" in page.widgets()[-1].text and page.button("cancel-batch")
+
+    _until("the offline batch's Cancel batch", offline_batch, timeout=120)
+    page.shot("batch-waiting", widget_only=True)
+    page.click("cancel-batch")
+    _until("the kernel to finish the cells", lambda: page.kernel_status() == "idle", timeout=120)
+    page.shot("batch-canceled", widget_only=True)
+    cells = int(page.js("return window.jupyterapp.shell.currentWidget.content.model.cells.length;"))
+    check = next(i for i in range(cells) if "offline batch run:" in str(page.outputs(i)))
+    text = "".join("".join(o.get("text", "")) for o in page.outputs(check))
+    assert "offline batch run: completed" in text, text
+    assert "errored/expired/canceled; re-run live at full price" in text, text
+    assert "live" in text.split("service_tier")[-1], text  # the cost of each tier, live too

@@ -402,6 +402,8 @@ class ProgressState:
             rate = (fan.items_done - fan.done_at_start) / max(1e-9, now - fan.started_s)
             mean = sum(r.took_s or 0 for r in done) / len(done) if done else 0.0
             eta = (fan.items_total - fan.items_done) / rate + mean * (left - 1)
+        if any(r.status == BATCH for r in self.steps.values()):
+            eta = None  # a provider batch ends at the provider's pace: no honest estimate
         return text + (f" · ETA ~{clock(eta)}" if eta is not None and left else "")
 
     def table(self, ages: bool = True) -> str:
