@@ -55,6 +55,8 @@ _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 #: Every view of a workflow in this kernel, so that they all show one truth (see ``_siblings``).
 _VIEWS: dict[str, weakref.WeakSet[WorkflowProgress]] = {}
+#: How long attach keeps reading the store after it found the run dead, before it stops.
+DEAD_FOLLOW_S = 30.0
 TICK_S = 1.0  # while it runs, the clocks (elapsed, ETA) move at least this often
 
 
@@ -240,14 +242,20 @@ class WorkflowProgress:
             self._flush(final=self.state.status not in ACTIVE)
 
     def _poll(self, every_s: float) -> None:
-        started = time.monotonic()
+        started, dead = time.monotonic(), None
         while not self._stop.wait(every_s):
             try:
                 self.refresh()
             except NyxError:
                 return
-            abandoned = self.state.status == PENDING and time.monotonic() - started > 30
-            if self.state.status not in ACTIVE or abandoned:  # abandoned: nobody runs it
+            now, status = time.monotonic(), self.state.status
+            abandoned = status == PENDING and now - started > 30
+            # a dead run is shown at once, but followed a little longer: on a loaded machine
+            # a live runner's lease renewal can come late, and the view then corrects itself
+            dead = (dead or now) if status == INTERRUPTED else None
+            if status == INTERRUPTED and now - dead < DEAD_FOLLOW_S:
+                continue
+            if status not in ACTIVE or abandoned:  # abandoned: nobody runs it
                 return
 
     def wait(self, timeout: float | None = None) -> ProgressState:
