@@ -19,8 +19,9 @@ from nyxnb.engine.generated import parse_items
 from nyxnb.engine.outcomes import ChainResult
 from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.endpoints import Table, split_entry
 from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import provider_class
+from nyxnb.providers.registry import default_model
 from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED, FAILED, PENDING, RUNNING, utcnow
 from nyxnb.templates import ItemView, StepView
@@ -50,9 +51,9 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
     return items
 
 
-def _estimate_usd(step: StepRow, requests: list[CompletionRequest]) -> float:
-    name = step.provider.partition(":")[0]
-    model = step.model or provider_class(name).default_model
+def _estimate_usd(step: StepRow, requests: list[CompletionRequest], endpoints: Table) -> float:
+    name, entry_model = split_entry(step.provider)
+    model = step.model or entry_model or default_model(name, endpoints)
     price = price_for(name, model)
     return sum(
         price.cost(len(r.system + r.messages[0].content) // 4, r.max_tokens) for r in requests
@@ -63,7 +64,7 @@ def _check_budget(runner: RunContext, step: StepRow, requests: list[CompletionRe
     limit = runner.spec.max_cost_usd
     if limit is None or not requests:
         return
-    spent, estimate = runner.spent_usd(), _estimate_usd(step, requests)
+    spent, estimate = runner.spent_usd(), _estimate_usd(step, requests, runner.pool.endpoints)
     if spent + estimate > limit:
         raise runner.fail(
             step,
@@ -154,6 +155,9 @@ class _FanOut:
         while True:
             if len(self._ready) <= self.limit and self._pending and self._block is None:
                 self._block = asyncio.ensure_future(self._reserve_block())
+                # its failure reaches the workers awaiting it; when they were cancelled first
+                # (another worker failed), it must still count as seen, not as a stray traceback
+                self._block.add_done_callback(_seen)
             if self._ready:
                 return self._ready.popleft()
             if self._block is None:
@@ -260,6 +264,7 @@ class _FanOut:
                 input_tokens=sum(a.input_tokens for a in result.attempts),
                 output_tokens=sum(a.output_tokens for a in result.attempts),
                 cost_usd=sum(a.cost_usd for a in result.attempts),
+                reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
             )
         )
 
@@ -410,3 +415,9 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     before = fan.completed
     await fan.run()
     return fan.completed - before
+
+
+def _seen(task: asyncio.Future[None]) -> None:
+    """Mark a finished task's exception as retrieved (it is raised where it is awaited)."""
+    if not task.cancelled():
+        task.exception()

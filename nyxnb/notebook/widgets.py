@@ -242,7 +242,7 @@ class WorkflowProgress:
             self._flush(final=self.state.status not in ACTIVE)
 
     def _poll(self, every_s: float) -> None:
-        started, dead = time.monotonic(), None
+        started, dead = time.monotonic(), 0.0
         while not self._stop.wait(every_s):
             try:
                 self.refresh()
@@ -252,7 +252,7 @@ class WorkflowProgress:
             abandoned = status == PENDING and now - started > 30
             # a dead run is shown at once, but followed a little longer: on a loaded machine
             # a live runner's lease renewal can come late, and the view then corrects itself
-            dead = (dead or now) if status == INTERRUPTED else None
+            dead = (dead or now) if status == INTERRUPTED else 0.0
             if status == INTERRUPTED and now - dead < DEAD_FOLLOW_S:
                 continue
             if status not in ACTIVE or abandoned:  # abandoned: nobody runs it

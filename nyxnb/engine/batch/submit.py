@@ -30,12 +30,13 @@ from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
 from nyxnb.engine.durable import records
-from nyxnb.engine.durable.records import BATCHES
+from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
+from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.providers.registry import batch_api, create_provider
 from nyxnb.store import Database
 from nyxnb.store.models import BATCH_ENDED, BATCH_LIVE_STATES, BATCH_OPEN, COMPLETED, utcnow
@@ -259,7 +260,10 @@ class BatchRun:
         model = row.model or self.runner.pool.provider(name).default_model
         completion = result.completion
         if result.outcome == SUCCEEDED and completion is not None:
-            attempt = attempt_from(name, model, 1, completion, 0.0, batch_id=batch_id)
+            prices_as = self.runner.pool.provider(name).prices_as
+            attempt = attempt_from(
+                name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
+            )
             if completion.stop_reason == STOP_END and completion.text.strip():
                 self.done.add(item.idx)
                 chain = ChainResult(completion, [attempt])
@@ -320,9 +324,11 @@ async def cancel_batches(store: Database, workflow_id: str) -> list[tuple[str, s
     )
     with store.reading() as conn:
         rows = [(str(p), str(b)) for p, b in conn.execute(query)]
+        spec = conn.scalar(select(WORKFLOWS.c.spec).where(WORKFLOWS.c.id == workflow_id))
+    endpoints = workflow_endpoints(spec) if rows else {}
     done = []
     for provider_name, batch_id in rows:
-        provider = create_provider(provider_name)
+        provider = create_provider(provider_name, None, endpoints)
         api = batch_api(provider)
         try:
             if api is not None:
