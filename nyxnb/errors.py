@@ -3,7 +3,9 @@
     NyxError                      root: catch this to catch everything nyxnb raises
     ├── ConfigError               bad configuration or input from the user
     │   ├── MissingKey            a provider's API key is not in the environment
+    │   ├── MissingExtra          an endpoint needs an optional SDK extra that is not installed
     │   └── UnknownProvider       a provider name nobody registered
+    │       └── UnknownEndpoint   an ``endpoint:model`` naming no endpoint
     ├── StoreError                the store cannot do what was asked
     │   ├── StoreUnavailable      cannot connect / malformed URL
     │   ├── StoreVersionError     the store was written by a newer nyxnb
@@ -130,6 +132,29 @@ class UnknownProvider(ConfigError):
         self.name = name
         super().__init__(
             f"unknown provider {name!r}", hint=f"choose one of: {', '.join(sorted(known))}"
+        )
+
+
+class UnknownEndpoint(UnknownProvider):
+    """A chain entry naming neither a provider nor an endpoint of the spec or config files."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        ConfigError.__init__(
+            self,
+            f"unknown provider or endpoint {name!r}",
+            hint=f"known: {', '.join(sorted(known))}; or declare it under `endpoints:` in the "
+            "spec, the project's nyxnb.yaml or ~/.config/nyxnb/nyxnb.yaml",
+        )
+
+
+class MissingExtra(ConfigError):
+    """An endpoint's API needs an optional package that is not installed."""
+
+    def __init__(self, endpoint: str, package: str, extra: str) -> None:
+        self.endpoint, self.package, self.extra = endpoint, package, extra
+        super().__init__(
+            f"endpoint {endpoint!r} needs {package}", hint=f"pip install 'nyxnb[{extra}]'"
         )
 
 

@@ -69,6 +69,7 @@ class FanOutProgress(StepEvent):
     input_tokens: int = 0  # of this item's calls
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class StepCompleted(StepEvent):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ generate:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from nyxnb.callspec import ENDPOINT_NAME, CallSettings, EndpointSpec
 from nyxnb.errors import SpecError
 from nyxnb.templates import check_template
 
@@ -111,8 +113,10 @@ class BatchPoll(_Model):
         return self
 
 
-class Defaults(_Model):
-    """Workflow-wide defaults; each step may override provider, fallback, model, concurrency.
+class Defaults(CallSettings, _Model):
+    """Workflow-wide defaults; each step may override provider, fallback, model, concurrency,
+    and the call settings of :class:`~nyxnb.callspec.CallSettings` (reasoning, service tier,
+    temperature, top_p, stop, seed).
 
     ``limits`` maps a provider (or ``provider:model``) to its :class:`LimitSpec`; ``timeouts``
     maps a provider (or ``default``) to the seconds a call may wait for its first byte;
@@ -124,7 +128,6 @@ class Defaults(_Model):
     model: str | None = None
     concurrency: int = Field(default=8, ge=1, le=256)
     max_tokens: int = Field(default=2048, ge=1, le=200_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
     cache: bool = True
     #: the response cache is scoped by tenant; True shares answers across tenants (opt-in)
     share_cache: bool = False
@@ -144,8 +147,8 @@ class Defaults(_Model):
     batch_poll: BatchPoll = Field(default_factory=BatchPoll)
 
 
-class StepSpec(_Model):
-    """One user-defined step."""
+class StepSpec(CallSettings, _Model):
+    """One user-defined step (its call settings override ``defaults``)."""
 
     name: str = Field(pattern=NAME_PATTERN)
     type: Literal["llm", "fan-out", "synthesis", "review", "pattern-check", "judge"] = "llm"
@@ -229,6 +232,18 @@ class WorkflowSpec(_Model):
     # named overrides of `defaults`, run side by side by `nyxnb run --matrix` / run_matrix
     variants: dict[str, dict[str, Any]] | None = None
     digest: DigestSpec | None = None
+    # named endpoints (merged over the project's nyxnb.yaml and the user's file)
+    endpoints: dict[str, EndpointSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_endpoint_names(self) -> WorkflowSpec:
+        for name in self.endpoints:
+            if not re.match(ENDPOINT_NAME, name):
+                raise ValueError(
+                    f"endpoint name {name!r} must be letters, digits, `_`, `-` or `.` "
+                    "(no colon: `endpoint:model` splits at the first one)"
+                )
+        return self
 
     def step(self, name: str) -> StepSpec:
         """The user step called ``name``."""

@@ -267,6 +267,7 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
     assert check("digest", again, "--facts-only")[0]["kind"] == "fact:calls"
     assert check("migrate", "BRbase", "--from", "nyx", "--to", "clarait")
     assert check("cancel-batch", wf) == []  # an offline run has no provider batch
+    assert {e["endpoint"] for e in check("models", "offline")} == {"offline"}
     covered.add("batch")  # runs papermill kernels: its --json is checked in tests/test_batch.py
     assert covered == leaf_commands(cli), "add the new command to this test"
 

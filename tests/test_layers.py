@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nyxnb"
-GROUND = {"errors", "events", "spec", "templates", "paths", "autosteps", "rates"}
+GROUND = {"errors", "events", "spec", "templates", "paths", "autosteps", "rates", "callspec"}
 
 # folder -> the folders it may import (the ground modules are allowed everywhere)
 ALLOWED: dict[str, set[str]] = {

@@ -40,17 +40,17 @@ def _fan_out(name: str, n: int) -> dict[str, object]:
 
 
 class _Fault:
-    """Makes every write transaction of one store fail while armed (a server gone away)."""
+    """Makes every write transaction of one run fail while armed (a server gone away)."""
 
-    def __init__(self, store: Store) -> None:
-        self.engine, self.until, self.hits = store.engine, 0.0, 0
+    def __init__(self) -> None:
+        self.workflow_id, self.until, self.hits = "", 0.0, 0
 
-    def arm(self) -> None:
+    def arm(self, workflow_id: str) -> None:
         if not self.until:
-            self.until = time.monotonic() + FAULT_S
+            self.workflow_id, self.until = workflow_id, time.monotonic() + FAULT_S
 
-    def check(self, store: Store) -> None:
-        if store.engine is self.engine and time.monotonic() < self.until:
+    def check(self, gateway: Gateway) -> None:
+        if gateway.workflow_id == self.workflow_id and time.monotonic() < self.until:
             self.hits += 1
             raise OperationalError("BEGIN", {}, Exception("server closed the connection"))
 
@@ -64,18 +64,17 @@ async def _drive(spec: dict[str, object], store: Store, seen: Seen, fault: _Faul
     ):
         seen.append((time.monotonic(), event))
         if fault is not None and isinstance(event, ev.FanOutProgress) and event.completed == 3:
-            fault.arm()  # mid fan-out
+            fault.arm(event.workflow_id)  # mid fan-out
 
 
 def test_a_database_fault_in_one_workflow_does_not_stall_another(store_url, monkeypatch):
     minimal(open_store(store_url)).dispose()
     store_a, store_b = open_store(store_url), open_store(store_url)
-    fault = _Fault(store_a)
+    fault = _Fault()
     real_fence = Gateway.fence
 
     def fence(self: Gateway, conn: Connection) -> None:  # first in every write of a run
-        if self.owner is not None:  # a run's own gateway
-            fault.check(self._store)
+        fault.check(self)
         real_fence(self, conn)
 
     monkeypatch.setattr(Gateway, "fence", fence)

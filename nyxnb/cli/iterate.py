@@ -85,7 +85,8 @@ def _compare_text(result: Comparison) -> str:
                     "status": c.status + (" (reused)" if c.reused else ""),
                     "provider": c.provider or "",
                     "model": c.model or "",
-                    "tokens": f"{c.input_tokens}/{c.output_tokens}",
+                    "tokens": f"{c.input_tokens}/{c.output_tokens}"
+                    + (f" ({c.reasoning_tokens} reasoning)" if c.reasoning_tokens else ""),
                     "cost": f"${c.cost_usd:.4f}",
                     "ms": f"{c.latency_ms:.0f}",
                     "score": "" if c.score is None else f"{c.score:g}",

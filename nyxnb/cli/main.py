@@ -13,6 +13,7 @@ from nyxnb.cli import batch as cli_batch
 from nyxnb.cli import batchcmd as cli_batchcmd
 from nyxnb.cli import iterate as cli_iterate
 from nyxnb.cli import migrate as cli_migrate
+from nyxnb.cli import models as cli_models
 from nyxnb.cli import run as cli_run
 from nyxnb.cli import workers as cli_workers
 from nyxnb.cli.common import emit, fail_line, get_store, json_option, table, with_json
@@ -173,6 +174,7 @@ def register_commands() -> None:
         *cli_batch.COMMANDS,
         *cli_workers.COMMANDS,
         *cli_batchcmd.COMMANDS,
+        *cli_models.COMMANDS,
         cli_migrate.clone,
         cli_migrate.migrate,
     ):

@@ -74,6 +74,11 @@ def pause(ctx: click.Context, workflow_id: str, tenant: str | None) -> None:
     )
 
 
+def _reasoning(tokens: int) -> str:
+    """`` (N reasoning)`` when some of the output tokens were thinking, else nothing."""
+    return f" ({tokens:,} reasoning)" if tokens else ""
+
+
 def _show_text(data: WorkflowSummary) -> str:
     from nyxnb.notebook.progress import money, tokens_text
 
@@ -83,7 +88,7 @@ def _show_text(data: WorkflowSummary) -> str:
             "items": f"{s.items_done}/{s.items_total}" if s.items_total else "",
             "gen": "yes" if s.auto_generated else "",
             "cost": money(s.cost_usd),
-            "tokens": tokens_text(s.input_tokens, s.output_tokens),
+            "tokens": tokens_text(s.input_tokens, s.output_tokens) + _reasoning(s.reasoning_tokens),
         }
         for s in data.steps
     ]
@@ -103,11 +108,11 @@ def _show_text(data: WorkflowSummary) -> str:
     ledger = table(
         [{**asdict(p), "cost_usd": money(p.cost_usd)} for p in data.by_provider],
         ["provider", "calls", "ok", "errors", "cached", "input_tokens", "output_tokens",
-         "cost_usd"],
+         "reasoning_tokens", "cost_usd"],
     )  # fmt: skip
     total = (
-        f"total: {t.calls} calls, {tokens_text(t.input_tokens, t.output_tokens)} tokens, "
-        f"{money(t.cost_usd)}"
+        f"total: {t.calls} calls, {tokens_text(t.input_tokens, t.output_tokens)} tokens"
+        f"{_reasoning(t.reasoning_tokens)}, {money(t.cost_usd)}"
     )
     return f"{head}\n\n{steps}{_batches_text(data)}\n\nprovider calls:\n{ledger}\n{total}"
 

@@ -32,8 +32,9 @@ from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.endpoints import cache_identity, split_entry
 from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import provider_class
+from nyxnb.providers.registry import default_model
 from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Database
@@ -60,7 +61,7 @@ class Paused(Exception):  # noqa: N818 - a signal, not an error
 
 def request_hash(kind: str, request: CompletionRequest) -> str:
     """Input hash of an LLM step or item: what was asked, of whom, with which limits."""
-    payload = [
+    payload: list[Any] = [
         kind,
         request.system,
         [[m.role, m.content] for m in request.messages],
@@ -68,7 +69,28 @@ def request_hash(kind: str, request: CompletionRequest) -> str:
         request.max_tokens,
         request.temperature,
     ]
+    knobs = response_cache.call_knobs(request)
+    if knobs:  # only when set: a workflow from before call settings keeps its hashes
+        payload.append(knobs)
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def call_settings(step: StepRow, spec: WorkflowSpec) -> dict[str, Any]:
+    """The request fields of a step's call settings, each from the step or else ``defaults``."""
+    c, d = step.config, spec.defaults
+    reasoning = c.reasoning or d.reasoning
+    stop = c.stop if c.stop is not None else d.stop
+    keep = c.keep_thinking if c.keep_thinking is not None else d.keep_thinking
+    return {
+        "temperature": c.temperature if c.temperature is not None else d.temperature,
+        "top_p": c.top_p if c.top_p is not None else d.top_p,
+        "stop": tuple(stop or ()),
+        "seed": c.seed if c.seed is not None else d.seed,
+        "service_tier": c.service_tier or d.service_tier,
+        "reasoning_effort": reasoning.effort if reasoning else None,
+        "reasoning_budget": reasoning.budget_tokens if reasoning else None,
+        "keep_thinking": bool(keep),
+    }
 
 
 @dataclass(frozen=True)
@@ -165,13 +187,14 @@ class RunContext:
             prompt,
             model=step.model,
             max_tokens=step.config.max_tokens or self.spec.defaults.max_tokens,
-            temperature=self.spec.defaults.temperature,
+            **call_settings(step, self.spec),
         )
 
     def _cache_lookup(
         self, provider: str, model: str, request: CompletionRequest
     ) -> tuple[str, Any]:
-        key = response_cache.cache_key(provider, model, request)
+        identity = cache_identity(provider, self.pool.endpoints)
+        key = response_cache.cache_key(identity, model, request)
         if not self.spec.defaults.share_cache:  # one tenant never learns what another asked
             key = hashlib.sha256(f"tenant:{self.tenant_id}:{key}".encode()).hexdigest()
         with self.store.reading() as conn:
@@ -276,8 +299,8 @@ class RunContext:
     def _sent_row(
         self, step: StepRow, request: CompletionRequest, item_idx: int | None
     ) -> dict[str, Any]:
-        name = step.chain[0].partition(":")[0]
-        model = request.model or provider_class(name).default_model
+        name, entry_model = split_entry(step.chain[0])
+        model = request.model or entry_model or default_model(name, self.pool.endpoints)
         usd = estimate_usd(name, model, request)
         return records.sent_row(step, item_idx, name, model, usd)
 

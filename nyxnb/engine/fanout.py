@@ -19,8 +19,9 @@ from nyxnb.engine.generated import parse_items
 from nyxnb.engine.outcomes import ChainResult
 from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.endpoints import Table, split_entry
 from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import provider_class
+from nyxnb.providers.registry import default_model
 from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED, FAILED, PENDING, RUNNING, utcnow
 from nyxnb.templates import ItemView, StepView
@@ -50,9 +51,9 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
     return items
 
 
-def _estimate_usd(step: StepRow, requests: list[CompletionRequest]) -> float:
-    name = step.provider.partition(":")[0]
-    model = step.model or provider_class(name).default_model
+def _estimate_usd(step: StepRow, requests: list[CompletionRequest], endpoints: Table) -> float:
+    name, entry_model = split_entry(step.provider)
+    model = step.model or entry_model or default_model(name, endpoints)
     price = price_for(name, model)
     return sum(
         price.cost(len(r.system + r.messages[0].content) // 4, r.max_tokens) for r in requests
@@ -63,7 +64,7 @@ def _check_budget(runner: RunContext, step: StepRow, requests: list[CompletionRe
     limit = runner.spec.max_cost_usd
     if limit is None or not requests:
         return
-    spent, estimate = runner.spent_usd(), _estimate_usd(step, requests)
+    spent, estimate = runner.spent_usd(), _estimate_usd(step, requests, runner.pool.endpoints)
     if spent + estimate > limit:
         raise runner.fail(
             step,
@@ -112,7 +113,6 @@ class _FanOut:
         self._commits: list[asyncio.Task[None]] = []
         self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
         self._block: asyncio.Future[None] | None = None  # the next block being reserved
-        self._blocks: list[asyncio.Future[None]] = []
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
         self.cached = 0
@@ -128,8 +128,8 @@ class _FanOut:
         finally:
             for task in (*workers, *self._commits):
                 task.cancel()
-            # every block, also one whose failure (a lost lease) no worker waited for
-            await asyncio.gather(*self._blocks, return_exceptions=True)
+            if self._block is not None:
+                await asyncio.gather(self._block, return_exceptions=True)
             self._take_back()
             if self._source is not None:
                 self._source.release_unstarted()
@@ -155,7 +155,9 @@ class _FanOut:
         while True:
             if len(self._ready) <= self.limit and self._pending and self._block is None:
                 self._block = asyncio.ensure_future(self._reserve_block())
-                self._blocks.append(self._block)
+                # its failure reaches the workers awaiting it; when they were cancelled first
+                # (another worker failed), it must still count as seen, not as a stray traceback
+                self._block.add_done_callback(_seen)
             if self._ready:
                 return self._ready.popleft()
             if self._block is None:
@@ -262,6 +264,7 @@ class _FanOut:
                 input_tokens=sum(a.input_tokens for a in result.attempts),
                 output_tokens=sum(a.output_tokens for a in result.attempts),
                 cost_usd=sum(a.cost_usd for a in result.attempts),
+                reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
             )
         )
 
@@ -395,8 +398,12 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     """Run items of a fan-out another worker leads (a worker's spare capacity); returns how many.
 
     The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
-    hash to its stored input hash is left to the lead.
+    hash to its stored input hash is left to the lead.  A batched fan-out is never helped: its
+    items belong to its batch (the lead claims them for it, but a helper could look in before
+    it does), and calling them live would pay for them twice.
     """
+    if batch_enabled(runner, step):
+        return 0
     every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
     built = fan_out_requests(runner, step, [r.input for r in every])
     requests = {
@@ -412,3 +419,9 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     before = fan.completed
     await fan.run()
     return fan.completed - before
+
+
+def _seen(task: asyncio.Future[None]) -> None:
+    """Mark a finished task's exception as retrieved (it is raised where it is awaited)."""
+    if not task.cancelled():
+        task.exception()

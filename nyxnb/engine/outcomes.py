@@ -31,7 +31,11 @@ class Attempt:
     latency_ms: float = 0.0
     cached: bool = False
     batch_id: str | None = None
-    service_tier: str = "live"  # live | batch
+    service_tier: str = "live"  # live | batch: how it was processed (the batch API or not)
+    #: the provider's tier the call was served at (flex | priority | default; None: no tiers)
+    api_tier: str | None = None
+    reasoning_tokens: int = 0  # thinking/reasoning tokens, included in output_tokens
+    thinking: str | None = None  # thinking text, only with ``keep_thinking: true``
 
 
 @dataclass

@@ -33,6 +33,7 @@ from nyxnb.engine.iterate.judge import run_judge
 from nyxnb.engine.patterncheck import check_code, load_patterns
 from nyxnb.engine.workflows import frozen_personas, personas_for
 from nyxnb.errors import ChainExhausted, LeaseLost, NyxError, StepFailed, one_line
+from nyxnb.providers.endpoints import endpoint_table
 from nyxnb.spec import stored_spec
 from nyxnb.store import Database
 from nyxnb.store.models import (
@@ -87,8 +88,7 @@ class Runner(RunContext):
         started = time.perf_counter()
         try:
             with telemetry.workflow_span(self.workflow_id, self.name, self.tenant_id):
-                await self._started()
-                await self._run_all()
+                await self._run_all(await self._started())
         except Paused:
             self._finish(PAUSED, None)
             self.emit(ev.WorkflowPaused(self.workflow_id, name=self.name))
@@ -181,9 +181,11 @@ class Runner(RunContext):
         self.personas = frozen
         d = self.spec.defaults
         limits = {name: Limits.of(spec) for name, spec in d.limits.items()}
-        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s)
+        endpoints = endpoint_table(self.spec.endpoints)
+        self.pool.apply_spec(limits, d.timeouts, d.max_wait_s, endpoints)
 
-    async def _started(self) -> None:
+    async def _started(self) -> list[StepRow]:
+        """Mark the workflow running and announce it; returns its steps as they stand."""
         # a completed workflow keeps its times unless a step runs again (see _finish)
         times = {} if self.status == COMPLETED else {"started_at": utcnow(), "finished_at": None}
         records.update_workflow(
@@ -205,6 +207,7 @@ class Runner(RunContext):
                 total_steps=max(len(steps), self.spec.expected_steps()),
             )
         )
+        return steps
 
     async def _digest(self) -> None:
         """The spec's ``digest:`` block: insights written once the run completed."""
@@ -258,8 +261,8 @@ class Runner(RunContext):
         return {s.name: s.status for s in records.load_steps(self.store, self.workflow_id)}
 
     # -- the loop --------------------------------------------------------------------------
-    async def _run_all(self) -> None:
-        user = [s for s in records.load_steps(self.store, self.workflow_id) if not s.auto_generated]
+    async def _run_all(self, steps: list[StepRow]) -> None:
+        user = [s for s in steps if not s.auto_generated]
         for step in user:
             await self._run_step(step)
         for step in self._sync_generated(len(user)):
@@ -317,6 +320,7 @@ class Runner(RunContext):
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 cost_usd=sum(a.cost_usd for a in result.attempts),
+                reasoning_tokens=sum(a.reasoning_tokens for a in result.attempts),
             )
         )
 

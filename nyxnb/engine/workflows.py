@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from nyxnb.callspec import CALL_FIELDS
 from nyxnb.errors import MissingKey, NotFound, SpecError
+from nyxnb.providers.endpoints import Table, endpoint_table, split_entry
 from nyxnb.providers.registry import create_provider, provider_class
 from nyxnb.spec import StepSpec, WorkflowSpec, load_spec
 from nyxnb.store.database import Database
@@ -95,17 +97,38 @@ def _check_names(spec: WorkflowSpec, personas: dict[str, str]) -> None:
                 field=where,
                 hint=f"known personas: {', '.join(sorted(personas)) or 'none (run `nyxnb seed`)'}",
             )
-    for step in spec.steps:
+    endpoints = endpoint_table(spec.endpoints)
+    for i, step in enumerate(spec.steps):
         for entry in step_chain(step, spec):
-            provider_class(entry.partition(":")[0])
+            provider_class(split_entry(entry)[0], endpoints)
+        _check_thinking(i, step, spec, endpoints)
+
+
+def _check_thinking(i: int, step: StepSpec, spec: WorkflowSpec, endpoints: Table) -> None:
+    """Anthropic's extended thinking refuses a temperature: a spec error naming the step."""
+    reasoning = step.reasoning or spec.defaults.reasoning
+    temperature = step.temperature if step.temperature is not None else spec.defaults.temperature
+    if reasoning is None or temperature is None or reasoning.budget_tokens == 0:
+        return
+    for entry in step_chain(step, spec):
+        name = split_entry(entry)[0]
+        if provider_class(name, endpoints).name == "anthropic":
+            raise SpecError(
+                f"step {step.name!r}: Anthropic extended thinking ({name}) does not accept a "
+                f"temperature (it is {temperature:g})",
+                field=f"steps[{i}].temperature",
+                hint="drop the temperature, or the reasoning setting, for this step",
+            )
 
 
 def _check_ready(spec: WorkflowSpec) -> None:
     """Every LLM step needs at least one provider of its chain with a key in the environment."""
+    endpoints = endpoint_table(spec.endpoints)
     for step in spec.steps:
         if step.type == "pattern-check":
             continue
-        providers = [create_provider(e.partition(":")[0]) for e in step_chain(step, spec)]
+        chain = step_chain(step, spec)
+        providers = [create_provider(split_entry(e)[0], None, endpoints) for e in chain]
         missing = []
         for provider in providers:
             try:
@@ -150,6 +173,7 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "batch",
             "rubric",
             "scale",
+            *CALL_FIELDS,
         },
     )
     return {

@@ -70,7 +70,8 @@ def _meta(c: RunCell) -> str:
     who = html.escape(" ".join(x for x in (c.provider, c.model) if x) or "—")
     return (
         f"{status} · {who}<br><span class=meta>{tokens_text(c.input_tokens, c.output_tokens)} "
-        f"tokens · {money(c.cost_usd)} · {c.latency_ms / 1000:.1f} s"
+        f"tokens{f' ({c.reasoning_tokens:,} reasoning)' if c.reasoning_tokens else ''} · "
+        f"{money(c.cost_usd)} · {c.latency_ms / 1000:.1f} s"
         + (f" · {c.violations} violations" if c.violations is not None else "")
         + "</span>"
     )

@@ -169,6 +169,7 @@ def steps_df(store: StoreArg, workflow_id: str, *, tenant: str | None = None) ->
         "items_total",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
         "cost_usd",
         "score",
         "prompt",
@@ -221,10 +222,12 @@ def calls_df(
             LlmCall.output_tokens,
             LlmCall.cached_input_tokens,
             LlmCall.cache_write_tokens,
+            LlmCall.reasoning_tokens,
             LlmCall.cost_usd,
             LlmCall.latency_ms,
             LlmCall.cached,
             LlmCall.service_tier,
+            LlmCall.api_tier,
             LlmCall.batch_id,
         )
         .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
@@ -261,6 +264,7 @@ def cost_by(
         ok=("ok", "sum"),
         input_tokens=("input_tokens", "sum"),
         output_tokens=("output_tokens", "sum"),
+        reasoning_tokens=("reasoning_tokens", "sum"),
         cost_usd=("cost_usd", "sum"),
         mean_latency_ms=("latency_ms", "mean"),
     )

@@ -55,6 +55,7 @@ class StepRow:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
     auto_generated: bool = False
     cached: bool = False  # the step's answer (every item's, for a fan-out) came from the cache
     cached_items: int = 0  # fan-out items answered from the cache in this run
@@ -63,7 +64,7 @@ class StepRow:
     took_s: float | None = None  # how long it ran, once completed in this run
 
     def timing(self, now: float | None = None) -> str:
-        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 items/s · ETA 0:05``)."""
+        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 it/s · ETA 0:05``)."""
         if self.took_s is not None:
             return clock(self.took_s)
         if self.started_s is None or self.status not in _UNDER_WAY:
@@ -248,6 +249,7 @@ class ProgressState:
             row.model, row.cached_items = e.model or row.model, row.cached_items + e.cached
             tokens = [getattr(e, k, 0) for k in ("input_tokens", "output_tokens", "cost_usd")]
             self._add(row, *tokens)
+            row.reasoning_tokens += e.reasoning_tokens
         elif isinstance(e, ev.StepCompleted):
             row.status, row.items_done = COMPLETED, row.items_total
             row.took_s = time.time() - row.started_s if row.started_s and not e.skipped else None
@@ -258,6 +260,7 @@ class ProgressState:
                 row.heading = ""
             else:
                 self._add(row, e.input_tokens, e.output_tokens, e.cost_usd)
+                row.reasoning_tokens += e.reasoning_tokens
         elif isinstance(e, ev.StepFailed):
             row.status = FAILED
         elif isinstance(e, ev.ProviderFallback):
@@ -366,7 +369,10 @@ class ProgressState:
         tokens_in, tokens_out, cost = self.totals()
         total = max(self.total_steps, len(self.steps))
         line = f"{self.name or 'workflow'}: {self.status}, {done}/{total} steps · "
-        line += f"{tokens_text(tokens_in, tokens_out)} tokens · {money(cost)}"
+        reasoning = sum(r.reasoning_tokens for r in self.steps.values())
+        line += f"{tokens_text(tokens_in, tokens_out)} tokens"
+        line += f" ({reasoning:,} reasoning)" if reasoning else ""
+        line += f" · {money(cost)}"
         line += f" · {self.timing()}" if timing and self.started_s else ""
         why = self.note or (f"error: {self.error}" if self.error else "")
         if self.status == PAUSED and not why:
@@ -402,6 +408,8 @@ class ProgressState:
             rate = (fan.items_done - fan.done_at_start) / max(1e-9, now - fan.started_s)
             mean = sum(r.took_s or 0 for r in done) / len(done) if done else 0.0
             eta = (fan.items_total - fan.items_done) / rate + mean * (left - 1)
+        if any(r.status == BATCH for r in self.steps.values()):
+            eta = None  # a provider batch ends at the provider's pace: no honest estimate
         return text + (f" · ETA ~{clock(eta)}" if eta is not None and left else "")
 
     def table(self, ages: bool = True) -> str:

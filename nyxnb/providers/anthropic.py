@@ -30,6 +30,8 @@ from nyxnb.providers.classify import (
     sdk_error,
     transport_error,
 )
+from nyxnb.providers.endpoints import anthropic_client
+from nyxnb.providers.params import anthropic_params, anthropic_thinking_tokens, anthropic_thoughts
 from nyxnb.providers.streaming import StreamCut, Watch
 
 _STOPS = {
@@ -59,12 +61,11 @@ class AnthropicProvider(Provider):
         return params_for(request, self.model_for(request), cache=opts.prompt_cache)
 
     def make_client(self) -> anthropic.AsyncAnthropic:
-        """The SDK client; its own retries are off (the fallback chain owns retries)."""
-        return anthropic.AsyncAnthropic(
-            api_key=self.api_key(),
-            max_retries=0,
-            timeout=self.options.http_timeout(anthropic.Timeout),
+        """The endpoint's SDK client (API, Bedrock or Vertex); its own retries are off."""
+        client: anthropic.AsyncAnthropic = anthropic_client(
+            self, self.options.http_timeout(anthropic.Timeout)
         )
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Stream one Messages API request and normalise the answer."""
@@ -83,11 +84,11 @@ class AnthropicProvider(Provider):
                     watch.tick()
                     answer.add(event)
         except Exception as exc:
-            raise self._error(exc, client.api_key) from exc
+            raise self._error(exc, getattr(client, "api_key", None)) from exc
         try:
             return replace(answer.completion(model, self.name), rate=rate)
         except Exception as exc:  # noqa: BLE001 - a 200 that is not a message stream
-            raise malformed_answer(self.name, exc, client.api_key) from exc
+            raise malformed_answer(self.name, exc, getattr(client, "api_key", None)) from exc
 
     def _error(self, exc: Exception, key: str | None) -> ProviderError:
         """The nyxnb error for an SDK, transport or timeout exception."""
@@ -109,6 +110,7 @@ class _Answer:
         self.stop = ""
         self.output_tokens = 0
         self.late_usage: Any = None
+        self.thinking: list[str] = []
 
     def add(self, event: Any) -> None:
         kind = event.type
@@ -119,6 +121,7 @@ class _Answer:
                 self.watch.wrote(delta.text)
             elif delta.type == "thinking_delta":
                 self.watch.wrote(delta.thinking)
+                self.thinking.append(delta.thinking)
         elif kind == "message_start":
             self.started = event.message
             self.output_tokens = event.message.usage.output_tokens or 0
@@ -137,7 +140,11 @@ class _Answer:
             written=_latest(late, usage, "cache_creation_input_tokens"),
             output=self.output_tokens,
         )
-        return _completion("".join(self.text), self.stop, tokens, self.started, model, provider)
+        answer = _completion("".join(self.text), self.stop, tokens, self.started, model, provider)
+        thought = "".join(self.thinking)
+        reasoning = anthropic_thinking_tokens(late or usage, thought)
+        tier = getattr(late, "service_tier", None) or getattr(usage, "service_tier", None)
+        return replace(answer, reasoning_tokens=reasoning, thinking=thought, service_tier=tier)
 
 
 def _latest(late: Any, early: Any, name: str) -> int:
@@ -175,9 +182,7 @@ def params_for(request: CompletionRequest, model: str, cache: bool = True) -> di
     if request.system:
         block: dict[str, Any] = {"type": "text", "text": request.system}
         params["system"] = [block | {"cache_control": _EPHEMERAL}] if cache else [block]
-    if request.temperature is not None:
-        params["extra_body"] = {"temperature": request.temperature}
-    return params
+    return anthropic_params(request, params)
 
 
 def failure_of(exc: anthropic.APIStatusError) -> HttpFailure:
@@ -213,7 +218,10 @@ def completion_of(message: SdkMessage, model: str, provider: str) -> Completion:
         written=usage.cache_creation_input_tokens or 0,
         output=usage.output_tokens,
     )
-    return _completion(text, message.stop_reason or "", tokens, message, model, provider)
+    answer = _completion(text, message.stop_reason or "", tokens, message, model, provider)
+    thought = anthropic_thoughts(message.content)
+    reasoning = anthropic_thinking_tokens(usage, thought)
+    return replace(answer, reasoning_tokens=reasoning, thinking=thought)
 
 
 def _completion(

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nyxnb.callspec import EndpointSpec
 from nyxnb.errors import ErrorKind as K
 from nyxnb.errors import MissingKey
 from nyxnb.providers.streaming import (
@@ -54,6 +55,14 @@ class CompletionRequest:
     #: Leading characters of the first user message shared by every item of a fan-out: a
     #: prompt-cache prefix (Anthropic marks it with ``cache_control``; others cache implicitly).
     shared_prefix: int = 0
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    #: ``minimal|low|medium|high``, or a thinking budget in tokens (mapped per API: params.py)
+    reasoning_effort: str | None = None
+    reasoning_budget: int | None = None
+    keep_thinking: bool = False
+    service_tier: str | None = None  # default | flex | priority (where the API has tiers)
 
     @classmethod
     def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:
@@ -88,6 +97,24 @@ class Completion:
     #: tokens spent thinking (Anthropic thinking, OpenAI reasoning, Gemini thoughts), included
     #: in ``output_tokens``
     reasoning_tokens: int = 0
+    thinking: str = ""  # the thinking text (the engine keeps it only with keep_thinking)
+    service_tier: str | None = None  # the tier the provider says it served (or was asked)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A named endpoint: its name (the provider name in chains and the ledger) and its spec."""
+
+    name: str
+    spec: EndpointSpec
+
+    def key_vars(self, api_default: tuple[str, ...]) -> tuple[str, ...]:
+        """The variables its key is read from (none for AWS/Google credentials or ``null``)."""
+        if self.spec.api in ("anthropic-bedrock", "anthropic-vertex") or self.spec.vertexai:
+            return ()
+        if self.spec.key_env == "default":
+            return api_default
+        return (self.spec.key_env,) if self.spec.key_env else ()
 
 
 class ProviderOptions(BaseModel):
@@ -127,6 +154,16 @@ class ProviderOptions(BaseModel):
         return timeout_cls(read, connect=min(self.connect_timeout_s, read))
 
 
+def _prices_as(spec: EndpointSpec, api_name: str) -> str | None:
+    """The genai-prices id of an endpoint: its own, its vendor's, or none for a custom URL."""
+    if spec.prices_as is not None:
+        return spec.prices_as
+    vendor = {"azure-openai": "azure", "anthropic-bedrock": "aws", "anthropic-vertex": "google"}
+    if spec.api in vendor:
+        return vendor[spec.api]
+    return api_name if spec.base_url is None else None
+
+
 class Provider(ABC):
     """Base class of every provider.
 
@@ -144,10 +181,23 @@ class Provider(ABC):
     #: once per run, not once per item).  Off for local providers that have no account.
     probe_first: ClassVar[bool] = True
 
-    def __init__(self, options: ProviderOptions | None = None) -> None:
+    #: The ``genai-prices`` provider id its models are priced by (None: only pricing.yaml).
+    prices_as: str | None = None
+
+    def __init__(
+        self, options: ProviderOptions | None = None, endpoint: Endpoint | None = None
+    ) -> None:
         self.options = options or self.Options()
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self.endpoint = endpoint
+        self.prices_as = type(self).name if type(self).key_env else None
+        if endpoint is not None:  # a named endpoint: its own name, key variable and prices
+            self.name = endpoint.name  # type: ignore[misc]
+            self.key_env = endpoint.key_vars(type(self).key_env)  # type: ignore[misc]
+            self.default_model = endpoint.spec.model or type(self).default_model  # type: ignore[misc]
+            self.prices_as = _prices_as(endpoint.spec, type(self).name)
+            self.probe_first = bool(self.key_env) or endpoint.spec.base_url is None  # type: ignore[misc]
 
     def client(self) -> Any:
         """The SDK client, made on first use and again if the event loop changed.
@@ -187,7 +237,7 @@ class Provider(ABC):
     def watch(self, request: CompletionRequest) -> Watch:
         """The timeouts and progress of one streamed answer to ``request``."""
         model = self.model_for(request)
-        reasoning = bool(getattr(request, "reasoning", None))  # a step's reasoning setting
+        reasoning = bool(request.reasoning_effort or request.reasoning_budget)
         first_byte = self.options.first_byte_s(model, reasoning)
         return Watch(self.name, model, first_byte, self.options.idle_s)
 

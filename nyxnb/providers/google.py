@@ -31,6 +31,8 @@ from nyxnb.providers.classify import (
     malformed_answer,
     transport_error,
 )
+from nyxnb.providers.endpoints import google_client
+from nyxnb.providers.params import google_config, google_thoughts
 from nyxnb.providers.streaming import StreamCut, Watch
 
 _REFUSALS = frozenset(
@@ -62,8 +64,9 @@ class GoogleProvider(Provider):
     def make_client(self) -> genai.Client:
         """The SDK client (google-genai does not retry unless told to; its timeout is in ms)."""
         timeout_ms = max(1, round(self.options.timeout_s * 1000))
-        self._key = self.api_key()
-        return genai.Client(api_key=self._key, http_options=types.HttpOptions(timeout=timeout_ms))
+        self._key = self.api_key() if self.key_env else ""
+        client: genai.Client = google_client(self, types.HttpOptions(timeout=timeout_ms))
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Stream one generateContent request (``streamGenerateContent``) and normalise it."""
@@ -133,12 +136,12 @@ def contents_of(request: CompletionRequest) -> list[types.Content]:
 
 
 def config_of(request: CompletionRequest) -> types.GenerateContentConfig:
-    """The generation config of a request: system prompt, token limit, temperature."""
+    """The generation config of a request: system prompt, token limit, sampling, thinking."""
     return types.GenerateContentConfig(
         system_instruction=request.system or None,
         max_output_tokens=request.max_tokens,
-        temperature=request.temperature,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        **google_config(request),
     )
 
 
@@ -189,6 +192,7 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
     text, stop, raw = _finish(response)
     usage = response.usage_metadata
     output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0) if usage else 0
+    thinking, tier = google_thoughts(response)
     return Completion(
         text=text,
         stop_reason=stop,
@@ -200,6 +204,8 @@ def completion_of(response: types.GenerateContentResponse, model: str, provider:
         raw_stop_reason=raw,
         extra={"id": response.response_id, "served_model": response.model_version},
         reasoning_tokens=(usage.thoughts_token_count or 0) if usage else 0,
+        thinking=thinking,
+        service_tier=tier,
     )
 
 
@@ -214,6 +220,7 @@ class _Answer:
         self.finish: types.FinishReason | None = None
         self.feedback: types.GenerateContentResponsePromptFeedback | None = None
         self.candidates = False
+        self.thoughts: list[str] = []  # kept only when the request asked (include_thoughts)
 
     def add(self, chunk: types.GenerateContentResponse) -> None:
         self.last = chunk
@@ -227,6 +234,7 @@ class _Answer:
         for part in candidate.content.parts or [] if candidate.content else []:
             if part.text and part.thought:
                 self.watch.wrote(part.text)
+                self.thoughts.append(part.text)
             elif part.text:
                 self.text.append(part.text)
                 self.watch.wrote(part.text)
@@ -237,7 +245,10 @@ class _Answer:
             raise ValueError("the stream had no chunk")
         candidates = None
         if self.candidates:
-            content = types.Content(role="model", parts=[types.Part(text="".join(self.text))])
+            parts = [types.Part(text="".join(self.text))]
+            if self.thoughts:
+                parts.insert(0, types.Part(text="".join(self.thoughts), thought=True))
+            content = types.Content(role="model", parts=parts)
             candidates = [types.Candidate(content=content, finish_reason=self.finish, index=0)]
         return types.GenerateContentResponse(
             candidates=candidates,

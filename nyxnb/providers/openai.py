@@ -31,6 +31,8 @@ from nyxnb.providers.classify import (
     sdk_error,
     transport_error,
 )
+from nyxnb.providers.endpoints import openai_client
+from nyxnb.providers.params import openai_params
 from nyxnb.providers.streaming import StreamCut, Watch
 
 _STOPS = {"length": STOP_MAX_TOKENS, "content_filter": STOP_REFUSAL}
@@ -53,13 +55,14 @@ class OpenAIProvider(Provider):
     def params(self, request: CompletionRequest) -> dict[str, Any]:
         """Chat Completions parameters of a request (live, or a batch line's ``body``)."""
         opts: OpenAIOptions = self.options  # type: ignore[assignment]
-        return _params(request, self.model_for(request), opts.max_tokens_param)
+        spec = self.endpoint.spec if self.endpoint is not None else None
+        param = (spec.max_tokens_param if spec else None) or opts.max_tokens_param
+        return _params(request, self.model_for(request), param)
 
     def make_client(self) -> openai.AsyncOpenAI:
-        """The SDK client; its own retries are off (the fallback chain owns retries)."""
-        return openai.AsyncOpenAI(
-            api_key=self.api_key(), max_retries=0, timeout=self.options.http_timeout(openai.Timeout)
-        )
+        """The endpoint's SDK client; its own retries are off (the fallback chain owns retries)."""
+        client: openai.AsyncOpenAI = openai_client(self, self.options.http_timeout(openai.Timeout))
+        return client
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Stream one Chat Completions request (usage in its last chunk) and normalise it."""
@@ -108,11 +111,14 @@ class _Answer:
         self.finish = ""
         self.choices = False
         self.usage: Any = None
+        self.thinking: list[str] = []  # reasoning_content of OpenAI-compatible servers
+        self.tier: str | None = None  # the service tier OpenAI says it served
 
     def add(self, chunk: Any) -> None:
         self.first = self.first or chunk
         if chunk.usage is not None:
             self.usage = chunk.usage
+        self.tier = getattr(chunk, "service_tier", None) or self.tier
         for choice in chunk.choices[:1]:
             self.choices = True
             delta = choice.delta
@@ -124,6 +130,7 @@ class _Answer:
             extra = delta.model_extra
             if extra and isinstance(extra.get("reasoning_content"), str):  # compatible servers
                 self.watch.wrote(extra["reasoning_content"])
+                self.thinking.append(extra["reasoning_content"])
             self.finish = choice.finish_reason or self.finish
 
     def completion(self, model: str, provider: str) -> Completion:
@@ -131,9 +138,10 @@ class _Answer:
             raise ValueError("the stream had no chunk")
         refusal = "".join(self.refusal) or None
         text = "".join(self.text)
-        return _completion(
+        answer = _completion(
             text, self.finish, refusal, self.choices, self.usage, self.first, model, provider
         )
+        return replace(answer, thinking="".join(self.thinking), service_tier=self.tier)
 
 
 def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> dict[str, Any]:
@@ -144,9 +152,7 @@ def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> di
         "messages": messages,
         max_tokens_param: request.max_tokens,
     }
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    return params
+    return params | openai_params(request)
 
 
 def _failure(exc: openai.APIStatusError) -> HttpFailure:

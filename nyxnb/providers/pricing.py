@@ -92,13 +92,17 @@ _GENAI_PROVIDERS = {"anthropic": "anthropic", "openai": "openai", "google": "goo
 
 
 @cache
-def genai_price(provider: str, model: str) -> Price | None:
-    """The price of ``model`` from ``genai-prices`` (None if it does not know the model)."""
-    provider_id = _GENAI_PROVIDERS.get(provider)
+def genai_price(provider_id: str | None, model: str, tier: str | None = None) -> Price | None:
+    """The price of ``model`` from ``genai-prices`` (None if it does not know the model).
+
+    ``provider_id`` is a genai-prices provider id; ``tier`` a service tier (``flex``,
+    ``priority``) whose own rates genai-prices knows for some models (else the standard ones).
+    """
     if provider_id is None or not model:
         return None
+    live_context = (("service_tier", tier),) if tier and tier != "default" else None
     try:
-        live = _genai_rates(provider_id, model, None)
+        live = _genai_rates(provider_id, model, live_context)
     except LookupError:
         return None
     batch = _genai_rates(provider_id, model, _BATCH_CONTEXT)
@@ -134,7 +138,21 @@ def _genai_rates(
     )
 
 
-def price_for(provider: str, model: str) -> Price:
-    """The price of ``model`` at ``provider`` (override, genai-prices, ``default`` row, or 0)."""
+#: ``price_for(prices_as=BY_NAME)``: look the model up under the built-in provider of that name.
+BY_NAME: object = object()
+
+
+def price_for(
+    provider: str, model: str, *, prices_as: str | None | object = BY_NAME, tier: str | None = None
+) -> Price:
+    """The price of ``model`` at ``provider`` (override, genai-prices, ``default`` row, or 0).
+
+    ``provider`` is the endpoint's name (its rows in ``data/pricing.yaml``); ``prices_as`` the
+    genai-prices id to look the model up under (default: the built-in provider of that name;
+    None: none, so a local endpoint is free unless the yaml prices it); ``tier`` the service
+    tier the call was served at.
+    """
     table = load_prices().get(provider, {})
-    return table.get(model) or genai_price(provider, model) or table.get("default") or FREE
+    provider_id = _GENAI_PROVIDERS.get(provider) if prices_as is BY_NAME else prices_as
+    known = genai_price(provider_id, model, tier)  # type: ignore[arg-type]
+    return table.get(model) or known or table.get("default") or FREE

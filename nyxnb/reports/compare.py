@@ -43,6 +43,7 @@ class RunCell:
     violations: int | None
     prompt_diff: str = ""  # unified diff against the first run's ("" when equal or first)
     output_diff: str = ""
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,10 @@ def _label(wf: Workflow) -> str:
     return wf.variant or f"{wf.name} {wf.id[:8]}"
 
 
-def _ledger(store: Store, workflow_id: str) -> dict[str, tuple[int, int, float, float, int, str]]:
-    """Per step id: tokens in/out, cost, latency, calls and the last model used."""
+def _ledger(
+    store: Store, workflow_id: str
+) -> dict[str, tuple[int, int, float, float, int, str, int]]:
+    """Per step id: tokens in/out, cost, latency, calls, the last model used, reasoning tokens."""
     query = (
         select(
             LlmCall.step_id,
@@ -141,13 +144,22 @@ def _ledger(store: Store, workflow_id: str) -> dict[str, tuple[int, int, float, 
             func.sum(LlmCall.latency_ms),
             func.count(),
             func.max(LlmCall.model),
+            func.sum(LlmCall.reasoning_tokens),
         )
         .where(LlmCall.workflow_id == workflow_id)
         .group_by(LlmCall.step_id)
     )
     with store.reading() as conn:
         return {
-            r[0]: (int(r[1] or 0), int(r[2] or 0), float(r[3] or 0), float(r[4] or 0), r[5], r[6])
+            r[0]: (
+                int(r[1] or 0),
+                int(r[2] or 0),
+                float(r[3] or 0),
+                float(r[4] or 0),
+                r[5],
+                r[6],
+                int(r[7] or 0),
+            )
             for r in conn.execute(query)
             if r[0] is not None
         }
@@ -161,7 +173,8 @@ def _violations(step: WorkflowStep) -> int | None:
 
 
 def _cell(wf: Workflow, step: WorkflowStep, ledger: dict[str, Any]) -> RunCell:
-    tin, tout, cost, latency, calls, model = ledger.get(step.id, (0, 0, 0.0, 0.0, 0, None))
+    empty = (0, 0, 0.0, 0.0, 0, None, 0)
+    tin, tout, cost, latency, calls, model, reasoning = ledger.get(step.id, empty)
     return RunCell(
         workflow_id=wf.id,
         label=_label(wf),
@@ -172,6 +185,7 @@ def _cell(wf: Workflow, step: WorkflowStep, ledger: dict[str, Any]) -> RunCell:
         model=model or step.model,
         input_tokens=tin,
         output_tokens=tout,
+        reasoning_tokens=reasoning,
         cost_usd=cost,
         latency_ms=latency,
         calls=calls,

@@ -54,6 +54,7 @@ class Totals:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class StepSummary:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
     items: tuple[ItemSummary, ...] | None = None  # None: not read (``with_items=False``)
 
 
@@ -229,6 +231,7 @@ _TOTAL_COLS = (
     func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
     func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
     func.coalesce(func.sum(LlmCall.cost_usd), 0.0).label("cost_usd"),
+    func.coalesce(func.sum(LlmCall.reasoning_tokens), 0).label("reasoning_tokens"),
 )
 
 
@@ -240,9 +243,13 @@ def _totals(store: Store, workflow_id: str, *by: Any) -> list[tuple[Any, Totals]
     out = []
     with store.reading() as conn:
         for row in conn.execute(query):
-            *key, calls, ok, errors, cached, tin, tout, cost = row
-            counts = (int(x or 0) for x in (calls, ok, errors, cached, tin, tout))
-            out.append((key[0] if key else None, Totals(*counts, float(cost or 0.0))))
+            *key, calls, ok, errors, cached, tin, tout, cost, reasoning = row
+            n = [int(x or 0) for x in (calls, ok, errors, cached, tin, tout, reasoning)]
+            totals = Totals(
+                calls=n[0], ok=n[1], errors=n[2], cached=n[3], input_tokens=n[4],
+                output_tokens=n[5], cost_usd=float(cost or 0.0), reasoning_tokens=n[6],
+            )  # fmt: skip
+            out.append((key[0] if key else None, totals))
     return out
 
 
@@ -341,6 +348,7 @@ def _step(
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost_usd,
+        reasoning_tokens=totals.reasoning_tokens,
         items=tuple(
             ItemSummary(i.idx, i.heading, i.status, i.provider, i.output, i.error) for i in items
         )

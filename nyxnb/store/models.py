@@ -294,6 +294,11 @@ class LlmCall(TenantOwned, Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     batch_id: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
     service_tier: Mapped[str] = mapped_column(String(16), default="live")  # live | batch
+    # the provider's tier it was served at: flex | priority | default (None: the API has none)
+    api_tier: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # thinking/reasoning tokens, a part of output_tokens (priced as output)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    thinking: Mapped[str | None] = mapped_column(Text, nullable=True)  # keep_thinking: true
 
 
 class BatchState(StrEnum):

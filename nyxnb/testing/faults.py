@@ -39,6 +39,7 @@ class Reply:
     chunk_delay_ms: float = 0
     #: a streamed answer falls silent this long after its first chunk (a stalled answer)
     stall_s: float = 0
+    thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,17 @@ def rate_limited(retry_after_s: float = 1.0) -> Fault:
         code="rate_limit_exceeded",
         headers={"retry-after": seconds},
         variants={"google": gemini},
+    )
+
+
+def flex_unavailable() -> Fault:
+    """OpenAI's 429 when flex processing has no capacity ("429 Resource Unavailable" in OpenAI's
+    flex-processing guide): no retry hint, and not a quota exhaustion; it waits like any 429."""
+    return Fault(
+        429,
+        "Resource Unavailable: there is not enough capacity for flex processing right now.",
+        code="resource_unavailable",
+        type="resource_unavailable",
     )
 
 

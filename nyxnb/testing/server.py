@@ -63,8 +63,17 @@ from nyxnb.testing.faults import (
     Reset,
 )
 from nyxnb.testing.limits import Limit, RateLimits
-from nyxnb.testing.streams import stream_events, wants_stream
-from nyxnb.testing.wire import fault_body, prompt_of, reply_body, request_tokens, route
+from nyxnb.testing.streams import aws_event_stream, stream_events, wants_stream
+from nyxnb.testing.wire import (
+    DEFAULT_MODELS,
+    fault_body,
+    models_body,
+    models_provider,
+    prompt_of,
+    reply_body,
+    request_tokens,
+    route,
+)
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
 
@@ -120,6 +129,10 @@ class FakeProviderServer:
         self.throttled: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.arrivals: list[tuple[str, float]] = []  # (provider, time.time()) of every request
+        #: every request with its headers (keys, Azure's api-key, AWS signatures), in order
+        self.received: list[FakeRequest] = []
+        #: what each provider's list-models API answers
+        self.models: dict[str, tuple[str, ...]] = dict(DEFAULT_MODELS)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> FakeProviderServer:
@@ -249,6 +262,7 @@ class FakeProviderServer:
                 self._defaults[p], self.hits[p], self.throttled[p] = Reply(), 0, 0
             self.requests.clear()
             self.arrivals.clear()
+            self.received.clear()
             self._latency.clear()
             self._flaky.clear()
         self.limits.clear()
@@ -299,12 +313,18 @@ class FakeProviderServer:
     async def _dispatch(self, req: FakeRequest, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         path = req.path.split("?", 1)[0]
+        with self._lock:
+            self.received.append(req)
         for method, pattern, handler in self._routes:
             match = pattern.search(path)
             if method == req.method and match:
                 request = FakeRequest(req.method, req.path, req.headers, req.body, match)
                 await _write(writer, await handler(request))
                 return True
+        listing = models_provider(req.path, req.headers) if req.method == "GET" else None
+        if listing is not None:
+            await _write(writer, FakeResponse(200, models_body(listing, self.models[listing])))
+            return True
         target = route(req.path) if req.method == "POST" else None
         if target is None:
             await _write(
@@ -344,7 +364,12 @@ class FakeProviderServer:
             await _write(writer, _fault_response(provider, act, verdict.headers))
         elif isinstance(act, Reply):
             payload = reply_body(provider, act, model, prompt_of(provider, body), n)
-            if wants_stream(req.path, body):
+            if provider == "openai" and body.get("service_tier"):  # OpenAI echoes the tier
+                payload["service_tier"] = body["service_tier"]
+            if req.path.split("?")[0].endswith("/invoke-with-response-stream"):  # Bedrock
+                frames = aws_event_stream(stream_events(provider, payload))
+                await _write_stream(writer, frames, act, verdict.headers, _AWS_STREAM)
+            elif wants_stream(req.path, body):
                 await _write_stream(writer, stream_events(provider, payload), act, verdict.headers)
             else:
                 await _write(writer, FakeResponse(200, payload, verdict.headers))
@@ -402,11 +427,19 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return b"".join(parts)
 
 
+_SSE = "text/event-stream; charset=utf-8"
+_AWS_STREAM = "application/vnd.amazon.eventstream"
+
+
 async def _write_stream(
-    writer: asyncio.StreamWriter, events: list[bytes], reply: Reply, headers: Mapping[str, str]
+    writer: asyncio.StreamWriter,
+    events: list[bytes],
+    reply: Reply,
+    headers: Mapping[str, str],
+    content_type: str = _SSE,
 ) -> None:
-    """A 200 of server-sent events, one HTTP chunk each, paced as ``reply`` says."""
-    head = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream; charset=utf-8", _date()]
+    """A 200 of streamed events, one HTTP chunk each, paced as ``reply`` says."""
+    head = ["HTTP/1.1 200 OK", f"Content-Type: {content_type}", _date()]
     head += [f"{k}: {v}" for k, v in headers.items()]
     head += ["Transfer-Encoding: chunked", "", ""]
     writer.write("\r\n".join(head).encode("latin-1"))

@@ -9,7 +9,10 @@ the finish reason and full counts in the last.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +85,7 @@ def _anthropic(body: Mapping[str, Any]) -> list[bytes]:
 def _openai(body: Mapping[str, Any]) -> list[bytes]:
     head = {k: body.get(k) for k in ("id", "created", "model")}
     head |= {"object": "chat.completion.chunk"}
+    head |= {"service_tier": body["service_tier"]} if "service_tier" in body else {}
     choice = body["choices"][0]
     message = choice["message"]
 
@@ -92,6 +96,8 @@ def _openai(body: Mapping[str, Any]) -> list[bytes]:
     events = [chunk({"role": "assistant", "content": "", "refusal": None})]
     if message.get("refusal"):
         events.append(chunk({"refusal": message["refusal"]}))
+    thought = message.get("reasoning_content") or ""  # vLLM / DeepSeek / Ollama
+    events += [chunk({"reasoning_content": piece}) for piece in _pieces(thought)]
     events += [chunk({"content": piece}) for piece in _pieces(message.get("content") or "")]
     events.append(chunk({}, choice["finish_reason"]))
     events.append(_sse(head | {"choices": [], "usage": body["usage"]}))
@@ -126,3 +132,31 @@ def _gemini(body: Mapping[str, Any]) -> list[bytes]:
 
 def _gemini_sse(data: object) -> bytes:
     return f"data: {json.dumps(data)}\r\n\r\n".encode()
+
+
+def aws_event_stream(events: list[bytes]) -> list[bytes]:
+    """Anthropic's events as Bedrock's ``invoke-with-response-stream`` sends them.
+
+    Each event's JSON travels base64-encoded as ``{"bytes": ...}`` in one AWS event-stream
+    message (``application/vnd.amazon.eventstream``: a length-prefixed, CRC-checked binary frame
+    with ``:event-type: chunk``), which the SDK decodes with botocore.
+    """
+    frames = []
+    for event in events:
+        data = next(line[6:] for line in event.decode().splitlines() if line.startswith("data: "))
+        payload = json.dumps({"bytes": base64.b64encode(data.encode()).decode()}).encode()
+        headers = {":event-type": "chunk", ":content-type": "application/json"}
+        frames.append(_aws_frame(headers | {":message-type": "event"}, payload))
+    return frames
+
+
+def _aws_frame(headers: Mapping[str, str], payload: bytes) -> bytes:
+    head = b"".join(
+        bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode()
+        for k, v in headers.items()
+    )
+    total = 12 + len(head) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    message = prelude + head + payload
+    return message + struct.pack(">I", zlib.crc32(message))

@@ -5,10 +5,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from nyxnb.testing.faults import PROVIDERS, Fault, Reply
 
-_GEMINI_PATH = re.compile(r"^/[^/]+/models/(?P<model>[^/:]+):(?:stream)?[gG]enerateContent$")
+# the Gemini API (/v1beta/models/M:...) and Vertex AI (/v1beta1/projects/P/locations/L/publishers/
+# google/models/M:...)
+_GEMINI_PATH = re.compile(
+    r"^/[^/]+/(?:projects/[^/]+/locations/[^/]+/publishers/google/)?"
+    r"models/(?P<model>[^/:]+):(?:stream)?[gG]enerateContent$"
+)
+# Claude on Bedrock (/model/M/invoke[-with-response-stream]) and on Vertex AI
+# (.../publishers/anthropic/models/M:rawPredict or :streamRawPredict)
+_CLAUDE_CLOUD_PATH = re.compile(
+    r"^(?:/model/(?P<bedrock>[^/]+)/invoke(?:-with-response-stream)?"
+    r"|(?:/[^/]+)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/"
+    r"(?P<vertex>[^/:]+):(?:stream)?[rR]awPredict)$"
+)
 
 
 _STOPS = {  # normalised stop -> wire value
@@ -57,10 +70,30 @@ def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict
     usage = (tokens_in, tokens_out, r.cached_tokens, r.reasoning_tokens)
     raw = r.raw_stop or _STOPS[provider].get(r.stop, _STOPS[provider].get("refusal", "stop"))
     if provider == "anthropic":
-        return _anthropic_reply(text, raw, model, usage, n)
-    if provider == "openai":
-        return _openai_reply(text, raw, model, usage, n, refused=r.stop == "refusal")
-    return _gemini_reply(text, raw, model, usage, n, blocked=r.stop == "blocked")
+        body = _anthropic_reply(text, raw, model, usage, n)
+    elif provider == "openai":
+        body = _openai_reply(text, raw, model, usage, n, refused=r.stop == "refusal")
+    else:
+        body = _gemini_reply(text, raw, model, usage, n, blocked=r.stop == "blocked")
+    return with_thinking(provider, body, r.thinking)
+
+
+def with_thinking(provider: str, body: dict[str, Any], thinking: str) -> dict[str, Any]:
+    """A reply carrying ``thinking`` as its API does (Anthropic: the thinking block's text;
+    OpenAI-compatible servers such as vLLM or Ollama: ``reasoning_content``; Gemini: a
+    ``thought`` part, sent when the request asked for thoughts)."""
+    if not thinking:
+        return body
+    if provider == "anthropic":
+        for block in body["content"]:
+            if block["type"] == "thinking":
+                block["thinking"] = thinking
+    elif provider == "openai":
+        body["choices"][0]["message"]["reasoning_content"] = thinking
+    elif body.get("candidates"):
+        content = body["candidates"][0].setdefault("content", {"role": "model", "parts": []})
+        content["parts"].insert(0, {"text": thinking, "thought": True})
+    return body
 
 
 _THOUGHT = "Let me think this through step by step before answering."
@@ -83,6 +116,7 @@ def _anthropic_reply(text: str, raw: str, model: str, usage: tuple[int, ...], n:
         "usage": {
             "input_tokens": tokens_in - cached,  # Anthropic counts cache reads separately
             "output_tokens": tokens_out + reasoning,
+            **({"output_tokens_details": {"thinking_tokens": reasoning}} if reasoning else {}),
             "cache_read_input_tokens": cached,
             "cache_creation_input_tokens": 0,
             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
@@ -159,7 +193,47 @@ def route(path: str) -> tuple[str, str] | None:
     match = _GEMINI_PATH.search(path)
     if match:
         return "google", match.group("model")
+    match = _CLAUDE_CLOUD_PATH.search(path)
+    if match:
+        return "anthropic", unquote(match.group("bedrock") or match.group("vertex"))
     return None
+
+
+#: What each fake provider's list-models API answers (``FakeProviderServer.models``).
+DEFAULT_MODELS = {
+    "anthropic": ("claude-haiku-4-5", "claude-sonnet-4-5"),
+    "openai": ("gpt-4o-mini", "gpt-5-mini"),
+    "google": ("gemini-2.5-flash", "gemini-2.5-pro"),
+}
+
+
+def models_provider(path: str, headers: Mapping[str, str]) -> str | None:
+    """Which provider a ``GET .../models`` is for (the three share ``/v1/models``)."""
+    if not path.split("?", 1)[0].endswith("/models"):
+        return None
+    if "anthropic-version" in headers:
+        return "anthropic"
+    if "x-goog-api-key" in headers or "/v1beta" in path:
+        return "google"
+    return "openai"
+
+
+def models_body(provider: str, models: tuple[str, ...]) -> dict[str, Any]:
+    """A list-models answer in ``provider``'s wire format."""
+    if provider == "anthropic":
+        data = [
+            {"id": m, "type": "model", "display_name": m, "created_at": "2025-10-01T00:00:00Z"}
+            for m in models
+        ]
+        first, last = (models[0], models[-1]) if models else (None, None)
+        return {"data": data, "has_more": False, "first_id": first, "last_id": last}
+    if provider == "openai":
+        data = [
+            {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+            for m in models
+        ]
+        return {"object": "list", "data": data}
+    return {"models": [{"name": f"models/{m}", "displayName": m} for m in models]}
 
 
 def request_tokens(provider: str, body: Mapping[str, Any]) -> int:

@@ -42,8 +42,10 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.pricing import price_for
-from nyxnb.providers.registry import create_provider, provider_class
+from nyxnb.providers.endpoints import Table
+from nyxnb.providers.params import served_tier
+from nyxnb.providers.pricing import BY_NAME, price_for
+from nyxnb.providers.registry import create_provider, default_model
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,23 @@ class ProviderPool:
         self.sleep = sleep
         self.governors = Governors(limits, shared=shared)
         self.timeouts: dict[str, float] = {}
+        self.endpoints: Table = {}
         self.down: dict[str, tuple[ErrorKind, str]] = {}
         self._providers: dict[str, Provider] = {}
         self._health: dict[str, _Health] = {}
 
     def apply_spec(
-        self, limits: dict[str, Limits], timeouts: dict[str, float], max_wait_s: float
+        self,
+        limits: dict[str, Limits],
+        timeouts: dict[str, float],
+        max_wait_s: float,
+        endpoints: Table | None = None,
     ) -> None:
-        """Take a spec's ``defaults.limits``, ``defaults.timeouts`` and ``max_wait_s``.
+        """Take a spec's ``defaults.limits``, ``defaults.timeouts``, ``max_wait_s`` and endpoints.
 
         Options given to the pool (the API's ``provider_options``, the CLI) win over the spec.
         """
+        self.endpoints = dict(endpoints or {})
         self.governors.configure(limits)
         self.timeouts = dict(timeouts)
         self.retry = replace(self.retry, max_wait_s=max_wait_s)
@@ -136,7 +144,7 @@ class ProviderPool:
     def provider(self, name: str) -> Provider:
         """The run's instance of provider ``name`` (its key checked on first use)."""
         if name not in self._providers:
-            prov = create_provider(name, self._options(name))
+            prov = create_provider(name, self._options(name), self.endpoints)
             prov.check_ready()
             self._providers[name] = prov
         return self._providers[name]
@@ -190,15 +198,32 @@ class ProviderPool:
         self._providers.clear()
 
 
-def _attempt_from(name: str, model: str, n: int, answer: Completion, ms: float) -> Attempt:
-    return attempt_from(name, model, n, answer, ms)
+def _attempt_from(call: _Call, model: str, n: int, answer: Completion, ms: float) -> Attempt:
+    prov = call.pool.provider(call.name)
+    tier = served_tier(type(prov).name, call.request.service_tier, answer.service_tier)
+    attempt = attempt_from(call.name, model, n, answer, ms, prices_as=prov.prices_as, tier=tier)
+    if call.request.keep_thinking and answer.thinking:
+        attempt.thinking = answer.thinking
+    return attempt
 
 
 def attempt_from(
-    name: str, model: str, n: int, answer: Completion, ms: float, batch_id: str | None = None
+    name: str,
+    model: str,
+    n: int,
+    answer: Completion,
+    ms: float,
+    batch_id: str | None = None,
+    *,
+    prices_as: str | None | object = BY_NAME,
+    tier: str | None = None,
 ) -> Attempt:
-    """The ledger attempt of an answer, priced live or (with ``batch_id``) at the batch tier."""
-    cost = price_for(name, answer.model or model).cost(
+    """The ledger attempt of an answer, priced live or (with ``batch_id``) at the batch tier.
+
+    ``tier`` (the service tier the provider served, e.g. ``flex``) picks that tier's rates;
+    ``prices_as`` is the endpoint's genai-prices id (default: the built-in provider ``name``).
+    """
+    cost = price_for(name, answer.model or model, prices_as=prices_as, tier=tier).cost(
         answer.input_tokens,
         answer.output_tokens,
         answer.cached_input_tokens,
@@ -218,6 +243,8 @@ def attempt_from(
         latency_ms=ms,
         batch_id=batch_id,
         service_tier="live" if batch_id is None else "batch",
+        api_tier=tier,
+        reasoning_tokens=answer.reasoning_tokens,
     )
 
 
@@ -379,7 +406,7 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     """Accept an answer, or record why not (an empty answer is retried like a 5xx)."""
     pool, name = call.pool, call.name
     n = len([a for a in call.attempts if a.provider == name]) + 1
-    record = _attempt_from(name, model, n, answer, (time.perf_counter() - started) * 1000)
+    record = _attempt_from(call, model, n, answer, (time.perf_counter() - started) * 1000)
     call.attempts.append(record)
     kind = _rejection(answer)
     if kind is None:
@@ -420,7 +447,7 @@ async def complete_with_fallback(
             continue
         key = None
         if cache is not None:
-            key, hit = cache(name, req.model or provider_class(name).default_model, req)
+            key, hit = cache(name, req.model or default_model(name, pool.endpoints), req)
             if hit is not None:
                 attempts.append(
                     Attempt(

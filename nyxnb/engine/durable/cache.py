@@ -1,6 +1,7 @@
 """Content-addressed LLM response cache, stored durably in the ``llm_cache`` table.
 
-The key is the sha256 of (provider, model, system prompt, messages, max_tokens, temperature):
+The key is the sha256 of (provider or endpoint name, model, system prompt, messages, max_tokens,
+temperature, and any of top_p, stop, seed, reasoning and service tier that is set):
 re-running an unchanged workflow makes no provider call and costs nothing.  Only complete answers
 (stop reason ``end``) are cached.
 """
@@ -29,9 +30,26 @@ def cache_key(provider: str, model: str, request: CompletionRequest) -> str:
         "messages": [[m.role, m.content] for m in request.messages],
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
+        **call_knobs(request),
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def call_knobs(request: CompletionRequest) -> dict[str, Any]:
+    """The request's sampling, reasoning and tier settings that are set (none: {}).
+
+    Only set ones are keyed, so a request without them keeps the key it always had.
+    """
+    knobs = {
+        "top_p": request.top_p,
+        "stop": list(request.stop) or None,
+        "seed": request.seed,
+        "reasoning_effort": request.reasoning_effort,
+        "reasoning_budget": request.reasoning_budget,
+        "service_tier": request.service_tier,
+    }
+    return {k: v for k, v in knobs.items() if v is not None}
 
 
 def lookup(conn: Connection, key: str) -> Completion | None:

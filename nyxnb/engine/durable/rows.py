@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from nyxnb.callspec import ReasoningSpec
 from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED
 
@@ -35,6 +36,14 @@ class StepConfig:
     item_idx: int | None = None  # implementation-prompt: which item of ``source``
     heading: str | None = None
     batch: bool | None = None  # fan-out: through the batch API (None: the spec default)
+    # the step's own call settings (None: ``defaults``'); see nyxnb.callspec.CallSettings
+    reasoning: ReasoningSpec | None = None
+    keep_thinking: bool | None = None
+    service_tier: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> StepConfig:
@@ -43,6 +52,10 @@ class StepConfig:
         items = data.pop("items", None)
         source = data.pop("from", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("reasoning") is not None:
+            known["reasoning"] = ReasoningSpec.model_validate(known["reasoning"])
+        if known.get("stop") is not None:
+            known["stop"] = tuple(known["stop"])
         return cls(
             items=_ITEMS.validate_python(items) if items is not None else None,
             source=source,

@@ -19,6 +19,7 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.workflows import personas_for
 from nyxnb.errors import NotFound, RunError
 from nyxnb.providers.base import CompletionRequest
+from nyxnb.providers.endpoints import workflow_endpoints
 from nyxnb.store.database import Database, Store, open_store
 from nyxnb.store.models import (
     COMPLETED,
@@ -135,6 +136,7 @@ async def _write_digest(
         raise NotFound("persona", persona, hint="run `nyxnb seed` or pick another persona")
     request = CompletionRequest.of(system, DIGEST_PROMPT.format(facts=text, outputs=outputs))
     pool = ProviderPool()
+    pool.endpoints = workflow_endpoints(wf.spec)
     try:
         result = await complete_with_fallback(pool, chain, request)
     finally:
