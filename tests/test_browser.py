@@ -86,7 +86,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'browser-test'\n")
     shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("*.db*"))
     (tmp_path / "notebooks").mkdir()
-    for name in ("01_run_workflow.ipynb", "06_iterate_and_compare.ipynb"):
+    for name in ("01_run_workflow.ipynb", "05_resume_and_recover.ipynb",
+                 "06_iterate_and_compare.ipynb"):  # fmt: skip
         shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks")
     return tmp_path
 
@@ -276,7 +277,7 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     _until("the widget to update", lambda: page.header() != first and "running" in page.header())
     assert "/19 steps" in first  # the total is known from the start
     page.shot("running")
-    page.shot("widget", widget_only=True)
+    page.shot("widget", widget_only=True)  # the README's picture
 
     # Pause during the (foreground) run: the click is handled while the cell runs
     page.click("pause")
@@ -323,6 +324,30 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
         page.shot("attached")
     assert len(page.widgets()) == before + 1  # attach(...) as the cell's last line: drawn once
     assert not page.shown(".nyxnb-stale")
+    assert not [
+        e
+        for e in browser.find_elements("css selector", ".nyxnb-progress-static")
+        if e.is_displayed()
+    ]  # fmt: skip - widgets render: their static copies hide
+
+    # reload the page: the first run's widget has no model (its kernel is gone); its static
+    # copy shows instead of "Error displaying widget: model not found"
+    page.command("docmanager:save")
+    saved = "return !window.jupyterapp.shell.currentWidget.context.model.dirty;"
+    _until("the notebook saved", lambda: page.js(saved), timeout=20)
+    browser.refresh()
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+
+    def static_copy() -> bool:
+        found = browser.find_elements("css selector", ".nyxnb-progress-static")
+        return any(e.is_displayed() and "completed, 19/19" in e.text for e in found)
+
+    try:
+        _until("the static copy", static_copy, timeout=30)
+    finally:
+        page.shot("reloaded")
+    errors = browser.find_elements("xpath", "//*[contains(text(), 'Error displaying widget')]")
+    assert not [e for e in errors if e.is_displayed()]
 
 
 def test_stop_button_pauses_and_a_restart_mid_run_reads_interrupted(lab, browser, project) -> None:
@@ -381,3 +406,27 @@ def test_compare_view_is_left_aligned_in_jupyterlab(lab, browser, project) -> No
     assert aligns and set(aligns) == {"left"}, sorted(set(aligns))
     headers = table.find_elements("css selector", "th")
     assert "baseline" in headers[1].text and "revision 1" in headers[2].text
+
+
+def test_cancel_batch_in_notebook_05_says_what_happened_and_what_it_cost(
+    lab, browser, project
+) -> None:
+    page = Page(browser, f"sqlite:///{project}/browser.db")
+    browser.get(f"{lab}/lab/tree/notebooks/05_resume_and_recover.ipynb?reset")
+    _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
+    page.command("notebook:run-all-cells")
+
+    def offline_batch() -> bool:  # the last widget is the offline batch's, waiting 30 s
+        return "offline batch" in page.widgets()[-1].text and page.button("cancel-batch")
+
+    _until("the offline batch's Cancel batch", offline_batch, timeout=120)
+    page.shot("batch-waiting", widget_only=True)
+    page.click("cancel-batch")
+    _until("the kernel to finish the cells", lambda: page.kernel_status() == "idle", timeout=120)
+    page.shot("batch-canceled", widget_only=True)
+    cells = int(page.js("return window.jupyterapp.shell.currentWidget.content.model.cells.length;"))
+    check = next(i for i in range(cells) if "offline batch run:" in str(page.outputs(i)))
+    text = "".join("".join(o.get("text", "")) for o in page.outputs(check))
+    assert "offline batch run: completed" in text, text
+    assert "errored/expired/canceled; re-run live at full price" in text, text
+    assert "live" in text.split("service_tier")[-1], text  # the cost of each tier, live too

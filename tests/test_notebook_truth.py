@@ -210,7 +210,7 @@ def test_every_view_of_a_workflow_shows_the_same_state(seeded) -> None:
     assert old.state.status == new.state.status == "paused"
     new._view.resume.click()  # the other view resumes it ...
     assert new.result(timeout=60).ok
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while old.state.status != "completed" and time.monotonic() < deadline:
         time.sleep(0.05)
     # ... and the old one follows: same state, no live Resume left behind

@@ -162,7 +162,7 @@ def test_throttled_updates_are_flushed_by_a_timer() -> None:
     assert progress._view is not None
     cells, bar, _ = progress._view.rows[0]
     assert bar.value == 0.5 and ">5/10<" in cells[7].value and ">item 5<" in cells[9].value
-    assert "items/s · ETA" in cells[8].value  # tqdm's rate and time left, per fan-out
+    assert "it/s · ETA" in cells[8].value  # tqdm's rate and time left, per fan-out
 
 
 def test_a_failing_view_never_breaks_the_run(seeded, caplog: pytest.LogCaptureFixture) -> None:
@@ -323,10 +323,10 @@ def test_the_saved_form_says_the_widget_is_not_live(seeded) -> None:
     progress = WorkflowProgress(store=seeded, widget=True, display=False)
     nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded, on_event=progress)
     progress.wait()
-    bundle = progress._bundle()
-    assert "kernel restarted: re-run the attach cell" in bundle["text/html"]
-    assert "completed, 6/6 steps" in bundle["text/html"]
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    bundle, static = progress._bundle(), progress._static_bundle()
+    assert "kernel restarted: re-run the attach cell" in static["text/html"]
+    assert "completed, 6/6 steps" in static["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "text/html" not in bundle
 
 
 def test_attach_without_an_id_follows_the_latest_workflow(seeded) -> None:

@@ -45,13 +45,13 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def pace(done: int, total: int, elapsed_s: float, unit: str = "items") -> str:
-    """``0:12 · 2.1 items/s · ETA 0:05``: tqdm's elapsed, rate and time left."""
+def pace(done: int, total: int, elapsed_s: float, unit: str = "it") -> str:
+    """``0:12 · 2.1 it/s · ETA 0:05``: tqdm's elapsed, rate (items) and time left."""
     text = clock(elapsed_s)
     if done <= 0 or elapsed_s <= 0:
         return text
     rate = done / elapsed_s
-    text += f" · {rate:.1f} {unit}/s" if rate >= 1 else f" · {1 / rate:.1f} s/{unit[:-1]}"
+    text += f" · {rate:.1f} {unit}/s" if rate >= 1 else f" · {1 / rate:.1f} s/{unit}"
     return text + (f" · ETA {clock((total - done) / rate)}" if total > done else "")
 
 

@@ -64,7 +64,7 @@ class StepRow:
     took_s: float | None = None  # how long it ran, once completed in this run
 
     def timing(self, now: float | None = None) -> str:
-        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 items/s · ETA 0:05``)."""
+        """Elapsed, rate and ETA of a running step (``0:12 · 2.1 it/s · ETA 0:05``)."""
         if self.took_s is not None:
             return clock(self.took_s)
         if self.started_s is None or self.status not in _UNDER_WAY:
@@ -408,6 +408,8 @@ class ProgressState:
             rate = (fan.items_done - fan.done_at_start) / max(1e-9, now - fan.started_s)
             mean = sum(r.took_s or 0 for r in done) / len(done) if done else 0.0
             eta = (fan.items_total - fan.items_done) / rate + mean * (left - 1)
+        if any(r.status == BATCH for r in self.steps.values()):
+            eta = None  # a provider batch ends at the provider's pace: no honest estimate
         return text + (f" · ETA ~{clock(eta)}" if eta is not None and left else "")
 
     def table(self, ages: bool = True) -> str:

@@ -55,12 +55,23 @@ _STYLE = """<style>
 </style>"""
 
 
+#: The static copy's own style: hidden while the widget before it renders (live, or dead after
+#: a restart: the widget then says so itself); where the widget cannot render (a page reloaded
+#: after the kernel went away: "model not found"), the copy shows and that error line does not.
+_STATIC_STYLE = """<style>
+.jp-OutputArea-child:has(.nyxnb-progress) + .jp-OutputArea-child .nyxnb-progress-static
+  {display: none;}
+.jp-OutputArea-child:has(+ .jp-OutputArea-child .nyxnb-progress-static)
+  > .jp-OutputArea-output:not(:has(.nyxnb-progress)) {display: none;}
+</style>"""
+
+
 def static_html(state: ProgressState) -> str:
     """The widget's saved form: what a reader sees where the live widget cannot render."""
     table = html.escape(state.table())
     return (
-        f'<div class="nyxnb-progress-static"><p><i>{html.escape(STALE_NOTE)}</i></p>'
-        f"<pre>{table}</pre></div>"
+        f'{_STATIC_STYLE}<div class="nyxnb-progress-static"><p><i>{html.escape(STALE_NOTE)}'
+        f"</i></p><pre>{table}</pre></div>"
     )
 
 
@@ -74,7 +85,7 @@ def _cell(text: str, color: str | None = None) -> str:
 class WidgetView:
     """ipywidgets: Pause/Resume, a header with totals and timing, a row per step, batches."""
 
-    WIDTHS = ("2.2em", "9.5em", "8.5em", "7.5em", "6em", "7em", "6.5em", "4em", "10.5em", "10em")
+    WIDTHS = ("2.2em", "9.5em", "8.5em", "7.5em", "6em", "7em", "6.5em", "4em", "13em", "8em")
     BAR = "7em"
 
     def __init__(

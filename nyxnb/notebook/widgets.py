@@ -55,6 +55,8 @@ _FINAL = (ev.WorkflowCompleted, ev.WorkflowPaused, ev.WorkflowFailed)
 _SYNCS = ThreadPoolExecutor(1, thread_name_prefix="nyxnb-progress")  # store reads of the views
 #: Every view of a workflow in this kernel, so that they all show one truth (see ``_siblings``).
 _VIEWS: dict[str, weakref.WeakSet[WorkflowProgress]] = {}
+#: How long attach keeps reading the store after it found the run dead, before it stops.
+DEAD_FOLLOW_S = 30.0
 TICK_S = 1.0  # while it runs, the clocks (elapsed, ETA) move at least this often
 
 
@@ -84,6 +86,7 @@ class WorkflowProgress:
         self._timer: threading.Timer | None = None
         self._ticker: threading.Timer | None = None
         self._handle: Any = None
+        self._static: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._future: Future[api.RunResult] | None = None
@@ -239,14 +242,20 @@ class WorkflowProgress:
             self._flush(final=self.state.status not in ACTIVE)
 
     def _poll(self, every_s: float) -> None:
-        started = time.monotonic()
+        started, dead = time.monotonic(), 0.0
         while not self._stop.wait(every_s):
             try:
                 self.refresh()
             except NyxError:
                 return
-            abandoned = self.state.status == PENDING and time.monotonic() - started > 30
-            if self.state.status not in ACTIVE or abandoned:  # abandoned: nobody runs it
+            now, status = time.monotonic(), self.state.status
+            abandoned = status == PENDING and now - started > 30
+            # a dead run is shown at once, but followed a little longer: on a loaded machine
+            # a live runner's lease renewal can come late, and the view then corrects itself
+            dead = (dead or now) if status == INTERRUPTED else 0.0
+            if status == INTERRUPTED and now - dead < DEAD_FOLLOW_S:
+                continue
+            if status not in ACTIVE or abandoned:  # abandoned: nobody runs it
                 return
 
     def wait(self, timeout: float | None = None) -> ProgressState:
@@ -441,12 +450,17 @@ class WorkflowProgress:
         self._background(lambda: api.resume(workflow_id, **kw))
 
     def _bundle(self) -> dict[str, Any]:
+        """The widget's output: the view, and the table as text where widgets do not render."""
         data: dict[str, Any] = {"text/plain": self.state.table()}
-        if self._view is not None:  # the saved notebook shows the HTML: a static, stale copy
-            data["text/html"] = static_html(self.state)
+        if self._view is not None:
             view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
             data["application/vnd.jupyter.widget-view+json"] = view
         return data
+
+    def _static_bundle(self) -> dict[str, Any]:
+        """A second output, the static copy: hidden while the widget renders (live, or dead
+        after a restart), shown where it cannot (a reload after the kernel went away)."""
+        return {"text/html": static_html(self.state)}
 
     def _show(self) -> None:
         from IPython.display import display
@@ -454,13 +468,16 @@ class WorkflowProgress:
         if self._view is not None:
             self._view.render(self.state, None)
         self._handle = display(self._bundle(), raw=True, display_id=True)
+        self._static = display(self._static_bundle(), raw=True, display_id=True)
         self._shown_in = execution_count()
 
     def _update_display(self) -> None:
-        # the saved notebook keeps the last state as text, shown where the widget cannot render
+        # the saved notebook keeps the last state, shown where the widget cannot render
         self._shown_status = self.state.status
         if self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
+        if self._static is not None:
+            self._static.update(self._static_bundle(), raw=True)
 
     def summary(self) -> str:
         """The step table as text: status, items, provider, tokens and cost."""
