@@ -6,7 +6,9 @@ Where a behaviour lives (runner, context and fan-out at the top, where a reader 
   (``run``/``resume``/``arun``, the sync facade that works inside Jupyter): ``api.py``
 - creating a workflow from a spec (tenant, project, personas, provider chains): ``workflows.py``
 - what a step executor needs (prompts, requests, cache lookup, events): ``context.py``
-- fan-out items, bounded concurrency, each item committed as it completes: ``fanout.py``
+- fan-out items, bounded concurrency, each item committed as it completes: ``fanout.py``; its
+  requests, built from the prompts when used: ``requests.py``; a dataset copied into
+  ``step_items`` when a workflow is created: ``materialise.py``
 - generated steps' rows and items parsed from an output: ``generated.py``; pattern checks:
   ``patterncheck.py``; OpenTelemetry spans: ``telemetry.py``
 - the values every room passes (an attempt, the chain's accepted answer): ``outcomes.py``

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, overload
+from typing import Any
 
 from nyxnb import events as ev
 from nyxnb.engine.batch.submit import BatchRun, batch_enabled
@@ -17,6 +16,7 @@ from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.generated import parse_items
 from nyxnb.engine.outcomes import ChainResult
+from nyxnb.engine.requests import fan_out_requests
 from nyxnb.errors import BudgetExceeded, ChainExhausted, ClaimLost, StepFailed
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.endpoints import Table, split_entry
@@ -397,58 +397,6 @@ def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
             ),
             item_idx=idx,
         )
-
-
-#: A common prefix of the items' prompts shorter than this is not worth a cache breakpoint.
-MIN_SHARED_PREFIX_CHARS = 1024
-
-
-def fan_out_requests(runner: RunContext, step: StepRow, prompts: list[str]) -> FanOutRequests:
-    """The requests of a fan-out's items, the prefix their prompts share marked for caching.
-
-    The lead builds them from the rendered prompts, a helping worker from the stored inputs:
-    both here, so a helper's calls read the same prompt cache as the lead's.
-    """
-    return FanOutRequests(runner, step, prompts)
-
-
-class FanOutRequests(Sequence[CompletionRequest]):
-    """A fan-out's requests, each built when it is used: only the prompts are kept.
-
-    (A 100,000-row dataset would otherwise hold 100,000 request objects for the whole run.)
-    The prefix every prompt shares (cut at a whitespace) is marked for prompt caching when it is
-    at least :data:`MIN_SHARED_PREFIX_CHARS` long.
-    """
-
-    def __init__(self, runner: RunContext, step: StepRow, prompts: list[str]) -> None:
-        self.runner, self.step, self.prompts = runner, step, prompts
-        self.shared_prefix = _shared_prefix(prompts)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    @overload
-    def __getitem__(self, index: int) -> CompletionRequest: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[CompletionRequest]: ...
-
-    def __getitem__(self, index: int | slice) -> CompletionRequest | list[CompletionRequest]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        request = self.runner.request(self.step, self.prompts[index])
-        if self.shared_prefix:
-            request = dataclasses.replace(request, shared_prefix=self.shared_prefix)
-        return request
-
-
-def _shared_prefix(prompts: list[str]) -> int:
-    """Where the prompt prefix every item shares ends (0: none worth a cache breakpoint)."""
-    if len(prompts) < 2:
-        return 0
-    common = os.path.commonprefix(prompts)
-    cut = max(common.rfind(" "), common.rfind("\n")) + 1
-    return cut if cut >= MIN_SHARED_PREFIX_CHARS else 0
 
 
 async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:
