@@ -267,3 +267,24 @@ def test_an_open_batch_is_in_the_ledger_after_kill_9(sqlite_url, tmp_path, monke
     billed = sum(c.cost_usd for c in calls)
     assert ok_items(calls) == list(range(N_ITEMS)) and 0 < billed <= open_usd
     store.engine.dispose()
+
+
+def test_the_create_policy_is_the_live_calls_policy():
+    """A 429 waits (its hint, else the live gate's 1 s doubling backoff), bounded by
+    max_wait_s; a transient failure is retried max_attempts times; a refusal is not."""
+    from nyxnb.engine.batch.create import retry_delay
+    from nyxnb.errors import ProviderRefused, ProviderUnavailable
+
+    policy = RetryPolicy(max_wait_s=100.0)
+
+    def unavailable(kind: str, after: float | None = None) -> ProviderUnavailable:
+        return ProviderUnavailable("x", provider="anthropic", kind=kind, retry_after=after)
+
+    assert retry_delay(policy, unavailable("rate_limited", 7.0), 1, 0.0) == 7.0
+    assert 1.0 <= (retry_delay(policy, unavailable("rate_limited"), 1, 0.0) or 0) <= 1.25
+    assert 4.0 <= (retry_delay(policy, unavailable("rate_limited"), 3, 0.0) or 0) <= 5.0
+    assert retry_delay(policy, unavailable("rate_limited", 7.0), 9, 95.0) is None  # waited enough
+    assert retry_delay(policy, unavailable("server"), 2, 0.0) == policy.delay(2, None)
+    assert retry_delay(policy, unavailable("server"), 3, 0.0) is None  # max_attempts used
+    refused = ProviderRefused("no credit", provider="anthropic", kind="exhausted")
+    assert retry_delay(policy, refused, 1, 0.0) is None

@@ -382,6 +382,7 @@ def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(s
     monkeypatch.setenv("AZ_KEY", "key-azure")
     with FakeBatchServer() as srv:
         body = batch_spec("proxy:gpt-4o-mini", n=3)
+        body["defaults"]["service_tier"] = "flex"  # for the live step; a batch is its own tier
         body["endpoints"] = {
             "proxy": {"api": "openai", "base_url": f"{srv.url}/v1", "key_env": "PROXY_KEY"}
         }
@@ -389,6 +390,10 @@ def test_batch_through_a_named_openai_endpoint_and_live_where_its_api_has_none(s
         assert result.ok, result.error
         created = [r for r in srv.received if r.path == "/v1/batches" and r.method == "POST"]
         assert created and created[0].headers["authorization"] == "Bearer key-proxy"
+        live = [r.json() for r in srv.received if r.path.endswith("/chat/completions")]
+        assert [b["service_tier"] for b in live] == ["flex"]  # the analysis step
+        uploads = [r.body for r in srv.received if r.path == "/v1/files" and r.method == "POST"]
+        assert uploads and all(b"service_tier" not in body for body in uploads)
         _, ledger, batches = fan_out(store, result.workflow_id)
         assert {b.provider for b in batches} == {"proxy"}
         assert {(c.provider, c.service_tier) for c in ledger} == {("proxy", "batch")}
@@ -420,3 +425,48 @@ def test_cli_provider_and_matrix_take_endpoint_model_entries(
     assert second_server.received[-1].json()["model"] == "qwen3:0.6b"
     assert fake_server.hits["openai"] == 1
     assert {c.provider for c in calls(store)} == {"local", "openai"}
+
+
+def test_a_named_anthropic_endpoint_has_its_own_url_and_key(store, fake_server, second_server,
+                                                            monkeypatch):  # fmt: skip
+    """Not the built-in's ANTHROPIC_BASE_URL nor ANTHROPIC_API_KEY: its own."""
+    minimal(store)
+    monkeypatch.setenv("TEAM_CLAUDE_KEY", "key-team")
+    body = one_step(["team:claude-haiku-4-5"])
+    body["endpoints"] = {"team": {"api": "anthropic", "base_url": second_server.url,
+                                  "key_env": "TEAM_CLAUDE_KEY"}}  # fmt: skip
+    assert nyxnb.run(body, tenant="nyx", project="BRbase", store=store).ok
+    assert fake_server.hits["anthropic"] == 0 and second_server.hits["anthropic"] == 1
+    headers = second_server.received[-1].headers  # this SDK sends the key as a bearer token
+    assert "key-team" in (headers.get("x-api-key"), headers.get("authorization", "")[7:])
+
+
+def test_a_named_endpoint_without_base_url_is_the_vendors_not_the_env_override(fake_server):
+    """The built-ins follow ANTHROPIC_BASE_URL / OPENAI_BASE_URL (the fake); named ones do not."""
+    import asyncio
+
+    from nyxnb.providers.endpoints import endpoint_table
+    from nyxnb.providers.registry import create_provider
+
+    table = endpoint_table({n: nyxnb.load_spec(one_step("offline") | {"endpoints": {
+        n: {"api": api, "key_env": "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"}
+    }}).endpoints[n] for n, api in (("claude", "anthropic"), ("gpt", "openai"))})  # fmt: skip
+    gemini = {"api": "google", "key_env": "GEMINI_API_KEY"}
+    table |= endpoint_table(
+        nyxnb.load_spec(one_step("offline") | {"endpoints": {"gem": gemini}}).endpoints
+    )
+
+    async def urls() -> list[str]:
+        out = []
+        for name in ("claude", "gpt", "gem"):
+            provider = create_provider(name, None, table)
+            client = provider.client()
+            url = client._api_client._http_options.base_url if name == "gem" else client.base_url
+            out.append(str(url))
+            await provider.aclose()
+        return out
+
+    assert asyncio.run(urls()) == [
+        "https://api.anthropic.com", "https://api.openai.com/v1/",
+        "https://generativelanguage.googleapis.com/",
+    ]  # fmt: skip

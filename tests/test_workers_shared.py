@@ -270,3 +270,32 @@ def test_a_heartbeat_drops_claims_taken_over_by_another_worker(store, tmp_path):
     assert [c.idx for c in other.claim(step.id, 3)] == [1]
     assert mine.renew() == 2 and set(mine.held) == {(step.id, 0), (step.id, 2)}
     assert mine.still_holds(step.id, 0) and not mine.still_holds(step.id, 1)
+
+
+def test_an_item_in_flight_whose_claim_came_back_is_not_called_twice(store, tmp_path):
+    """Under load a worker's claim on an item it is calling can expire and be claimed back by
+    its own refill: the source handed the item out a second time (two paid calls, two ledger
+    rows).  The new claim now only serves the call already in flight."""
+    import asyncio
+
+    from nyxnb.engine.durable.records import load_items
+
+    step = claimed_fan_out_step(store, _spec(tmp_path, 5), 5)
+    claimer = ItemClaimer(store, "busy:1:a", ttl_s=1.0)
+    source = claimer.source(step.id, load_items(store, step.id), 2, lead=False)
+
+    async def scenario() -> list[int]:
+        started = [(await source.next()).idx]  # item 0 in flight ...
+        with store.engine.begin() as conn:  # ... while its claim runs out (a starved heartbeat)
+            conn.execute(
+                update(StepItem)
+                .where(StepItem.step_id == step.id, StepItem.idx == 0)
+                .values(claim_expires_at=utcnow() - timedelta(seconds=1))
+            )
+        while (row := await source.next()) is not None:
+            started.append(row.idx)
+        return started
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+    generation = claimer.held[(step.id, 0)]
+    assert generation == 2  # claimed back: the call in flight commits under the new claim

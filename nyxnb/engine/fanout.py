@@ -398,8 +398,12 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     """Run items of a fan-out another worker leads (a worker's spare capacity); returns how many.
 
     The requests are rebuilt from the stored item inputs; an item whose rebuilt request does not
-    hash to its stored input hash is left to the lead.
+    hash to its stored input hash is left to the lead.  A batched fan-out is never helped: its
+    items belong to its batch (the lead claims them for it, but a helper could look in before
+    it does), and calling them live would pay for them twice.
     """
+    if batch_enabled(runner, step):
+        return 0
     every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
     built = fan_out_requests(runner, step, [r.input for r in every])
     requests = {

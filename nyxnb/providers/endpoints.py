@@ -44,6 +44,7 @@ BUILTIN = ("anthropic", "google", "openai", "offline")
 NO_KEY = "no-key"
 
 Table = Mapping[str, Endpoint]
+GEMINI_API_URL = "https://generativelanguage.googleapis.com/"
 
 
 def user_file() -> Path:
@@ -214,9 +215,11 @@ def anthropic_client(provider: Provider, timeout: Any, max_retries: int = 0) -> 
     common: dict[str, Any] = {"max_retries": max_retries, "timeout": timeout}
     if spec is not None and spec.base_url:
         common["base_url"] = spec.base_url
-    if spec is None or spec.api == "anthropic":
-        key = api_key_or_placeholder(provider) if spec is not None else provider.api_key()
-        return anthropic.AsyncAnthropic(api_key=key, **common)
+    if spec is None:  # the built-in: the SDK reads ANTHROPIC_BASE_URL
+        return anthropic.AsyncAnthropic(api_key=provider.api_key(), **common)
+    if spec.api == "anthropic":  # a named endpoint never follows ANTHROPIC_BASE_URL
+        common.setdefault("base_url", "https://api.anthropic.com")
+        return anthropic.AsyncAnthropic(api_key=api_key_or_placeholder(provider), **common)
     if spec.api == "anthropic-bedrock":
         _require(provider.name, "boto3", "boto3", "bedrock")
         return anthropic.AsyncAnthropicBedrock(
@@ -234,8 +237,9 @@ def google_client(provider: Provider, http_options: Any) -> Any:
     from google import genai
 
     spec = provider.endpoint.spec if provider.endpoint else None
-    if spec is not None and spec.base_url:
-        http_options = http_options.model_copy(update={"base_url": spec.base_url})
+    if spec is not None and (spec.base_url or not spec.vertexai):  # never GOOGLE_GEMINI_BASE_URL
+        base_url = spec.base_url or GEMINI_API_URL
+        http_options = http_options.model_copy(update={"base_url": base_url})
     if spec is None or not spec.vertexai:
         key = provider.api_key() if spec is None else api_key_or_placeholder(provider)
         return genai.Client(api_key=key, http_options=http_options)

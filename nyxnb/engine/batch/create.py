@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from random import random
 
 from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy
+from nyxnb.engine.calls.governor import FIRST_BACKOFF_S, JITTER, MAX_BACKOFF_S
 from nyxnb.engine.context import RunContext, estimate_usd
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import StepRow
@@ -71,8 +73,9 @@ def retry_delay(policy: RetryPolicy, exc: ProviderError, tries: int, waited: flo
 
     ``waited``: seconds already spent waiting on rate limits (bounded by ``max_wait_s``).
     """
-    if exc.kind == "rate_limited":
-        delay = policy.delay(tries, exc.retry_after)
+    if exc.kind == "rate_limited":  # a hint-less 429 backs off as live calls' gate does
+        bare = min(FIRST_BACKOFF_S * 2 ** (tries - 1), MAX_BACKOFF_S) * (1 + JITTER * random())
+        delay = bare if exc.retry_after is None else policy.delay(tries, exc.retry_after)
         return delay if waited + delay <= policy.max_wait_s else None
     if exc.kind in TRANSIENT_KINDS and tries < policy.max_attempts:
         return policy.delay(tries, exc.retry_after)

@@ -74,12 +74,17 @@ class BatchRun:
         self.runner, self.step, self.on_item = runner, step, on_item
         self.entries = [parse_entry(e) for e in step.chain]
         self.rows = {custom_id(step, r.idx, r.input_hash): r for r in rows}
-        self.requests = {cid: requests[r.idx] for cid, r in self.rows.items()}
+        # a batch is its own tier: a step's flex or priority tier is for its live calls
+        self.requests = {
+            cid: dataclasses.replace(requests[r.idx], service_tier=None)
+            for cid, r in self.rows.items()
+        }
         self.done = {r.idx for r in rows if r.status == COMPLETED}
         self.failed: set[int] = set()
         self.skip: set[str] = set()  # providers whose batch could not be created this run
         self.sent = records.batch_sent_ids(runner.store, step.id)  # idx -> 'sent' row id
         self._submitted: set[str] = set()  # batch rows this run submitted (not adopted)
+        self._lost: set[str] = set()  # batch rows with a result whose commit a claim refused
 
     def _target(self) -> tuple[str, BatchApi] | None:
         """The chain's first provider that is up and has a batch API (None: run live)."""
@@ -101,38 +106,55 @@ class BatchRun:
         return next((m for n, m in self.entries if n == name and m), None)
 
     async def run(self) -> tuple[bool, list[int]]:
-        """Drain open batches, submit what is left; (False, []) if paused, else items for live."""
-        self._claim()
+        """Drain open batches, submit what is left; (False, []) if paused, else items for live.
+
+        Under a worker, whatever way this ends (a pause, a lost lease, an error), the claims
+        it holds are handed back, so nothing stays claimed by a run that is gone.
+        """
+        outcome: tuple[bool, list[int]] = (False, [])
+        try:
+            outcome = await self._rounds()
+        finally:
+            claimer = self.runner.config.claimer
+            if claimer is not None:
+                finished, live = outcome
+                claimer.release(self.step.id, live if finished else self._pending())
+        return outcome
+
+    async def _rounds(self) -> tuple[bool, list[int]]:
         for round_ in range(MAX_ROUNDS + 1):
+            self._claim()
             for row in records.open_batches(self.runner.store, self.step.id):
                 adopted = row.id not in self._submitted
                 if not await self._drain(row, adopted):
-                    return self._release(False, [])
+                    return False, []
             pending = self._pending()
             live_now = self.failed and self.runner.spec.defaults.batch_fallback == "live"
-            if not pending or live_now or round_ == MAX_ROUNDS:
-                return self._release(True, pending)
-            submitted = await self._submit(pending)
+            mine = self._held(pending)
+            if not mine or live_now or round_ == MAX_ROUNDS:
+                return True, pending
+            submitted = await self._submit(mine)
             if submitted is None:
-                return self._release(False, [])
+                return False, []
             if not submitted:  # no provider of the chain could take the batch: live
-                return self._release(True, pending)
-        return self._release(True, self._pending())
+                return True, pending
+        return True, self._pending()
 
     def _pending(self) -> list[int]:
         return sorted(r.idx for r in self.rows.values() if r.idx not in self.done)
 
     def _claim(self) -> None:
         """Under a worker: claim the step's open items for the batch (no helper calls them)."""
-        if self.runner.config.claimer is not None:
-            self.runner.config.claimer.claim(self.step.id, len(self.rows))
-
-    def _release(self, finished: bool, live: list[int]) -> tuple[bool, list[int]]:
-        """Hand the claims back: of the items going live, or of every open item on a pause."""
         claimer = self.runner.config.claimer
         if claimer is not None:
-            claimer.release(self.step.id, live if finished else self._pending())
-        return finished, live
+            claimer.claim(self.step.id, len(self.rows))
+
+    def _held(self, pending: list[int]) -> list[int]:
+        """The items a batch may take: all, or under a worker those it holds claims for."""
+        claimer = self.runner.config.claimer
+        if claimer is None:
+            return pending
+        return [i for i in pending if (self.step.id, i) in claimer.held]
 
     async def _submit(self, pending: list[int]) -> bool | None:
         """Create a batch of ``pending`` down the chain; False: none could, None: paused."""
@@ -201,7 +223,11 @@ class BatchRun:
             )
         if not await BatchWait(self.runner, self.step, api, row).run():
             return False
+        self._claim()  # a run that lost this workflow may have just handed its items back
+        self._lost.discard(row.id)
         ok, failed = await self._ingest_all(api, row)
+        if row.id in self._lost:  # a result another worker's claim refused: read it again
+            return True
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
         self.runner.emit(
             ev.BatchEnded(
@@ -267,7 +293,7 @@ class BatchRun:
             if completion.stop_reason == STOP_END and completion.text.strip():
                 self.done.add(item.idx)
                 chain = ChainResult(completion, [attempt])
-                commits.append(asyncio.ensure_future(self._commit(item, chain)))
+                commits.append(asyncio.ensure_future(self._commit(item, chain, row.id)))
                 return True
             attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
         else:
@@ -279,16 +305,21 @@ class BatchRun:
         commits.append(asyncio.ensure_future(self.runner.writer.write(rows_of)))
         return False
 
-    async def _commit(self, item: ItemRow, chain: ChainResult) -> None:
-        """Commit a succeeded item with its ledger row (settling its 'sent' row), then report."""
+    async def _commit(self, item: ItemRow, chain: ChainResult, row_id: str) -> None:
+        """Commit a succeeded item with its ledger row (settling its 'sent' row), then report.
+
+        A commit the item's claim refuses (another run of this workflow held it) leaves the
+        batch's row open: its results are read again once the claim is this run's.
+        """
         text = chain.completion.text
         sent = self.sent.pop(item.idx, None)
         try:
             await self.runner.writer.write(
                 records.item_rows(self.step, item.idx, text, chain, sent)
             )
-        except ClaimLost:  # another worker holds the item now: it is theirs to finish
+        except ClaimLost:
             self.done.discard(item.idx)
+            self._lost.add(row_id)
             if sent is not None:  # the write was rolled back: its 'sent' row stands
                 self.sent[item.idx] = sent
             return

@@ -342,6 +342,7 @@ class Source:
         self._ahead = True  # refill before running dry, until a refill comes back short
         self._refill: asyncio.Handle | None = None
         self._closed = False
+        self._given: set[int] = set()  # handed out here: never twice (see _take)
 
     async def next(self) -> ItemRow | None:
         """The next item to run here, or None when there is nothing left for this worker."""
@@ -356,6 +357,7 @@ class Source:
                         return None
                 idx = self._mine.popleft()
                 if self.claimer.still_holds(self.step_id, idx):  # else: lost while we stood
+                    self._given.add(idx)
                     break
             if not self._mine and self._ahead and self._refill is None:
                 self._refill = asyncio.get_running_loop().call_soon(self._refill_now)
@@ -373,7 +375,10 @@ class Source:
         return False
 
     def _take(self, got: Sequence[Claim]) -> None:
-        self._mine.extend(c.idx for c in got if c.idx in self.rows)
+        # An item already handed out here is still in flight (its claim expired under load
+        # and came back to us): the new claim serves that call's commit; a second call of it
+        # would be paid twice.
+        self._mine.extend(c.idx for c in got if c.idx in self.rows and c.idx not in self._given)
         foreign = [c.idx for c in got if c.idx not in self.rows]  # not runnable here: hand back
         if foreign:
             self.claimer.release(self.step_id, foreign)
