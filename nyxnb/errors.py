@@ -79,6 +79,7 @@ class ErrorKind(StrEnum):
     TRUNCATED = "truncated"
     REFUSED = "refused"
     EMPTY = "empty"
+    INVALID_OUTPUT = "invalid_output"  # not JSON, or not valid for the step's output_schema
     # fatal: this request fails everywhere alike
     BAD_REQUEST = "bad_request"
     CONTEXT_TOO_LONG = "context_too_long"

@@ -31,6 +31,7 @@ from pydantic import (
 
 from nyxnb.callspec import ENDPOINT_NAME, CallSettings, EndpointSpec
 from nyxnb.errors import SpecError
+from nyxnb.sources import ItemsSource, load_schema, schema_value
 from nyxnb.templates import check_template
 
 USER_STEP_TYPES = ("llm", "fan-out", "synthesis", "review", "pattern-check", "judge")
@@ -161,7 +162,9 @@ class StepSpec(CallSettings, _Model):
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)
     limits: dict[str, LimitSpec] | None = None
     items: list[ItemSpec] | None = None
-    items_from: str | None = None
+    items_from: str | ItemsSource | None = None
+    #: a JSON Schema (inline, a path to a .json/.yaml file, or a pydantic model from Python)
+    output_schema: dict[str, Any] | str | None = None
     repository: str | None = None
     target: str | None = None
     fail_on_violation: bool = False
@@ -169,8 +172,22 @@ class StepSpec(CallSettings, _Model):
     rubric: str | None = None  # judge: what a good answer does
     scale: int | None = Field(default=None, ge=1, le=1000)  # judge: 0..scale (default 10)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _models_as_schemas(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "output_schema" in data:
+            return {**data, "output_schema": schema_value(data["output_schema"])}
+        return data
+
+    @property
+    def dataset(self) -> ItemsSource | None:
+        """The dataset this fan-out reads its items from, if any."""
+        return self.items_from if isinstance(self.items_from, ItemsSource) else None
+
     @model_validator(mode="after")
     def _check_shape(self) -> StepSpec:
+        if self.output_schema is not None and self.type == "pattern-check":
+            raise ValueError("`output_schema` does not apply to pattern-check steps")
         if self.batch is not None and self.type != "fan-out":
             raise ValueError(f"`batch` only applies to fan-out steps, not {self.type}")
         if self.type == "fan-out":
@@ -273,7 +290,7 @@ def _check_references(spec: WorkflowSpec) -> None:
                 field=f"{where}.name",
                 hint="give every step a unique name",
             )
-        if step.items_from and step.items_from not in seen:
+        if isinstance(step.items_from, str) and step.items_from not in seen:
             raise SpecError(
                 f"items_from {step.items_from!r} is not an earlier step",
                 field=f"{where}.items_from",
@@ -290,7 +307,11 @@ def _check_references(spec: WorkflowSpec) -> None:
                 {"item"} if step.type == "fan-out" else set()
             )
             check_template(
-                step.prompt, field_name=f"{where}.prompt", allowed=allowed, earlier_steps=seen
+                step.prompt,
+                field_name=f"{where}.prompt",
+                allowed=allowed,
+                earlier_steps=seen,
+                open_item=step.dataset is not None or isinstance(step.items_from, str),
             )
         seen.append(step.name)
     impl = spec.generate.implementation_prompts
@@ -409,15 +430,37 @@ def stored_spec(data: dict[str, Any]) -> WorkflowSpec:
 
 
 def load_spec(source: str | Path | dict[str, Any] | WorkflowSpec) -> WorkflowSpec:
-    """Load a spec from a path (.yaml/.yml/.json), YAML/JSON text, a dict or a spec."""
+    """Load a spec from a path (.yaml/.yml/.json), YAML/JSON text, a dict or a spec.
+
+    Files a spec names (datasets, schemas) are relative to the spec file's folder, or to the
+    current directory for a spec given as text, a dict or a :class:`WorkflowSpec`.
+    """
     if isinstance(source, WorkflowSpec):
-        return source
+        return resolve_files(source, Path.cwd())
     if isinstance(source, dict):
-        return parse_spec(source)
+        return resolve_files(parse_spec(source), Path.cwd())
     path = Path(source) if isinstance(source, Path) or "\n" not in source else None
     if path is not None and path.suffix in (".yaml", ".yml", ".json"):
-        return load_spec_text(_read(path), source=str(path), json_text=path.suffix == ".json")
-    return load_spec_text(str(source))
+        spec = load_spec_text(_read(path), source=str(path), json_text=path.suffix == ".json")
+        return resolve_files(spec, path.resolve().parent)
+    return resolve_files(load_spec_text(str(source)), Path.cwd())
+
+
+def resolve_files(spec: WorkflowSpec, base: Path) -> WorkflowSpec:
+    """``spec`` with dataset paths made absolute and ``output_schema`` files read and checked."""
+    steps = []
+    for i, step in enumerate(spec.steps):
+        update: dict[str, Any] = {}
+        if step.dataset is not None and step.dataset.base_dir is None:
+            source = step.dataset
+            path = str((base / source.path).resolve()) if source.path else None
+            update["items_from"] = source.model_copy(update={"path": path, "base_dir": str(base)})
+        if step.output_schema is not None:
+            update["output_schema"] = load_schema(
+                step.output_schema, base, f"steps[{i}].output_schema"
+            )
+        steps.append(step.model_copy(update=update) if update else step)
+    return spec.model_copy(update={"steps": steps})
 
 
 def _read(path: Path) -> str:

@@ -8,9 +8,11 @@ is made of small objects, not dicts, so ``steps.features.items`` is the items li
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -28,28 +30,106 @@ class ProjectView:
     description: str = ""
 
 
+def parsed_output(output: str | None) -> Any:
+    """A structured output's JSON value (None when the output is not JSON)."""
+    text = (output or "").strip()
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+class _Fields:
+    """A JSON object as a template object: ``{{ item.data.label }}`` reads ``data["label"]``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return _wrap(self._values[name])
+        except KeyError:
+            known = ", ".join(self._values) or "none"
+            raise UndefinedError(f"no field {name!r} (fields: {known})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__getattr__(name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __str__(self) -> str:
+        return json.dumps(self._values, ensure_ascii=False)
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _Fields(value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class ItemView:
-    """``item`` in a fan-out template; ``index`` is 0-based, ``number`` 1-based."""
+    """``item`` in a fan-out template; ``index`` is 0-based, ``number`` 1-based.
+
+    A dataset row's columns read as fields (``{{ item.title }}``; the fields above win over a
+    column of the same name); ``item.data`` is the parsed structured output.
+    """
 
     heading: str
     body: str = ""
     index: int = 0
     output: str | None = None
+    key: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def row(
+        cls, heading: str, index: int, columns: Mapping[str, Any], key: str | None = None
+    ) -> ItemView:
+        """A row of a dataset (or of a structured output) as an item; a ``body`` column is the
+        item's body.  Columns named like another field are read as ``item.columns.NAME``."""
+        body = columns.get("body")
+        text = "" if body is None else body if isinstance(body, str) else json.dumps(body)
+        return cls(heading, text, index, key=key, columns=columns)
 
     @property
     def number(self) -> int:
         """1-based position of the item."""
         return self.index + 1
 
+    @property
+    def data(self) -> Any:
+        """The item's structured output as fields (None when it is not JSON)."""
+        return _wrap(parsed_output(self.output))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "columns":
+            raise AttributeError(name)
+        try:
+            return _wrap(self.columns[name])
+        except KeyError:
+            raise UndefinedError(f"item has no field or column {name!r}") from None
+
 
 @dataclass(frozen=True)
 class StepView:
-    """``steps.NAME`` in a template."""
+    """``steps.NAME`` in a template; ``data`` is the parsed structured output."""
 
     name: str
     output: str | None = None
     items: list[ItemView] = field(default_factory=list)
+
+    @property
+    def data(self) -> Any:
+        """The step's structured output as fields (None when it is not JSON)."""
+        return _wrap(parsed_output(self.output))
 
 
 class StepsView:
@@ -105,18 +185,23 @@ def referenced_names(source: str) -> tuple[set[str], set[str]]:
 #: The fields a template may read on each context object.
 FIELDS = {
     "project": frozenset({"name", "description"}),
-    "item": frozenset({"heading", "body", "index", "number", "output"}),
-    "step": frozenset({"name", "output", "items"}),
+    "item": frozenset({"heading", "body", "index", "number", "output", "key", "data"}),
+    "step": frozenset({"name", "output", "items", "data"}),
 }
 
 
-def unknown_fields(source: str) -> list[str]:
-    """``project.X`` / ``item.X`` / ``steps.NAME.X`` reads naming a field that does not exist."""
+def unknown_fields(source: str, open_item: bool = False) -> list[str]:
+    """``project.X`` / ``item.X`` / ``steps.NAME.X`` reads naming a field that does not exist.
+
+    ``open_item``: the items are rows whose columns are fields too (a dataset, or rows of an
+    earlier step's structured output), so any ``item.X`` may exist.
+    """
     ast = _ENV.parse(source)
     bad = []
+    checked = ("project",) if open_item else ("project", "item")
     for node in ast.find_all(nodes.Getattr):
         inner = node.node
-        if isinstance(inner, nodes.Name) and inner.name in ("project", "item"):
+        if isinstance(inner, nodes.Name) and inner.name in checked:
             if node.attr not in FIELDS[inner.name]:
                 bad.append(f"{inner.name}.{node.attr}")
         elif (
@@ -130,11 +215,16 @@ def unknown_fields(source: str) -> list[str]:
 
 
 def check_template(
-    source: str, *, field_name: str, allowed: Iterable[str], earlier_steps: Iterable[str]
+    source: str,
+    *,
+    field_name: str,
+    allowed: Iterable[str],
+    earlier_steps: Iterable[str],
+    open_item: bool = False,
 ) -> None:
     """Raise :class:`SpecError` if the template names a variable, field or step it cannot see."""
     compile_template(source, field_name=field_name)
-    for ref in unknown_fields(source):
+    for ref in unknown_fields(source, open_item):
         kind = "step" if ref.startswith("steps.") else ref.split(".")[0]
         raise SpecError(
             f"template reads {ref}, which does not exist",

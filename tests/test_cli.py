@@ -267,6 +267,8 @@ def test_every_command_has_json_output(db: str, tmp_path: Path) -> None:
     assert check("digest", again, "--facts-only")[0]["kind"] == "fact:calls"
     assert check("migrate", "BRbase", "--from", "nyx", "--to", "clarait")
     assert check("cancel-batch", wf) == []  # an offline run has no provider batch
+    out = tmp_path / "features.csv"  # the sample's fan-out step as a table
+    assert check("export", wf, "--out", str(out)) == {"rows": 13, "out": str(out)}
     assert {e["endpoint"] for e in check("models", "offline")} == {"offline"}
     covered.add("batch")  # runs papermill kernels: its --json is checked in tests/test_batch.py
     assert covered == leaf_commands(cli), "add the new command to this test"

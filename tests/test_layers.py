@@ -13,17 +13,37 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nyxnb"
-GROUND = {"errors", "events", "spec", "templates", "paths", "autosteps", "rates", "callspec"}
+GROUND = {
+    "errors",
+    "events",
+    "spec",
+    "sources",
+    "templates",
+    "paths",
+    "autosteps",
+    "rates",
+    "callspec",
+}
 
 # folder -> the folders it may import (the ground modules are allowed everywhere)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"notebook", "engine", "reports", "tenants", "providers", "store", "testing"},
-    "notebook": {"engine", "reports", "tenants", "providers", "store"},
-    "engine": {"providers", "store"},
-    "reports": {"store"},
+    "cli": {
+        "notebook",
+        "engine",
+        "reports",
+        "tenants",
+        "providers",
+        "store",
+        "testing",
+        "datasets",
+    },
+    "notebook": {"engine", "reports", "tenants", "providers", "store", "datasets"},
+    "engine": {"providers", "store", "datasets"},
+    "reports": {"store", "datasets"},
     "tenants": {"store"},
     "providers": set(),
     "store": set(),
+    "datasets": set(),  # reading and writing tables with DuckDB; the ground only
     "testing": {"providers"},
     "ground": set(),
 }

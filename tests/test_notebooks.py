@@ -20,7 +20,7 @@ from nyxnb.testing import FAKE_KEYS
 
 NOTEBOOKS = Path(nyxnb.__file__).resolve().parent.parent / "notebooks"
 NAMES = ["01_run_workflow", "02_inspect_outputs", "03_clone_workflow", "04_migration_runbook",
-         "05_resume_and_recover", "06_iterate_and_compare"]  # fmt: skip
+         "05_resume_and_recover", "06_iterate_and_compare", "07_dataset_to_table"]  # fmt: skip
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
 

@@ -14,7 +14,7 @@ from nyxnb.engine import api
 from nyxnb.engine.iterate.digest import digest as write_digest
 from nyxnb.engine.iterate.revisions import lineage, rerun_job
 from nyxnb.engine.iterate.variants import parse_matrix, run_matrix
-from nyxnb.reports.compare import Comparison, compare
+from nyxnb.reports.compare import CompareRow, Comparison, compare
 from nyxnb.spec import WorkflowSpec
 
 
@@ -100,8 +100,26 @@ def _compare_text(result: Comparison) -> str:
         for c in row.cells:
             if c is not None and c.prompt_diff:
                 lines += [f"prompt diff ({c.label}):", c.prompt_diff]
+        lines += _rows_text(row, result.labels)
         lines.append("")
     return "\n".join(lines)
+
+
+def _rows_text(row: CompareRow, labels: tuple[str, ...]) -> list[str]:
+    """A dataset fan-out's changed rows (by key) and changed fields, per run."""
+    lines = []
+    for label, changes in zip(labels, row.rows, strict=False):
+        if changes is None or not changes.any:
+            continue
+        lines.append(
+            f"rows ({label}): {changes.changed} changed, {changes.added} added, "
+            f"{changes.removed} removed"
+        )
+        for c in changes.rows:
+            what = [f"inputs {', '.join(c.inputs)}"] if c.inputs else []
+            what += [f"fields {', '.join(c.fields)}"] if c.fields else []
+            lines.append(f"  {c.kind:8} {c.key}" + (f": {'; '.join(what)}" if what else ""))
+    return lines
 
 
 @click.command(name="compare")

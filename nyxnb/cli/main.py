@@ -11,6 +11,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from nyxnb.cli import batch as cli_batch
 from nyxnb.cli import batchcmd as cli_batchcmd
+from nyxnb.cli import export as cli_export
 from nyxnb.cli import iterate as cli_iterate
 from nyxnb.cli import migrate as cli_migrate
 from nyxnb.cli import models as cli_models
@@ -174,6 +175,7 @@ def register_commands() -> None:
         *cli_batch.COMMANDS,
         *cli_workers.COMMANDS,
         *cli_batchcmd.COMMANDS,
+        *cli_export.COMMANDS,
         *cli_models.COMMANDS,
         cli_migrate.clone,
         cli_migrate.migrate,

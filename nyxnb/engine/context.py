@@ -31,6 +31,7 @@ from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ChainExhausted, NotFound, RunError, StepFailed, one_line
+from nyxnb.providers import structured
 from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.endpoints import cache_identity, split_entry
 from nyxnb.providers.pricing import price_for
@@ -72,6 +73,8 @@ def request_hash(kind: str, request: CompletionRequest) -> str:
     knobs = response_cache.call_knobs(request)
     if knobs:  # only when set: a workflow from before call settings keeps its hashes
         payload.append(knobs)
+    if request.output_schema is not None:
+        payload.append(structured.schema_text(request.output_schema))
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
@@ -188,6 +191,7 @@ class RunContext:
             model=step.model,
             max_tokens=step.config.max_tokens or self.spec.defaults.max_tokens,
             **call_settings(step, self.spec),
+            output_schema=step.config.output_schema,
         )
 
     def _cache_lookup(

@@ -7,8 +7,8 @@ import dataclasses
 import hashlib
 import os
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, overload
 
 from nyxnb import events as ev
 from nyxnb.engine.batch.submit import BatchRun, batch_enabled
@@ -22,9 +22,8 @@ from nyxnb.providers.base import CompletionRequest
 from nyxnb.providers.endpoints import Table, split_entry
 from nyxnb.providers.pricing import price_for
 from nyxnb.providers.registry import default_model
-from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED, FAILED, PENDING, RUNNING, utcnow
-from nyxnb.templates import ItemView, StepView
+from nyxnb.templates import ItemView, StepView, parsed_output
 
 #: Seconds a pause lets calls in flight finish (answers paid for are kept) before cancelling them.
 PAUSE_GRACE_S = 2.0
@@ -32,11 +31,23 @@ PAUSE_GRACE_S = 2.0
 RESERVE_BLOCK = 4
 
 
-def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
+def _items(runner: RunContext, step: StepRow) -> Iterable[ItemView]:
+    """The step's items as the prompt sees them (rows of a dataset or of a structured output).
+
+    A dataset's rows (materialised when the workflow was created) are streamed from the store.
+    """
     config = step.config
+    if config.dataset is not None:
+        return (
+            ItemView.row(heading, idx, columns, key)
+            for idx, heading, key, columns in records.iter_dataset_rows(runner.store, step.id)
+        )
     if config.items is not None:
-        return list(config.items)
+        return [ItemView(it.heading, it.body, i) for i, it in enumerate(config.items)]
     source = runner.ctx[config.items_from or ""].output or ""
+    rows = structured_rows(source)
+    if rows is not None:
+        return [ItemView.row(_row_heading(r, i), i, r) for i, r in enumerate(rows)]
     items = parse_items(source)
     if not items:
         raise runner.fail(
@@ -48,7 +59,23 @@ def _items(runner: RunContext, step: StepRow) -> list[ItemSpec]:
                 step=step.name,
             ),
         )
-    return items
+    return [ItemView(it.heading, it.body, i) for i, it in enumerate(items)]
+
+
+def structured_rows(output: str) -> list[dict[str, Any]] | None:
+    """Rows of a structured output: a list of objects, or an object holding one such list."""
+    value = parsed_output(output)
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 else None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return value
+    return None
+
+
+def _row_heading(row: dict[str, Any], idx: int) -> str:
+    found = next((row[k] for k in ("heading", "title", "name", "id") if row.get(k)), None)
+    return str(found) if found is not None else f"item {idx + 1}"
 
 
 def _estimate_usd(step: StepRow, requests: list[CompletionRequest], endpoints: Table) -> float:
@@ -90,7 +117,7 @@ class _FanOut:
         runner: RunContext,
         step: StepRow,
         rows: list[ItemRow],
-        requests: list[CompletionRequest],
+        requests: Sequence[CompletionRequest],
         *,
         lead: bool = True,
     ) -> None:
@@ -110,7 +137,9 @@ class _FanOut:
             if claimer is not None
             else None
         )
-        self._commits: list[asyncio.Task[None]] = []
+        # Commits in flight only: a finished one leaves (100,000 items never hold 100,000
+        # tasks); a commit that failed stays, so its error is raised by run().
+        self._commits: set[asyncio.Task[None]] = set()
         self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
         self._block: asyncio.Future[None] | None = None  # the next block being reserved
         self._stopped = False
@@ -206,7 +235,9 @@ class _FanOut:
             records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
             self.failures.append((idx, exc))
             return
-        self._commits.append(asyncio.create_task(self._commit(row, result)))
+        task = asyncio.create_task(self._commit(row, result))
+        self._commits.add(task)
+        task.add_done_callback(_forget_if_ok(self._commits))
 
     async def _unless_paused(self, call: Coroutine[Any, Any, ChainResult]) -> ChainResult:
         """Await ``call``; on a pause, give it :data:`PAUSE_GRACE_S` to land, then cancel it.
@@ -269,6 +300,14 @@ class _FanOut:
         )
 
 
+def _forget_if_ok(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            tasks.discard(task)
+
+    return done
+
+
 class _PausedMidCall(Exception):  # noqa: N818 - internal signal
     """A pause cancelled this item's call after the grace period."""
 
@@ -279,8 +318,10 @@ def _step_output(items: list[ItemRow]) -> str:
 
 async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     """Execute (or resume) a fan-out step."""
-    items = _items(runner, step)
-    prompts = [runner.render(step, ItemView(i.heading, i.body, idx)) for idx, i in enumerate(items)]
+    items, prompts = [], []
+    for item in _items(runner, step):  # one dataset row's columns at a time
+        prompts.append(runner.render(step, item))
+        items.append(dataclasses.replace(item, columns={}) if item.columns else item)
     requests = fan_out_requests(runner, step, prompts)
     wanted = [
         (item.heading, request.messages[0].content, request_hash("item", request))
@@ -299,6 +340,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     if runner.skip_if_done(step, digest, done_view):
         return
     rows = records.sync_items(runner.store, step, wanted)
+    del wanted  # (memory: a 100,000-row dataset keeps one copy of each prompt, the request's)
     _check_budget(runner, step, [requests[r.idx] for r in rows if r.status != COMPLETED])
     records.update_step(runner.store, step.id, status=RUNNING, error=None, started_at=utcnow())
     fan = _FanOut(runner, step, rows, requests)
@@ -312,13 +354,17 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         )
     )
     finished = await _execute(runner, step, fan)
+    fan.rows, fan.requests = [], []  # done with: the final rows are read back below
+    del rows, requests
     _raise_failures(runner, step, fan)
     if not finished:
         records.update_step(runner.store, step.id, status=PENDING)
         runner.check_pause()
     final = records.load_items(runner.store, step.id)
-    records.complete_step(runner.store, step, _step_output(final), digest)
-    runner.ctx[step.name] = StepView(step.name, _step_output(final), _views(final, items))
+    output = _step_output(final)
+    records.complete_step(runner.store, step, output, digest)
+    runner.ctx[step.name] = StepView(step.name, output, _views(final, items))
+    del final
     answered = fan.answered or {(step.provider, step.model or ""): 0}
     runner.emit(
         ev.StepCompleted(
@@ -357,26 +403,52 @@ def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
 MIN_SHARED_PREFIX_CHARS = 1024
 
 
-def fan_out_requests(
-    runner: RunContext, step: StepRow, prompts: list[str]
-) -> list[CompletionRequest]:
+def fan_out_requests(runner: RunContext, step: StepRow, prompts: list[str]) -> FanOutRequests:
     """The requests of a fan-out's items, the prefix their prompts share marked for caching.
 
     The lead builds them from the rendered prompts, a helping worker from the stored inputs:
     both here, so a helper's calls read the same prompt cache as the lead's.
     """
-    return _mark_shared_prefix([runner.request(step, prompt) for prompt in prompts])
+    return FanOutRequests(runner, step, prompts)
 
 
-def _mark_shared_prefix(requests: list[CompletionRequest]) -> list[CompletionRequest]:
-    """Mark the prompt prefix every item shares (cut at a whitespace) for prompt caching."""
-    if len(requests) < 2:
-        return requests
-    common = os.path.commonprefix([r.messages[0].content for r in requests])
+class FanOutRequests(Sequence[CompletionRequest]):
+    """A fan-out's requests, each built when it is used: only the prompts are kept.
+
+    (A 100,000-row dataset would otherwise hold 100,000 request objects for the whole run.)
+    The prefix every prompt shares (cut at a whitespace) is marked for prompt caching when it is
+    at least :data:`MIN_SHARED_PREFIX_CHARS` long.
+    """
+
+    def __init__(self, runner: RunContext, step: StepRow, prompts: list[str]) -> None:
+        self.runner, self.step, self.prompts = runner, step, prompts
+        self.shared_prefix = _shared_prefix(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @overload
+    def __getitem__(self, index: int) -> CompletionRequest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[CompletionRequest]: ...
+
+    def __getitem__(self, index: int | slice) -> CompletionRequest | list[CompletionRequest]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        request = self.runner.request(self.step, self.prompts[index])
+        if self.shared_prefix:
+            request = dataclasses.replace(request, shared_prefix=self.shared_prefix)
+        return request
+
+
+def _shared_prefix(prompts: list[str]) -> int:
+    """Where the prompt prefix every item shares ends (0: none worth a cache breakpoint)."""
+    if len(prompts) < 2:
+        return 0
+    common = os.path.commonprefix(prompts)
     cut = max(common.rfind(" "), common.rfind("\n")) + 1
-    if cut < MIN_SHARED_PREFIX_CHARS:
-        return requests
-    return [dataclasses.replace(r, shared_prefix=cut) for r in requests]
+    return cut if cut >= MIN_SHARED_PREFIX_CHARS else 0
 
 
 async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:
@@ -389,9 +461,14 @@ async def _execute(runner: RunContext, step: StepRow, fan: _FanOut) -> bool:
     return await fan.run()
 
 
-def _views(rows: list[ItemRow], items: list[ItemSpec]) -> list[ItemView]:
-    bodies = {i: it.body for i, it in enumerate(items)}
-    return [ItemView(r.heading, bodies.get(r.idx, ""), r.idx, r.output) for r in rows]
+def _views(rows: list[ItemRow], items: list[ItemView]) -> list[ItemView]:
+    """The items with their outputs, as later steps' templates read them."""
+    return [
+        dataclasses.replace(items[r.idx], output=r.output)
+        if r.idx < len(items)
+        else ItemView(r.heading, "", r.idx, r.output)
+        for r in rows
+    ]
 
 
 async def help_fan_out(runner: RunContext, step: StepRow) -> int:
@@ -404,7 +481,7 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     """
     if batch_enabled(runner, step):
         return 0
-    every = records.load_items(runner.store, step.id)  # all of them: the shared prefix
+    every = records.load_items(runner.store, step.id, full=True)  # all: the shared prefix
     built = fan_out_requests(runner, step, [r.input for r in every])
     requests = {
         row.idx: request

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from nyxnb.callspec import CALL_FIELDS
+from nyxnb.engine.materialise import materialise
 from nyxnb.errors import MissingKey, NotFound, SpecError
 from nyxnb.providers.endpoints import Table, endpoint_table, split_entry
 from nyxnb.providers.registry import create_provider, provider_class
@@ -55,7 +56,18 @@ def apply_overrides(spec: WorkflowSpec, options: RunOptions) -> WorkflowSpec:
         defaults["batch"] = options.batch
     if options.max_cost_usd is not None:
         data["max_cost_usd"] = options.max_cost_usd
-    return WorkflowSpec.model_validate(data)
+    return _with_python_data(WorkflowSpec.model_validate(data), spec)
+
+
+def _with_python_data(new: WorkflowSpec, old: WorkflowSpec) -> WorkflowSpec:
+    """``new`` holding the DataFrames / lists of ``old``'s datasets (a dict never copies them)."""
+    steps = [
+        s.model_copy(update={"items_from": o.items_from})
+        if o.dataset is not None and o.dataset.data is not None
+        else s
+        for s, o in zip(new.steps, old.steps, strict=True)
+    ]
+    return new.model_copy(update={"steps": steps})
 
 
 def personas_for(store: Database, tenant_id: str) -> dict[str, str]:
@@ -173,6 +185,7 @@ def _step_row(i: int, step: StepSpec, spec: WorkflowSpec) -> dict[str, Any]:
             "batch",
             "rubric",
             "scale",
+            "output_schema",
             *CALL_FIELDS,
         },
     )
@@ -227,5 +240,11 @@ def create_workflow(
         s.add(wf)
         s.flush()
         for i, step in enumerate(parsed.steps):
-            s.add(WorkflowStep(workflow_id=wf.id, **_step_row(i, step, parsed)))
+            row = WorkflowStep(workflow_id=wf.id, **_step_row(i, step, parsed))
+            s.add(row)
+            if step.dataset is not None:  # the frozen copy: a resume never reads the file
+                s.flush()
+                values = {"id": row.id, "tenant_id": row.tenant_id}
+                digest = materialise(s, values, step.dataset, f"steps[{i}].items_from")
+                row.config = {**row.config, "dataset_digest": digest}
         return wf.id

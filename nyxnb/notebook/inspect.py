@@ -5,6 +5,7 @@
     steps_df(store, wf)  items_df(store, wf)  calls_df(store)  cost_by(store, ["step", "provider"])
     export_parquet(store, "out/")                 # one file per table
     plot_latency(store, wf)  plot_cost(store, wf)  plot_progress(store, wf)
+    results_df(store, wf)  results_views(con, store, wf)   # a step's table: inputs + output fields
 
 DuckDB's sqlite and postgres scanners are extension downloads, which fail offline, so each table
 is read through SQLAlchemy into Arrow (typed from the table's columns, JSON as text) and copied
@@ -36,6 +37,8 @@ from sqlalchemy.pool import NullPool
 
 from nyxnb.errors import RunError
 from nyxnb.notebook.progress import money, tokens_text
+from nyxnb.notebook.results import results_df as results_df  # a step's table
+from nyxnb.notebook.results import results_views as results_views
 from nyxnb.notebook.state import Answered
 from nyxnb.reports.summary import workflow_summary
 from nyxnb.store.database import Store, open_store

@@ -13,6 +13,7 @@ import anthropic
 from anthropic.types import Message as SdkMessage
 
 from nyxnb.errors import ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
@@ -182,7 +183,9 @@ def params_for(request: CompletionRequest, model: str, cache: bool = True) -> di
     if request.system:
         block: dict[str, Any] = {"type": "text", "text": request.system}
         params["system"] = [block | {"cache_control": _EPHEMERAL}] if cache else [block]
-    return anthropic_params(request, params)
+    out = anthropic_params(request, params)
+    structured.anthropic_params(out, request.output_schema)  # data: output_schema
+    return out
 
 
 def failure_of(exc: anthropic.APIStatusError) -> HttpFailure:

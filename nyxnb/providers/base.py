@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from nyxnb.rates import RateInfo
 #: Every error kind a provider call can fail with, and what the fallback chain does about it.
 REFUSED_KINDS = frozenset({K.EXHAUSTED, K.AUTH, K.NOT_FOUND})  # mark provider down, move on
 TRANSIENT_KINDS = frozenset({K.RATE_LIMITED, K.OVERLOADED, K.SERVER, K.TIMEOUT, K.CONNECTION})
-REJECTED_KINDS = frozenset({K.TRUNCATED, K.REFUSED, K.EMPTY})  # answer unusable: move on
+REJECTED_KINDS = frozenset({K.TRUNCATED, K.REFUSED, K.EMPTY, K.INVALID_OUTPUT})  # unusable
 FATAL_KINDS = frozenset({K.BAD_REQUEST, K.CONTEXT_TOO_LONG})  # fails everywhere alike
 ERROR_KINDS = REFUSED_KINDS | TRANSIENT_KINDS | REJECTED_KINDS | FATAL_KINDS
 
@@ -63,6 +64,9 @@ class CompletionRequest:
     reasoning_budget: int | None = None
     keep_thinking: bool = False
     service_tier: str | None = None  # default | flex | priority (where the API has tiers)
+    #: A JSON Schema the answer must match (the step's ``output_schema``): each provider's
+    #: native structured-output mode asks for it and the fallback chain validates the answer.
+    output_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def of(cls, system: str, prompt: str, **kw: object) -> CompletionRequest:

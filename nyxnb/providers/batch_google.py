@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from google.genai import types
 
+from nyxnb.providers import structured
 from nyxnb.providers.base import CompletionRequest, Provider
 from nyxnb.providers.batch_base import (
     CANCELED,
@@ -200,6 +201,7 @@ def rest_request(request: CompletionRequest) -> dict[str, object]:
     generation: dict[str, object] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         generation["temperature"] = request.temperature
+    generation.update(structured.google_rest(request.output_schema))  # data: output_schema
     return body | {"generationConfig": generation}
 
 

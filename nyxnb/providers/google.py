@@ -16,6 +16,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from nyxnb.errors import ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
@@ -142,6 +143,7 @@ def config_of(request: CompletionRequest) -> types.GenerateContentConfig:
         max_output_tokens=request.max_tokens,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         **google_config(request),
+        **structured.google_config(request.output_schema),  # data: output_schema
     )
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 
+from nyxnb.providers import structured
 from nyxnb.providers.base import STOP_END, Completion, CompletionRequest, Provider, ProviderOptions
 
 _WORDS = (
@@ -62,6 +64,9 @@ class OfflineProvider(Provider):
             await asyncio.sleep(opts.latency_ms / 1000)
         prompt = "\n".join(m.content for m in request.messages)
         text = offline_answer(request.system, prompt, opts.words)
+        if request.output_schema is not None:  # deterministic schema-valid JSON
+            value = structured.example_for(request.output_schema, f"{request.system}\x00{prompt}")
+            text = json.dumps(value)
         return Completion(
             text=text,
             stop_reason=STOP_END,

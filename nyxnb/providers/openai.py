@@ -14,6 +14,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from nyxnb.errors import ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     STOP_END,
     STOP_MAX_TOKENS,
@@ -152,7 +153,8 @@ def _params(request: CompletionRequest, model: str, max_tokens_param: str) -> di
         "messages": messages,
         max_tokens_param: request.max_tokens,
     }
-    return params | openai_params(request)
+    # data: output_schema
+    return params | openai_params(request) | structured.openai_params(request.output_schema)
 
 
 def _failure(exc: openai.APIStatusError) -> HttpFailure:

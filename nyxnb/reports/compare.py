@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from nyxnb.errors import NotFound
+from nyxnb.reports.rows import RowChanges, row_changes
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import LlmCall, Workflow, WorkflowStep
 
@@ -53,6 +54,8 @@ class CompareRow:
     step: str
     type: str
     cells: tuple[RunCell | None, ...]
+    #: a dataset fan-out: each run's rows against the first run's, by key (None: not keyed)
+    rows: tuple[RowChanges | None, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -81,6 +84,7 @@ class Comparison:
                     "type": r.type,
                     "changed": r.changed,
                     "runs": [asdict(c) if c is not None else None for c in r.cells],
+                    "rows": [asdict(x) if x is not None else None for x in r.rows],
                 }
                 for r in self.rows
             ],
@@ -208,11 +212,22 @@ def _with_diffs(cells: list[RunCell | None]) -> tuple[RunCell | None, ...]:
     return tuple(out)
 
 
+def _row_changes(
+    store: Store, name: str, step_ids: list[dict[str, str]]
+) -> tuple[RowChanges | None, ...]:
+    first = step_ids[0].get(name)
+    return tuple(
+        row_changes(store, first, ids[name]) if first and name in ids and i else None
+        for i, ids in enumerate(step_ids)
+    )
+
+
 def build(store: Store, ids: list[str], *, tenant_id: str | None = None) -> Comparison:
     """The comparison of the runs named by ``ids`` (workflow or experiment ids)."""
     workflow_ids = resolve(store, ids, tenant_id)
     names: dict[str, str] = {}
     per_run: list[dict[str, RunCell]] = []
+    step_ids: list[dict[str, str]] = []
     labels = []
     with store.session(tenant_id, read_only=True) as s:
         for wid in workflow_ids:
@@ -224,8 +239,14 @@ def build(store: Store, ids: list[str], *, tenant_id: str | None = None) -> Comp
                 names.setdefault(step.name, step.type)
                 cells[step.name] = _cell(wf, step, ledger)
             per_run.append(cells)
+            step_ids.append({step.name: step.id for step in wf.steps})
     rows = tuple(
-        CompareRow(name, kind, _with_diffs([run.get(name) for run in per_run]))
+        CompareRow(
+            name,
+            kind,
+            _with_diffs([run.get(name) for run in per_run]),
+            _row_changes(store, name, step_ids) if kind == "fan-out" else (),
+        )
         for name, kind in names.items()
     )
     return Comparison(tuple(workflow_ids), tuple(labels), rows)

@@ -229,6 +229,7 @@ class StepItem(TenantOwned, Base):
         UniqueConstraint("step_id", "idx"),
         # progress views count completed items per step while a run writes
         Index("ix_step_items_step_id_status", "step_id", "status"),
+        Index("ix_step_items_step_id_key", "step_id", "key"),  # a dataset row across revisions
         CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
     )
     step_id: Mapped[str] = mapped_column(
@@ -242,6 +243,9 @@ class StepItem(TenantOwned, Base):
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    # A dataset row (items_from: {path|sql, key}): its key and its columns, copied at creation.
+    key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Item claims of a shared fan-out (engine.workers.claims): holder, lease end, fencing token.
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     claim_expires_at: Mapped[datetime | None] = mapped_column(

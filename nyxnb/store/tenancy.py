@@ -178,6 +178,8 @@ def _check_parent_values(
     Inserts are checked by the database itself (revision 0008's triggers, every writer).
     """
     for column in table.c:
+        if not column.foreign_keys:  # (a JSON value, e.g. a step's config, is not hashable)
+            continue
         values = {row[column.key] for row in rows if row.get(column.key) is not None}
         for fk in column.foreign_keys if values and column.name != "tenant_id" else ():
             parent = fk.column.table

@@ -37,7 +37,7 @@ from nyxnb.testing.faults import (
 )
 from nyxnb.testing.limits import Limit, RateLimits
 from nyxnb.testing.server import FakeProviderServer, FakeRequest, FakeResponse
-from nyxnb.testing.wire import fault_body, prompt_of, reply_body, route
+from nyxnb.testing.wire import fault_body, prompt_of, reply_body, route, schema_of
 
 __all__ = [
     "Action",
@@ -75,6 +75,7 @@ __all__ = [
     "rate_limited",
     "reply",
     "reply_body",
+    "schema_of",
     "reset",
     "route",
     "server_error",

@@ -37,6 +37,7 @@ from nyxnb.testing.server import (
     _fault_response,
     prompt_of,
     reply_body,
+    schema_of,
 )
 from nyxnb.testing.streams import streamed, wants_stream
 
@@ -106,7 +107,14 @@ class FakeBatches(BatchBook):
         """A Messages API answer for ``params`` with cache accounting."""
         reply, written = self.usage(params)
         model = str(params.get("model", ""))
-        body = reply_body("anthropic", reply, model, prompt_of("anthropic", params), n)
+        body = reply_body(
+            "anthropic",
+            reply,
+            model,
+            prompt_of("anthropic", params),
+            n,
+            schema_of("anthropic", params),
+        )
         body["usage"]["input_tokens"] -= written
         body["usage"]["cache_creation_input_tokens"] = written
         return body

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from nyxnb.testing.batchbook import BatchBook, FakeBatch, Response
 from nyxnb.testing.faults import Reply
-from nyxnb.testing.wire import prompt_of, reply_body
+from nyxnb.testing.wire import prompt_of, reply_body, schema_of
 
 #: The routes, as ``(method, pattern)``; ``handle`` tells them apart again.
 CREATE = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):batchGenerateContent$")
@@ -107,7 +107,9 @@ class FakeGeminiBatches(BatchBook):
         tokens = " ".join(str(t) for t in texts).split()
         reply = Reply(input_tokens=len(tokens), cached_tokens=self._cached(tokens))
         model = str(request.get("model", "")).removeprefix("models/")
-        return reply_body("google", reply, model, prompt_of("google", request), n)
+        return reply_body(
+            "google", reply, model, prompt_of("google", request), n, schema_of("google", request)
+        )
 
     def _cached(self, tokens: list[str]) -> int:
         best = max((_common(tokens, earlier) for earlier in self._seen), default=0)

@@ -31,7 +31,7 @@ from typing import Any
 
 from nyxnb.testing.batchbook import BatchBook, FakeBatch, Response, text_of
 from nyxnb.testing.faults import Reply
-from nyxnb.testing.wire import prompt_of, reply_body
+from nyxnb.testing.wire import prompt_of, reply_body, schema_of
 
 FILES = re.compile(r"^/v1/files(?:/(?P<id>[^/]+)(?P<content>/content)?)?$")
 BATCHES = re.compile(r"^/v1/batches(?:/(?P<id>[^/]+)(?P<cancel>/cancel)?)?$")
@@ -86,7 +86,9 @@ class FakeOpenAIBatches(BatchBook):
         cached = self._cache(tokens)
         reply = Reply(input_tokens=len(tokens), cached_tokens=cached)
         model = str(body.get("model", ""))
-        return reply_body("openai", reply, model, prompt_of("openai", body), n)
+        return reply_body(
+            "openai", reply, model, prompt_of("openai", body), n, schema_of("openai", body)
+        )
 
     def _cache(self, tokens: list[str]) -> int:
         """The cached prefix length of a prompt; remembers its prefixes for later requests."""

@@ -39,6 +39,8 @@ class Reply:
     chunk_delay_ms: float = 0
     #: a streamed answer falls silent this long after its first chunk (a stalled answer)
     stall_s: float = 0
+    #: a request asking for a JSON schema gets JSON that does not parse (an invalid answer)
+    invalid_json: bool = False
     thinking: str = ""  # thinking text (Anthropic block, Gemini thought part, reasoning_content)
 
 

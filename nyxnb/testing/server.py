@@ -73,6 +73,7 @@ from nyxnb.testing.wire import (
     reply_body,
     request_tokens,
     route,
+    schema_of,
 )
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
@@ -363,7 +364,8 @@ class FakeProviderServer:
         elif isinstance(act, Fault):
             await _write(writer, _fault_response(provider, act, verdict.headers))
         elif isinstance(act, Reply):
-            payload = reply_body(provider, act, model, prompt_of(provider, body), n)
+            prompt, schema = prompt_of(provider, body), schema_of(provider, body)
+            payload = reply_body(provider, act, model, prompt, n, schema)
             if provider == "openai" and body.get("service_tier"):  # OpenAI echoes the tier
                 payload["service_tier"] = body["service_tier"]
             if req.path.split("?")[0].endswith("/invoke-with-response-stream"):  # Bedrock

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from nyxnb.providers import structured
 from nyxnb.testing.faults import PROVIDERS, Fault, Reply
 
 # the Gemini API (/v1beta/models/M:...) and Vertex AI (/v1beta1/projects/P/locations/L/publishers/
@@ -62,9 +64,43 @@ def fault_body(provider: str, fault: Fault) -> dict[str, Any]:
     return {"error": {"code": f.status, "message": f.message, "status": etype, "details": details}}
 
 
-def reply_body(provider: str, r: Reply, model: str, prompt: str, n: int) -> dict[str, Any]:
-    """The JSON body ``provider`` sends for a successful reply ``r``."""
-    text = f"fake {provider} answer to: {prompt[:60]}" if r.text is None else r.text
+def schema_of(provider: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The JSON Schema a request asks its answer to match, in ``provider``'s wire format."""
+    if provider == "openai":
+        fmt = body.get("response_format") or {}
+        return (
+            (fmt.get("json_schema") or {}).get("schema")
+            if fmt.get("type") == "json_schema"
+            else None
+        )
+    if provider == "anthropic":
+        fmt = (body.get("output_config") or {}).get("format") or {}
+        return fmt.get("schema") if fmt.get("type") == "json_schema" else None
+    config = body.get("generationConfig") or body.get("generation_config") or {}
+    return config.get("responseJsonSchema") or config.get("response_json_schema")
+
+
+def _text(provider: str, r: Reply, prompt: str, schema: Mapping[str, Any] | None) -> str:
+    if r.text is not None:
+        return r.text
+    if schema is not None:  # structured output: valid JSON for the schema, or (told so) not JSON
+        if r.invalid_json:
+            return '{"answer": "cut sh'
+        return json.dumps(structured.example_for(schema, f"{provider}:{prompt}"))
+    return f"fake {provider} answer to: {prompt[:60]}"
+
+
+def reply_body(
+    provider: str,
+    r: Reply,
+    model: str,
+    prompt: str,
+    n: int,
+    schema: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body ``provider`` sends for a successful reply ``r`` (``schema``: a structured
+    request's schema, from :func:`schema_of`)."""
+    text = _text(provider, r, prompt, schema)
     tokens_in = len(prompt.split()) + r.cached_tokens if r.input_tokens is None else r.input_tokens
     tokens_out = len(text.split()) if r.output_tokens is None else r.output_tokens
     usage = (tokens_in, tokens_out, r.cached_tokens, r.reasoning_tokens)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
@@ -34,6 +34,7 @@ from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
 from nyxnb.engine.durable.rows import ItemRow, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
+from nyxnb.providers import structured
 from nyxnb.providers.base import STOP_END, CompletionRequest
 from nyxnb.providers.batch_base import SUCCEEDED, BatchApi, BatchItemResult
 from nyxnb.providers.endpoints import workflow_endpoints
@@ -68,7 +69,7 @@ class BatchRun:
         runner: RunContext,
         step: StepRow,
         rows: list[ItemRow],
-        requests: list[CompletionRequest],
+        requests: Sequence[CompletionRequest],
         on_item: OnItem,
     ) -> None:
         self.runner, self.step, self.on_item = runner, step, on_item
@@ -80,6 +81,8 @@ class BatchRun:
             for cid, r in self.rows.items()
         }
         self.done = {r.idx for r in rows if r.status == COMPLETED}
+        #: the step's output_schema: every batch answer is validated like a live one
+        self.step_schema = next((r.output_schema for r in requests), None)
         self.failed: set[int] = set()
         self.skip: set[str] = set()  # providers whose batch could not be created this run
         self.sent = records.batch_sent_ids(runner.store, step.id)  # idx -> 'sent' row id
@@ -290,12 +293,20 @@ class BatchRun:
             attempt = attempt_from(
                 name, model, 1, completion, 0.0, batch_id=batch_id, prices_as=prices_as
             )
-            if completion.stop_reason == STOP_END and completion.text.strip():
+            schema = self.step_schema  # a batch answer is validated like a live one
+            invalid = structured.invalid_reason(completion.text, schema) if schema else None
+            if completion.stop_reason == STOP_END and completion.text.strip() and not invalid:
+                if schema:
+                    completion = dataclasses.replace(
+                        completion, text=structured.normalised(completion.text)
+                    )
                 self.done.add(item.idx)
                 chain = ChainResult(completion, [attempt])
                 commits.append(asyncio.ensure_future(self._commit(item, chain, row.id)))
                 return True
-            attempt.outcome, attempt.error_kind = "error", ErrorKind.TRUNCATED
+            attempt.outcome = "error"
+            attempt.error_kind = ErrorKind.INVALID_OUTPUT if invalid else ErrorKind.TRUNCATED
+            attempt.error = invalid
         else:
             attempt = _failed_attempt(name, model, result, batch_id)
         self.failed.add(item.idx)

@@ -32,6 +32,7 @@ from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, ProviderError
+from nyxnb.providers import structured
 from nyxnb.providers.base import (
     REFUSED_KINDS,
     STOP_END,
@@ -248,13 +249,19 @@ def attempt_from(
     )
 
 
-def _rejection(answer: Completion) -> ErrorKind | None:
+def _rejection(answer: Completion, request: CompletionRequest) -> tuple[ErrorKind, str] | None:
+    """(error kind, message) when an answer cannot be accepted, else None."""
+    stop = answer.raw_stop_reason or answer.stop_reason
     if answer.stop_reason == STOP_MAX_TOKENS:
-        return ErrorKind.TRUNCATED
+        return ErrorKind.TRUNCATED, f"answer truncated (stop reason {stop})"
     if answer.stop_reason == STOP_REFUSAL:
-        return ErrorKind.REFUSED
+        return ErrorKind.REFUSED, f"answer refused (stop reason {stop})"
     if not answer.text.strip():
-        return ErrorKind.EMPTY
+        return ErrorKind.EMPTY, f"answer empty (stop reason {stop})"
+    if request.output_schema is not None:
+        reason = structured.invalid_reason(answer.text, request.output_schema)
+        if reason is not None:
+            return ErrorKind.INVALID_OUTPUT, reason
     return None
 
 
@@ -408,13 +415,12 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
     n = len([a for a in call.attempts if a.provider == name]) + 1
     record = _attempt_from(call, model, n, answer, (time.perf_counter() - started) * 1000)
     call.attempts.append(record)
-    kind = _rejection(answer)
-    if kind is None:
-        return answer
+    rejected = _rejection(answer, call.request)
+    if rejected is None:
+        return _accepted(answer, call.request)
+    kind, record.error = rejected
     record.outcome, record.error_kind = "error", kind
-    stop = answer.raw_stop_reason or answer.stop_reason
-    record.error = f"answer {kind} (stop reason {stop})"
-    if kind == ErrorKind.EMPTY:
+    if kind in _RETRIED_ANSWERS:
         call.tries += 1
         if pool.unhealthy(name):
             pool.mark_down(name, ErrorKind.SERVER, "empty answers")
@@ -425,6 +431,15 @@ async def _judge(call: _Call, model: str, answer: Completion, started: float) ->
 
 
 _Outcome = Completion | _Failure | None
+#: Unusable answers asked again of the same provider (bounded by ``max_attempts``) before moving on.
+_RETRIED_ANSWERS = frozenset({ErrorKind.EMPTY, ErrorKind.INVALID_OUTPUT})
+
+
+def _accepted(answer: Completion, request: CompletionRequest) -> Completion:
+    """The answer as stored: a structured answer is kept as its validated JSON, compacted."""
+    if request.output_schema is None:
+        return answer
+    return replace(answer, text=structured.normalised(answer.text))
 
 
 async def complete_with_fallback(

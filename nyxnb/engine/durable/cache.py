@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select
 
+from nyxnb.providers import structured
 from nyxnb.providers.base import STOP_END, Completion, CompletionRequest
 from nyxnb.store.database import insert_ignoring_duplicates
 from nyxnb.store.models import LlmCache, utcnow
@@ -32,6 +33,8 @@ def cache_key(provider: str, model: str, request: CompletionRequest) -> str:
         "temperature": request.temperature,
         **call_knobs(request),
     }
+    if request.output_schema is not None:  # a structured answer is another answer
+        payload["output_schema"] = structured.schema_text(request.output_schema)
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

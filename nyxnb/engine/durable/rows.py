@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from nyxnb.callspec import ReasoningSpec
+from nyxnb.sources import ItemsSource
 from nyxnb.spec import ItemSpec
 from nyxnb.store.models import COMPLETED
 
@@ -25,6 +26,9 @@ class StepConfig:
 
     items: tuple[ItemSpec, ...] | None = None  # fan-out: inline items
     items_from: str | None = None  # fan-out: parse items from this step's output
+    dataset: ItemsSource | None = None  # fan-out: rows materialised into step_items at creation
+    dataset_digest: str | None = None  # fan-out: sha256 of the dataset's rows (a revision's test)
+    output_schema: Mapping[str, Any] | None = None  # the JSON Schema answers must match
     concurrency: int | None = None
     max_tokens: int | None = None
     repository: str | None = None  # pattern-check
@@ -51,6 +55,8 @@ class StepConfig:
         data = dict(data or {})
         items = data.pop("items", None)
         source = data.pop("from", None)
+        if isinstance(data.get("items_from"), Mapping):
+            data["dataset"] = ItemsSource.model_validate(data.pop("items_from"))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if known.get("reasoning") is not None:
             known["reasoning"] = ReasoningSpec.model_validate(known["reasoning"])
@@ -128,6 +134,8 @@ class ItemRow:
     input_hash: str | None
     input: str = ""  # the rendered prompt (a worker helping a fan-out rebuilds the request)
     error: str | None = None
+    key: str | None = None  # a dataset row's key
+    data: Mapping[str, Any] | None = None  # a dataset row's columns
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> ItemRow:

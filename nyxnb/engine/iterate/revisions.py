@@ -82,6 +82,9 @@ def _same_call(new: dict[str, Any], old: dict[str, Any]) -> bool:
 
 
 def _copy_items(conn: Any, old_step_id: str, new_step: dict[str, Any]) -> None:
+    if isinstance((new_step["config"] or {}).get("items_from"), dict):
+        _copy_rows_by_key(conn, old_step_id, new_step["id"])
+        return
     rows = conn.execute(select(ITEMS).where(ITEMS.c.step_id == old_step_id)).mappings().all()
     now = utcnow()
     fresh = [
@@ -100,6 +103,34 @@ def _copy_items(conn: Any, old_step_id: str, new_step: dict[str, Any]) -> None:
     ]
     if fresh:
         conn.execute(insert(ITEMS), fresh)
+
+
+def _copy_rows_by_key(conn: Any, old_step_id: str, new_step_id: str) -> None:
+    """A dataset fan-out: each new row takes the old output of the row with its key.
+
+    The rows were materialised from the new dataset when the revision was created; the runner
+    then re-renders every row, and a row whose content changed no longer matches the input hash
+    it took over, so it alone is called again.  A row the new dataset lacks is not there.
+    """
+    old = ITEMS.alias("old")
+    conn.execute(
+        update(ITEMS)
+        .where(
+            ITEMS.c.step_id == new_step_id,
+            old.c.step_id == old_step_id,
+            old.c.key == ITEMS.c.key,
+            old.c.status == COMPLETED,
+            old.c.output.is_not(None),
+        )
+        .values(
+            status=COMPLETED,
+            output=old.c.output,
+            input=old.c.input,
+            input_hash=old.c.input_hash,
+            provider=old.c.provider,
+            updated_at=utcnow(),
+        )
+    )
 
 
 def _carry_over(
