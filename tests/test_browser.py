@@ -220,6 +220,16 @@ class Page:
         _until("the restarted kernel", lambda: self.kernel_status() == "idle", timeout=60,
                every=0.3)  # fmt: skip
 
+    def visible_texts(self, css: str) -> list[str]:
+        """The text of every displayed element matching ``css``, read at once (no stale ones)."""
+        return list(
+            self.js(
+                "return [...document.querySelectorAll(arguments[0])]"
+                ".filter(e => e.offsetParent !== null).map(e => e.textContent);",
+                css,
+            )
+        )
+
     def shown(self, css: str, widget: Any = None) -> bool:
         """An element of the (last) widget is displayed."""
         found = (widget or self.widgets()[-1]).find_elements("css selector", css)
@@ -324,11 +334,7 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
         page.shot("attached")
     assert len(page.widgets()) == before + 1  # attach(...) as the cell's last line: drawn once
     assert not page.shown(".nyxnb-stale")
-    assert not [
-        e
-        for e in browser.find_elements("css selector", ".nyxnb-progress-static")
-        if e.is_displayed()
-    ]  # fmt: skip - widgets render: their static copies hide
+    assert not page.visible_texts(".nyxnb-progress-static")  # widgets render: copies hide
 
     # reload the page: the first run's widget has no model (its kernel is gone); its static
     # copy shows instead of "Error displaying widget: model not found"
@@ -339,15 +345,14 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     _until("the kernel", lambda: page.kernel_status() == "idle", timeout=90, every=0.3)
 
     def static_copy() -> bool:
-        found = browser.find_elements("css selector", ".nyxnb-progress-static")
-        return any(e.is_displayed() and "completed, 19/19" in e.text for e in found)
+        return any("completed, 19/19" in t for t in page.visible_texts(".nyxnb-progress-static"))
 
     try:
         _until("the static copy", static_copy, timeout=30)
     finally:
         page.shot("reloaded")
-    errors = browser.find_elements("xpath", "//*[contains(text(), 'Error displaying widget')]")
-    assert not [e for e in errors if e.is_displayed()]
+    outputs = page.visible_texts(".jp-OutputArea-output")
+    assert not [t for t in outputs if "Error displaying widget" in t]
 
 
 def test_stop_button_pauses_and_a_restart_mid_run_reads_interrupted(lab, browser, project) -> None:

@@ -79,9 +79,9 @@ class AnthropicBatches(BatchApi):
         try:
             line = MessageBatchIndividualResponse.model_validate_json(raw)
         except ValidationError as exc:
-            cid = _CUSTOM_ID.search(raw)
+            found = _CUSTOM_ID.search(raw)
             why = f"malformed result line: {exc.errors()[0]['msg']}"
-            return BatchItemResult(cid[1] if cid else "", ERRORED, error=why)
+            return BatchItemResult(found[1] if found else "", ERRORED, error=why)
         result, cid = line.result, line.custom_id
         if result.type == "succeeded":
             request = requests.get(cid)

@@ -70,7 +70,9 @@ def _anthropic(body: Mapping[str, Any]) -> list[bytes]:
         delta_type = "thinking_delta" if kind == "thinking" else "text_delta"
         for piece in _pieces(block[kind]):
             delta = {"type": "content_block_delta", "index": index}
-            events.append(_sse(delta | {"delta": {"type": delta_type, kind: piece}}, delta["type"]))
+            events.append(
+                _sse(delta | {"delta": {"type": delta_type, kind: piece}}, "content_block_delta")
+            )
         if kind == "thinking":
             sig = {"type": "signature_delta", "signature": block.get("signature", "")}
             events.append(_sse({"type": "content_block_delta", "index": index, "delta": sig}))

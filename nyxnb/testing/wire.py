@@ -256,6 +256,7 @@ def models_provider(path: str, headers: Mapping[str, str]) -> str | None:
 
 def models_body(provider: str, models: tuple[str, ...]) -> dict[str, Any]:
     """A list-models answer in ``provider``'s wire format."""
+    data: list[dict[str, object]]
     if provider == "anthropic":
         data = [
             {"id": m, "type": "model", "display_name": m, "created_at": "2025-10-01T00:00:00Z"}
