@@ -329,7 +329,7 @@ def test_notebook_01_in_jupyterlab_pause_resume_restart_attach(lab, browser, pro
     page.run_cell(page.cell_index("attach"))
     _until("the attached widget", lambda: len(page.widgets()) > before, timeout=60)
     try:
-        _until("the attached state", lambda: "completed, 19/19 steps" in page.header(), timeout=30)
+        _until("the attached state", lambda: "completed, 19/19 steps" in page.header(), timeout=90)
     finally:
         page.shot("attached")
     assert len(page.widgets()) == before + 1  # attach(...) as the cell's last line: drawn once
