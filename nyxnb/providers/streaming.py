@@ -35,6 +35,7 @@ def is_reasoning_model(model: str) -> bool:
 
 #: Seconds without a first byte before progress names the provider as possibly hung.
 SILENT_NOTICE_S = 5.0
+_now = time.monotonic  # the watch's one clock (events and its timer alike)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,10 @@ class Watch:
     """One streamed answer: its timeouts, and its progress reported to :data:`PROGRESS`.
 
     Use as ``async with watch:`` around the request and the reading of its events, calling
-    :meth:`tick` when the answer starts and on each event (and :meth:`wrote` with its text).  A
-    single timer per call (not one per event) cancels the reading when the provider falls
-    silent too long; leaving the block then raises :class:`StreamCut`.
+    :meth:`wrote` with each event's text, or :meth:`tick` for an event without text.  A single
+    timer per call (not one per event) cancels the reading when the provider falls silent too
+    long; leaving the block then raises :class:`StreamCut`.  An event costs one call and one
+    clock read: the reading loop is the hot path of every streamed answer.
     """
 
     def __init__(self, provider: str, model: str, first_byte_s: float, idle_s: float) -> None:
@@ -98,7 +100,7 @@ class Watch:
     async def __aenter__(self) -> Watch:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        self._last = self._loop.time()
+        self._last = _now()
         self._arm(self._last + min(self.first_byte_s, SILENT_NOTICE_S))
         return self
 
@@ -113,23 +115,21 @@ class Watch:
 
     def tick(self) -> None:
         """The provider sent something: the silence starts again."""
-        assert self._loop is not None
-        self._last = self._loop.time()
+        self._last = _now()
         self._first = False
 
     def opened(self) -> None:
         """The answer's headers came: its first event gets ``first_byte_s`` again."""
-        assert self._loop is not None
-        self._last = self._loop.time()
+        self._last = _now()
 
     def _arm(self, at: float) -> None:
         assert self._loop is not None
-        self._timer = self._loop.call_at(at, self._check)
+        self._timer = self._loop.call_later(max(at - _now(), 0.0), self._check)
 
     def _check(self) -> None:
         """The timer: cut a silence past its limit, else look again when it could be."""
-        assert self._loop is not None and self._task is not None
-        now = self._loop.time()
+        assert self._task is not None
+        now = _now()
         limit = self.first_byte_s if self._first else self.idle_s
         deadline = self._last + limit
         if now >= deadline:
@@ -143,13 +143,15 @@ class Watch:
         self._arm(min(deadline, notice))
 
     def wrote(self, text: str | None) -> None:
-        """Count generated text (visible or thinking) and report progress about 4 times a second."""
+        """The provider sent text (visible or thinking): the silence starts again (as
+        :meth:`tick`), the text is counted, and progress is reported about 4 times a second."""
+        self._last = now = _now()
+        self._first = False
         if not text:
             return
         self.chars += len(text)
         if self._hook is None:
             return
-        now = time.monotonic()
         if now >= self._next_report:
             self._next_report = now + 0.25
             elapsed = now - self._began
