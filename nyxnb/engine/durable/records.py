@@ -236,15 +236,68 @@ def item_rows(
 
 
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
-    """Commit a batch of completed items with one executemany per table."""
-    _settle(conn, [i for b in batch for i in b.settle])
-    calls = [row for b in batch for row in b.calls]
+    """Commit a batch of completed items with one executemany per table.
+
+    An item's first live ledger row takes the place of its 'sent' row (:func:`_complete_sent`).
+    """
+    completed, calls, settled = _split_sent(batch)
+    _settle(conn, settled)
+    _complete_sent(conn, completed)
     if calls:
         conn.execute(_INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
     items = [b.item.params() for b in batch if b.item is not None]
     if items:
         conn.execute(_COMPLETE_ITEM, items)
+
+
+#: Columns a completed row shares with the 'sent' row it replaces: left out of the update, so
+#: no index of ``llm_calls`` is touched (a delete and an insert rewrote all five of them).
+_SAME_AS_SENT = frozenset({"id", "tenant_id", "workflow_id", "step_id", "item_idx", "batch_id"})
+
+
+def _split_sent(
+    batch: Sequence[ItemRows],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(rows completing a 'sent' row in place, rows to insert, 'sent' ids to delete)."""
+    completed: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    settled: list[str] = []
+    for b in batch:
+        first = b.calls[0] if b.calls and b.settle else None
+        if first is not None and first["batch_id"] is None:  # a live call's 'sent' row
+            completed.append(_completing(first, b.settle[0]))
+            calls.extend(b.calls[1:])
+            settled.extend(b.settle[1:])
+        else:
+            calls.extend(b.calls)
+            settled.extend(b.settle)
+    return completed, calls, settled
+
+
+def _completing(row: dict[str, Any], sent_id: str) -> dict[str, Any]:
+    # a parameter named like a column would be SET too: the shared columns are left out
+    values = {k: v for k, v in row.items() if k not in _SAME_AS_SENT}
+    values["sent_id"] = sent_id
+    return values
+
+
+_COMPLETE_SENT: dict[tuple[str, ...], Any] = {}
+
+
+def _complete_sent(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Turn 'sent' rows into the attempts that completed them (an update by primary key)."""
+    if not rows:
+        return
+    columns = tuple(k for k in rows[0] if k != "sent_id")
+    statement = _COMPLETE_SENT.get(columns)
+    if statement is None:
+        statement = _COMPLETE_SENT[columns] = (
+            update(CALLS)
+            .where(CALLS.c.id == bindparam("sent_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+    conn.execute(statement, rows)
 
 
 def complete_item(
