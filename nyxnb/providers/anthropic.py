@@ -126,6 +126,7 @@ class _Answer:
         self.thinking: list[str] = []
         self._wrote = watch.wrote
         self._append = self.text.append
+        watch.counted = self.counted
 
     def add(self, event: Any) -> None:
         """Take one stream event."""
@@ -149,6 +150,16 @@ class _Answer:
             self.stop = event.delta.stop_reason or self.stop
             self.output_tokens = event.usage.output_tokens or self.output_tokens
             self.late_usage = event.usage
+
+    def counted(self) -> tuple[int | None, int | None]:
+        """Input tokens once ``message_start`` came (cache reads and writes included); output
+        tokens once ``message_delta`` did (its count is cumulative; the start's is not)."""
+        usage = self.started.usage if self.started is not None else None
+        if usage is None:
+            return None, None
+        fed = [usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens]
+        out = self.late_usage.output_tokens if self.late_usage is not None else None
+        return sum(n or 0 for n in fed), out
 
     def completion(self, model: str, provider: str, rate: RateInfo | None = None) -> Completion:
         if self.started is None:

@@ -223,6 +223,18 @@ class _Answer:
         self.feedback: types.GenerateContentResponsePromptFeedback | None = None
         self.candidates = False
         self.thoughts: list[str] = []  # kept only when the request asked (include_thoughts)
+        watch.counted = self.counted
+
+    def counted(self) -> tuple[int | None, int | None]:
+        """The prompt's count (every chunk's usage has it); the output's once a chunk counts
+        candidates (the last one: earlier chunks leave it out)."""
+        usage = self.usage
+        if usage is None:
+            return None, None
+        out = usage.candidates_token_count
+        return usage.prompt_token_count, None if out is None else out + (
+            usage.thoughts_token_count or 0
+        )
 
     def add(self, chunk: types.GenerateContentResponse) -> None:
         self.last = chunk

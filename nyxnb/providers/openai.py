@@ -114,6 +114,12 @@ class _Answer:
         self.usage: Any = None
         self.thinking: list[str] = []  # reasoning_content of OpenAI-compatible servers
         self.tier: str | None = None  # the service tier OpenAI says it served
+        watch.counted = self.counted
+
+    def counted(self) -> tuple[int | None, int | None]:
+        """Both counts once the last chunk's usage came (none before it)."""
+        usage = self.usage
+        return (None, None) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
 
     def add(self, chunk: Any) -> None:
         self.first = self.first or chunk

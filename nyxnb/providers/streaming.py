@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from nyxnb.errors import PartialUsage
+
 #: Seconds to wait for the first byte of an answer from a model that thinks first.
 REASONING_FIRST_BYTE_S = 180.0
 #: Seconds an answer may fall silent between two chunks.
@@ -65,12 +67,24 @@ PROGRESS: ContextVar[ProgressHook | None] = ContextVar("nyxnb_stream_progress", 
 
 
 class StreamCut(Exception):  # noqa: N818 - translated to a ProviderError by the provider
-    """The provider sent nothing for ``seconds``: before its first byte (hung) or mid-answer."""
+    """The provider sent nothing for ``seconds``: before its first byte (hung) or mid-answer.
 
-    def __init__(self, hung: bool, seconds: float, tokens: int = 0) -> None:
-        self.hung, self.seconds, self.tokens = hung, seconds, tokens
+    ``usage``: a mid-answer cut's tokens, as counted by the provider so far or estimated.
+    """
+
+    def __init__(
+        self, hung: bool, seconds: float, tokens: int = 0, usage: PartialUsage | None = None
+    ) -> None:
+        self.hung, self.seconds, self.tokens, self.usage = hung, seconds, tokens, usage
         what = "no answer at all" if hung else f"the answer stalled after ~{tokens} tokens"
-        super().__init__(f"{what} within {seconds:g} s; the call was cut (it may be billed)")
+        billed = f": {usage.describe()}" if usage is not None else ""
+        super().__init__(
+            f"{what} within {seconds:g} s; the call was cut (it may be billed{billed})"
+        )
+
+
+#: The input and output tokens a provider has counted so far in its stream (None: not yet).
+Counted = Callable[[], tuple[int | None, int | None]]
 
 
 class Watch:
@@ -96,6 +110,8 @@ class Watch:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: set by the provider's accumulator: what the stream counted so far (for a cut)
+        self.counted: Counted | None = None
 
     async def __aenter__(self) -> Watch:
         self._loop = asyncio.get_running_loop()
@@ -111,7 +127,16 @@ class Watch:
             if self._task.uncancel() > 0:
                 return  # cancelled from outside as well: let that cancellation through
             limit = self.first_byte_s if self._first else self.idle_s
-            raise StreamCut(self._first, limit, self.chars // 4)
+            usage = None if self._first else self.partial()
+            raise StreamCut(self._first, limit, self.chars // 4, usage)
+
+    def partial(self) -> PartialUsage:
+        """The tokens used so far: the provider's counts where its stream carried them, else
+        (output) the text received at 4 characters a token."""
+        counted_in, counted_out = self.counted() if self.counted is not None else (None, None)
+        if counted_out is None:
+            return PartialUsage(counted_in, self.chars // 4, False)
+        return PartialUsage(counted_in, counted_out, True)
 
     def tick(self) -> None:
         """The provider sent something: the silence starts again."""
