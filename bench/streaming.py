@@ -35,17 +35,23 @@ TEXT = " ".join(f"w{i}" for i in range(WORDS))
 
 
 @contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block, then the environment as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@contextmanager
 def _fake() -> Iterator[Any]:
     from nyxnb.testing import FakeProviderServer
 
-    with FakeProviderServer() as srv:
-        saved = {k: os.environ.get(k) for k in srv.env()}
-        os.environ.update(srv.env())
-        try:
-            yield srv
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with FakeProviderServer() as srv, _environ(srv.env()):
+        yield srv
 
 
 @contextmanager
@@ -57,14 +63,10 @@ def _fake_process(chunk_ms: float) -> Iterator[None]:
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=root
     )
     assert child.stdout is not None and child.stdin is not None
-    env = json.loads(child.stdout.readline())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield
+        with _environ(json.loads(child.stdout.readline())):
+            yield
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         child.stdin.close()
         child.wait(30)
 
