@@ -16,7 +16,7 @@ from nyxnb.engine.durable.records import (
     CALLS,
     INSERT_CALLS,
     ITEMS,
-    record_attempts,
+    record_failure,
     settle_sent,
     step_attempt_rows,
 )
@@ -150,14 +150,8 @@ def fail_item(
     sent_id: str | None = None,
 ) -> None:
     """Mark one fan-out item failed and record its attempts."""
-    with store.begin() as conn:
-        settle_sent(conn, [sent_id] if sent_id else [])
-        record_attempts(conn, step, attempts, idx)
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.step_id == step.id, ITEMS.c.idx == idx)
-            .values(status=FAILED, error=error, updated_at=utcnow())
-        )
+    failed = update(ITEMS).where(ITEMS.c.step_id == step.id, ITEMS.c.idx == idx)
+    record_failure(store, step, failed, error, attempts, idx, sent_id)
 
 
 def sync_items(

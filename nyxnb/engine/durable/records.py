@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, delete, insert, select, update
 
 from nyxnb.engine.durable import cache
 from nyxnb.engine.durable.rows import StepRow
@@ -184,14 +184,25 @@ def fail_step(
     sent_id: str | None = None,
 ) -> None:
     """Mark a step failed (and record the attempts that failed)."""
+    failed = update(STEPS).where(STEPS.c.id == step.id)
+    record_failure(store, step, failed, error, attempts, item_idx, sent_id)
+
+
+def record_failure(
+    store: Database,
+    step: StepRow,
+    failed: Update,
+    error: str,
+    attempts: Sequence[Attempt],
+    item_idx: int | None,
+    sent_id: str | None,
+) -> None:
+    """One transaction: settle the call's 'sent' row, record its attempts, and mark the row
+    ``failed`` selects (a step or an item) failed with ``error``."""
     with store.begin() as conn:
         settle_sent(conn, [sent_id] if sent_id else [])
         record_attempts(conn, step, attempts, item_idx)
-        conn.execute(
-            update(STEPS)
-            .where(STEPS.c.id == step.id)
-            .values(_stamp({"status": FAILED, "error": error}))
-        )
+        conn.execute(failed.values(_stamp({"status": FAILED, "error": error})))
 
 
 def load_steps(store: Database, workflow_id: str) -> list[StepRow]:
