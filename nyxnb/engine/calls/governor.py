@@ -225,6 +225,9 @@ class Governor:
             self._slot_waiters -= 1
 
     async def _give_slot(self) -> None:
+        if self._slot_waiters == 0:  # nobody to wake: no lock to take (one loop, no race)
+            self.in_flight -= 1
+            return
         async with self._slot:
             self.in_flight -= 1
             self._slot.notify_all()
