@@ -122,3 +122,18 @@ def test_a_pause_while_waiting_at_the_gate_stops_the_wait_and_leaves_no_ticket_o
 
 async def _never_called() -> None:
     raise AssertionError("the gate let a request through while held")
+
+
+def test_a_closed_loops_gates_are_dropped() -> None:
+    from nyxnb.engine.batch import gate
+
+    provider = create_provider("anthropic")
+
+    async def look() -> asyncio.AbstractEventLoop:
+        gate_of(provider)
+        return asyncio.get_running_loop()
+
+    first = asyncio.run(look())
+    assert first in gate._GATES
+    asyncio.run(look())
+    assert first not in gate._GATES  # dropped once closed, not kept for the process's life

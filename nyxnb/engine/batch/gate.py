@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -39,9 +38,9 @@ _BASE_URL_VARS = {
     "openai": "OPENAI_BASE_URL",
     "google": "GOOGLE_GEMINI_BASE_URL",
 }
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Governor]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Gates per event loop (a gate's asyncio parts belong to one loop); a closed loop's are dropped
+#: on the next look-up (a weak key would not do: the gates hold their loop).
+_GATES: dict[asyncio.AbstractEventLoop, dict[tuple[str, str], Governor]] = {}
 
 
 def gate_of(provider: Provider) -> Governor:
@@ -49,6 +48,8 @@ def gate_of(provider: Provider) -> Governor:
     endpoint = provider.endpoint
     url = endpoint.spec.base_url if endpoint is not None else None
     url = url or os.environ.get(_BASE_URL_VARS.get(type(provider).name, ""), "")
+    for closed in [loop for loop in _GATES if loop.is_closed()]:
+        del _GATES[closed]
     gates = _GATES.setdefault(asyncio.get_running_loop(), {})
     key = (provider.name, url or "")
     if key not in gates:
