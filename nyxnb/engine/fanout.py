@@ -158,6 +158,7 @@ class _FanOut:
         watcher = asyncio.create_task(self._watch_pause())
         try:
             await asyncio.gather(*workers)
+            self.runner.writer.hurry()  # no call is left to add to the last group commit
             for outcome in await asyncio.gather(*self._commits, return_exceptions=True):
                 if isinstance(outcome, BaseException) and not isinstance(outcome, ClaimLost):
                     raise outcome

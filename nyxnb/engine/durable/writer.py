@@ -72,6 +72,13 @@ class GroupWriter:
             self._timer = loop.call_later(COALESCE_S, self._flush)
         return done
 
+    def hurry(self) -> None:
+        """Commit what waits at the end of this loop turn: nothing more is coming to join it
+        (the fan-out's last calls have ended), so the window would only be waited out."""
+        if self._batch and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def close(self) -> None:
         """Flush anything still waiting (no more retries) and give the connection back."""
         self._retry_until = 0.0
