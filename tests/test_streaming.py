@@ -97,6 +97,27 @@ def test_a_cut_call_carries_the_providers_counts_and_estimates_only_the_rest(fak
     assert partial.describe() in caught.value.message  # the ledger row's error says it
 
 
+def test_a_cut_calls_ledger_row_carries_its_tokens_and_cost(seeded, fake):
+    """A cut call is billed by the provider: its ledger row said 0 tokens and $0."""
+    fake.script("anthropic", reply(LONG, input_tokens=30, output_tokens=40, stall_s=3))
+    options = {"anthropic": {"timeout_s": 2.0, "idle_s": 0.3}}
+    result = nyxnb.run(
+        spec(1, ("anthropic", "openai")),
+        tenant="nyx",
+        project="BRbase",
+        store=seeded,
+        retry=FAST,
+        provider_options=options,
+    )
+    assert result.ok, result.error
+    with seeded.session() as s:
+        cut = s.scalars(select(LlmCall).where(LlmCall.provider == "anthropic")).one()
+    assert cut.error_kind == "timeout"
+    assert cut.input_tokens == 30  # Anthropic's message_start counted it before the cut
+    assert cut.output_tokens < 40  # what came before the stall (estimated), if anything
+    assert cut.cost_usd > 0
+
+
 def test_a_cut_after_the_last_count_keeps_the_providers_output_count() -> None:
     watch = streaming.Watch("anthropic", "m", 1.0, 1.0)
     watch.chars = 400  # ~100 tokens by the estimate
