@@ -26,11 +26,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from nyxnb.engine.calls.budget import SharedBudget
-from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
+from nyxnb.engine.calls.governor import (
+    Governor,
+    Governors,
+    Limits,
+    Ticket,
+    WaitTooLong,
+    too_long_message,
+)
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, PartialUsage, ProviderError
 from nyxnb.providers import structured
@@ -352,33 +358,15 @@ async def _tries(call: _Call) -> Completion | _Failure:
                 pool.retry.max_wait_s - call.waited_s,
             )
         except WaitTooLong as exc:
-            return _Failure(ErrorKind.RATE_LIMITED, _too_long(pool.retry.max_wait_s, exc.hold_s))
+            return _Failure(
+                ErrorKind.RATE_LIMITED, too_long_message(pool.retry.max_wait_s, exc.hold_s)
+            )
         call.waited_s += ticket.waited_s
         if ticket.waited_s >= 1.0:
             call.report(gov, ticket.waited_s)
         outcome = await _attempt(call, gov, ticket, model)
         if outcome is not None:
             return outcome
-
-
-def _too_long(max_wait_s: float, hold_s: float) -> str:
-    """Why a rate-limited item falls back, and when the provider said its limit resets."""
-    if hold_s <= 0:
-        return f"still rate limited after waiting {max_wait_s:g} s (max_wait_s)"
-    at = datetime.now(UTC) + timedelta(seconds=hold_s)
-    return (
-        f"rate limited: the limit resets in {_human(hold_s)} (at {at:%Y-%m-%d %H:%M:%S} UTC), "
-        f"past max_wait_s ({max_wait_s:g} s)"
-    )
-
-
-def _human(seconds: float) -> str:
-    """``7m12s``, ``3h5m``, ``8.6s``."""
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes}m" if hours else f"{minutes}m{secs}s"
 
 
 async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _Outcome:
@@ -394,7 +382,7 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
             await gov.throttled(ticket, exc.rate, exc.retry_after)
             call.report(gov, gov.held_for())
             if gov.held_for() > pool.retry.max_wait_s - call.waited_s:  # a quota hours away
-                too_long = _too_long(pool.retry.max_wait_s, gov.held_for())
+                too_long = too_long_message(pool.retry.max_wait_s, gov.held_for())
                 return _Failure(ErrorKind.RATE_LIMITED, too_long)
             return None  # waiting is not an attempt: no retry is used up
         await gov.failed(ticket)

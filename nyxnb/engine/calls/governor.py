@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from nyxnb.engine.calls.bucket import Bucket
 from nyxnb.engine.calls.budget import SharedBudget
@@ -417,3 +418,24 @@ class Governors:
             return False
         self._reported[key] = now
         return True
+
+
+def too_long_message(max_wait_s: float, hold_s: float) -> str:
+    """Why a rate-limited item falls back, and when the provider said its limit resets."""
+    if hold_s <= 0:
+        return f"still rate limited after waiting {max_wait_s:g} s (max_wait_s)"
+    at = datetime.now(UTC) + timedelta(seconds=hold_s)
+    return (
+        f"rate limited: the limit resets in {human_duration(hold_s)} "
+        f"(at {at:%Y-%m-%d %H:%M:%S} UTC), "
+        f"past max_wait_s ({max_wait_s:g} s)"
+    )
+
+
+def human_duration(seconds: float) -> str:
+    """``7m12s``, ``3h5m``, ``8.6s``."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m" if hours else f"{minutes}m{secs}s"

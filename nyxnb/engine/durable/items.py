@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, literal, select, update
 
 from nyxnb.engine.durable import cache
 from nyxnb.engine.durable.records import (
@@ -27,23 +27,18 @@ from nyxnb.store.database import Database
 from nyxnb.store.models import FAILED, PENDING, new_id, utcnow
 
 # Built once: the per-item commit is the engine's hot path.
-# Built once: the per-item commit is the engine's hot path.
-_COMPLETE_ITEM = (
-    update(ITEMS)
-    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
-    .values(
-        status=bindparam("status"),
-        output=bindparam("output"),
-        error=bindparam("error"),
-        provider=bindparam("provider"),
-        updated_at=bindparam("updated_at"),
-    )
-)
+#: One item, by its step and index (``b_step``, ``b_idx``).
+THE_ITEM = and_(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
+#: What a completed item's row is set to (the parameters of :meth:`ItemUpdate.params`).
+COMPLETED_VALUES: dict[str, Any] = {
+    name: bindparam(name) for name in ("status", "output", "error", "provider", "updated_at")
+}
+_COMPLETE_ITEM = update(ITEMS).where(THE_ITEM).values(COMPLETED_VALUES)
 _INSERT_ITEMS = insert(ITEMS)
 #: An item whose input changed (or that failed) goes back to pending with its new input.
 _RESET_ITEM = (
     update(ITEMS)
-    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
+    .where(THE_ITEM)
     .values(
         heading=bindparam("heading"),
         input=bindparam("input"),

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.durable.items import write_items
+from nyxnb.engine.durable.items import COMPLETED_VALUES, THE_ITEM, write_items
 from nyxnb.engine.durable.records import ITEMS
 from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate
 from nyxnb.errors import ClaimLost, ConfigError
@@ -186,19 +186,14 @@ def step_progress(store: Database, step_id: str) -> StepProgress:
 _FENCED_COMPLETE = (
     update(ITEMS)
     .where(
-        ITEMS.c.step_id == bindparam("b_step"),
-        ITEMS.c.idx == bindparam("b_idx"),
+        THE_ITEM,
         ITEMS.c.claimed_by == bindparam("b_owner"),
         ITEMS.c.claim_generation == bindparam("b_gen"),
         ITEMS.c.claim_expires_at >= bindparam("b_now"),
         ITEMS.c.status == RUNNING,
     )
     .values(
-        status=bindparam("status"),
-        output=bindparam("output"),
-        error=bindparam("error"),
-        provider=bindparam("provider"),
-        updated_at=bindparam("updated_at"),
+        **COMPLETED_VALUES,
         claim_expires_at=None,  # claimed_by stays: who committed the item (`nyxnb show`)
     )
 )
