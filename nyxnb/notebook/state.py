@@ -264,7 +264,7 @@ class ProgressState:
         elif isinstance(e, ev.StepFailed):
             row.status = FAILED
         elif isinstance(e, ev.ProviderFallback):
-            item = f" item {e.item_index + 1}" if e.item_index is not None else ""
+            item = f" item {e.item_index}" if e.item_index is not None else ""
             to = e.to_provider or "none left"
             self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider

@@ -209,10 +209,16 @@ class WorkflowProgress:
         """
         st = store if isinstance(store, Store) else open_store(store)
         workflow_id = workflow_id or latest_workflow(st, tenant=tenant, project=project)
-        progress = cls(store=st, tenant=tenant, **kw)
+        show = kw.pop("display", True)
+        progress = cls(store=st, tenant=tenant, display=False, **kw)
         progress.state.workflow_id = workflow_id
         _VIEWS.setdefault(workflow_id, weakref.WeakSet()).add(progress)
         progress.refresh()
+        if show and progress._view is not None:
+            # drawn from the store before it is shown: the widget's first state (its comm_open
+            # messages) and the saved form are the truth, not a placeholder that later update
+            # messages must correct; right after a kernel restart the frontend lost those
+            progress._show()
         if progress.state.status in ACTIVE:
             progress._poller = threading.Thread(target=progress._poll, args=(poll_s,), daemon=True)
             progress._poller.start()
