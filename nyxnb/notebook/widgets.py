@@ -45,7 +45,7 @@ from nyxnb.notebook.inspect import answered, latest_workflow, reader, step_conte
 from nyxnb.notebook.kernel import execution_count, live_frontend
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.state import ACTIVE, ProgressState, StepRow
-from nyxnb.notebook.view import WidgetView, static_html
+from nyxnb.notebook.view import WidgetView, display_bundle, static_html
 from nyxnb.reports.summary import INTERRUPTED, workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import PAUSED, PENDING, RUNNING
@@ -457,11 +457,7 @@ class WorkflowProgress:
 
     def _bundle(self) -> dict[str, Any]:
         """The widget's output: the view, and the table as text where widgets do not render."""
-        data: dict[str, Any] = {"text/plain": self.state.table()}
-        if self._view is not None:
-            view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
-            data["application/vnd.jupyter.widget-view+json"] = view
-        return data
+        return display_bundle(self.state, self._view)
 
     def _static_bundle(self) -> dict[str, Any]:
         """A second output, the static copy: hidden while the widget renders (live, or dead
