@@ -409,10 +409,16 @@ def test_stop_button_pauses_and_a_restart_mid_run_reads_interrupted(lab, browser
     assert page.status() == "running"  # the stored status stays; no view may say so
     _until("the stale widget's note", lambda: page.shown(".nyxnb-stale"), timeout=20)
     before = len(page.widgets())
-    page.run_cell(page.cell_index("attach"))
-    _until("the attached widget", lambda: len(page.widgets()) > before, timeout=60)
+    attach = page.cell_index("attach")
+    page.run_cell(attach)
+    _until("the attach cell to finish", lambda: page.finished(attach), timeout=60)
+    # its runner (the old kernel) is a gone process of this host: dead at once, no waiting
+    # for the lease to expire; the attached view goes out saying so
+    saved = [o["data"] for o in page.outputs(attach) if "data" in o]
+    assert "interrupted: no runner since" in saved[0]["text/plain"], saved
     try:
-        _until("interrupted", lambda: "interrupted: no runner since" in page.header(), timeout=60)
+        _until("the attached widget", lambda: len(page.widgets()) > before, timeout=20)
+        _until("interrupted", lambda: "interrupted: no runner since" in page.header(), timeout=10)
     finally:
         page.shot("dead-run")
     assert "running" not in page.header().splitlines()[0]
