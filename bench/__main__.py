@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only fanout,growth,...,ratelimit,bare429,streaming]`.
+"""`python -m bench [--quick] [--only fanout,growth,...,bare429,streaming,datasets]`.
 
 Prints a table of medians (min-max) with ratios against the physical limit and the peers, and
 writes everything to bench/results/latest.json.
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="Smaller sizes, 3 repeats.")
     parser.add_argument(
         "--only",
-        default="fanout,growth,resume,cache,import,memory,migrate,ratelimit,bare429,streaming",
+        default="fanout,growth,resume,cache,import,memory,migrate,ratelimit,bare429,streaming,"
+        "datasets",
     )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
@@ -145,6 +146,11 @@ def _extras(only: set[str], quick: bool, repeats: int, out: dict[str, Any]) -> l
         lines += report_bare(bare)
     if "streaming" in only:
         lines += _streaming(quick, out)
+    if "datasets" in only:  # 100,000 rows, interleaved with the same items typed, median of 3
+        from bench import datasets
+
+        out["datasets"] = result = datasets.run(10_000 if quick else 100_000, 1 if quick else 3)
+        lines += ["", *datasets.report(result)]
     return lines
 
 

@@ -25,7 +25,7 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
     Flat means O(1) per item: committing item k never rewrites the k-1 before it.
     """
     import nyxnb
-    from nyxnb.engine.durable import records
+    from nyxnb.engine.durable import items, records
     from nyxnb.engine.outcomes import Attempt, ChainResult
     from nyxnb.providers.base import Completion
 
@@ -33,7 +33,7 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
         store = _fresh_store(Path(tmp))
         workflow_id = nyxnb.create_workflow(store, _spec(n), tenant="nyx", project="BRbase")
         step = records.load_steps(store, workflow_id)[0]
-        records.sync_items(
+        items.sync_items(
             store, step, [(f"item {i}", f"Design item {i}", f"h{i}") for i in range(n)]
         )
         _checkpoint(store)
@@ -45,7 +45,7 @@ def commit_growth(n: int = 10_000) -> dict[str, Any]:
                 answer, [Attempt("offline", "offline-1", 1, "ok", None, None, 12, 40)]
             )
             started = time.perf_counter()
-            records.complete_item(store, step, i, answer.text, result)
+            items.complete_item(store, step, i, answer.text, result)
             timings.append(time.perf_counter() - started)
         _checkpoint(store)
         grown = _db_bytes(store) - before

@@ -33,7 +33,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, text
 
-from nyxnb.engine.durable.records import load_steps, sync_items
+from nyxnb.engine.durable.items import sync_items
+from nyxnb.engine.durable.records import load_steps
 from nyxnb.engine.runner import Runner
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import ItemClaimer

@@ -49,7 +49,8 @@ def claimed_fan_out_step(store: Store, spec_path: str, n: int) -> Any:
     """Seed, queue the fan-out spec at ``spec_path`` and write its ``n`` pending item rows:
     the step a worker's item claims work on (for claim and fencing tests)."""
     import nyxnb
-    from nyxnb.engine.durable.records import load_steps, sync_items
+    from nyxnb.engine.durable.items import sync_items
+    from nyxnb.engine.durable.records import load_steps
     from nyxnb.store.seed import seed
 
     seed(store)

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import exists, func, insert, select, text, update
 
 import nyxnb
-from nyxnb.engine.durable import records
+from nyxnb.engine.durable import items, records
+from nyxnb.engine.durable.rows import ItemRows
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import CrossTenantWrite
 from nyxnb.providers.base import Completion
@@ -109,13 +110,13 @@ def test_the_engines_item_commit_refuses_a_step_of_another_tenant(
     answer = Completion("done", "end", 1, 1, "offline-echo", "offline")
     result = ChainResult(answer, [attempt])
     items_before = _count(store, StepItem)
-    rows = records.item_rows(step, 0, "done", result)
-    sent = records.ItemRows([records.sent_row(step, 1, "offline", "m", 0.01)], None, None)
+    rows = items.item_rows(step, 0, "done", result)
+    sent = ItemRows([records.sent_row(step, 1, "offline", "m", 0.01)], None, None)
     for batch in ([rows], [sent]):
         with pytest.raises(CrossTenantWrite, match="llm_calls"), store.begin() as conn:
-            records.write_items(conn, batch)
+            items.write_items(conn, batch)
     with pytest.raises(CrossTenantWrite, match="step_items"):
-        records.sync_items(store, step, [("h", "in", "x" * 64)] * 3)
+        items.sync_items(store, step, [("h", "in", "x" * 64)] * 3)
     assert _count(store, StepItem) == items_before  # nothing of it was written
 
 

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 import nyxnb
-from nyxnb.engine.durable.records import item_rows, load_items, load_steps
+from nyxnb.engine.durable.items import item_rows, load_items
+from nyxnb.engine.durable.records import load_steps
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import ItemClaimer
 from nyxnb.errors import ClaimLost

@@ -16,7 +16,8 @@ from sqlalchemy import func, or_, select, update
 
 import nyxnb
 from nyxnb.cli.main import cli
-from nyxnb.engine.durable.records import item_rows, load_steps
+from nyxnb.engine.durable.items import item_rows
+from nyxnb.engine.durable.records import load_steps
 from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store import open_store
@@ -225,7 +226,7 @@ def test_a_worker_woken_after_its_claims_expired_calls_none_of_them(store, tmp_p
     had claimed, so it called them again.  It now asks the store first and drops them."""
     import asyncio
 
-    from nyxnb.engine.durable.records import load_items
+    from nyxnb.engine.durable.items import load_items
     from nyxnb.engine.outcomes import ChainResult
     from nyxnb.providers.base import Completion
 
@@ -278,7 +279,7 @@ def test_an_item_in_flight_whose_claim_came_back_is_not_called_twice(store, tmp_
     rows).  The new claim now only serves the call already in flight."""
     import asyncio
 
-    from nyxnb.engine.durable.records import load_items
+    from nyxnb.engine.durable.items import load_items
 
     step = claimed_fan_out_step(store, _spec(tmp_path, 5), 5)
     claimer = ItemClaimer(store, "busy:1:a", ttl_s=1.0)

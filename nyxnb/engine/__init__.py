@@ -17,7 +17,9 @@ Where a behaviour lives (runner, context and fan-out at the top, where a reader 
   the rate budget shared through the store (``calls/budget.py``)
 - ``durable/``: what survives a crash. The one gateway to the database, every write fenced by
   the run's lease and retried over a reconnect (``durable/gateway.py``; no other module of the
-  engine touches a raw engine), the writes (``durable/records.py``), the typed rows read back
+  engine touches a raw engine), the writes of workflows, steps, the ledger and batches
+  (``durable/records.py``), a fan-out's item rows: written, committed in groups (the hot path,
+  one executemany per table), read back (``durable/items.py``), the typed rows read back
   (``durable/rows.py``), group commit (``durable/writer.py``), run leases and the fence
   (``durable/lease.py``), the response cache (``durable/cache.py``)
 - ``batch/``: batch fan-out at half price: submit and ingest (``batch/submit.py``), polling a

@@ -38,6 +38,8 @@ _DONE = object()
 #: On Ctrl-C (or a consumer that stops early) answers already in flight are paid for: wait up
 #: to this long for them to be committed before cancelling what is left.
 STOP_GRACE_S = 5.0
+#: Events reach a sync iterator at most this late (batched: see :class:`_Crossing`).
+CROSSING_S = 0.02
 
 
 @dataclass
@@ -128,34 +130,71 @@ async def job_events(job: Job) -> AsyncIterator[ev.Event]:
 
 
 def job_events_sync(job: Job) -> Iterator[ev.Event]:
-    """Execute a job on the background loop; events cross threads through a plain queue."""
-    sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    """Execute a job on the background loop; events cross threads in batches (`_Crossing`)."""
     loop = _LoopThread.loop()
-    runner = job.runner(sink.put)
-    future = asyncio.run_coroutine_threadsafe(_drive(runner, sink.put), loop)
+    crossing = _Crossing(loop)
+    runner = job.runner(crossing.put)
+    future = asyncio.run_coroutine_threadsafe(_drive(runner, crossing.put), loop)
     finished = False
     try:
-        while (item := sink.get()) is not _DONE:
+        for item in crossing.received(None):
+            if item is _DONE:
+                break
             yield item
         finished = True
         future.result()
     finally:
         if not finished:  # consumer stopped early or Ctrl-C: stop the run cooperatively
             loop.call_soon_threadsafe(runner.pause_event.set)
-            if not _drain(sink, time.monotonic() + STOP_GRACE_S):
+            if not _drain(crossing, time.monotonic() + STOP_GRACE_S):
                 future.cancel()  # what is still in flight after the grace period is dropped
-                _drain(sink, None)
+                _drain(crossing, None)
 
 
-def _drain(sink: queue.SimpleQueue[Any], deadline: float | None) -> bool:
+class _Crossing:
+    """Events from the loop's thread to the caller's, a batch per :data:`CROSSING_S` at most.
+
+    One wake-up of the caller's thread per event made the two threads trade the GIL a thousand
+    times in a 1,000-item fan-out (~15% of its time); ``on_event`` callbacks still run on the
+    loop's thread as each event is emitted, so only iterating callers see the batching.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._out: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        self._batch: list[Any] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def put(self, item: Any) -> None:
+        """Queue an event (on the loop's thread); ``_DONE`` sends everything at once."""
+        self._batch.append(item)
+        if item is _DONE:
+            self._send()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(CROSSING_S, self._send)
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        if batch:
+            self._out.put(batch)
+
+    def received(self, deadline: float | None) -> Iterator[Any]:
+        """Events as they arrive (on the caller's thread), until ``deadline`` passes."""
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                batch = self._out.get(timeout=timeout)
+            except queue.Empty:
+                return
+            yield from batch
+
+
+def _drain(crossing: _Crossing, deadline: float | None) -> bool:
     """Discard events until the run ends (True) or ``deadline`` passes (False)."""
-    while True:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            if sink.get(timeout=timeout) is _DONE:
-                return True
-        except queue.Empty:
-            return False
+    return any(item is _DONE for item in crossing.received(deadline))
 
 
 def new_job(

@@ -25,8 +25,8 @@ from nyxnb.engine.calls.governor import Limits
 from nyxnb.engine.durable import cache as response_cache
 from nyxnb.engine.durable import lease, records
 from nyxnb.engine.durable.gateway import Gateway
-from nyxnb.engine.durable.records import write_items
-from nyxnb.engine.durable.rows import StepRow
+from nyxnb.engine.durable.items import write_items
+from nyxnb.engine.durable.rows import ItemRows, StepRow
 from nyxnb.engine.durable.writer import GroupWriter
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.engine.workers.claims import ItemClaimer
@@ -288,15 +288,15 @@ class RunContext:
                 on_fallback=on_fallback,
                 on_rate_limited=on_rate_limited,
             )
-            answer = result.completion
-            telemetry.record(
-                span,
-                provider=answer.provider,
-                model=answer.model,
-                input_tokens=sum(a.input_tokens for a in result.attempts),
-                output_tokens=sum(a.output_tokens for a in result.attempts),
-                attempts=len(result.attempts),
-            )
+            if span is not None:
+                telemetry.record(
+                    span,
+                    provider=result.completion.provider,
+                    model=result.completion.model,
+                    input_tokens=sum(a.input_tokens for a in result.attempts),
+                    output_tokens=sum(a.output_tokens for a in result.attempts),
+                    attempts=len(result.attempts),
+                )
         self.count(result.attempts)
         return result
 
@@ -324,7 +324,7 @@ class RunContext:
         reservation never used (a pause) is taken back with :meth:`take_sent`.
         """
         rows = [self._sent_row(step, request, idx) for idx, request in calls]
-        await self.writer.write(records.ItemRows(rows, None, None), urgent=True)
+        await self.writer.write(ItemRows(rows, None, None), urgent=True)
         for (idx, _), row in zip(calls, rows, strict=True):
             self._sent[(step.id, idx)] = row["id"]
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from nyxnb import events as ev
 from nyxnb.engine.batch.submit import BatchRun, batch_enabled
 from nyxnb.engine.context import RunContext, request_hash
+from nyxnb.engine.durable import items as item_store
 from nyxnb.engine.durable import records
-from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, StepRow
 from nyxnb.engine.generated import parse_items
 from nyxnb.engine.outcomes import ChainResult
 from nyxnb.engine.requests import fan_out_requests
@@ -40,7 +42,7 @@ def _items(runner: RunContext, step: StepRow) -> Iterable[ItemView]:
     if config.dataset is not None:
         return (
             ItemView.row(heading, idx, columns, key)
-            for idx, heading, key, columns in records.iter_dataset_rows(runner.store, step.id)
+            for idx, heading, key, columns in item_store.iter_dataset_rows(runner.store, step.id)
         )
     if config.items is not None:
         return [ItemView(it.heading, it.body, i) for i, it in enumerate(config.items)]
@@ -139,7 +141,9 @@ class _FanOut:
         )
         # Commits in flight only: a finished one leaves (100,000 items never hold 100,000
         # tasks); a commit that failed stays, so its error is raised by run().
-        self._commits: set[asyncio.Task[None]] = set()
+        self._commits: set[asyncio.Future[None]] = set()
+        self._calling: set[asyncio.Task[Any]] = set()  # workers with a call in flight
+        self._cut: set[asyncio.Task[Any]] = set()  # ... that a pause cancelled after its grace
         self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
         self._block: asyncio.Future[None] | None = None  # the next block being reserved
         self._stopped = False
@@ -151,11 +155,15 @@ class _FanOut:
         workers = [
             asyncio.create_task(self._worker()) for _ in range(min(self.limit, len(self._pending)))
         ]
+        watcher = asyncio.create_task(self._watch_pause())
         try:
             await asyncio.gather(*workers)
-            await asyncio.gather(*self._commits)
+            self.runner.writer.hurry()  # no call is left to add to the last group commit
+            for outcome in await asyncio.gather(*self._commits, return_exceptions=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, ClaimLost):
+                    raise outcome
         finally:
-            for task in (*workers, *self._commits):
+            for task in (*workers, *self._commits, watcher):
                 task.cancel()
             if self._block is not None:
                 await asyncio.gather(self._block, return_exceptions=True)
@@ -219,61 +227,71 @@ class _FanOut:
             return
         try:
             with self.runner.store.begin() as conn:
-                records.write_items(conn, [records.ItemRows([], None, None, sent)])
+                item_store.write_items(conn, [ItemRows([], None, None, sent)])
         except Exception:  # noqa: BLE001 - cleanup on the way out: the ledger then over-counts
             pass  # by these estimates, never under (the side 'sent' rows are meant to err on)
 
     async def _item(self, row: ItemRow) -> None:
         idx = row.idx
+        me = asyncio.current_task()
+        assert me is not None  # a worker is a task
+        self._calling.add(me)
         try:
-            result = await self._unless_paused(self.runner.call(self.step, self.requests[idx], idx))
-        except _PausedMidCall:
+            result = await self.runner.call(self.step, self.requests[idx], idx)
+        except asyncio.CancelledError:
+            if me not in self._cut:  # not the pause's doing: a real cancellation
+                raise
+            me.uncancel()
             self._stopped = True  # the item stays pending; resume calls it again
             return
         except ChainExhausted as exc:
             sent = self.runner.take_sent(self.step, idx)
-            records.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
+            item_store.fail_item(self.runner.store, self.step, idx, str(exc), exc.attempts, sent)
             self.failures.append((idx, exc))
             return
-        task = asyncio.create_task(self._commit(row, result))
-        self._commits.add(task)
-        task.add_done_callback(_forget_if_ok(self._commits))
+        finally:
+            self._calling.discard(me)
+        self._commit(row, result)
 
-    async def _unless_paused(self, call: Coroutine[Any, Any, ChainResult]) -> ChainResult:
-        """Await ``call``; on a pause, give it :data:`PAUSE_GRACE_S` to land, then cancel it.
+    async def _watch_pause(self) -> None:
+        """On a pause, give calls in flight :data:`PAUSE_GRACE_S` to land, then cancel them.
 
         So a pause is seen within seconds even while a provider hangs or rate limits hold the
-        item, and answers that arrive within the grace period are still kept.
+        item, and answers that arrive within the grace period are still kept.  (One watcher per
+        fan-out: a task per call to watch for the pause cost two tasks per item.)
         """
-        task = asyncio.ensure_future(call)
-        pause = asyncio.ensure_future(self.runner.pause_event.wait())
-        try:
-            await asyncio.wait({task, pause}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                await asyncio.wait({task}, timeout=PAUSE_GRACE_S)
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise _PausedMidCall()
-            return task.result()
-        finally:
-            pause.cancel()
+        await self.runner.pause_event.wait()
+        self._stopped = True
+        if self._calling:
+            await asyncio.wait(set(self._calling), timeout=PAUSE_GRACE_S)
+        for task in list(self._calling):
+            self._cut.add(task)
+            task.cancel()
 
-    async def _commit(self, row: ItemRow, result: ChainResult) -> None:
-        idx = row.idx
-        try:
-            await self.runner.writer.write(
-                records.item_rows(
-                    self.step,
-                    idx,
-                    result.completion.text,
-                    result,
-                    self.runner.take_sent(self.step, idx),
-                )
-            )
-        except ClaimLost:  # our claim expired and another worker owns the item now
+    def _commit(self, row: ItemRow, result: ChainResult) -> None:
+        """Hand the item's rows to the group writer; its progress is reported once durable."""
+        rows = item_store.item_rows(
+            self.step,
+            row.idx,
+            result.completion.text,
+            result,
+            self.runner.take_sent(self.step, row.idx),
+        )
+        done = self.runner.writer.submit(rows)
+        self._commits.add(done)
+        done.add_done_callback(functools.partial(self._committed, row, result))
+
+    def _committed(self, row: ItemRow, result: ChainResult, done: asyncio.Future[None]) -> None:
+        if done.cancelled():
+            self._commits.discard(done)
             return
-        self.progress(row, result)
+        error = done.exception()
+        if error is None:
+            self._commits.discard(done)
+            self.progress(row, result)
+        elif isinstance(error, ClaimLost):  # our claim expired and another worker owns it now
+            self._commits.discard(done)
+        # any other error stays in _commits: run() raises it
 
     def progress(self, row: ItemRow, result: ChainResult) -> None:
         """Count a committed item and emit its progress event."""
@@ -300,18 +318,6 @@ class _FanOut:
         )
 
 
-def _forget_if_ok(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            tasks.discard(task)
-
-    return done
-
-
-class _PausedMidCall(Exception):  # noqa: N818 - internal signal
-    """A pause cancelled this item's call after the grace period."""
-
-
 def _step_output(items: list[ItemRow]) -> str:
     return "\n\n".join(f"## {i.heading}\n\n{i.output}" for i in items)
 
@@ -332,14 +338,14 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
         StepView(
             step.name,
             step.output,
-            _views(records.load_items(runner.store, step.id), items),
+            _views(item_store.load_items(runner.store, step.id), items),
         )
         if step.status == COMPLETED
         else StepView("")
     )
     if runner.skip_if_done(step, digest, done_view):
         return
-    rows = records.sync_items(runner.store, step, wanted)
+    rows = item_store.sync_items(runner.store, step, wanted)
     del wanted  # (memory: a 100,000-row dataset keeps one copy of each prompt, the request's)
     _check_budget(runner, step, [requests[r.idx] for r in rows if r.status != COMPLETED])
     records.update_step(runner.store, step.id, status=RUNNING, error=None, started_at=utcnow())
@@ -360,7 +366,7 @@ async def run_fan_out(runner: RunContext, step: StepRow) -> None:
     if not finished:
         records.update_step(runner.store, step.id, status=PENDING)
         runner.check_pause()
-    final = records.load_items(runner.store, step.id)
+    final = item_store.load_items(runner.store, step.id)
     output = _step_output(final)
     records.complete_step(runner.store, step, output, digest)
     runner.ctx[step.name] = StepView(step.name, output, _views(final, items))
@@ -382,7 +388,7 @@ def _raise_failures(runner: RunContext, step: StepRow, fan: _FanOut) -> None:
     if not fan.failures and runner.config.claimer is not None:  # items other workers failed
         fan.failures = [
             (r.idx, ChainExhausted([("worker", FAILED, r.error or "")]))
-            for r in records.load_items(runner.store, step.id)
+            for r in item_store.load_items(runner.store, step.id)
             if r.status == FAILED
         ]
     if fan.failures:
@@ -429,7 +435,7 @@ async def help_fan_out(runner: RunContext, step: StepRow) -> int:
     """
     if batch_enabled(runner, step):
         return 0
-    every = records.load_items(runner.store, step.id, full=True)  # all: the shared prefix
+    every = item_store.load_items(runner.store, step.id, full=True)  # all: the shared prefix
     built = fan_out_requests(runner, step, [r.input for r in every])
     requests = {
         row.idx: request

@@ -37,8 +37,10 @@ class FanOutRequests(Sequence[CompletionRequest]):
     """
 
     def __init__(self, runner: RunContext, step: StepRow, prompts: list[str]) -> None:
-        self.runner, self.step, self.prompts = runner, step, prompts
+        self.prompts = prompts
         self.shared_prefix = _shared_prefix(prompts)
+        # every item's request is this one with its own prompt (built once: it is per step)
+        self._base = dataclasses.replace(runner.request(step, ""), shared_prefix=self.shared_prefix)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -52,10 +54,7 @@ class FanOutRequests(Sequence[CompletionRequest]):
     def __getitem__(self, index: int | slice) -> CompletionRequest | list[CompletionRequest]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        request = self.runner.request(self.step, self.prompts[index])
-        if self.shared_prefix:
-            request = dataclasses.replace(request, shared_prefix=self.shared_prefix)
-        return request
+        return self._base.with_prompt(self.prompts[index])
 
 
 def _shared_prefix(prompts: list[str]) -> int:

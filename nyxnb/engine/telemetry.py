@@ -71,6 +71,9 @@ def span(name: str, **attributes: Any) -> Iterator[Any]:
         yield current
 
 
+_NO_SPAN = contextlib.nullcontext(None)
+
+
 def workflow_span(workflow_id: str, name: str, tenant_id: str | None) -> Any:
     """Span of one workflow run."""
     return span(f"workflow {name}", nyxnb__workflow__id=workflow_id, nyxnb__tenant__id=tenant_id)
@@ -90,6 +93,8 @@ def step_span(workflow_id: str, name: str, step_type: str, order: int) -> Any:
 def call_span(workflow_id: str, step: str, chain: list[str], model: str | None,
               item_idx: int | None, prompt: str) -> Any:  # fmt: skip
     """Span of one provider call (the fallback chain); attributes completed by :func:`record`."""
+    if _tracer() is None:  # off: nothing built per call
+        return _NO_SPAN
     first = chain[0].partition(":") if chain else ("", "", "")
     return span(
         f"chat {model or first[2] or first[0]}",

@@ -43,7 +43,7 @@ from sqlalchemy.orm import sessionmaker
 
 from nyxnb.errors import CrossTenantWrite, NotFound, StoreError, StoreUnavailable, redact
 from nyxnb.paths import PACKAGE_ROOT, find_project_root
-from nyxnb.store import models
+from nyxnb.store import checkpoint, models
 from nyxnb.store.schema import upgrade_schema
 from nyxnb.store.tenancy import NyxSession
 
@@ -134,6 +134,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA wal_autocheckpoint = {checkpoint.SAFETY_PAGES}")  # see checkpoint.py
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -185,6 +186,9 @@ class Store:
         self._sessions = sessionmaker(engine, class_=NyxSession, expire_on_commit=False)
         reader = engine.execution_options(**{READ_ONLY: True})
         self._read_sessions = sessionmaker(reader, class_=NyxSession, expire_on_commit=False)
+        self._wal_path = _sqlite_file(engine)  # its log is checkpointed off the event loop
+        if self._wal_path is not None:
+            checkpoint.watch(self._wal_path)
 
     @property
     def dialect(self) -> str:
@@ -285,9 +289,22 @@ class Store:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._wal_path is not None:
+            checkpoint.unwatch(self._wal_path)
+            self._wal_path = None
 
     def __repr__(self) -> str:
         return f"Store({self.url.render_as_string(hide_password=True)!r})"
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The database file of a SQLite store (None: another backend, or in memory)."""
+    name = engine.url.database
+    if engine.dialect.name != "sqlite" or not name or name == ":memory:":
+        return None
+    if name.startswith("file:"):  # a URI filename: left to SQLite's own checkpoints
+        return None
+    return str(Path(name).resolve())
 
 
 def _make_engine(url: str) -> Engine:

@@ -7,7 +7,8 @@ travel across tenants and databases without sequences.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, overload
@@ -57,8 +58,25 @@ NAMING = {
 
 
 def new_id() -> str:
-    """A fresh string UUID primary key."""
-    return str(uuid.uuid4())
+    """A fresh time-ordered UUID string primary key (the version 7 layout of RFC 9562).
+
+    48 bits of Unix milliseconds, then 74 random bits: new rows land together at the end of
+    each primary-key index, so a fan-out's commit touches a few pages, where random (version 4)
+    ids touched a page per row and the cost of a write grew with the table.
+    """
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (rand >> 62 & 0xFFF) << 64
+        | 0b10 << 62
+        | rand & _RAND_B
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_RAND_B = (1 << 62) - 1
 
 
 def utcnow() -> datetime:
@@ -232,9 +250,7 @@ class StepItem(TenantOwned, Base):
         Index("ix_step_items_step_id_key", "step_id", "key"),  # a dataset row across revisions
         CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
     )
-    step_id: Mapped[str] = mapped_column(
-        ForeignKey("workflow_steps.id", ondelete="CASCADE"), index=True
-    )
+    step_id: Mapped[str] = mapped_column(ForeignKey("workflow_steps.id", ondelete="CASCADE"))
     idx: Mapped[int] = mapped_column(Integer)
     heading: Mapped[str] = mapped_column(Text, default="")
     input: Mapped[str] = mapped_column(Text, default="")

@@ -29,9 +29,10 @@ from nyxnb.engine.batch.create import BatchCreate, Created, GaveUp
 from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
 from nyxnb.engine.context import RunContext
+from nyxnb.engine.durable import items as item_store
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
-from nyxnb.engine.durable.rows import ItemRow, StepRow
+from nyxnb.engine.durable.rows import ItemRow, ItemRows, StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.errors import ClaimLost, ErrorKind, MissingKey, ProviderUnavailable
 from nyxnb.providers import structured
@@ -312,7 +313,7 @@ class BatchRun:
         self.failed.add(item.idx)
         rows = records.step_attempt_rows(self.step, [attempt], item.idx)
         settle = self.sent.pop(item.idx, None)
-        rows_of = records.ItemRows(rows, None, None, (settle,) if settle else ())
+        rows_of = ItemRows(rows, None, None, (settle,) if settle else ())
         commits.append(asyncio.ensure_future(self.runner.writer.write(rows_of)))
         return False
 
@@ -326,7 +327,7 @@ class BatchRun:
         sent = self.sent.pop(item.idx, None)
         try:
             await self.runner.writer.write(
-                records.item_rows(self.step, item.idx, text, chain, sent)
+                item_store.item_rows(self.step, item.idx, text, chain, sent)
             )
         except ClaimLost:
             self.done.discard(item.idx)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
@@ -43,7 +44,7 @@ from nyxnb.providers.base import (
     CompletionRequest,
     Provider,
 )
-from nyxnb.providers.endpoints import Table
+from nyxnb.providers.endpoints import Table, split_entry
 from nyxnb.providers.params import served_tier
 from nyxnb.providers.pricing import BY_NAME, price_for
 from nyxnb.providers.registry import create_provider, default_model
@@ -92,10 +93,14 @@ RateHook = Callable[[str, str, float, Limits], None]
 _BREAKER_KINDS = TRANSIENT_KINDS - {"rate_limited"}
 
 
+@lru_cache(maxsize=1024)
 def parse_entry(entry: str) -> tuple[str, str | None]:
-    """Split a chain entry: ``"google:gemini-2.5-pro"`` -> ("google", "gemini-2.5-pro")."""
-    name, _, model = entry.partition(":")
-    return name, model or None
+    """Split a chain entry: ``"google:gemini-2.5-pro"`` -> ("google", "gemini-2.5-pro").
+
+    (:func:`~nyxnb.providers.endpoints.split_entry`, remembered: every call of a run parses
+    its step's chain.)
+    """
+    return split_entry(entry)
 
 
 class ProviderPool:

@@ -111,6 +111,7 @@ class Governor:
         self._slow_start = True
         self.in_flight = 0
         self._slot = asyncio.Condition()
+        self._slot_waiters = 0  # calls awaiting a slot: none may be overtaken by _free()
         self._hold_until = 0.0
         self._last_cut = 0.0
         self._out_tokens = 0.0
@@ -145,6 +146,9 @@ class Governor:
     async def acquire(self, tokens: float, max_wait_s: float) -> Ticket:
         """Wait for a slot, a request and ``tokens``; :class:`WaitTooLong` past ``max_wait_s``."""
         began = time.monotonic()
+        if self._free(began):  # nothing to wait for: no timer, no lock, no await
+            self.in_flight += 1
+            return Ticket(began, 0.0, tokens, False)
         deadline = began + max(max_wait_s, 0.0)
         try:
             async with asyncio.timeout(max(max_wait_s, 0.0)):
@@ -160,6 +164,19 @@ class Governor:
             raise WaitTooLong() from None
         now = time.monotonic()
         return Ticket(now, now - began, tokens, probe)
+
+    def _free(self, now: float) -> bool:
+        """True when a call may start at once: no hold, no budget to draw, a slot nobody awaits."""
+        return (
+            self._hold_until <= now
+            and self._requests is None
+            and self._pace is None
+            and self._tokens is None
+            and (self.shared is None or not (self.rpm or self.tpm))
+            and not self._gate.limited
+            and self._slot_waiters == 0
+            and self.in_flight < max(1, int(self.limit))
+        )
 
     async def _take_budget(self, tokens: float) -> None:
         if self._requests is not None:
@@ -199,11 +216,18 @@ class Governor:
             await self._gate.wait()
 
     async def _take_slot(self) -> None:
-        async with self._slot:
-            await self._slot.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
-            self.in_flight += 1
+        self._slot_waiters += 1
+        try:
+            async with self._slot:
+                await self._slot.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+                self.in_flight += 1
+        finally:
+            self._slot_waiters -= 1
 
     async def _give_slot(self) -> None:
+        if self._slot_waiters == 0:  # nobody to wake: no lock to take (one loop, no race)
+            self.in_flight -= 1
+            return
         async with self._slot:
             self.in_flight -= 1
             self._slot.notify_all()

@@ -96,26 +96,16 @@ def acquire(
 
 def renew(store: Database, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> bool:
     """Extend the lease by ``ttl_s``; False if it was lost."""
-    now = utcnow()
-    with store.session() as s:
-        result = s.execute(
-            update(Workflow)
-            .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
-            .values(lease_expires_at=now + timedelta(seconds=ttl_s))
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    expires = utcnow() + timedelta(seconds=ttl_s)
+    with store.begin() as conn:
+        result = conn.execute(_RENEW, {"wf": workflow_id, "owner": owner, "expires": expires})
+        return bool(result.rowcount)
 
 
 def release(store: Database, workflow_id: str, owner: str) -> None:
     """Give the lease up (no-op if someone else holds it)."""
-    with store.session() as s:
-        s.execute(
-            update(Workflow)
-            .where(and_(Workflow.id == workflow_id, Workflow.lease_owner == owner))
-            .values(lease_owner=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
+    with store.begin() as conn:
+        conn.execute(_RELEASE, {"wf": workflow_id, "owner": owner})
 
 
 _WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
@@ -125,6 +115,12 @@ _FENCE = (
     .where(_WORKFLOWS.c.id == bindparam("workflow_id"))
     .with_for_update(read=True)
 )
+
+
+_HELD_BY = and_(_WORKFLOWS.c.id == bindparam("wf"), _WORKFLOWS.c.lease_owner == bindparam("owner"))
+# renewed every HEARTBEAT_S of every run: built once, on the table
+_RENEW = update(_WORKFLOWS).where(_HELD_BY).values(lease_expires_at=bindparam("expires"))
+_RELEASE = update(_WORKFLOWS).where(_HELD_BY).values(lease_owner=None, lease_expires_at=None)
 
 
 def check_fence(conn: Connection, workflow_id: str, owner: str) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, delete, insert, select, update
 
 from nyxnb.engine.durable import cache
-from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate, StepRow
+from nyxnb.engine.durable.rows import StepRow
 from nyxnb.engine.outcomes import Attempt, ChainResult
 from nyxnb.store.database import Database
 from nyxnb.store.models import (
@@ -37,33 +37,7 @@ CALLS: Table = LlmCall.__table__  # type: ignore[assignment]
 WORKFLOWS: Table = Workflow.__table__  # type: ignore[assignment]
 
 
-# Built once: the per-item commit is the engine's hot path.
-_COMPLETE_ITEM = (
-    update(ITEMS)
-    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
-    .values(
-        status=bindparam("status"),
-        output=bindparam("output"),
-        error=bindparam("error"),
-        provider=bindparam("provider"),
-        updated_at=bindparam("updated_at"),
-    )
-)
-_INSERT_CALLS = insert(CALLS)
-#: An item whose input changed (or that failed) goes back to pending with its new input.
-_RESET_ITEM = (
-    update(ITEMS)
-    .where(ITEMS.c.step_id == bindparam("b_step"), ITEMS.c.idx == bindparam("b_idx"))
-    .values(
-        heading=bindparam("heading"),
-        input=bindparam("input"),
-        input_hash=bindparam("input_hash"),
-        status=PENDING,
-        output=None,
-        error=None,
-        updated_at=bindparam("updated_at"),
-    )
-)
+INSERT_CALLS = insert(CALLS)
 _SETTLE = delete(CALLS).where(CALLS.c.id.in_(bindparam("sent_ids", expanding=True)))
 
 
@@ -102,7 +76,7 @@ def record_attempts(
 ) -> None:
     """Insert one ``llm_calls`` row per attempt made for a step (or one of its items)."""
     if attempts:
-        conn.execute(_INSERT_CALLS, step_attempt_rows(step, attempts, item_idx))
+        conn.execute(INSERT_CALLS, step_attempt_rows(step, attempts, item_idx))
 
 
 def step_attempt_rows(
@@ -135,7 +109,7 @@ def sent_row(
     return step_attempt_rows(step, [attempt], item_idx)[0]
 
 
-def _settle(conn: Connection, sent_ids: Sequence[str]) -> None:
+def settle_sent(conn: Connection, sent_ids: Sequence[str]) -> None:
     if sent_ids:
         conn.execute(_SETTLE, {"sent_ids": list(sent_ids)})
 
@@ -169,7 +143,7 @@ def complete_step(
     if output is None:  # the invariant the original system broke
         raise ValueError("a completed step needs an output")
     with store.begin() as conn:
-        _settle(conn, [sent_id] if sent_id else [])
+        settle_sent(conn, [sent_id] if sent_id else [])
         if result is not None:
             record_attempts(conn, step, result.attempts, None)
             _remember(conn, step, result)
@@ -210,111 +184,25 @@ def fail_step(
     sent_id: str | None = None,
 ) -> None:
     """Mark a step failed (and record the attempts that failed)."""
-    with store.begin() as conn:
-        _settle(conn, [sent_id] if sent_id else [])
-        record_attempts(conn, step, attempts, item_idx)
-        conn.execute(
-            update(STEPS)
-            .where(STEPS.c.id == step.id)
-            .values(_stamp({"status": FAILED, "error": error}))
-        )
+    failed = update(STEPS).where(STEPS.c.id == step.id)
+    record_failure(store, step, failed, error, attempts, item_idx, sent_id)
 
 
-def item_rows(
-    step: StepRow, idx: int, output: str, result: ChainResult, sent_id: str | None = None
-) -> ItemRows:
-    """The rows that commit one fan-out item: its ledger rows, cache entry and item update."""
-    calls = step_attempt_rows(step, result.attempts, idx)
-    key = result.cache_key
-    entry = (
-        cache.answer_row(step.tenant_id, key, result.completion)
-        if key and not result.from_cache
-        else None
-    )
-    item = ItemUpdate(step.id, idx, output, result.provider, utcnow())
-    return ItemRows(calls, entry, item, (sent_id,) if sent_id else ())
-
-
-def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
-    """Commit a batch of completed items with one executemany per table."""
-    _settle(conn, [i for b in batch for i in b.settle])
-    calls = [row for b in batch for row in b.calls]
-    if calls:
-        conn.execute(_INSERT_CALLS, calls)
-    cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
-    items = [b.item.params() for b in batch if b.item is not None]
-    if items:
-        conn.execute(_COMPLETE_ITEM, items)
-
-
-def complete_item(
-    store: Database, step: StepRow, idx: int, output: str, result: ChainResult
-) -> None:
-    """Commit one fan-out item in its own transaction."""
-    with store.begin() as conn:
-        write_items(conn, [item_rows(step, idx, output, result)])
-
-
-def fail_item(
+def record_failure(
     store: Database,
     step: StepRow,
-    idx: int,
+    failed: Update,
     error: str,
     attempts: Sequence[Attempt],
-    sent_id: str | None = None,
+    item_idx: int | None,
+    sent_id: str | None,
 ) -> None:
-    """Mark one fan-out item failed and record its attempts."""
+    """One transaction: settle the call's 'sent' row, record its attempts, and mark the row
+    ``failed`` selects (a step or an item) failed with ``error``."""
     with store.begin() as conn:
-        _settle(conn, [sent_id] if sent_id else [])
-        record_attempts(conn, step, attempts, idx)
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.step_id == step.id, ITEMS.c.idx == idx)
-            .values(status=FAILED, error=error, updated_at=utcnow())
-        )
-
-
-def sync_items(
-    store: Database, step: StepRow, wanted: Sequence[tuple[str, str, str]]
-) -> list[ItemRow]:
-    """Make the step's item rows match ``wanted`` (heading, input, hash) and return them.
-
-    Rows whose input is unchanged keep their status and output: a committed item is never
-    called again.  Changed rows go back to pending; surplus rows are deleted.  Rows are read
-    and written with one statement each way (a 100,000-row dataset is one executemany).
-    """
-    with store.begin() as conn:
-        query = select(ITEMS.c.idx, ITEMS.c.input_hash, ITEMS.c.status)
-        rows = {r[0]: (r[1], r[2]) for r in conn.execute(query.where(ITEMS.c.step_id == step.id))}
-        conn.execute(delete(ITEMS).where(ITEMS.c.step_id == step.id, ITEMS.c.idx >= len(wanted)))
-        now, fresh, changed = utcnow(), [], []
-        for idx, (heading, text, digest) in enumerate(wanted):
-            row = rows.get(idx)
-            if row is None:
-                fresh.append(
-                    {
-                        "id": new_id(),
-                        "tenant_id": step.tenant_id,
-                        "step_id": step.id,
-                        "idx": idx,
-                        "heading": heading,
-                        "input": text,
-                        "input_hash": digest,
-                        "status": PENDING,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-            elif row[0] != digest or row[1] == FAILED:
-                changed.append(
-                    {"b_step": step.id, "b_idx": idx, "heading": heading, "input": text}
-                    | {"input_hash": digest, "updated_at": now}
-                )
-        if changed:
-            conn.execute(_RESET_ITEM, changed)
-        if fresh:
-            conn.execute(insert(ITEMS), fresh)
-        return _step_items(conn, step.id)
+        settle_sent(conn, [sent_id] if sent_id else [])
+        record_attempts(conn, step, attempts, item_idx)
+        conn.execute(failed.values(_stamp({"status": FAILED, "error": error})))
 
 
 def load_steps(store: Database, workflow_id: str) -> list[StepRow]:
@@ -326,39 +214,6 @@ def load_steps(store: Database, workflow_id: str) -> list[StepRow]:
                 select(STEPS).where(STEPS.c.workflow_id == workflow_id).order_by(STEPS.c.order)
             ).mappings()
         ]
-
-
-def load_items(store: Database, step_id: str, *, full: bool = False) -> list[ItemRow]:
-    """Every item row of a step, in order; ``full`` also reads each item's prompt (``input``).
-
-    A dataset row's columns (``data``) are never read here: they are read once, streamed, when
-    the prompts are rendered (:func:`iter_dataset_rows`).
-    """
-    with store.reading() as conn:
-        return _step_items(conn, step_id, full)
-
-
-_LEAN = [c for c in ItemRow.__dataclass_fields__ if c not in ("input", "data")]
-
-
-def _step_items(conn: Connection, step_id: str, full: bool = False) -> list[ItemRow]:
-    cols = [ITEMS.c[name] for name in (_LEAN + ["input"] if full else _LEAN)]
-    query = select(*cols).where(ITEMS.c.step_id == step_id).order_by(ITEMS.c.idx)
-    return [ItemRow(**r) for r in conn.execute(query).mappings()]
-
-
-def iter_dataset_rows(
-    store: Database, step_id: str
-) -> Iterator[tuple[int, str, str | None, dict[str, Any]]]:
-    """A dataset step's rows, streamed in order: (idx, heading, key, columns)."""
-    query = (
-        select(ITEMS.c.idx, ITEMS.c.heading, ITEMS.c.key, ITEMS.c.data)
-        .where(ITEMS.c.step_id == step_id)
-        .order_by(ITEMS.c.idx)
-    )
-    with store.reading() as conn:
-        for r in conn.execution_options(yield_per=2000).execute(query):
-            yield r[0], r[1], r[2], r[3] or {}
 
 
 def replace_generated_steps(
@@ -428,7 +283,7 @@ def insert_batch(
     now, row_id = utcnow(), new_id()
     with store.begin() as conn:
         if sent:
-            conn.execute(_INSERT_CALLS, list(sent))
+            conn.execute(INSERT_CALLS, list(sent))
         conn.execute(
             insert(BATCHES).values(
                 id=row_id,
@@ -456,7 +311,7 @@ def update_batch(store: Database, row_id: str, **values: Any) -> None:
 def cancel_batch(store: Database, row_id: str, sent_ids: Sequence[str]) -> None:
     """A batch that was never created (or not found): ``canceled``, its 'sent' rows taken back."""
     with store.begin() as conn:
-        _settle(conn, sent_ids)
+        settle_sent(conn, sent_ids)
         conn.execute(
             update(BATCHES)
             .where(BATCHES.c.id == row_id)

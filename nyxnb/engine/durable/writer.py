@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection
 
-from nyxnb.engine.durable.records import ItemRows, write_items
+from nyxnb.engine.durable.items import write_items
+from nyxnb.engine.durable.rows import ItemRows
 from nyxnb.store.database import RECONNECT_S, Database
 
 Write = Callable[[Connection, Sequence[ItemRows]], None]
@@ -53,6 +54,13 @@ class GroupWriter:
 
     async def write(self, rows: ItemRows, *, urgent: bool = False) -> None:
         """Commit rows (with others of this loop turn, or of the window); returns once durable."""
+        await self.submit(rows, urgent=urgent)
+
+    def submit(self, rows: ItemRows, *, urgent: bool = False) -> asyncio.Future[None]:
+        """Queue rows for the next group commit; the future is done once they are durable.
+
+        (A fan-out item's commit is a callback on this future, not a task of its own.)
+        """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._batch.append((rows, done))
@@ -62,7 +70,14 @@ class GroupWriter:
                 loop.call_soon(self._flush)
         elif self._timer is None and not self._scheduled:
             self._timer = loop.call_later(COALESCE_S, self._flush)
-        await done
+        return done
+
+    def hurry(self) -> None:
+        """Commit what waits at the end of this loop turn: nothing more is coming to join it
+        (the fan-out's last calls have ended), so the window would only be waited out."""
+        if self._batch and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def close(self) -> None:
         """Flush anything still waiting (no more retries) and give the connection back."""

@@ -35,7 +35,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from nyxnb.engine.durable.records import ITEMS, write_items
+from nyxnb.engine.durable.items import write_items
+from nyxnb.engine.durable.records import ITEMS
 from nyxnb.engine.durable.rows import ItemRow, ItemRows, ItemUpdate
 from nyxnb.errors import ClaimLost, ConfigError
 from nyxnb.store.database import Database
