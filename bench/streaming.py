@@ -4,7 +4,9 @@
   words (one SSE event per 4 words), through ``Provider.complete`` (timeouts, accumulation,
   usage, rate headers) and through the bare SDK (``stream=True``, text joined, nothing else),
   alternating in the same run; with no pacing (L = 0: the overhead at its worst) and with
-  CHUNK_MS between chunks (an answer as fast as a fast model writes).
+  CHUNK_MS between chunks (an answer as fast as a fast model writes).  The fake serves from a
+  child process, so the CPU time of this process is the client's alone: on a shared machine
+  that ratio holds still where walls move by tens of percent.
 - ``slow``: one healthy answer that takes SLOW_S seconds to stream, default timeouts (30 s first
   byte, 60 s idle): one request, kept.
 - ``hung``: five items whose first provider never answers, default timeouts: the fallback's
@@ -14,8 +16,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,17 +35,51 @@ TEXT = " ".join(f"w{i}" for i in range(WORDS))
 
 
 @contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block, then the environment as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@contextmanager
 def _fake() -> Iterator[Any]:
     from nyxnb.testing import FakeProviderServer
 
+    with FakeProviderServer() as srv, _environ(srv.env()):
+        yield srv
+
+
+@contextmanager
+def _fake_process(chunk_ms: float) -> Iterator[None]:
+    """The fake in a child process answering every provider with TEXT; its env set here."""
+    code = f"from bench.streaming import _serve; _serve({chunk_ms!r})"
+    root = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=root
+    )
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        with _environ(json.loads(child.stdout.readline())):
+            yield
+    finally:
+        child.stdin.close()
+        child.wait(30)
+
+
+def _serve(chunk_ms: float) -> None:
+    """The child: serve TEXT, print the env, stop when the parent closes stdin."""
+    from nyxnb.testing import FakeProviderServer, Reply
+
     with FakeProviderServer() as srv:
-        saved = {k: os.environ.get(k) for k in srv.env()}
-        os.environ.update(srv.env())
-        try:
-            yield srv
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        for provider in PROVIDERS:
+            srv.set_default(provider, Reply(TEXT, chunk_delay_ms=chunk_ms))
+        print(json.dumps(srv.env()), flush=True)
+        sys.stdin.read()
 
 
 async def _bare(provider: str, n: int) -> None:
@@ -108,30 +147,30 @@ async def _fan(one: Callable[[], Any], n: int) -> None:
 
 
 def bench_stream(repeats: int = 5, n: int = N) -> list[dict[str, Any]]:
-    """Median wall of ``n`` streamed calls, nyxnb's path and the bare SDK, per provider and L."""
-    from nyxnb.testing import Reply
-
+    """Median wall and client CPU of ``n`` streamed calls, nyxnb's path and the bare SDK, per
+    provider and L."""
     rows = []
-    with _fake() as srv:
-        for chunk_ms in (0.0, CHUNK_MS):
-            for provider in PROVIDERS:
-                srv.set_default(provider, Reply(TEXT, chunk_delay_ms=chunk_ms))
-                walls: dict[str, list[float]] = {"nyxnb": [], "bare SDK": []}
-                for i in range(repeats + 1):  # the first round warms up
-                    for system, run in (("nyxnb", _ours), ("bare SDK", _bare)):
-                        started = time.perf_counter()
-                        asyncio.run(run(provider, n))
-                        if i:
-                            walls[system].append(time.perf_counter() - started)
-                ours, floor = (
-                    statistics.median(walls["nyxnb"]),
-                    statistics.median(walls["bare SDK"]),
-                )
-                rows.append(
-                    {"provider": provider, "chunk_ms": chunk_ms, "nyxnb_s": ours,
-                     "floor_s": floor, "ratio": ours / floor, "runs": walls}
-                )  # fmt: skip
+    for chunk_ms in (0.0, CHUNK_MS):
+        with _fake_process(chunk_ms):
+            rows += [_one_case(provider, chunk_ms, repeats, n) for provider in PROVIDERS]
     return rows
+
+
+def _one_case(provider: str, chunk_ms: float, repeats: int, n: int) -> dict[str, Any]:
+    walls: dict[str, list[float]] = {"nyxnb": [], "bare SDK": []}
+    cpus: dict[str, list[float]] = {"nyxnb": [], "bare SDK": []}
+    for i in range(repeats + 1):  # the first round warms up
+        for system, run in (("nyxnb", _ours), ("bare SDK", _bare)):
+            started, cpu = time.perf_counter(), time.process_time()
+            asyncio.run(run(provider, n))
+            if i:
+                walls[system].append(time.perf_counter() - started)
+                cpus[system].append(time.process_time() - cpu)
+    ours, floor = statistics.median(walls["nyxnb"]), statistics.median(walls["bare SDK"])
+    ours_cpu, floor_cpu = statistics.median(cpus["nyxnb"]), statistics.median(cpus["bare SDK"])
+    return {"provider": provider, "chunk_ms": chunk_ms, "nyxnb_s": ours, "floor_s": floor,
+            "ratio": ours / floor, "nyxnb_cpu_s": ours_cpu, "floor_cpu_s": floor_cpu,
+            "cpu_ratio": ours_cpu / floor_cpu, "runs": walls, "cpu_runs": cpus}  # fmt: skip
 
 
 def _run(spec: dict[str, Any], folder: Path) -> tuple[Any, float, Any]:
@@ -194,13 +233,14 @@ def report(rows: list[dict[str, Any]], slow_hung: dict[str, Any] | None) -> list
         "",
         f"## Streamed calls (N={N}, C={C}, {WORDS} words in {WORDS // 4} chunks; median of runs)",
         "",
-        "| provider | between chunks | nyxnb | bare SDK | nyxnb / bare |",
-        "|---|---|---|---|---|",
+        "| provider | between chunks | nyxnb | bare SDK | nyxnb / bare | client CPU nyxnb / bare |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['provider']} | {r['chunk_ms']:g} ms | {r['nyxnb_s']:.3f}s | "
-            f"{r['floor_s']:.3f}s | {r['ratio']:.3f}x |"
+            f"{r['floor_s']:.3f}s | {r['ratio']:.3f}x | {r['nyxnb_cpu_s']:.3f}s / "
+            f"{r['floor_cpu_s']:.3f}s = {r['cpu_ratio']:.3f}x |"
         )
     if slow_hung:
         s, h = slow_hung["slow"], slow_hung["hung"]

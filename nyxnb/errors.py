@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -285,6 +286,25 @@ class BudgetExceeded(RunError):
     """Running the next step would exceed the workflow's ``max_cost_usd``."""
 
 
+@dataclass(frozen=True)
+class PartialUsage:
+    """The tokens of a call cut mid-answer (providers bill it), as far as they are known.
+
+    ``input_tokens`` None: the provider sent no count before the cut (OpenAI counts only in its
+    last chunk).  ``output_counted`` False: ``output_tokens`` is estimated from the text that
+    came (4 characters a token), since no provider counts output before its answer ends.
+    """
+
+    input_tokens: int | None
+    output_tokens: int
+    output_counted: bool
+
+    def describe(self) -> str:
+        """``30 input + ~12 output tokens`` (``~``: estimated)."""
+        out = f"{'' if self.output_counted else '~'}{self.output_tokens} output tokens"
+        return out if self.input_tokens is None else f"{self.input_tokens} input + {out}"
+
+
 class ProviderError(NyxError):
     """One provider call failed; ``kind`` (an :class:`ErrorKind`) says why."""
 
@@ -304,6 +324,8 @@ class ProviderError(NyxError):
         self.rate: RateInfo | None = None
         #: a streamed call that got no byte at all within its first-byte timeout
         self.hung = False
+        #: a streamed call cut mid-answer: the tokens it used, counted or estimated
+        self.partial: PartialUsage | None = None
         super().__init__(f"{provider}: {kind}: {message}", hint=hint)
 
 

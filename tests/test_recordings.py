@@ -32,6 +32,8 @@ from nyxnb.providers import openai as openai_mod
 from nyxnb.providers.base import Completion, CompletionRequest
 from nyxnb.providers.registry import create_provider
 from nyxnb.rates import RateInfo
+from nyxnb.testing import fault_body, rate_limited
+from nyxnb.testing.faults import RATE_LIMIT_SOURCES
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,50 @@ def test_errors_are_classified(served, name):
     if name.endswith("per_day"):
         assert "a daily quota: it resets at" in error.message  # falls back, says when
     assert "REDACTED" not in str(error) or "sk-REDACTED" in str(error)
+
+
+_HINT_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+
+
+def _rate_headers(headers: dict[str, str]) -> set[str]:
+    names = {k.lower() for k in headers}
+    return {n for n in names if n in _HINT_HEADERS or "ratelimit" in n}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "google"])
+def test_the_fakes_default_429_follows_the_recordings_it_cites(served, provider):
+    body_of, headers_of = (Recording.load(n) for n in RATE_LIMIT_SOURCES[provider])
+    fault = rate_limited().for_provider(provider)
+    body = fault_body(provider, rate_limited())
+    recorded = json.loads(body_of.body)
+    if provider == "google":
+        assert body["error"]["status"] == recorded["error"]["status"]
+        assert ("details" in body["error"]) == ("details" in recorded["error"])
+    else:
+        assert body["error"]["type"] == recorded["error"]["type"]
+    if provider == "openai":
+        assert body["error"]["code"] == recorded["error"]["code"]
+    assert set(fault.headers) <= _rate_headers(headers_of.headers)
+    assert {h for h in fault.headers if h.startswith("retry")} == {
+        h for h in _rate_headers(headers_of.headers) if h.startswith("retry")
+    }
+    # served to the SDK, it reads as the recordings do: a rate limit, hinted or not alike
+    mine = Recording("fake", provider, 429, dict(fault.headers), json.dumps(body))
+    with pytest.raises(ProviderError) as caught:
+        stream(served, mine)
+    hinted = any(ERRORS[name][2] is not None for name in RATE_LIMIT_SOURCES[provider])
+    assert caught.value.kind == "rate_limited"
+    assert (caught.value.retry_after is not None) == hinted
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "google"])
+def test_an_explicit_hint_is_sent_by_every_provider(served, provider):
+    fault = rate_limited(2)
+    body = json.dumps(fault_body(provider, fault))
+    mine = Recording("fake", provider, 429, dict(fault.for_provider(provider).headers), body)
+    with pytest.raises(ProviderError) as caught:
+        stream(served, mine)
+    assert (caught.value.kind, caught.value.retry_after) == ("rate_limited", 2.0)
 
 
 def test_every_recording_is_replayed():

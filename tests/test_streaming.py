@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 import nyxnb
 from nyxnb import events as ev
-from nyxnb.errors import ProviderError
+from nyxnb.errors import PartialUsage, ProviderError
 from nyxnb.providers import streaming
 from nyxnb.providers.base import CompletionRequest, ProviderOptions
 from nyxnb.providers.registry import create_provider
@@ -79,6 +79,52 @@ def test_a_stalled_answer_is_cut_by_the_idle_timeout_and_is_not_hung(fake, provi
         complete(provider, timeout_s=2.0, idle_s=0.3)
     assert caught.value.kind == "timeout" and not caught.value.hung
     assert "may be billed" in caught.value.message
+
+
+# what each stream counted before the cut: Anthropic's message_start and every Gemini chunk carry
+# the input count, OpenAI counts only in its last chunk; no provider counts output mid-answer
+INPUT_COUNTED = {"anthropic": 30, "openai": None, "google": 30}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_cut_call_carries_the_providers_counts_and_estimates_only_the_rest(fake, provider):
+    fake.script(provider, reply(LONG, input_tokens=30, output_tokens=40, stall_s=3))
+    with pytest.raises(ProviderError) as caught:
+        complete(provider, timeout_s=2.0, idle_s=0.3)
+    partial = caught.value.partial
+    assert partial is not None and partial.input_tokens == INPUT_COUNTED[provider]
+    assert not partial.output_counted and partial.output_tokens < 40  # what came before the stall
+    assert partial.describe() in caught.value.message  # the ledger row's error says it
+
+
+def test_a_cut_calls_ledger_row_carries_its_tokens_and_cost(seeded, fake):
+    """A cut call is billed by the provider: its ledger row said 0 tokens and $0."""
+    fake.script("anthropic", reply(LONG, input_tokens=30, output_tokens=40, stall_s=3))
+    options = {"anthropic": {"timeout_s": 2.0, "idle_s": 0.3}}
+    result = nyxnb.run(
+        spec(1, ("anthropic", "openai")),
+        tenant="nyx",
+        project="BRbase",
+        store=seeded,
+        retry=FAST,
+        provider_options=options,
+    )
+    assert result.ok, result.error
+    with seeded.session() as s:
+        cut = s.scalars(select(LlmCall).where(LlmCall.provider == "anthropic")).one()
+    assert cut.error_kind == "timeout"
+    assert cut.input_tokens == 30  # Anthropic's message_start counted it before the cut
+    assert cut.output_tokens < 40  # what came before the stall (estimated), if anything
+    assert cut.cost_usd > 0
+
+
+def test_a_cut_after_the_last_count_keeps_the_providers_output_count() -> None:
+    watch = streaming.Watch("anthropic", "m", 1.0, 1.0)
+    watch.chars = 400  # ~100 tokens by the estimate
+    assert watch.partial() == PartialUsage(None, 100, False)
+    watch.counted = lambda: (30, 57)  # e.g. Anthropic's message_delta came, then silence
+    assert watch.partial() == PartialUsage(30, 57, True)
+    assert watch.partial().describe() == "30 input + 57 output tokens"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

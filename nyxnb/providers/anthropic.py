@@ -7,6 +7,7 @@ SDK).  SDK retries are off: the fallback chain owns retries.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import anthropic
@@ -34,6 +35,7 @@ from nyxnb.providers.classify import (
 from nyxnb.providers.endpoints import anthropic_client
 from nyxnb.providers.params import anthropic_params, anthropic_thinking_tokens, anthropic_thoughts
 from nyxnb.providers.streaming import StreamCut, Watch
+from nyxnb.rates import RateInfo
 
 _STOPS = {
     "max_tokens": STOP_MAX_TOKENS,
@@ -68,13 +70,20 @@ class AnthropicProvider(Provider):
         )
         return client
 
+    @cached_property
+    def stream_timeout(self) -> anthropic.Timeout:
+        """The SDK timeout of a streamed call (the options are frozen: made once)."""
+        timeout: anthropic.Timeout = self.options.http_timeout(anthropic.Timeout, streamed=True)
+        return timeout
+
     async def complete(self, request: CompletionRequest) -> Completion:
         """Stream one Messages API request and normalise the answer."""
         client = self.client()
         model = self.model_for(request)
         watch = self.watch(request)
-        timeout = self.options.http_timeout(anthropic.Timeout, streamed=True)
+        timeout = self.stream_timeout
         answer = _Answer(watch)
+        add = answer.add
         try:
             async with watch:
                 params = self.params(request)
@@ -82,12 +91,11 @@ class AnthropicProvider(Provider):
                 watch.opened()
                 rate = rate_info(stream.response.headers)
                 async for event in stream:
-                    watch.tick()
-                    answer.add(event)
+                    add(event)
         except Exception as exc:
             raise self._error(exc, getattr(client, "api_key", None)) from exc
         try:
-            return replace(answer.completion(model, self.name), rate=rate)
+            return answer.completion(model, self.name, rate)
         except Exception as exc:  # noqa: BLE001 - a 200 that is not a message stream
             raise malformed_answer(self.name, exc, getattr(client, "api_key", None)) from exc
 
@@ -102,7 +110,11 @@ class AnthropicProvider(Provider):
 
 
 class _Answer:
-    """A streamed message, accumulated from its events (the same fields as a whole message)."""
+    """A streamed message, accumulated from its events (the same fields as a whole message).
+
+    :meth:`add` runs once per event: a text delta costs one append and one :meth:`Watch.wrote`
+    (which also marks the stream alive); any other event marks it alive with :meth:`Watch.tick`.
+    """
 
     def __init__(self, watch: Watch) -> None:
         self.watch = watch
@@ -112,18 +124,26 @@ class _Answer:
         self.output_tokens = 0
         self.late_usage: Any = None
         self.thinking: list[str] = []
+        self._wrote = watch.wrote
+        self._append = self.text.append
+        watch.counted = self.counted
 
     def add(self, event: Any) -> None:
+        """Take one stream event."""
         kind = event.type
         if kind == "content_block_delta":
             delta = event.delta
             if delta.type == "text_delta":
-                self.text.append(delta.text)
-                self.watch.wrote(delta.text)
-            elif delta.type == "thinking_delta":
-                self.watch.wrote(delta.thinking)
+                text = delta.text
+                self._append(text)
+                self._wrote(text)
+                return
+            if delta.type == "thinking_delta":
                 self.thinking.append(delta.thinking)
-        elif kind == "message_start":
+                self._wrote(delta.thinking)
+                return
+        self.watch.tick()
+        if kind == "message_start":
             self.started = event.message
             self.output_tokens = event.message.usage.output_tokens or 0
         elif kind == "message_delta":
@@ -131,7 +151,17 @@ class _Answer:
             self.output_tokens = event.usage.output_tokens or self.output_tokens
             self.late_usage = event.usage
 
-    def completion(self, model: str, provider: str) -> Completion:
+    def counted(self) -> tuple[int | None, int | None]:
+        """Input tokens once ``message_start`` came (cache reads and writes included); output
+        tokens once ``message_delta`` did (its count is cumulative; the start's is not)."""
+        usage = self.started.usage if self.started is not None else None
+        if usage is None:
+            return None, None
+        fed = [usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens]
+        out = self.late_usage.output_tokens if self.late_usage is not None else None
+        return sum(n or 0 for n in fed), out
+
+    def completion(self, model: str, provider: str, rate: RateInfo | None = None) -> Completion:
         if self.started is None:
             raise ValueError("the stream had no message_start event")
         usage, late = self.started.usage, self.late_usage
@@ -145,7 +175,9 @@ class _Answer:
         thought = "".join(self.thinking)
         reasoning = anthropic_thinking_tokens(late or usage, thought)
         tier = getattr(late, "service_tier", None) or getattr(usage, "service_tier", None)
-        return replace(answer, reasoning_tokens=reasoning, thinking=thought, service_tier=tier)
+        return replace(
+            answer, reasoning_tokens=reasoning, thinking=thought, service_tier=tier, rate=rate
+        )
 
 
 def _latest(late: Any, early: Any, name: str) -> int:

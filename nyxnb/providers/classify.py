@@ -299,4 +299,5 @@ def cut_error(provider: str, cut: Any, key: str | None) -> ProviderError:
     """
     error = make_error(provider, TIMEOUT, str(cut), secret=key)
     error.hung = bool(cut.hung)
+    error.partial = getattr(cut, "usage", None)
     return error

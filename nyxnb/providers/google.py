@@ -85,7 +85,6 @@ class GoogleProvider(Provider):
                     model=model, contents=contents_of(request), config=config
                 )
                 async for chunk in chunks:
-                    watch.tick()
                     answer.add(chunk)
 
         await self.sdk_call(stream)
@@ -223,17 +222,33 @@ class _Answer:
         self.feedback: types.GenerateContentResponsePromptFeedback | None = None
         self.candidates = False
         self.thoughts: list[str] = []  # kept only when the request asked (include_thoughts)
+        watch.counted = self.counted
+
+    def counted(self) -> tuple[int | None, int | None]:
+        """The prompt's count (every chunk's usage has it); the output's once a chunk counts
+        candidates (the last one: earlier chunks leave it out)."""
+        usage = self.usage
+        if usage is None:
+            return None, None
+        out = usage.candidates_token_count
+        return usage.prompt_token_count, None if out is None else out + (
+            usage.thoughts_token_count or 0
+        )
 
     def add(self, chunk: types.GenerateContentResponse) -> None:
+        """Take one chunk (its text marks the stream alive, as a chunk without text does)."""
         self.last = chunk
         self.usage = chunk.usage_metadata or self.usage
         self.feedback = chunk.prompt_feedback or self.feedback
         candidate = chunk.candidates[0] if chunk.candidates else None
+        parts = candidate.content.parts if candidate and candidate.content else None
+        if not parts or not any(part.text for part in parts):
+            self.watch.tick()
         if candidate is None:
             return
         self.candidates = True
         self.finish = candidate.finish_reason or self.finish
-        for part in candidate.content.parts or [] if candidate.content else []:
+        for part in parts or []:
             if part.text and part.thought:
                 self.watch.wrote(part.text)
                 self.thoughts.append(part.text)

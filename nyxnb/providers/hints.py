@@ -130,7 +130,6 @@ def rate_info(headers: Mapping[str, str]) -> RateInfo | None:
     A limit that is not a positive number (``-1``, ``0``, ``abc``) is ignored with its stem.
     """
     lower = {k.lower(): v for k, v in headers.items()}
-    sent_at = _sent_at(lower)
     values: dict[str, Any] = {}
     for kind, stems in _RATE_HEADERS.items():
         for stem in stems:
@@ -139,7 +138,7 @@ def rate_info(headers: Mapping[str, str]) -> RateInfo | None:
                 continue
             values[f"{kind}_limit"] = limit
             values[f"{kind}_remaining"] = count(lower.get(stem.format("remaining")))
-            values[f"{kind}_reset_s"] = _reset_s(lower.get(stem.format("reset")), sent_at)
+            values[f"{kind}_reset_s"] = _reset_s(lower.get(stem.format("reset")), lower)
             break
     return RateInfo(**values) if values else None
 
@@ -153,8 +152,9 @@ def count(value: str | None) -> int | None:
     return number if number is not None and number >= 0 else None
 
 
-def _reset_s(value: str | None, sent_at: float) -> float | None:
-    """Seconds until reset: a Go duration (OpenAI) or an RFC 3339 time (Anthropic)."""
+def _reset_s(value: str | None, headers: Mapping[str, str]) -> float | None:
+    """Seconds until reset: a Go duration (OpenAI) or an RFC 3339 time (Anthropic), measured
+    against the answer's ``Date`` (read only then: parsing it is most of this function's cost)."""
     if not value:
         return None
     seconds = duration_s(value)
@@ -166,4 +166,4 @@ def _reset_s(value: str | None, sent_at: float) -> float | None:
         return None
     if at.tzinfo is None:
         return None
-    return max(at.timestamp() - sent_at, 0.0)
+    return max(at.timestamp() - _sent_at(headers), 0.0)

@@ -79,7 +79,6 @@ class OpenAIProvider(Provider):
                 watch.opened()
                 rate = rate_info(stream.response.headers)
                 async for chunk in stream:
-                    watch.tick()
                     answer.add(chunk)
         except Exception as exc:
             raise self._error(exc, client.api_key) from exc
@@ -114,12 +113,21 @@ class _Answer:
         self.usage: Any = None
         self.thinking: list[str] = []  # reasoning_content of OpenAI-compatible servers
         self.tier: str | None = None  # the service tier OpenAI says it served
+        watch.counted = self.counted
+
+    def counted(self) -> tuple[int | None, int | None]:
+        """Both counts once the last chunk's usage came (none before it)."""
+        usage = self.usage
+        return (None, None) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
 
     def add(self, chunk: Any) -> None:
+        """Take one chunk (its text marks the stream alive, as a chunk without text does)."""
         self.first = self.first or chunk
         if chunk.usage is not None:
             self.usage = chunk.usage
         self.tier = getattr(chunk, "service_tier", None) or self.tier
+        if not chunk.choices or not chunk.choices[0].delta.content:
+            self.watch.tick()
         for choice in chunk.choices[:1]:
             self.choices = True
             delta = choice.delta

@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from nyxnb.errors import PartialUsage
+
 #: Seconds to wait for the first byte of an answer from a model that thinks first.
 REASONING_FIRST_BYTE_S = 180.0
 #: Seconds an answer may fall silent between two chunks.
@@ -35,6 +37,7 @@ def is_reasoning_model(model: str) -> bool:
 
 #: Seconds without a first byte before progress names the provider as possibly hung.
 SILENT_NOTICE_S = 5.0
+_now = time.monotonic  # the watch's one clock (events and its timer alike)
 
 
 @dataclass(frozen=True)
@@ -64,21 +67,34 @@ PROGRESS: ContextVar[ProgressHook | None] = ContextVar("nyxnb_stream_progress", 
 
 
 class StreamCut(Exception):  # noqa: N818 - translated to a ProviderError by the provider
-    """The provider sent nothing for ``seconds``: before its first byte (hung) or mid-answer."""
+    """The provider sent nothing for ``seconds``: before its first byte (hung) or mid-answer.
 
-    def __init__(self, hung: bool, seconds: float, tokens: int = 0) -> None:
-        self.hung, self.seconds, self.tokens = hung, seconds, tokens
+    ``usage``: a mid-answer cut's tokens, as counted by the provider so far or estimated.
+    """
+
+    def __init__(
+        self, hung: bool, seconds: float, tokens: int = 0, usage: PartialUsage | None = None
+    ) -> None:
+        self.hung, self.seconds, self.tokens, self.usage = hung, seconds, tokens, usage
         what = "no answer at all" if hung else f"the answer stalled after ~{tokens} tokens"
-        super().__init__(f"{what} within {seconds:g} s; the call was cut (it may be billed)")
+        billed = f": {usage.describe()}" if usage is not None else ""
+        super().__init__(
+            f"{what} within {seconds:g} s; the call was cut (it may be billed{billed})"
+        )
+
+
+#: The input and output tokens a provider has counted so far in its stream (None: not yet).
+Counted = Callable[[], tuple[int | None, int | None]]
 
 
 class Watch:
     """One streamed answer: its timeouts, and its progress reported to :data:`PROGRESS`.
 
     Use as ``async with watch:`` around the request and the reading of its events, calling
-    :meth:`tick` when the answer starts and on each event (and :meth:`wrote` with its text).  A
-    single timer per call (not one per event) cancels the reading when the provider falls
-    silent too long; leaving the block then raises :class:`StreamCut`.
+    :meth:`wrote` with each event's text, or :meth:`tick` for an event without text.  A single
+    timer per call (not one per event) cancels the reading when the provider falls silent too
+    long; leaving the block then raises :class:`StreamCut`.  An event costs one call and one
+    clock read: the reading loop is the hot path of every streamed answer.
     """
 
     def __init__(self, provider: str, model: str, first_byte_s: float, idle_s: float) -> None:
@@ -94,11 +110,13 @@ class Watch:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: set by the provider's accumulator: what the stream counted so far (for a cut)
+        self.counted: Counted | None = None
 
     async def __aenter__(self) -> Watch:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        self._last = self._loop.time()
+        self._last = _now()
         self._arm(self._last + min(self.first_byte_s, SILENT_NOTICE_S))
         return self
 
@@ -109,27 +127,34 @@ class Watch:
             if self._task.uncancel() > 0:
                 return  # cancelled from outside as well: let that cancellation through
             limit = self.first_byte_s if self._first else self.idle_s
-            raise StreamCut(self._first, limit, self.chars // 4)
+            usage = None if self._first else self.partial()
+            raise StreamCut(self._first, limit, self.chars // 4, usage)
+
+    def partial(self) -> PartialUsage:
+        """The tokens used so far: the provider's counts where its stream carried them, else
+        (output) the text received at 4 characters a token."""
+        counted_in, counted_out = self.counted() if self.counted is not None else (None, None)
+        if counted_out is None:
+            return PartialUsage(counted_in, self.chars // 4, False)
+        return PartialUsage(counted_in, counted_out, True)
 
     def tick(self) -> None:
         """The provider sent something: the silence starts again."""
-        assert self._loop is not None
-        self._last = self._loop.time()
+        self._last = _now()
         self._first = False
 
     def opened(self) -> None:
         """The answer's headers came: its first event gets ``first_byte_s`` again."""
-        assert self._loop is not None
-        self._last = self._loop.time()
+        self._last = _now()
 
     def _arm(self, at: float) -> None:
         assert self._loop is not None
-        self._timer = self._loop.call_at(at, self._check)
+        self._timer = self._loop.call_later(max(at - _now(), 0.0), self._check)
 
     def _check(self) -> None:
         """The timer: cut a silence past its limit, else look again when it could be."""
-        assert self._loop is not None and self._task is not None
-        now = self._loop.time()
+        assert self._task is not None
+        now = _now()
         limit = self.first_byte_s if self._first else self.idle_s
         deadline = self._last + limit
         if now >= deadline:
@@ -143,13 +168,15 @@ class Watch:
         self._arm(min(deadline, notice))
 
     def wrote(self, text: str | None) -> None:
-        """Count generated text (visible or thinking) and report progress about 4 times a second."""
+        """The provider sent text (visible or thinking): the silence starts again (as
+        :meth:`tick`), the text is counted, and progress is reported about 4 times a second."""
+        self._last = now = _now()
+        self._first = False
         if not text:
             return
         self.chars += len(text)
         if self._hook is None:
             return
-        now = time.monotonic()
         if now >= self._next_report:
             self._next_report = now + 0.25
             elapsed = now - self._began

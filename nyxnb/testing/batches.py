@@ -9,7 +9,8 @@ as cache writes the first time their prefix is seen and cache reads after (1 tok
 like the rest of the fake; a prefix under ``min_cache_tokens`` is not cached, as Anthropic
 does).  :class:`FakeBatchServer` mounts it, the OpenAI Files + Batches fake and the Gemini
 batch fake on the loopback fake; its :meth:`~FakeBatchServer.fail_polls` answers Anthropic status
-polls with HTTP faults or a dropped connection (outages while a batch waits).
+polls with HTTP faults or a dropped connection (outages while a batch waits), and
+:meth:`~FakeBatchServer.storm` answers every Anthropic batch request with bare 429s for a while.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,7 +30,7 @@ from nyxnb.testing.batches_google import ROUTES as GEMINI_ROUTES
 from nyxnb.testing.batches_google import FakeGeminiBatches
 from nyxnb.testing.batches_openai import BATCHES as OPENAI_BATCHES
 from nyxnb.testing.batches_openai import FILES, FakeOpenAIBatches
-from nyxnb.testing.faults import Fault, Hang, Reset
+from nyxnb.testing.faults import Fault, Hang, Reset, bare_rate_limited
 from nyxnb.testing.server import (
     FakeProviderServer,
     FakeRequest,
@@ -192,6 +194,9 @@ class FakeBatchServer(FakeProviderServer):
         self.poll_faults: deque[Fault | Reset] = deque()
         #: per provider, what the next batch creates meet (see :meth:`fail_creates`)
         self.create_faults: dict[str, deque[Fault | Reset | Hang]] = {}
+        self._storm: tuple[float, Fault] = (0.0, bare_rate_limited())
+        #: Anthropic batch requests answered by a :meth:`storm`: (monotonic time, method, path)
+        self.stormed: list[tuple[float, str, str]] = []
         for method in ("GET", "POST"):
             self.add_route(method, _BATCH.pattern, self._batch_route)
             self.add_route(method, FILES.pattern, self._openai_route)
@@ -229,6 +234,12 @@ class FakeBatchServer(FakeProviderServer):
         self.create_faults.setdefault(provider, deque()).extend(faults)
         return self
 
+    def storm(self, seconds: float, fault: Fault | None = None) -> FakeBatchServer:
+        """For ``seconds`` from now, every Anthropic batch request (create, poll, results,
+        cancel) is answered by ``fault``: a 429 with no hint at all by default."""
+        self._storm = (time.monotonic() + seconds, fault or bare_rate_limited())
+        return self
+
     async def _created(self, provider: str, create: Callable[[], FakeResponse]) -> FakeResponse:
         """Answer a batch create (``create`` makes the batch), with the next planned fault."""
         planned = self.create_faults.get(provider)
@@ -243,6 +254,10 @@ class FakeBatchServer(FakeProviderServer):
         return answer
 
     async def _batch_route(self, request: FakeRequest) -> FakeResponse:
+        until, fault = self._storm
+        if time.monotonic() < until:
+            self.stormed.append((time.monotonic(), request.method, request.path))
+            return _fault_response("anthropic", fault, {})
         if request.method == "POST" and request.path.split("?")[0] == "/v1/messages/batches":
             return await self._created("anthropic", lambda: self._anthropic(request))
         return self._anthropic(request)

@@ -109,19 +109,91 @@ def gemini_quota_exhausted() -> Fault:
     return Fault(429, _QUOTA, type="RESOURCE_EXHAUSTED", details=(detail,))
 
 
-def rate_limited(retry_after_s: float = 1.0) -> Fault:
-    """A 429 rate limit asking to retry after ``retry_after_s`` seconds (Gemini: RetryInfo)."""
-    seconds = str(int(retry_after_s)) if float(retry_after_s).is_integer() else str(retry_after_s)
-    info = {"@type": _RPC + "RetryInfo", "retryDelay": f"{seconds}s"}
-    msg = f"Resource has been exhausted (e.g. check quota). Please retry in {seconds}s."
-    gemini = Fault(429, msg, type="RESOURCE_EXHAUSTED", details=(info,))
+#: The recordings (``tests/recordings``) each provider's default :func:`rate_limited` follows:
+#: (body, headers).  Anthropic's and OpenAI's 429 bodies and headers come from different threads.
+RATE_LIMIT_SOURCES = {
+    "anthropic": (
+        "anthropic/error_429_rate_limit_error_body",
+        "anthropic/error_429_rate_limit_headers",
+    ),
+    "openai": (
+        "openai/error_429_rate_limit_exceeded_rpd",
+        "openai/error_429_headers_without_ratelimit",
+    ),
+    "google": (
+        "google/error_429_resource_exhausted_no_details",
+        "google/error_429_resource_exhausted_no_details",
+    ),
+}
+_ANTHROPIC_LIMIT = (
+    "This request would exceed the rate limit for your organization (org-fake) of 20,000 input "
+    "tokens per minute. For details, refer to: https://docs.anthropic.com/en/api/rate-limits. You "
+    "can see the response headers for current usage. Please reduce the prompt length or the "
+    "maximum tokens requested, or try again later."
+)
+_OPENAI_LIMIT = (
+    "Rate limit reached for gpt-4o-mini in organization org-fake on requests per min (RPM): "
+    "Limit 3, Used 3, Requested 1. Please try again in {}s. "
+    "Visit https://platform.openai.com/account/rate-limits to learn more."
+)
+
+
+def _secs(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+
+
+def rate_limited(retry_after_s: float | None = None) -> Fault:
+    """A 429 rate limit as each provider sends it in the recordings (:data:`RATE_LIMIT_SOURCES`).
+
+    By default (``retry_after_s`` None):
+
+    - Anthropic: ``retry-after`` in whole seconds and ``x-should-retry: true``, as in
+      ``anthropic/error_429_rate_limit_headers`` (Anthropic sends ``retry-after`` on every 429
+      since 2024; it said 16 there, 1 here), with the ``rate_limit_error`` body of
+      ``anthropic/error_429_rate_limit_error_body``, which names no delay.  The
+      ``anthropic-ratelimit-*`` headers of that 429 are left to :class:`~nyxnb.testing.Limit`,
+      whose buckets know real remaining counts and resets.
+    - OpenAI: no header at all (no ``retry-after``, no ``x-ratelimit-*``), as in
+      ``openai/error_429_headers_without_ratelimit``; the only hint is the message's "Please try
+      again in 1s", worded as ``openai/error_429_rate_limit_exceeded_rpd`` (there 8.64s).
+    - Gemini: ``RESOURCE_EXHAUSTED`` with no details, as in
+      ``google/error_429_resource_exhausted_no_details``: no hint at all.
+
+    With ``retry_after_s``, every provider names that delay: a ``retry-after`` header (Anthropic,
+    OpenAI, whose message says it too) or a ``RetryInfo`` beside a per-minute ``QuotaFailure``
+    (Gemini, as in ``google/error_429_quota_failure_retryinfo_per_minute``).
+    """
+    hinted = retry_after_s is not None
+    seconds = _secs(retry_after_s if retry_after_s is not None else 1)
+    anthropic_headers = {"retry-after": seconds if hinted else "1", "x-should-retry": "true"}
+    anthropic = Fault(429, _ANTHROPIC_LIMIT, type="rate_limit_error", headers=anthropic_headers)
+    gemini = Fault(
+        429, "Resource has been exhausted (e.g. check quota).", type="RESOURCE_EXHAUSTED"
+    )
+    if hinted:
+        gemini = _gemini_per_minute(seconds)
     return Fault(
         429,
-        "Rate limit reached for requests. Please try again later.",
+        _OPENAI_LIMIT.format(seconds),
         code="rate_limit_exceeded",
-        headers={"retry-after": seconds},
-        variants={"google": gemini},
+        type="requests",
+        headers={"retry-after": seconds} if hinted else {},
+        variants={"google": gemini, "anthropic": anthropic},
     )
+
+
+def _gemini_per_minute(seconds: str) -> Fault:
+    """Gemini's per-minute quota 429, naming its delay (a ``RetryInfo``)."""
+    quota = {
+        "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+        "quotaValue": "250000",
+    }
+    details = (
+        {"@type": _RPC + "QuotaFailure", "violations": [quota]},
+        {"@type": _RPC + "RetryInfo", "retryDelay": f"{seconds}s"},
+    )
+    message = f"{_QUOTA} Please retry in {seconds}s."
+    return Fault(429, message, type="RESOURCE_EXHAUSTED", details=details)
 
 
 def flex_unavailable() -> Fault:

@@ -60,8 +60,10 @@ def fault_body(provider: str, fault: Fault) -> dict[str, Any]:
         return {"type": "error", "error": {"type": etype, "message": f.message}}
     if provider == "openai":
         return {"error": {"message": f.message, "type": etype, "param": None, "code": f.code}}
-    details = list(f.details)
-    return {"error": {"code": f.status, "message": f.message, "status": etype, "details": details}}
+    error: dict[str, Any] = {"code": f.status, "message": f.message, "status": etype}
+    if f.details:  # Gemini leaves ``details`` out when it has none (as recorded)
+        error["details"] = list(f.details)
+    return {"error": error}
 
 
 def schema_of(provider: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:

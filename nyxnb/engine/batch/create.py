@@ -3,8 +3,9 @@
 A create fails like a live call, and the failure's kind decides (the run's
 :class:`~nyxnb.engine.calls.chain.RetryPolicy`; :func:`retry_delay`):
 
-- ``rate_limited``: wait (``retry-after``, else backoff) and create again, up to ``max_wait_s``
-  of waiting; never "down";
+- ``rate_limited``: create again once the provider's batch gate (:mod:`nyxnb.engine.batch.gate`)
+  lets the next request through: after the hint, else a backoff, one probe for every run of the
+  process; given up after ``max_wait_s`` from the first 429; never "down";
 - transient (5xx, 529, a timeout, a dropped connection): bounded retries with backoff;
 - ``exhausted`` / ``auth``: the provider is marked down for the run (its live calls skip it too);
 - anything else, or retries used up: this provider's batch is given up; the caller moves down
@@ -23,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from random import random
 
+from nyxnb.engine.batch.gate import gate_of, through
 from nyxnb.engine.calls.chain import ProviderPool, RetryPolicy
-from nyxnb.engine.calls.governor import FIRST_BACKOFF_S, JITTER, MAX_BACKOFF_S
+from nyxnb.engine.calls.governor import WaitTooLong
+from nyxnb.engine.context import Paused as PauseSignal
 from nyxnb.engine.context import RunContext, estimate_usd
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import StepRow
-from nyxnb.errors import ProviderError
+from nyxnb.errors import ErrorKind, ProviderError
 from nyxnb.providers.base import TRANSIENT_KINDS, CompletionRequest
 from nyxnb.providers.batch_base import BatchApi
 from nyxnb.store.models import BATCH_OPEN, utcnow
@@ -68,15 +71,11 @@ class Paused:
 CreateOutcome = Created | GaveUp | Paused
 
 
-def retry_delay(policy: RetryPolicy, exc: ProviderError, tries: int, waited: float) -> float | None:
+def retry_delay(policy: RetryPolicy, exc: ProviderError, tries: int) -> float | None:
     """Seconds before creating again after failure number ``tries``; None: give up.
 
-    ``waited``: seconds already spent waiting on rate limits (bounded by ``max_wait_s``).
+    A 429 is not counted here: the batch gate holds the next request (see the module's doc).
     """
-    if exc.kind == "rate_limited":  # a hint-less 429 backs off as live calls' gate does
-        bare = min(FIRST_BACKOFF_S * 2 ** (tries - 1), MAX_BACKOFF_S) * (1 + JITTER * random())
-        delay = bare if exc.retry_after is None else policy.delay(tries, exc.retry_after)
-        return delay if waited + delay <= policy.max_wait_s else None
     if exc.kind in TRANSIENT_KINDS and tries < policy.max_attempts:
         return policy.delay(tries, exc.retry_after)
     return None
@@ -100,33 +99,49 @@ class BatchCreate:
 
     async def run(self) -> CreateOutcome:
         """Create the batch; what came of it."""
-        tries, limited, waited = 0, 0, 0.0  # failures, 429s, seconds waited on 429s
+        tries, limited_until = 0, None  # failures; the end of the wait after the first 429
         while True:
+            max_wait = self.pool.retry.max_wait_s
+            if limited_until is not None:
+                max_wait = max(limited_until - time.monotonic(), 0.0)
+            if gate_of(self.api.provider).held_for() > max_wait:  # no row for a hopeless wait
+                return GaveUp(ErrorKind.RATE_LIMITED, _too_long(self.pool.retry.max_wait_s))
             row_id, sent = self._commit_row()
             try:
-                batch_id = await self.api.submit(
-                    [(cid, request) for cid, _, request in self.requests], tag=row_id
-                )
+                batch_id = await self._submit(row_id, max_wait)
+            except (PauseSignal, WaitTooLong) as stop:  # nothing was sent
+                records.cancel_batch(self.runner.store, row_id, list(sent.values()))
+                if isinstance(stop, PauseSignal):
+                    return Paused()
+                return GaveUp(ErrorKind.RATE_LIMITED, _too_long(self.pool.retry.max_wait_s))
             except ProviderError as exc:
                 outcome = await self._failed(row_id, sent, exc)
                 if outcome is not None:
                     return outcome
-                if exc.kind == "rate_limited":
-                    limited += 1
-                else:
-                    tries += 1
-                n = limited if exc.kind == "rate_limited" else tries
-                delay = retry_delay(self.pool.retry, exc, n, waited)
+                if exc.kind == ErrorKind.RATE_LIMITED:  # the gate holds the next attempt
+                    limited_until = limited_until or time.monotonic() + max_wait
+                    continue
+                tries += 1
+                delay = retry_delay(self.pool.retry, exc, tries)
                 if delay is None:
                     if exc.kind in DOWN_KINDS:
                         self.pool.mark_down(self.name, exc.kind, exc.message)
                     return GaveUp(exc.kind, exc.message)
-                waited += delay if exc.kind == "rate_limited" else 0.0
                 if not await self._sleep(delay):
                     return Paused()
                 continue
             self._opened(row_id, batch_id)
             return Created(row_id, batch_id, sent)
+
+    async def _submit(self, row_id: str, max_wait_s: float) -> str:
+        """Create the batch (labelled ``row_id``) through the provider's batch gate."""
+        requests = [(cid, request) for cid, _, request in self.requests]
+        return await through(
+            self.api.provider,
+            lambda: self.api.submit(requests, tag=row_id),
+            self.runner.pause_event,
+            max_wait_s,
+        )
 
     def _commit_row(self) -> tuple[str, dict[int, str]]:
         """The attempt's ``submitting`` row and its requests' ``sent`` rows, in one commit."""
@@ -153,8 +168,13 @@ class BatchCreate:
         """Settle a failed attempt's row: adopted if the provider has it, else canceled."""
         if exc.kind in AMBIGUOUS_KINDS:
             try:
-                found = await self.api.find(row_id)
-            except ProviderError:  # cannot tell: the row stays 'submitting', a resume looks
+                found = await through(
+                    self.api.provider,
+                    lambda: self.api.find(row_id),
+                    self.runner.pause_event,
+                    self.pool.retry.max_wait_s,
+                )
+            except (ProviderError, PauseSignal, WaitTooLong):  # cannot tell: a resume looks
                 return Paused()
             if found is not None:
                 self._opened(row_id, found)
@@ -172,3 +192,10 @@ class BatchCreate:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pause.wait(), seconds)
         return not pause.is_set()
+
+
+def _too_long(max_wait_s: float) -> str:
+    return (
+        f"the batch API stayed rate limited past max_wait_s ({max_wait_s:g} s); "
+        "the items go down the chain"
+    )

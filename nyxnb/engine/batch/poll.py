@@ -3,7 +3,9 @@
 The wait between polls of a batch's status grows from ``batch_poll.initial_s`` by ``multiplier``
 up to ``max_s`` (:class:`Backoff`; by default 5 s to 5 min, about 300 polls a day). A poll that
 fails transiently (:class:`~nyxnb.errors.ProviderUnavailable`: 429, 5xx, a timeout, a dropped
-connection) is retried on the same schedule (no sooner than the provider's retry-after); after
+connection) is retried on the same schedule (no sooner than the provider's retry-after), and
+every poll waits at the provider's batch gate (:mod:`nyxnb.engine.batch.gate`: after a 429 one
+probe per interval for every batch the process waits on, not one per batch); after
 ``max_outage_s`` of nothing but failed polls the workflow pauses with the batch row open, so
 ``nyxnb resume`` polls the same batch again. ``deadline_h`` after its submission the batch is
 cancelled. A cancel asked elsewhere (:func:`nyxnb.engine.batch.submit.cancel_batches`: ``nyxnb
@@ -21,7 +23,9 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from nyxnb import events as ev
-from nyxnb.engine.context import RunContext
+from nyxnb.engine.batch.gate import through
+from nyxnb.engine.calls.governor import WaitTooLong
+from nyxnb.engine.context import Paused, RunContext
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.rows import StepRow
 from nyxnb.errors import ProviderUnavailable, one_line
@@ -85,8 +89,10 @@ class BatchWait:
         """True once the provider says the batch ended; False if the workflow pauses first."""
         while True:
             try:
-                status = await self.api.status(self.batch_id)
-            except ProviderUnavailable as exc:
+                status = await self._status()
+            except Paused:
+                return False
+            except (ProviderUnavailable, WaitTooLong) as exc:
                 wait = self._failed_poll(exc)
                 if wait is None:
                     self.runner.pause_event.set()  # the workflow pauses, the batch stays open
@@ -99,6 +105,19 @@ class BatchWait:
                 wait = self.backoff.next()
             if not await self._sleep(wait):
                 return False
+
+    async def _status(self) -> BatchStatus:
+        """One poll, through the batch gate (waiting there at most what is left of the outage
+        budget, ``max_outage_s``)."""
+        left = self.poll.max_outage_s
+        if self.failing_since is not None:
+            left -= time.monotonic() - self.failing_since
+        return await through(
+            self.api.provider,
+            lambda: self.api.status(self.batch_id),
+            self.runner.pause_event,
+            max(left, 0.0),
+        )
 
     def _polled(self, status: BatchStatus) -> bool:
         """Record a poll's counts and say so; True if the batch ended."""
@@ -122,18 +141,23 @@ class BatchWait:
             )
         )
 
-    def _failed_poll(self, exc: ProviderUnavailable) -> float | None:
+    def _failed_poll(self, exc: ProviderUnavailable | WaitTooLong) -> float | None:
         """The wait before polling again after ``exc``; None when the outage lasted too long."""
         now = time.monotonic()
         self.failing_since = self.failing_since or now
-        error = one_line(exc, 300)
+        if isinstance(exc, WaitTooLong):  # the gate holds past what the outage may last
+            error = f"{self.row.provider}: the batch API is rate limited past max_outage_s"
+            self.failing_since = now - self.poll.max_outage_s
+        else:
+            error = one_line(exc, 300)
         if now - self.failing_since >= self.poll.max_outage_s:
             minutes = (now - self.failing_since) / 60
             resume = f"`nyxnb resume {self.runner.workflow_id}`"
             note = f"polls failed for {minutes:.1f} min: pausing, the batch stays open ({resume})"
             self._progress(0.0, f"{error}; {note}")
             return None
-        wait = max(self.backoff.next(), exc.retry_after or 0.0)
+        hint = exc.retry_after if isinstance(exc, ProviderUnavailable) else None
+        wait = max(self.backoff.next(), hint or 0.0)
         self._progress(wait, error)
         return wait
 
@@ -145,9 +169,14 @@ class BatchWait:
         if not deadline_passed(submitted, self.poll.deadline_h, utcnow()):
             return
         try:
-            await self.api.cancel(self.batch_id)
-        except ProviderUnavailable:
-            return  # asked again after the next poll
+            await through(
+                self.api.provider,
+                lambda: self.api.cancel(self.batch_id),
+                self.runner.pause_event,
+                self.poll.max_outage_s,
+            )
+        except (ProviderUnavailable, WaitTooLong, Paused):
+            return  # asked again after the next poll (a pause is seen by the next wait)
         records.mark_canceling(self.runner.store, self.step.workflow_id, self.batch_id)
         self.canceling = True
         self.backoff.reset()

@@ -26,9 +26,11 @@ from sqlalchemy import select
 
 from nyxnb import events as ev
 from nyxnb.engine.batch.create import BatchCreate, Created, GaveUp
+from nyxnb.engine.batch.gate import results_through, through
 from nyxnb.engine.batch.poll import BatchWait
 from nyxnb.engine.calls.chain import attempt_from, parse_entry
-from nyxnb.engine.context import RunContext
+from nyxnb.engine.calls.governor import WaitTooLong
+from nyxnb.engine.context import Paused, RunContext
 from nyxnb.engine.durable import items as item_store
 from nyxnb.engine.durable import records
 from nyxnb.engine.durable.records import BATCHES, WORKFLOWS
@@ -210,8 +212,8 @@ class BatchRun:
         if row.batch_id is None:
             try:
                 row = await self._orphan(api, row)
-            except ProviderUnavailable:  # the lookup failed (a 503): pause, a resume looks again
-                self.runner.pause_event.set()
+            except (ProviderUnavailable, WaitTooLong, Paused):  # the lookup failed: a resume
+                self.runner.pause_event.set()  # looks again
                 return False
         if row.batch_id is None:
             return True
@@ -229,7 +231,11 @@ class BatchRun:
             return False
         self._claim()  # a run that lost this workflow may have just handed its items back
         self._lost.discard(row.id)
-        ok, failed = await self._ingest_all(api, row)
+        try:
+            ok, failed = await self._ingest_all(api, row)
+        except (WaitTooLong, Paused):  # the results could not be read yet: a resume reads them
+            self.runner.pause_event.set()
+            return False
         if row.id in self._lost:  # a result another worker's claim refused: read it again
             return True
         records.update_batch(self.runner.store, row.id, state=BATCH_ENDED, ended_at=utcnow())
@@ -247,7 +253,8 @@ class BatchRun:
 
     async def _orphan(self, api: BatchApi, row: records.BatchRow) -> records.BatchRow:
         """A row killed between its commit and the batch id's: adopt a batch labelled with it."""
-        found = await api.find(row.id)
+        pause, max_wait = self.runner.pause_event, self.runner.pool.retry.max_wait_s
+        found = await through(api.provider, lambda: api.find(row.id), pause, max_wait)
         if found is None:  # nothing was submitted (or the API cannot label batches)
             idxs = {self.rows[c].idx for c in row.custom_ids if c in self.rows}
             sent = [self.sent.pop(i) for i in idxs if i in self.sent]
@@ -270,7 +277,9 @@ class BatchRun:
         assert row.batch_id is not None
         ok = failed = 0
         commits: list[asyncio.Future[None]] = []
-        async for result in api.results(row.batch_id, self._requests_of(row)):
+        results = api.results(row.batch_id, self._requests_of(row))
+        pause, max_wait = self.runner.pause_event, self.runner.pool.retry.max_wait_s
+        async for result in results_through(api.provider, results, pause, max_wait):
             good = self._ingest(result, row, commits)
             ok, failed = ok + good, failed + (not good)
             if len(commits) >= INGEST_CHUNK:

@@ -32,7 +32,7 @@ from functools import lru_cache
 from nyxnb.engine.calls.budget import SharedBudget
 from nyxnb.engine.calls.governor import Governor, Governors, Limits, Ticket, WaitTooLong
 from nyxnb.engine.outcomes import Attempt, ChainResult
-from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, ProviderError
+from nyxnb.errors import ChainExhausted, ErrorKind, MissingKey, PartialUsage, ProviderError
 from nyxnb.providers import structured
 from nyxnb.providers.base import (
     REFUSED_KINDS,
@@ -290,9 +290,21 @@ class _Call:
     waited_s: float = 0.0
     tries: int = 0
 
-    def record(self, model: str, kind: ErrorKind, message: str, ms: float) -> None:
+    def record(self, model: str, exc: ProviderError, ms: float) -> None:
         n = len([a for a in self.attempts if a.provider == self.name]) + 1
-        self.attempts.append(Attempt(self.name, model, n, "error", kind, message, latency_ms=ms))
+        attempt = Attempt(self.name, model, n, "error", exc.kind, exc.message, latency_ms=ms)
+        if exc.partial is not None:  # cut mid-answer: the provider bills what it read and wrote
+            self._bill_partial(attempt, exc.partial)
+        self.attempts.append(attempt)
+
+    def _bill_partial(self, attempt: Attempt, partial: PartialUsage) -> None:
+        """Tokens and cost of a cut call (input unknown: estimated at 4 characters a token)."""
+        read = partial.input_tokens
+        attempt.input_tokens = _chars(self.request) // 4 if read is None else read
+        attempt.output_tokens = partial.output_tokens
+        prices_as = self.pool.provider(self.name).prices_as
+        price = price_for(self.name, attempt.model, prices_as=prices_as)
+        attempt.cost_usd = price.cost(attempt.input_tokens, attempt.output_tokens)
 
     def report(self, gov: Governor, wait_s: float) -> None:
         if self.on_rate is not None and self.pool.governors.should_report(gov.provider, gov.model):
@@ -377,7 +389,7 @@ async def _attempt(call: _Call, gov: Governor, ticket: Ticket, model: str) -> _O
         answer = await pool.call(name, call.request, retry=call.tries > 0)
     except ProviderError as exc:
         ms = (time.perf_counter() - started) * 1000
-        call.record(model, exc.kind, exc.message, ms)
+        call.record(model, exc, ms)
         if exc.kind == "rate_limited":
             await gov.throttled(ticket, exc.rate, exc.retry_after)
             call.report(gov, gov.held_for())
