@@ -315,16 +315,22 @@ class RunContext:
         await self.reserve_sent(step, [(item_idx, request)])
 
     async def reserve_sent(
-        self, step: StepRow, calls: Sequence[tuple[int | None, CompletionRequest]]
+        self,
+        step: StepRow,
+        calls: Sequence[tuple[int | None, CompletionRequest]],
+        *,
+        urgent: bool = True,
     ) -> None:
         """Commit the 'sent' rows of calls in one write before they are made (a fan-out
         reserves a block of items ahead while other calls run).
 
         :meth:`call` then starts at once; the database stays off the calls' critical path.  A
-        reservation never used (a pause) is taken back with :meth:`take_sent`.
+        reservation never used (a pause) is taken back with :meth:`take_sent`.  Not ``urgent``:
+        the rows join the next group commit (a fan-out reserving ahead; it hurries the writer
+        when a call waits for them).
         """
         rows = [self._sent_row(step, request, idx) for idx, request in calls]
-        await self.writer.write(ItemRows(rows, None, None), urgent=True)
+        await self.writer.write(ItemRows(rows, None, None), urgent=urgent)
         for (idx, _), row in zip(calls, rows, strict=True):
             self._sent[(step.id, idx)] = row["id"]
 

@@ -146,6 +146,7 @@ class _FanOut:
         self._cut: set[asyncio.Task[Any]] = set()  # ... that a pause cancelled after its grace
         self._ready: deque[ItemRow] = deque()  # items whose 'sent' rows are committed
         self._block: asyncio.Future[None] | None = None  # the next block being reserved
+        self._waiting = False  # a worker waits for that block (nothing else is ready)
         self._stopped = False
         self.answered: dict[tuple[str, str], int] = {}  # (provider, model) -> items answered
         self.cached = 0
@@ -187,7 +188,9 @@ class _FanOut:
         """The next item whose 'sent' row is committed, reserving the next block ahead.
 
         Blocks of :data:`RESERVE_BLOCK` x concurrency items are reserved in one write while
-        the calls of the last block run, so a call never waits for the database.
+        the calls of the last block run, so a call never waits for the database: the block
+        joins the next group commit (made while the calls wait on their providers, off their
+        path), and is hurried only when a worker finds no item ready.
         """
         while True:
             if len(self._ready) <= self.limit and self._pending and self._block is None:
@@ -199,18 +202,21 @@ class _FanOut:
                 return self._ready.popleft()
             if self._block is None:
                 return None
+            self._waiting = True  # a worker is idle: the block's write must not wait
+            self.runner.writer.hurry()
             await asyncio.shield(self._block)
 
     async def _reserve_block(self) -> None:
         size = min(len(self._pending), self.limit * RESERVE_BLOCK)
         rows = [self._pending.popleft() for _ in range(size)]
+        calls = [(r.idx, self.requests[r.idx]) for r in rows]
         try:
-            await self.runner.reserve_sent(self.step, [(r.idx, self.requests[r.idx]) for r in rows])
+            await self.runner.reserve_sent(self.step, calls, urgent=self._waiting)
         except BaseException:
             self._pending.extendleft(reversed(rows))
             raise
         finally:
-            self._block = None
+            self._block, self._waiting = None, False
         self._ready.extend(rows)
 
     def _paused(self) -> bool:

@@ -307,6 +307,8 @@ class FakeProviderServer:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
+        except asyncio.CancelledError:  # the server is stopping: end quietly (Python 3.11's
+            task.uncancel()  # stream callback reports a cancelled handler as an error)
         finally:
             self._conns.discard(task)  # type: ignore[arg-type]
             writer.transport.abort()
