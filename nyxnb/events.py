@@ -71,6 +71,11 @@ class FanOutProgress(StepEvent):
     cost_usd: float = 0.0
     reasoning_tokens: int = 0  # thinking tokens, a part of output_tokens
 
+    @property
+    def item_idx(self) -> int:
+        """The item's 0-based index, as ``step_items.idx``, ``items_df`` and ``nyxnb show``."""
+        return self.fan_out_index - 1
+
 
 @dataclass(frozen=True)
 class StepCompleted(StepEvent):
@@ -140,7 +145,7 @@ class Generating(StepEvent):
     @property
     def summary(self) -> str:
         """``item 3: anthropic writing, 412 tokens at 51 tok/s`` or a wait for a silent one."""
-        item = f"item {self.item_index + 1}: " if self.item_index is not None else ""
+        item = f"item {self.item_index}: " if self.item_index is not None else ""
         if self.waiting_s is not None:
             return (
                 f"{item}{self.provider} has sent nothing for {self.waiting_s:.0f} s "

@@ -11,6 +11,9 @@ import asyncio
 import io
 import json
 import re
+import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -115,6 +118,33 @@ def test_a_live_or_late_lease_still_reads_running(seeded) -> None:
     assert summary.shown_status == "running" and summary.note == ""
     _kill_the_runner(seeded, workflow_id, expired_s=3)  # a renewal late on a busy store
     assert workflow_summary(seeded, workflow_id).shown_status == "running"
+
+
+def test_a_killed_runner_of_this_host_reads_interrupted_at_once_in_the_notebook(seeded) -> None:
+    """Its lease is still fresh (it renewed a second ago), but its process is gone: a restarted
+    kernel's run. The views need not wait ~16 s (lease TTL + grace); another host's still do."""
+    workflow_id = _paused_run(seeded)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process of this host that has ended
+    _kill_the_runner(seeded, workflow_id, expired_s=-120)  # fresh for two minutes more
+    with seeded.session() as s:
+        s.get_one(Workflow, workflow_id).lease_owner = f"{socket.gethostname()}:{gone.pid}:x"
+    assert workflow_summary(seeded, workflow_id).shown_status == "running"  # expiry alone: later
+    text = WorkflowProgress.attach(
+        seeded, workflow_id, widget=False, stream=io.StringIO(), wait=False
+    )
+    text.stop()
+    assert text.state.status == "interrupted" and NOTE.search(text.state.headline())
+    widget = WorkflowProgress.attach(seeded, workflow_id, widget=True, display=False)
+    assert widget._view is not None and "interrupted" in widget._view.header.value
+    assert widget._view.resume.layout.display is None  # a Resume button, at once
+    with seeded.session() as s:  # the same lease held by a live process here (init): running
+        s.get_one(Workflow, workflow_id).lease_owner = f"{socket.gethostname()}:1:x"
+    alive = WorkflowProgress.attach(
+        seeded, workflow_id, widget=False, stream=io.StringIO(), wait=False
+    )
+    assert alive.state.status == "running"
+    alive.stop()
 
 
 def test_resume_from_an_interrupted_widget_finishes_the_run(seeded) -> None:

@@ -16,6 +16,7 @@ from helpers import minimal, three_steps
 import nyxnb
 from nyxnb import events as ev
 from nyxnb.engine.workflows import create_workflow
+from nyxnb.notebook.inspect import items_df
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.widgets import ProgressState, WorkflowProgress, live_frontend
 from nyxnb.reports.summary import workflow_summary
@@ -218,6 +219,37 @@ def test_attach_to_a_finished_run_shows_the_truth(seeded) -> None:
     assert widget._view is not None and len(widget._view.rows) == 8
 
 
+def test_attach_shows_the_store_at_once_not_a_placeholder_to_correct(
+    seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attached view is displayed already drawn: its first outputs and the widgets' state
+    as they go out are the truth. Right after a kernel restart JupyterLab lost the update
+    messages that were to correct a placeholder ("workflow: pending, 0/0 steps") for good."""
+    import IPython.display
+
+    result = nyxnb.run(spec(), tenant="nyx", project="BRbase", store=seeded)
+    shown: list[str] = []
+    updates: list[dict[str, Any]] = []
+    headers: list[str] = []
+
+    def display(bundle: dict[str, Any], **_: Any) -> Any:
+        shown.append(bundle.get("text/plain") or bundle["text/html"])
+        return SimpleNamespace(update=lambda b, **_: updates.append(b))
+
+    original = WorkflowProgress._show
+
+    def show(self: WorkflowProgress) -> None:  # the header widget's value when displayed
+        original(self)
+        headers.append(self._view.header.value if self._view is not None else "")
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(WorkflowProgress, "_show", show)
+    WorkflowProgress.attach(seeded, result.workflow_id, widget=True)
+    assert len(shown) == 2 and not updates  # the widget and its saved copy, drawn once
+    assert shown[0].startswith("widget-test: completed, 8/8 steps"), shown[0]
+    assert "completed, 8/8 steps" in shown[1] and "completed, 8/8 steps" in headers[0]
+
+
 def test_attach_follows_a_run_in_another_process(seeded_any, store_url: str) -> None:
     seeded = seeded_any
     workflow_id = create_workflow(seeded, spec(8), tenant="nyx", project="BRbase")
@@ -394,3 +426,63 @@ def test_text_progress_names_the_fallback_that_answered() -> None:
 def test_result_without_a_background_run_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="no background run"):
         WorkflowProgress(stream=io.StringIO()).result()
+
+
+def test_text_lines_price_and_count_as_the_widget_does() -> None:
+    """The end line and step lines: "in / out" tokens, and "—" where nothing was priced."""
+    out = io.StringIO()
+    text = TextProgress(out)
+    step = {"name": "analysis", "order": 0, "step_type": "llm"}
+    text(ev.WorkflowStarted("wf", name="w", total_steps=1))
+    text(ev.StepStarted("wf", **step, persona="Athena", provider="offline"))
+    text(ev.StepCompleted("wf", **step, provider="offline", model="offline-1",
+                          input_tokens=9465, output_tokens=1524))  # fmt: skip
+    text(ev.WorkflowCompleted("wf", name="w", seconds=4.2, input_tokens=9465, output_tokens=1524))
+    lines = out.getvalue().splitlines()
+    assert lines[-2].endswith("done · 9,465 in / 1,524 out tokens · —"), lines[-2]
+    assert lines[-1] == "completed in 0:04: 9,465 in / 1,524 out tokens · —"
+    state = ProgressState()  # the widget's header says the same
+    state.apply(ev.WorkflowStarted("wf", name="w", total_steps=1))
+    state.apply(ev.WorkflowCompleted("wf", name="w", input_tokens=9465, output_tokens=1524))
+    assert "9,465 in / 1,524 out tokens · —" in state.headline()
+    priced = io.StringIO()
+    TextProgress(priced)(ev.WorkflowCompleted("wf", name="w", seconds=75, input_tokens=1,
+                                             output_tokens=2, cost_usd=0.0123))  # fmt: skip
+    assert priced.getvalue() == "completed in 1:15: 1 in / 2 out tokens · $0.0123\n"
+
+
+def test_items_are_numbered_from_0_as_in_the_store(seeded) -> None:
+    """Text lines, the widget and the store (``step_items.idx``, ``items_df``) agree on items."""
+    out = io.StringIO()
+    text = TextProgress(out, every_s=0.0)
+    widget = ProgressState()
+    seen: list[ev.Event] = []
+
+    def both(event: ev.Event) -> None:
+        seen.append(event)
+        text(event)
+        widget.apply(event)
+
+    one = spec(3)
+    one.pop("generate")
+    result = nyxnb.run(one, tenant="nyx", project="BRbase", store=seeded, on_event=both)
+    assert result.ok
+    items = items_df(seeded, result.workflow_id)
+    by_idx = dict(zip(items["idx"], items["heading"], strict=True))
+    assert sorted(by_idx) == [0, 1, 2]
+    lines = [line for line in out.getvalue().splitlines() if "  item " in line]
+    assert len(lines) == 3
+    for line in lines:  # "#####... 2/3  item 1 <heading of idx 1> (offline offline-1)"
+        idx = int(line.split("  item ")[1].split()[0])
+        assert f"item {idx} {by_idx[idx][:40]}" in line, (line, by_idx)
+    fan = [e for e in seen if isinstance(e, ev.FanOutProgress)]
+    assert sorted(e.item_idx for e in fan) == [0, 1, 2]
+    wf, step = "wf", {"name": "features", "order": 1, "step_type": "fan-out"}
+    widget.apply(ev.ProviderFallback(wf, **step, from_provider="anthropic", to_provider="google",
+                                     reason="exhausted", item_index=2))  # fmt: skip
+    widget.apply(ev.Generating(wf, **step, provider="google", tokens=5, item_index=2))
+    assert widget.fallbacks[-1].startswith("features item 2:")
+    assert widget.steps[1].heading.startswith("item 2: google writing")
+    text(ev.ProviderFallback(wf, **step, from_provider="anthropic", to_provider="google",
+                             reason="exhausted", item_index=2))  # fmt: skip
+    assert out.getvalue().splitlines()[-1].startswith("      fallback item 2: anthropic")

@@ -99,6 +99,11 @@ def batch_ended_text(
     return f"{provider} batch {batch_id}: ended, {succeeded} ok{failures}{after}"
 
 
+def _spent(tokens_in: int, tokens_out: int, cost_usd: float) -> str:
+    """``9,465 in / 1,524 out tokens · $0.0123`` (``—`` unpriced), as the widget's header."""
+    return f"{tokens_text(tokens_in, tokens_out)} tokens · {money(cost_usd)}"
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / total) if total else width
     return "#" * filled + "." * (width - filled)
@@ -161,7 +166,7 @@ class TextProgress:
         self._last = now
         text = (
             f"      {_bar(e.completed, e.fan_out_total)} {e.completed}/{e.fan_out_total}"
-            f"  item {e.fan_out_index} {e.fan_out_heading[:40]}"
+            f"  item {e.item_idx} {e.fan_out_heading[:40]}"
         )
         who = answered_by(e.provider, e.model, e.cached)
         text += f" ({who})" if who else ""
@@ -186,15 +191,15 @@ class TextProgress:
         elif e.cached_items and not e.cached:
             answered += f", {e.cached_items} items cached"
         who += f", {answered}" if answered else ""
-        tokens = f"  {e.input_tokens}+{e.output_tokens} tokens" if e.input_tokens else ""
-        cost = f"  ${e.cost_usd:.4f}" if e.cost_usd else ""
-        self._line(f"  {self._step(e.order)} {e.name} ({who}) done{tokens}{cost}")
+        spent = e.input_tokens or e.output_tokens
+        tokens = f" · {_spent(e.input_tokens, e.output_tokens, e.cost_usd)}" if spent else ""
+        self._line(f"  {self._step(e.order)} {e.name} ({who}) done{tokens}")
 
     def _on_step_failed(self, e: ev.StepFailed) -> None:
         self._line(f"      FAILED: {e.error}")
 
     def _on_provider_fallback(self, e: ev.ProviderFallback) -> None:
-        item = f" item {e.item_index + 1}" if e.item_index is not None else ""
+        item = f" item {e.item_index}" if e.item_index is not None else ""
         self._line(
             f"      fallback{item}: {e.from_provider} ({e.reason}) -> "
             f"{e.to_provider or 'none left'}"
@@ -234,10 +239,8 @@ class TextProgress:
         self._line(f"paused; continue with: nyxnb resume {e.workflow_id}")
 
     def _on_workflow_completed(self, e: ev.WorkflowCompleted) -> None:
-        self._line(
-            f"completed in {e.seconds:.1f}s: {e.input_tokens}+{e.output_tokens} tokens, "
-            f"${e.cost_usd:.4f}"
-        )
+        spent = _spent(e.input_tokens, e.output_tokens, e.cost_usd)
+        self._line(f"completed in {clock(e.seconds)}: {spent}")
 
     def _on_workflow_failed(self, e: ev.WorkflowFailed) -> None:
         self._line(f"failed: {e.error}\nfix the cause, then: nyxnb resume {e.workflow_id}")

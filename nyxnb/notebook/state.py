@@ -11,9 +11,11 @@ elapsed, rate and ETA per fan-out and for the run; a dead run (lease expired, no
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 
 from nyxnb import events as ev
+from nyxnb.engine.durable import lease
 from nyxnb.notebook.progress import (
     answered_by,
     batch_ended_text,
@@ -24,7 +26,25 @@ from nyxnb.notebook.progress import (
     tokens_text,
 )
 from nyxnb.reports.summary import INTERRUPTED, BatchSummary, WorkflowSummary
-from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, QUEUED, RUNNING
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, QUEUED, RUNNING, aware, utcnow
+
+
+def dead_at_once(summary: WorkflowSummary) -> WorkflowSummary:
+    """A run whose lease holder is a process of this host that is gone reads interrupted now.
+
+    The store alone says so only when the lease has expired and a grace has passed (~16 s): a
+    runner elsewhere may merely be late to renew. A holder on this host is asked directly (the
+    lease module takes such a lease over at once too): a killed kernel or CLI run reads dead
+    at the next refresh. Another host's runner still waits for expiry and grace.
+    """
+    if summary.status != RUNNING or summary.interrupted or not summary.lease_owner:
+        return summary
+    if not lease._holder_is_dead(summary.lease_owner):
+        return summary
+    expires = aware(summary.lease_expires_at)  # its last renewal: TTL before the expiry
+    since = expires - timedelta(seconds=lease.TTL_S) if expires is not None else utcnow()
+    return replace(summary, interrupted_since=since)
+
 
 _HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "time", "current")
 #: Statuses in which a run is under way (or about to be): a view follows them.
@@ -264,7 +284,7 @@ class ProgressState:
         elif isinstance(e, ev.StepFailed):
             row.status = FAILED
         elif isinstance(e, ev.ProviderFallback):
-            item = f" item {e.item_index + 1}" if e.item_index is not None else ""
+            item = f" item {e.item_index}" if e.item_index is not None else ""
             to = e.to_provider or "none left"
             self.fallbacks.append(f"{e.name}{item}: {e.from_provider} ({e.reason}) -> {to}")
             row.provider = e.to_provider or row.provider
@@ -314,6 +334,7 @@ class ProgressState:
 
         ``answered`` (per step order, from the ledger) says who answered and what was cached.
         """
+        summary = dead_at_once(summary)
         self.workflow_id, self.name = summary.id, summary.name
         answered, before = answered or {}, self.steps
         if not merge:

@@ -75,6 +75,15 @@ def static_html(state: ProgressState) -> str:
     )
 
 
+def display_bundle(state: ProgressState, view: WidgetView | None) -> dict[str, Any]:
+    """The widget's output: the view, and the table as text where widgets do not render."""
+    data: dict[str, Any] = {"text/plain": state.table()}
+    if view is not None:
+        ref = {"model_id": view.box.model_id, "version_major": 2, "version_minor": 0}
+        data["application/vnd.jupyter.widget-view+json"] = ref
+    return data
+
+
 def _cell(text: str, color: str | None = None) -> str:
     """One cell: escaped, the whole text on hover (the view clips it with an ellipsis)."""
     shown = html.escape(text)
@@ -242,4 +251,4 @@ class WidgetView:
         self.note.value = f"<i>{html.escape(text)}</i>" if text else ""
 
 
-__all__ = ["STALE_NOTE", "WidgetView", "static_html"]
+__all__ = ["STALE_NOTE", "WidgetView", "display_bundle", "static_html"]

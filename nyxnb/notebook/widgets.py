@@ -45,7 +45,7 @@ from nyxnb.notebook.inspect import answered, latest_workflow, reader, step_conte
 from nyxnb.notebook.kernel import execution_count, live_frontend
 from nyxnb.notebook.progress import TextProgress
 from nyxnb.notebook.state import ACTIVE, ProgressState, StepRow
-from nyxnb.notebook.view import WidgetView, static_html
+from nyxnb.notebook.view import WidgetView, display_bundle, static_html
 from nyxnb.reports.summary import INTERRUPTED, workflow_summary
 from nyxnb.store.database import Store, open_store
 from nyxnb.store.models import PAUSED, PENDING, RUNNING
@@ -209,10 +209,16 @@ class WorkflowProgress:
         """
         st = store if isinstance(store, Store) else open_store(store)
         workflow_id = workflow_id or latest_workflow(st, tenant=tenant, project=project)
-        progress = cls(store=st, tenant=tenant, **kw)
+        show = kw.pop("display", True)
+        progress = cls(store=st, tenant=tenant, display=False, **kw)
         progress.state.workflow_id = workflow_id
         _VIEWS.setdefault(workflow_id, weakref.WeakSet()).add(progress)
         progress.refresh()
+        if show and progress._view is not None:
+            # drawn from the store before it is shown: the widget's first state (its comm_open
+            # messages) and the saved form are the truth, not a placeholder that later update
+            # messages must correct; right after a kernel restart the frontend lost those
+            progress._show()
         if progress.state.status in ACTIVE:
             progress._poller = threading.Thread(target=progress._poll, args=(poll_s,), daemon=True)
             progress._poller.start()
@@ -451,11 +457,7 @@ class WorkflowProgress:
 
     def _bundle(self) -> dict[str, Any]:
         """The widget's output: the view, and the table as text where widgets do not render."""
-        data: dict[str, Any] = {"text/plain": self.state.table()}
-        if self._view is not None:
-            view = {"model_id": self._view.box.model_id, "version_major": 2, "version_minor": 0}
-            data["application/vnd.jupyter.widget-view+json"] = view
-        return data
+        return display_bundle(self.state, self._view)
 
     def _static_bundle(self) -> dict[str, Any]:
         """A second output, the static copy: hidden while the widget renders (live, or dead
