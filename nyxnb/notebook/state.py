@@ -39,7 +39,7 @@ def dead_at_once(summary: WorkflowSummary) -> WorkflowSummary:
     """
     if summary.status != RUNNING or summary.interrupted or not summary.lease_owner:
         return summary
-    if not lease._holder_is_dead(summary.lease_owner):
+    if not lease.holder_is_dead(summary.lease_owner):
         return summary
     expires = aware(summary.lease_expires_at)  # its last renewal: TTL before the expiry
     since = expires - timedelta(seconds=lease.TTL_S) if expires is not None else utcnow()

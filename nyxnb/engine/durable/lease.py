@@ -37,7 +37,9 @@ def new_owner() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _holder_is_dead(owner: str | None) -> bool:
+def holder_is_dead(owner: str | None) -> bool:
+    """True when a lease's holder is certainly gone: none, or a process of this host that has
+    exited (a holder on another host is never judged dead here: only its lease can expire)."""
     if not owner:
         return True
     host, _, rest = owner.partition(":")
@@ -84,7 +86,7 @@ def acquire(
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
         holder, expires = row[0], aware(row[1])
         free = holder in (None, owner) or expires is None or expires < now
-        if not free and not _holder_is_dead(holder):
+        if not free and not holder_is_dead(holder):
             left = (expires - now).total_seconds() if expires else 0.0
             raise LeaseHeld(workflow_id, holder or "?", left)
         s.execute(
