@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
@@ -77,6 +78,12 @@ def new_id() -> str:
 
 
 _RAND_B = (1 << 62) - 1
+
+
+def _WHERE_SET(column: str) -> dict[str, Any]:  # noqa: N802 - reads as a clause in Index()
+    """A partial index's condition on both backends: rows whose ``column`` is set."""
+    condition = text(f'"{column}" IS NOT NULL')
+    return {"sqlite_where": condition, "postgresql_where": condition}
 
 
 def utcnow() -> datetime:
@@ -247,7 +254,8 @@ class StepItem(TenantOwned, Base):
         UniqueConstraint("step_id", "idx"),
         # progress views count completed items per step while a run writes
         Index("ix_step_items_step_id_status", "step_id", "status"),
-        Index("ix_step_items_step_id_key", "step_id", "key"),  # a dataset row across revisions
+        # a dataset row across revisions (rows of typed items have no key: left out)
+        Index("ix_step_items_step_id_key", "step_id", "key", **_WHERE_SET("key")),
         CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
     )
     step_id: Mapped[str] = mapped_column(ForeignKey("workflow_steps.id", ondelete="CASCADE"))
@@ -291,6 +299,10 @@ class LlmCall(TenantOwned, Base):
     """One provider attempt (successful, failed or served from cache)."""
 
     __tablename__ = "llm_calls"
+    __table_args__ = (
+        # only batched calls have a batch: the live calls' rows (nearly all) stay out of it
+        Index("ix_llm_calls_batch_id", "batch_id", **_WHERE_SET("batch_id")),
+    )
     workflow_id: Mapped[str | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="CASCADE"), index=True, nullable=True
     )
@@ -312,7 +324,7 @@ class LlmCall(TenantOwned, Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
-    batch_id: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(120), nullable=True)
     service_tier: Mapped[str] = mapped_column(String(16), default="live")  # live | batch
     # the provider's tier it was served at: flex | priority | default (None: the API has none)
     api_tier: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -76,12 +76,9 @@ def acquire(
 ) -> None:
     """Take the lease for ``ttl_s`` or raise :class:`LeaseHeld` (or :class:`NotFound`)."""
     now = utcnow()
-    with store.session(tenant_id) as s:
-        row = s.execute(
-            select(Workflow.lease_owner, Workflow.lease_expires_at)
-            .where(Workflow.id == workflow_id)
-            .with_for_update()
-        ).first()
+    query = _HOLDER if tenant_id is None else _HOLDER.where(_WORKFLOWS.c.tenant_id == tenant_id)
+    with store.begin() as conn:
+        row = conn.execute(query, {"wf": workflow_id}).first()
         if row is None:
             raise NotFound("workflow", workflow_id, hint="list workflows with `nyxnb list`")
         holder, expires = row[0], aware(row[1])
@@ -89,11 +86,8 @@ def acquire(
         if not free and not holder_is_dead(holder):
             left = (expires - now).total_seconds() if expires else 0.0
             raise LeaseHeld(workflow_id, holder or "?", left)
-        s.execute(
-            update(Workflow)
-            .where(Workflow.id == workflow_id)
-            .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s))
-        )
+        expires_at = now + timedelta(seconds=ttl_s)
+        conn.execute(_TAKE, {"wf": workflow_id, "owner": owner, "expires": expires_at})
 
 
 def renew(store: Database, workflow_id: str, owner: str, ttl_s: float = TTL_S) -> bool:
@@ -119,6 +113,17 @@ _FENCE = (
 )
 
 
+# every run takes its lease once: built once, on the table (not the ORM entity)
+_HOLDER = (
+    select(_WORKFLOWS.c.lease_owner, _WORKFLOWS.c.lease_expires_at)
+    .where(_WORKFLOWS.c.id == bindparam("wf"))
+    .with_for_update()
+)
+_TAKE = (
+    update(_WORKFLOWS)
+    .where(_WORKFLOWS.c.id == bindparam("wf"))
+    .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires"))
+)
 _HELD_BY = and_(_WORKFLOWS.c.id == bindparam("wf"), _WORKFLOWS.c.lease_owner == bindparam("owner"))
 # renewed every HEARTBEAT_S of every run: built once, on the table
 _RENEW = update(_WORKFLOWS).where(_HELD_BY).values(lease_expires_at=bindparam("expires"))
