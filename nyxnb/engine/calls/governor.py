@@ -176,8 +176,11 @@ class Governor:
             and (self.shared is None or not (self.rpm or self.tpm))
             and not self._gate.limited
             and self._slot_waiters == 0
-            and self.in_flight < max(1, int(self.limit))
+            and self._has_slot()
         )
+
+    def _has_slot(self) -> bool:
+        return self.in_flight < max(1, int(self.limit))
 
     async def _take_budget(self, tokens: float) -> None:
         if self._requests is not None:
@@ -220,7 +223,7 @@ class Governor:
         self._slot_waiters += 1
         try:
             async with self._slot:
-                await self._slot.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+                await self._slot.wait_for(self._has_slot)
                 self.in_flight += 1
         finally:
             self._slot_waiters -= 1
@@ -426,13 +429,13 @@ def too_long_message(max_wait_s: float, hold_s: float) -> str:
         return f"still rate limited after waiting {max_wait_s:g} s (max_wait_s)"
     at = datetime.now(UTC) + timedelta(seconds=hold_s)
     return (
-        f"rate limited: the limit resets in {human_duration(hold_s)} "
+        f"rate limited: the limit resets in {_human_duration(hold_s)} "
         f"(at {at:%Y-%m-%d %H:%M:%S} UTC), "
         f"past max_wait_s ({max_wait_s:g} s)"
     )
 
 
-def human_duration(seconds: float) -> str:
+def _human_duration(seconds: float) -> str:
     """``7m12s``, ``3h5m``, ``8.6s``."""
     if seconds < 60:
         return f"{seconds:.3g}s"

@@ -69,11 +69,12 @@ def item_rows(
 def write_items(conn: Connection, batch: Sequence[ItemRows]) -> None:
     """Commit a batch of completed items with one executemany per table.
 
-    An item's first live ledger row takes the place of its 'sent' row (:func:`_complete_sent`).
+    An item's first live ledger row takes the place of its 'sent' row: an update by primary
+    key (``_COMPLETE_SENT``) that touches no index of ``llm_calls``.
     """
     completed, calls, settled = _split_sent(batch)
     settle_sent(conn, settled)
-    _complete_sent(conn, completed)
+    executemany(conn, _COMPLETE_SENT, completed)
     executemany(conn, INSERT_CALLS, calls)
     cache.store_rows(conn, [b.cache for b in batch if b.cache is not None])
     executemany(conn, _COMPLETE_ITEM, [b.item.params() for b in batch if b.item is not None])
@@ -110,22 +111,18 @@ def _completing(row: dict[str, Any], sent_id: str) -> dict[str, Any]:
     return values
 
 
-_COMPLETE_SENT: dict[tuple[str, ...], Any] = {}
-
-
-def _complete_sent(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Turn 'sent' rows into the attempts that completed them (an update by primary key)."""
-    if not rows:
-        return
-    columns = tuple(k for k in rows[0] if k != "sent_id")
-    statement = _COMPLETE_SENT.get(columns)
-    if statement is None:
-        statement = _COMPLETE_SENT[columns] = (
-            update(CALLS)
-            .where(CALLS.c.id == bindparam("sent_id"))
-            .values({c: bindparam(c) for c in columns})
-        )
-    executemany(conn, statement, rows)
+#: A 'sent' row completed by its attempt: every column of an attempt's row but those shared.
+_COMPLETE_SENT = (
+    update(CALLS)
+    .where(CALLS.c.id == bindparam("sent_id"))
+    .values(
+        {
+            c: bindparam(c)
+            for c in (*Attempt.__dataclass_fields__, "created_at", "updated_at")
+            if c not in _SAME_AS_SENT
+        }
+    )
+)
 
 
 def complete_item(

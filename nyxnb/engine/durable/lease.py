@@ -114,17 +114,18 @@ _FENCE = (
 
 
 # every run takes its lease once: built once, on the table (not the ORM entity)
+_THE_WORKFLOW = _WORKFLOWS.c.id == bindparam("wf")
 _HOLDER = (
     select(_WORKFLOWS.c.lease_owner, _WORKFLOWS.c.lease_expires_at)
-    .where(_WORKFLOWS.c.id == bindparam("wf"))
+    .where(_THE_WORKFLOW)
     .with_for_update()
 )
 _TAKE = (
     update(_WORKFLOWS)
-    .where(_WORKFLOWS.c.id == bindparam("wf"))
+    .where(_THE_WORKFLOW)
     .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires"))
 )
-_HELD_BY = and_(_WORKFLOWS.c.id == bindparam("wf"), _WORKFLOWS.c.lease_owner == bindparam("owner"))
+_HELD_BY = and_(_THE_WORKFLOW, _WORKFLOWS.c.lease_owner == bindparam("owner"))
 # renewed every HEARTBEAT_S of every run: built once, on the table
 _RENEW = update(_WORKFLOWS).where(_HELD_BY).values(lease_expires_at=bindparam("expires"))
 _RELEASE = update(_WORKFLOWS).where(_HELD_BY).values(lease_owner=None, lease_expires_at=None)

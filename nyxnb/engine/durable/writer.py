@@ -65,9 +65,7 @@ class GroupWriter:
         done: asyncio.Future[None] = loop.create_future()
         self._batch.append((rows, done))
         if urgent or len(self._batch) >= MAX_BATCH:
-            if not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self._flush)
+            self._flush_soon()
         elif self._timer is None and not self._scheduled:
             self._timer = loop.call_later(COALESCE_S, self._flush)
         return done
@@ -75,7 +73,12 @@ class GroupWriter:
     def hurry(self) -> None:
         """Commit what waits at the end of this loop turn: nothing more is coming to join it
         (the fan-out's last calls have ended), so the window would only be waited out."""
-        if self._batch and not self._scheduled:
+        if self._batch:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush at the end of this loop turn (once, however many ask)."""
+        if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
