@@ -76,6 +76,22 @@ def batch(
         on_result=finished,
         store=get_store(ctx),
     )
+    failed = sum(not r.ok for r in results)
+    emit(
+        ctx,
+        [r.to_dict() for r in results],
+        lambda: (
+            _results_table(results)
+            + f"\n{len(results) - failed} ok, {failed} failed; notebooks in {out_dir}"
+        ),
+    )
+    sys.exit(1 if failed else 0)
+
+
+COMMANDS = [batch]
+
+
+def _results_table(results: list[BatchResult]) -> str:
     rows = [
         {
             "#": r.index,
@@ -88,16 +104,4 @@ def batch(
         }
         for r in results
     ]
-    failed = sum(not r.ok for r in results)
-    emit(
-        ctx,
-        [r.to_dict() for r in results],
-        lambda: (
-            table(rows, ["#", "status", "workflow", "seconds", "parameters", "output", "error"])
-            + f"\n{len(results) - failed} ok, {failed} failed; notebooks in {out_dir}"
-        ),
-    )
-    sys.exit(1 if failed else 0)
-
-
-COMMANDS = [batch]
+    return table(rows, ["#", "status", "workflow", "seconds", "parameters", "output", "error"])

@@ -11,6 +11,7 @@ import click
 from nyxnb import events as ev
 from nyxnb.cli.common import emit, get_store, table, with_json
 from nyxnb.cli.options import RunFlags, run_flags
+from nyxnb.engine import loops
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import MAX_CLAIM_TTL_S, MIN_CLAIM_TTL_S
 from nyxnb.engine.workers.worker import Worker, WorkerOptions, WorkerStats, live_workers
@@ -75,7 +76,7 @@ def worker(
         max_workflows=max_workflows,
         claim_ttl_s=claim_ttl,
     )
-    stats = asyncio.run(_work(Worker(store, options, on_event=_print_event)))
+    stats = loops.run(_work(Worker(store, options, on_event=_print_event)))
     emit(
         ctx,
         asdict(stats),

@@ -4,6 +4,7 @@ Where a behaviour lives (runner, context and fan-out at the top, where a reader 
 
 - the run loop, steps in order, resume and pause: ``runner.py``; the Python entry points
   (``run``/``resume``/``arun``, the sync facade that works inside Jupyter): ``api.py``
+- the event loops nyxnb owns (timers that fire on time): ``loops.py``
 - creating a workflow from a spec (tenant, project, personas, provider chains): ``workflows.py``
 - what a step executor needs (prompts, requests, cache lookup, events): ``context.py``
 - fan-out items, bounded concurrency, each item committed as it completes: ``fanout.py``; its

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nyxnb import events as ev
+from nyxnb.engine import loops
 from nyxnb.engine.calls.chain import RetryPolicy
 from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workflows import RunOptions, create_workflow
@@ -265,7 +266,7 @@ class _LoopThread:
     def loop(cls) -> asyncio.AbstractEventLoop:
         with cls._lock:
             if cls._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = loops.new_event_loop()  # timers on time (see loops.py)
                 threading.Thread(target=loop.run_forever, name="nyxnb-loop", daemon=True).start()
                 cls._loop = loop
             return cls._loop

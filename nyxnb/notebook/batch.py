@@ -281,8 +281,6 @@ def run_batch(
     Returns:
         One :class:`BatchResult` per parameter set, in order.
     """
-    import papermill
-
     source = Path(notebook)
     if not source.is_file():
         raise ConfigError(f"notebook {source} not found")
@@ -291,37 +289,51 @@ def run_batch(
         check_parameters(params)
     target = _writable_folder(Path(out_dir))
     results: list[BatchResult] = []
+    papermill_options = {
+        "kernel_name": kernel_name,
+        "cwd": str(cwd or source.resolve().parent),
+        "progress_bar": False,
+        "log_output": False,
+        "execution_timeout": cell_timeout,
+    }
     with _environ(env):
         for i, params in enumerate(sets, start=1):
             if on_start is not None:
                 on_start(i, len(sets), params)
             output = target / f"{source.stem}-{i:03d}.ipynb"
-            started, since = time.perf_counter(), utcnow()
-            error = unknown_parameters(source, params)
-            try:
-                if error is None:
-                    papermill.execute_notebook(
-                        str(source),
-                        str(output),
-                        parameters=params,
-                        kernel_name=kernel_name,
-                        cwd=str(cwd or source.resolve().parent),
-                        progress_bar=False,
-                        log_output=False,
-                        execution_timeout=cell_timeout,
-                    )
-            except Exception as exc:  # noqa: BLE001 - recorded in the result, the batch goes on
-                error = _error_text(exc)
-            result = BatchResult(
-                i,
-                params,
-                output,
-                "failed" if error else "ok",
-                round(time.perf_counter() - started, 2),
-                error,
-                _workflows_since(store, since),
-            )
+            result = _run_one(source, output, i, params, papermill_options, store)
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def _run_one(
+    source: Path,
+    output: Path,
+    index: int,
+    params: Params,
+    papermill_options: Mapping[str, Any],
+    store: Store | None,
+) -> BatchResult:
+    """Execute one parameter set into ``output``; a failure is recorded, never raised."""
+    import papermill
+
+    started, since = time.perf_counter(), utcnow()
+    error = unknown_parameters(source, params)
+    try:
+        if error is None:
+            papermill.execute_notebook(
+                str(source), str(output), parameters=params, **papermill_options
+            )
+    except Exception as exc:  # noqa: BLE001 - recorded in the result, the batch goes on
+        error = _error_text(exc)
+    return BatchResult(
+        index,
+        params,
+        output,
+        "failed" if error else "ok",
+        round(time.perf_counter() - started, 2),
+        error,
+        _workflows_since(store, since),
+    )
