@@ -317,3 +317,30 @@ def test_sync_api_works_inside_a_running_event_loop(seeded):
         return nyxnb.run(spec(2), tenant="nyx", project="BRbase", store=seeded)
 
     assert asyncio.run(notebook_cell()).ok
+
+
+def test_an_error_building_an_items_rows_fails_the_run_and_resume_finishes(seeded, monkeypatch):
+    """An item's rows go to the writer in a loop callback: its error must fail the run (not
+    vanish into the loop's exception handler), and a resume must complete every item."""
+    from nyxnb.engine.durable import items
+
+    real = items.item_rows
+
+    def broken(step, idx, *args, **kw):
+        if idx == 2:
+            raise RuntimeError("disk full while building rows")
+        return real(step, idx, *args, **kw)
+
+    monkeypatch.setattr(items, "item_rows", broken)
+    result = nyxnb.run(spec(5), tenant="nyx", project="BRbase", store=seeded)
+    assert not result.ok and "disk full while building rows" in (result.error or "")
+    monkeypatch.setattr(items, "item_rows", real)
+    resumed = nyxnb.resume(result.workflow_id, store=seeded)
+    assert resumed.ok
+    with seeded.session() as s:
+        statuses = s.scalars(
+            select(StepItem.status)
+            .join(WorkflowStep, WorkflowStep.id == StepItem.step_id)
+            .where(WorkflowStep.workflow_id == result.workflow_id)
+        ).all()
+    assert statuses and set(statuses) == {"completed"}
