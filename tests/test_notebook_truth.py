@@ -120,7 +120,7 @@ def test_a_live_or_late_lease_still_reads_running(seeded) -> None:
     assert workflow_summary(seeded, workflow_id).shown_status == "running"
 
 
-def test_a_killed_runner_of_this_host_reads_interrupted_at_once_in_the_notebook(seeded) -> None:
+def test_a_killed_runner_of_this_host_reads_interrupted_at_once_in_every_view(seeded) -> None:
     """Its lease is still fresh (it renewed a second ago), but its process is gone: a restarted
     kernel's run. The views need not wait ~16 s (lease TTL + grace); another host's still do."""
     workflow_id = _paused_run(seeded)
@@ -129,7 +129,18 @@ def test_a_killed_runner_of_this_host_reads_interrupted_at_once_in_the_notebook(
     _kill_the_runner(seeded, workflow_id, expired_s=-120)  # fresh for two minutes more
     with seeded.session() as s:
         s.get_one(Workflow, workflow_id).lease_owner = f"{socket.gethostname()}:{gone.pid}:x"
-    assert workflow_summary(seeded, workflow_id).shown_status == "running"  # expiry alone: later
+    summary = workflow_summary(seeded, workflow_id)
+    assert summary.shown_status == "interrupted" and NOTE.fullmatch(summary.note)
+    url = str(seeded.engine.url)
+    shown = CliRunner().invoke(cli, ["--db", url, "show", workflow_id]).output
+    assert "status: interrupted (stored: running)" in shown and NOTE.search(shown)
+    listed = next(r for r in list_workflows(seeded) if r.id == workflow_id)
+    assert listed.status == "interrupted"
+    with seeded.session() as s:  # the same fresh lease held on another host: running until expiry
+        s.get_one(Workflow, workflow_id).lease_owner = f"elsewhere:{gone.pid}:x"
+    assert workflow_summary(seeded, workflow_id).shown_status == "running"
+    with seeded.session() as s:
+        s.get_one(Workflow, workflow_id).lease_owner = f"{socket.gethostname()}:{gone.pid}:x"
     text = WorkflowProgress.attach(
         seeded, workflow_id, widget=False, stream=io.StringIO(), wait=False
     )

@@ -11,6 +11,7 @@ from nyxnb.cli.main import cli
 from nyxnb.engine.durable import lease
 from nyxnb.errors import MigrationError
 from nyxnb.store import models as m
+from nyxnb.store.holders import new_owner
 from nyxnb.tenants.migrate import apply_migration, plan_migration, table_checksums
 from tests.test_migrate import build_world
 
@@ -18,7 +19,7 @@ from tests.test_migrate import build_world
 def test_a_project_with_a_running_workflow_is_not_moved(store):
     world = build_world(store)
     running = world.workflows[0]
-    lease.acquire(store, running, lease.new_owner())  # what a live run holds
+    lease.acquire(store, running, new_owner())  # what a live run holds
     plan = plan_migration(store, "BRbase", "nyx", "clarait")
     before = table_checksums(store)
     with pytest.raises(MigrationError, match="is running"):

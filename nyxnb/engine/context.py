@@ -39,6 +39,7 @@ from nyxnb.providers.registry import default_model
 from nyxnb.providers.streaming import PROGRESS, ProgressHook, StreamProgress
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store import Database
+from nyxnb.store.holders import new_owner
 from nyxnb.store.models import COMPLETED, LlmCall
 from nyxnb.templates import ItemView, ProjectView, StepsView, StepView, render
 
@@ -136,7 +137,7 @@ class RunContext:
 
     def __init__(self, store: Database, workflow_id: str, config: RunConfig, *, emit: Emit) -> None:
         self.workflow_id, self.config, self._emit = workflow_id, config, emit
-        self.owner = config.owner or lease.new_owner()
+        self.owner = config.owner or new_owner()
         #: The run's one way to the database: its writes are fenced by its lease (refused once
         #: another run took over); no raw engine to write around the fence.
         gateway = Gateway.of(store)

@@ -5,17 +5,16 @@ cache hits marked ``cached``, fallbacks, and the workflow's step count known fro
 (``WorkflowStarted.total_steps``), so the header never grows 1/1, 3/5, 6/19. Steps are numbered
 by their ``order`` (from 0), as in ``steps_df``, ``nyxnb show`` and SQL. Timing is tqdm's:
 elapsed, rate and ETA per fan-out and for the run; a dead run (lease expired, no runner) reads
-``interrupted`` with the line that says how to resume, whatever its stored status.
+``interrupted`` with the line that says how to resume, whatever its stored status (the store's
+summary judges that: :func:`nyxnb.reports.summary.dead_since`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
-from datetime import timedelta
+from dataclasses import dataclass, field, fields
 
 from nyxnb import events as ev
-from nyxnb.engine.durable import lease
 from nyxnb.notebook.progress import (
     answered_by,
     batch_ended_text,
@@ -26,25 +25,7 @@ from nyxnb.notebook.progress import (
     tokens_text,
 )
 from nyxnb.reports.summary import INTERRUPTED, BatchSummary, WorkflowSummary
-from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, QUEUED, RUNNING, aware, utcnow
-
-
-def dead_at_once(summary: WorkflowSummary) -> WorkflowSummary:
-    """A run whose lease holder is a process of this host that is gone reads interrupted now.
-
-    The store alone says so only when the lease has expired and a grace has passed (~16 s): a
-    runner elsewhere may merely be late to renew. A holder on this host is asked directly (the
-    lease module takes such a lease over at once too): a killed kernel or CLI run reads dead
-    at the next refresh. Another host's runner still waits for expiry and grace.
-    """
-    if summary.status != RUNNING or summary.interrupted or not summary.lease_owner:
-        return summary
-    if not lease.holder_is_dead(summary.lease_owner):
-        return summary
-    expires = aware(summary.lease_expires_at)  # its last renewal: TTL before the expiry
-    since = expires - timedelta(seconds=lease.TTL_S) if expires is not None else utcnow()
-    return replace(summary, interrupted_since=since)
-
+from nyxnb.store.models import COMPLETED, FAILED, PAUSED, PENDING, QUEUED, RUNNING
 
 _HEAD = ("#", "step", "type", "persona", "provider", "model", "status", "items", "time", "current")
 #: Statuses in which a run is under way (or about to be): a view follows them.
@@ -334,7 +315,6 @@ class ProgressState:
 
         ``answered`` (per step order, from the ledger) says who answered and what was cached.
         """
-        summary = dead_at_once(summary)
         self.workflow_id, self.name = summary.id, summary.name
         answered, before = answered or {}, self.steps
         if not merge:

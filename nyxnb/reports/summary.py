@@ -18,6 +18,7 @@ from sqlalchemy import case, func, select
 
 from nyxnb.spec import WorkflowSpec
 from nyxnb.store.database import Store
+from nyxnb.store.holders import TTL_S, holder_is_dead
 from nyxnb.store.models import (
     BATCH_LIVE_STATES,
     COMPLETED,
@@ -189,11 +190,14 @@ def dead_since(
 
     Dead: it says ``running`` (or a lease was taken) but the lease expired (``GRACE_S`` ago) or
     was never there. A runner renews its lease every ~1.5 s, so such a lease means nothing runs
-    it.
+    it. A holder that is a process of this host is asked directly: a killed kernel or CLI run
+    is dead at once, since its last renewal (a runner on another host may merely be late).
     """
     if status in _ENDED or (status != RUNNING and not lease_owner):
         return None
     expires = aware(lease_expires_at)
+    if lease_owner and holder_is_dead(lease_owner):
+        return expires - timedelta(seconds=TTL_S) if expires is not None else (now or utcnow())
     if expires is not None and expires + timedelta(seconds=GRACE_S) >= (now or utcnow()):
         return None
     since = expires or aware(started_at)

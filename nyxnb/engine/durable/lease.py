@@ -3,7 +3,8 @@
 A lease is two columns of ``workflows`` (``lease_owner``, ``lease_expires_at``) taken with one
 conditional UPDATE -- atomic on SQLite (``BEGIN IMMEDIATE``) and PostgreSQL (row lock) alike.  The
 holder renews it every ``HEARTBEAT_S``; a killed holder's lease expires after ``TTL_S``, and a
-holder on this host whose process is gone is detected at once.
+holder on this host whose process is gone is detected at once (:mod:`nyxnb.store.holders`, which
+every reader of the store asks too).
 
 Fencing: the owner token is new for every run (``host:pid:nonce``), so it serves as the lease's
 generation.  A run writes through its fenced gateway (:mod:`nyxnb.engine.durable.gateway`),
@@ -15,55 +16,16 @@ and woke after another run took over can never write over that run's work.
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from datetime import timedelta
 
 from sqlalchemy import Connection, Table, and_, bindparam, select, update
 
 from nyxnb.errors import LeaseHeld, LeaseLost, NotFound
 from nyxnb.store.database import Database
+from nyxnb.store.holders import TTL_S, holder_is_dead
 from nyxnb.store.models import Workflow, aware, utcnow
 
-#: How long a lease outlives its last renewal: 6 s, or ``NYXNB_LEASE_TTL_S`` (tests shorten it).
-TTL_S = float(os.environ.get("NYXNB_LEASE_TTL_S") or 6.0)
 HEARTBEAT_S = min(1.5, TTL_S / 4)
-_HOST = socket.gethostname()
-
-
-def new_owner() -> str:
-    """A lease owner token: ``host:pid:nonce``."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def holder_is_dead(owner: str | None) -> bool:
-    """True when a lease's holder is certainly gone: none, or a process of this host that has
-    exited (a holder on another host is never judged dead here: only its lease can expire)."""
-    if not owner:
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.split(":", 1)[0]
-    if host != _HOST or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def acquire(

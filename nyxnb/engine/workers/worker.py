@@ -26,13 +26,14 @@ from sqlalchemy import Table, delete, func, insert, select, update
 
 from nyxnb import events as ev
 from nyxnb.engine.calls.chain import RetryPolicy
-from nyxnb.engine.durable import lease, records
+from nyxnb.engine.durable import records
 from nyxnb.engine.fanout import help_fan_out
 from nyxnb.engine.runner import RunConfig, Runner
 from nyxnb.engine.workers import queue
 from nyxnb.engine.workers.claims import ItemClaimer, claim_ttl_s, heartbeat_s
 from nyxnb.errors import NyxError
 from nyxnb.store.database import Database
+from nyxnb.store.holders import new_owner
 from nyxnb.store.models import PAUSED, RUNNING, StepItem, Workflow, aware, utcnow
 from nyxnb.store.models import Worker as WorkerRow
 
@@ -75,7 +76,7 @@ class Worker:
         on_event: Callable[[ev.Event], None] | None = None,
     ) -> None:
         self.store, self.options = store, options or WorkerOptions()
-        self.owner = lease.new_owner()
+        self.owner = new_owner()
         self.ttl_s = claim_ttl_s(self.options.claim_ttl_s)
         self.claimer = ItemClaimer(store, self.owner, ttl_s=self.ttl_s)
         self.stats = WorkerStats()
