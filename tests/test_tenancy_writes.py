@@ -178,3 +178,27 @@ def test_a_subquery_join_cannot_reach_another_tenants_children(
         seen = set(s.scalars(select(union.c.id)))
         assert seen == {world.b[WorkflowStep], world.b[StepItem], world.cross[WorkflowStep],
                         world.cross[StepItem]}  # fmt: skip
+
+
+def test_sqlite_tenancy_triggers_read_a_parents_tenant_from_a_covering_index(
+    store: nyxnb.Store,
+) -> None:
+    """A workflow's spec and a step's config hold every inline item before ``tenant_id`` in the
+    row: a check that read the row walked megabytes of overflow pages per inserted item."""
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL keeps large values out of line (TOAST)")
+    with store.reading() as conn:
+        triggers = dict(
+            conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+        )
+        checked = 0
+        for child, column, parent in _revision().PARENT_KEYS:
+            if parent not in ("workflows", "workflow_steps"):
+                continue
+            sql = triggers[f"nyx_tenant_{child}_{column}"]
+            query = sql[sql.index("SELECT 1 FROM") : sql.rindex(")", 0, sql.index(" BEGIN"))]
+            query = query.replace(f"NEW.{column}", "'a'").replace("NEW.tenant_id", "'b'")
+            plan = " ".join(r[-1] for r in conn.execute(text(f"EXPLAIN QUERY PLAN {query}")))
+            assert f"COVERING INDEX ix_{parent}_id_tenant_id" in plan, (child, column, plan)
+            checked += 1
+    assert checked == 9

@@ -178,8 +178,13 @@ class Persona(Base):
     system_prompt: Mapped[str] = mapped_column(Text)
 
 
+#: Revision 0014: the tenancy triggers read a parent's tenant here, not from its large row.
+_TENANT_OF_ID = "ix_{}_id_tenant_id"
+
+
 class Workflow(TenantOwned, Base):
     __tablename__ = "workflows"
+    __table_args__ = (Index(_TENANT_OF_ID.format("workflows"), "id", "tenant_id"),)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
@@ -219,6 +224,7 @@ class WorkflowStep(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("workflow_id", "order"),
         CheckConstraint(_COMPLETED_HAS_OUTPUT, name="completed_has_output"),
+        Index(_TENANT_OF_ID.format("workflow_steps"), "id", "tenant_id"),
     )
     workflow_id: Mapped[str] = mapped_column(
         ForeignKey("workflows.id", ondelete="CASCADE"), index=True

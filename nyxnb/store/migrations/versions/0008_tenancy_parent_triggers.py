@@ -53,10 +53,12 @@ def _message(child: str, column: str, parent: str) -> str:
     return f"nyxnb-tenancy: {child}.{column} points at a {parent} row of another tenant"
 
 
-def _sqlite(child: str, column: str, parent: str) -> str:
+def _sqlite(child: str, column: str, parent: str, indexed_by: str = "") -> str:
+    """The trigger; ``indexed_by`` names a covering ``(id, tenant_id)`` index (revision 0014)."""
+    via = f" INDEXED BY {indexed_by}" if indexed_by else ""
     return (
         f"CREATE TRIGGER {_name(child, column)} BEFORE INSERT ON {child} "
-        f"WHEN NEW.{column} IS NOT NULL AND EXISTS (SELECT 1 FROM {parent} "
+        f"WHEN NEW.{column} IS NOT NULL AND EXISTS (SELECT 1 FROM {parent}{via} "
         f"WHERE {parent}.id = NEW.{column} AND {parent}.tenant_id <> NEW.tenant_id) "
         f"BEGIN SELECT RAISE(ABORT, '{_message(child, column, parent)}'); END"
     )
