@@ -287,3 +287,16 @@ def test_sqlite_file_in_a_missing_folder_raises_store_unavailable(tmp_path: Path
     with pytest.raises(nyxnb.StoreUnavailable) as err:
         open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}")
     assert err.value.hint
+
+
+def test_ids_are_uuid7_and_only_increase_within_a_process() -> None:
+    """A call's attempt rows share one ``created_at``: their ids keep the order they were made
+    in (a PostgreSQL digest once read a fallback backwards, ``openai -> anthropic``)."""
+    import uuid
+
+    from nyxnb.store.models import new_id
+
+    ids = [new_id() for _ in range(20_000)]  # many share a millisecond, some its fraction
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[-1])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122

@@ -367,7 +367,7 @@ def step_context(store: Store, workflow_id: str) -> dict[int, tuple[str, str | N
     used = select(WorkflowStep.order, LlmCall.provider).join(WorkflowStep)
     used = used.where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "error")
     with store.engine.connect() as conn:
-        providers = dict(conn.execute(used.order_by(LlmCall.created_at)).all())
+        providers = dict(conn.execute(used.order_by(LlmCall.created_at, LlmCall.id)).all())
         rows = conn.execute(steps.where(WorkflowStep.workflow_id == workflow_id))
         heading = {o: str(c.get("heading", "")) for o, t, c in rows if t == "implementation-prompt"}
     return {o: (heading.get(o, ""), providers.get(o)) for o in {*heading, *providers}}
@@ -419,7 +419,7 @@ def answered(store: Store, workflow_id: str) -> dict[int, Answered]:
         select(WorkflowStep.order, LlmCall.provider, LlmCall.model, LlmCall.outcome)
         .join(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
         .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome.in_(("ok", "cached")))
-        .order_by(LlmCall.created_at)
+        .order_by(LlmCall.created_at, LlmCall.id)
     )
     seen: dict[int, tuple[dict[str, None], dict[str, None], list[int]]] = {}
     with store.reading() as conn:

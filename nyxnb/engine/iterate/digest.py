@@ -57,7 +57,7 @@ def _calls(store: Database, workflow_id: str) -> list[tuple[str | None, LlmCall]
         select(WorkflowStep.name, LlmCall)
         .outerjoin(WorkflowStep, WorkflowStep.id == LlmCall.step_id)
         .where(LlmCall.workflow_id == workflow_id)
-        .order_by(LlmCall.created_at)
+        .order_by(LlmCall.created_at, LlmCall.id)  # one call's attempts share a created_at
     )
     with store.session(read_only=True) as s:
         rows: list[tuple[str | None, LlmCall]] = [(n, c) for n, c in s.execute(query)]
