@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 N, C, WORDS, CHUNK_MS = 200, 8, 400, 5.0
 SLOW_S = 40.0
@@ -35,22 +36,10 @@ TEXT = " ".join(f"w{i}" for i in range(WORDS))
 
 
 @contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in ``os.environ`` for the block, then the environment as it was."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
-@contextmanager
 def _fake() -> Iterator[Any]:
     from nyxnb.testing import FakeProviderServer
 
-    with FakeProviderServer() as srv, _environ(srv.env()):
+    with FakeProviderServer() as srv, mock.patch.dict(os.environ, srv.env()):
         yield srv
 
 
@@ -64,7 +53,7 @@ def _fake_process(chunk_ms: float) -> Iterator[None]:
     )
     assert child.stdout is not None and child.stdin is not None
     try:
-        with _environ(json.loads(child.stdout.readline())):
+        with mock.patch.dict(os.environ, json.loads(child.stdout.readline())):
             yield
     finally:
         child.stdin.close()
